@@ -1,0 +1,22 @@
+//! The switchboard event contract.
+//!
+//! Every state change in switchboard is an event on one of six topics (see [`Topic`]). The Avro
+//! schemas under `schemas/avro/` are the source of truth for what an event looks like on the wire;
+//! this crate holds the Rust types that mirror them ([`Event`], [`Payload`] and one struct per
+//! event), the codec that frames them the way Confluent's serializers do ([`Codec`]), and the
+//! schema registry that gives every schema version a stable id ([`Registry`]).
+//!
+//! Analytics consumers read the same bytes with any Confluent-compatible Avro deserializer; the
+//! API serves the registry read-only in the Confluent REST shape so they can resolve the ids.
+
+mod codec;
+mod events;
+mod ids;
+mod registry;
+mod topic;
+
+pub use codec::{Codec, CodecError};
+pub use events::*;
+pub use ids::{CallId, ConversationId, MessageId, UserId};
+pub use registry::{Registry, RegistryError, SchemaVersion};
+pub use topic::{Position, Topic};

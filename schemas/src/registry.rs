@@ -1,0 +1,94 @@
+//! The schema registry: every registered schema version with its stable id.
+//!
+//! Ids are fixed here, in the source, so every build and every node frames events with the same
+//! ids. Registering a new version of a topic's schema means copying its `.avsc` to
+//! `avro/versions/<subject>.v<N>.avsc` and adding a row below with the next id; the compatibility
+//! tests refuse a version that cannot read the data its predecessors wrote.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use apache_avro::Schema;
+
+/// Registered versions: subject, version, id and the schema text.
+const REGISTERED: &[(&str, u32, u32, &str)] = &[
+    ("users-value", 1, 1, include_str!("../avro/versions/users-value.v1.avsc")),
+    ("conversations-value", 1, 2, include_str!("../avro/versions/conversations-value.v1.avsc")),
+    ("messages-value", 1, 3, include_str!("../avro/versions/messages-value.v1.avsc")),
+    ("presence-value", 1, 4, include_str!("../avro/versions/presence-value.v1.avsc")),
+    ("calls-value", 1, 5, include_str!("../avro/versions/calls-value.v1.avsc")),
+    ("signals-value", 1, 6, include_str!("../avro/versions/signals-value.v1.avsc")),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("schema {subject} v{version} does not parse: {source}")]
+    Parse {
+        subject: String,
+        version: u32,
+        source: Box<apache_avro::Error>,
+    },
+}
+
+/// One registered version of a subject's schema.
+#[derive(Debug)]
+pub struct SchemaVersion {
+    pub subject: &'static str,
+    pub version: u32,
+    pub id: u32,
+    /// The schema as registered, for serving over HTTP.
+    pub text: &'static str,
+    pub schema: Schema,
+}
+
+#[derive(Debug)]
+pub struct Registry {
+    versions: Vec<SchemaVersion>,
+    by_id: HashMap<u32, usize>,
+}
+
+impl Registry {
+    /// The registry compiled into this binary.
+    pub fn builtin() -> &'static Registry {
+        static REGISTRY: OnceLock<Registry> = OnceLock::new();
+        REGISTRY.get_or_init(|| {
+            Registry::parse(REGISTERED).expect("the built-in schemas parse (checked by tests)")
+        })
+    }
+
+    fn parse(rows: &[(&'static str, u32, u32, &'static str)]) -> Result<Registry, RegistryError> {
+        let versions = rows
+            .iter()
+            .map(|&(subject, version, id, text)| {
+                let schema = Schema::parse_str(text).map_err(|e| RegistryError::Parse {
+                    subject: subject.to_owned(),
+                    version,
+                    source: Box::new(e),
+                })?;
+                Ok(SchemaVersion { subject, version, id, text, schema })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let by_id = versions.iter().enumerate().map(|(i, v)| (v.id, i)).collect();
+        Ok(Registry { versions, by_id })
+    }
+
+    pub fn by_id(&self, id: u32) -> Option<&SchemaVersion> {
+        self.by_id.get(&id).map(|&i| &self.versions[i])
+    }
+
+    /// All versions of a subject, oldest first.
+    pub fn versions(&self, subject: &str) -> impl Iterator<Item = &SchemaVersion> {
+        self.versions.iter().filter(move |v| v.subject == subject)
+    }
+
+    /// The version new events of a subject are written with.
+    pub fn latest(&self, subject: &str) -> Option<&SchemaVersion> {
+        self.versions(subject).max_by_key(|v| v.version)
+    }
+
+    pub fn subjects(&self) -> Vec<&'static str> {
+        let mut subjects: Vec<_> = self.versions.iter().map(|v| v.subject).collect();
+        subjects.dedup();
+        subjects
+    }
+}
