@@ -1,1 +1,68 @@
-fn main() {}
+//! The `switchboard` command.
+
+mod auth;
+mod backends;
+mod chat;
+mod config;
+mod error;
+mod hub;
+mod limits;
+mod routes;
+mod server;
+mod state;
+mod telemetry;
+mod ws;
+
+use std::path::PathBuf;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+/// An event-sourced messaging and calling backend.
+#[derive(Parser)]
+#[command(name = "switchboard", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node: the log, the projector and the HTTP/WebSocket API in one process
+    /// (embedded backends by default, nothing to install).
+    Serve {
+        /// A TOML file with any of the settings below (keys are the flag names with `_`).
+        #[arg(long, env = "SWITCHBOARD_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        settings: config::Config,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    telemetry::init_logging();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
+    let result = match cli.command {
+        Command::Serve { config, settings } => {
+            let serve_matches = matches.subcommand_matches("serve").expect("serve was parsed");
+            settings
+                .layered(serve_matches, config.as_deref())
+                .and_then(|config| run(server::serve(config)))
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("switchboard: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(future: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(future)
+}

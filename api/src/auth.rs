@@ -1,0 +1,190 @@
+//! Who is calling: password hashing, access tokens, and the extractor that turns a bearer token
+//! into a [`Caller`].
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use argon2::password_hash::SaltString;
+use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use switchboard_schemas::UserId;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Signs and checks access tokens (HS256 JWTs).
+pub struct Tokens {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    ttl: Duration,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    iat: i64,
+    exp: i64,
+}
+
+/// A freshly issued token.
+#[derive(Debug, Serialize)]
+pub struct Issued {
+    pub token: String,
+    pub expires_at: i64,
+}
+
+impl Tokens {
+    /// Uses `secret` when given, otherwise the one kept in `data_dir`, generating it on first use.
+    pub fn new(secret: Option<&str>, data_dir: &Path, ttl: Duration) -> anyhow::Result<Tokens> {
+        let secret = match secret {
+            Some(secret) => secret.as_bytes().to_vec(),
+            None => stored_secret(data_dir)?,
+        };
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        Ok(Tokens {
+            encoding: EncodingKey::from_secret(&secret),
+            decoding: DecodingKey::from_secret(&secret),
+            validation,
+            ttl,
+        })
+    }
+
+    pub fn issue(&self, user: UserId) -> Issued {
+        let now = switchboard_ingest::now_ms() / 1000;
+        let exp = now + self.ttl.as_secs() as i64;
+        let claims = Claims { sub: user.to_string(), iat: now, exp };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .expect("HS256 signing cannot fail");
+        Issued { token, expires_at: exp * 1000 }
+    }
+
+    pub fn verify(&self, token: &str) -> Result<UserId, ApiError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => ApiError::token_expired(),
+                _ => ApiError::unauthorized("the access token is not valid"),
+            })?;
+        data.claims
+            .sub
+            .parse()
+            .map_err(|_| ApiError::unauthorized("the access token names no user"))
+    }
+}
+
+fn stored_secret(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
+    let path = data_dir.join("jwt-secret");
+    if let Ok(secret) = std::fs::read(&path) {
+        return Ok(secret);
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+    let secret: [u8; 32] = rand::random();
+    let text: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    write_private(&path, text.as_bytes())
+        .with_context(|| format!("writing the token secret to {}", path.display()))?;
+    Ok(text.into_bytes())
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+/// Hashes a password with argon2id off the async threads (it is deliberately slow).
+pub async fn hash_password(password: String) -> Result<String, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
+            .map_err(|e| ApiError::internal(format!("salt: {e}")))?;
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|hash| hash.to_string())
+            .map_err(|e| ApiError::internal(format!("password hashing failed: {e}")))
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+}
+
+pub async fn verify_password(password: String, hash: String) -> bool {
+    tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&hash)
+            .is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// The authenticated user of a request: from `Authorization: Bearer <token>`, or from a
+/// `token` query parameter where headers cannot be set (browser WebSockets).
+#[derive(Clone, Copy, Debug)]
+pub struct Caller(pub UserId);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
+        let token = bearer_token(parts)
+            .ok_or_else(|| ApiError::unauthorized("an access token is required"))?;
+        state.tokens.verify(&token).map(Caller)
+    }
+}
+
+pub fn bearer_token(parts: &Parts) -> Option<String> {
+    if let Some(header) = parts.headers.get(axum::http::header::AUTHORIZATION) {
+        return header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(|t| t.trim().to_owned());
+    }
+    parts.uri.query().and_then(|query| {
+        query
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(key, _)| *key == "token")
+            .map(|(_, value)| value.to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_verify_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = Tokens::new(None, dir.path(), Duration::from_secs(60)).unwrap();
+        let issued = tokens.issue(UserId(42));
+        assert_eq!(tokens.verify(&issued.token).unwrap(), UserId(42));
+
+        // The generated secret is kept: a restarted node accepts the same token.
+        let again = Tokens::new(None, dir.path(), Duration::from_secs(60)).unwrap();
+        assert_eq!(again.verify(&issued.token).unwrap(), UserId(42));
+
+        let other = Tokens::new(Some("another secret"), dir.path(), Duration::from_secs(60)).unwrap();
+        assert_eq!(other.verify(&issued.token).unwrap_err().code, "unauthorized");
+
+        let expired = Tokens::new(None, dir.path(), Duration::ZERO).unwrap();
+        let stale = expired.issue(UserId(42));
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(tokens.verify(&stale.token).unwrap_err().code, "token_expired");
+    }
+
+    #[tokio::test]
+    async fn passwords_hash_and_verify() {
+        let hash = hash_password("correct horse".into()).await.unwrap();
+        assert!(hash.starts_with("$argon2id$"));
+        assert!(verify_password("correct horse".into(), hash.clone()).await);
+        assert!(!verify_password("wrong horse".into(), hash).await);
+    }
+}

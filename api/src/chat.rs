@@ -1,0 +1,218 @@
+//! The messaging operations both the HTTP routes and the WebSocket ops perform: authorise
+//! against the read models, enforce limits, then hand the command to ingest.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use switchboard_ingest::Origin;
+use switchboard_projector::store::Conversation;
+use switchboard_schemas::{ConversationId, MessageId, MessageSent, Position, UserId};
+
+use crate::error::ApiError;
+use crate::limits::{self, Limit};
+use crate::state::AppState;
+
+/// How long a claimed `client_msg_id` answers retries.
+const RETRY_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendRequest {
+    pub conversation_id: ConversationId,
+    pub client_msg_id: String,
+    pub body: String,
+    #[serde(default)]
+    pub reply_to: Option<MessageId>,
+}
+
+/// What a send is answered with; a retried send gets the first send's answer.
+#[derive(Debug, Serialize)]
+pub struct Sent {
+    pub message_id: MessageId,
+    pub token: String,
+    pub duplicate: bool,
+}
+
+/// What any other accepted command is answered with.
+#[derive(Debug, Serialize)]
+pub struct Accepted {
+    pub token: String,
+}
+
+impl From<Position> for Accepted {
+    fn from(position: Position) -> Accepted {
+        Accepted { token: position.to_string() }
+    }
+}
+
+/// Waits until the read models reflect the write at `after`, a consistency token.
+pub async fn wait_for(state: &AppState, after: Option<&str>) -> Result<(), ApiError> {
+    let Some(token) = after else { return Ok(()) };
+    let position: Position = token
+        .parse()
+        .map_err(|e: String| ApiError::bad_request(format!("bad consistency token: {e}")))?;
+    wait_for_position(state, position).await
+}
+
+pub async fn wait_for_position(state: &AppState, position: Position) -> Result<(), ApiError> {
+    state
+        .progress
+        .wait_for(position, state.config.consistency_timeout.0)
+        .await
+        .map_err(|e| ApiError::not_caught_up(e.to_string()))
+}
+
+/// The conversation, if `caller` is a member; to anyone else it does not exist.
+pub async fn member_conversation(
+    state: &AppState,
+    caller: UserId,
+    id: ConversationId,
+) -> Result<Conversation, ApiError> {
+    match state.store.conversation(id).await? {
+        Some(conversation) if conversation.members.contains(&caller) => Ok(conversation),
+        _ => Err(ApiError::not_found("conversation")),
+    }
+}
+
+pub async fn send(state: &AppState, caller: UserId, trace: &str, request: SendRequest) -> Result<Sent, ApiError> {
+    limits::check(state, Limit::Messages, &caller.to_string()).await?;
+    state.ingest.check_message(&request.client_msg_id, &request.body)?;
+    member_conversation(state, caller, request.conversation_id).await?;
+
+    // The claim makes a retried send (same sender and client_msg_id) answer with the first
+    // send's message id instead of storing a second message; the projector drops duplicates too.
+    let claim_key = format!("send:{}:{}:{}", caller, request.conversation_id, request.client_msg_id);
+    let message_id = MessageId(state.ingest.next_id());
+    match state.presence.claim(&claim_key, &message_id.to_string(), RETRY_WINDOW).await {
+        Ok(None) => {}
+        Ok(Some(existing)) => return first_send(state, &claim_key, &existing).await,
+        Err(error) => {
+            // Without shared state the read model still knows sends it has applied.
+            tracing::warn!(%error, "send claim unavailable; falling back to the read model");
+            if let Some(message) = state
+                .store
+                .message_by_client_id(request.conversation_id, caller, &request.client_msg_id)
+                .await?
+            {
+                let token = state.progress.current().to_string();
+                return Ok(Sent { message_id: message.id, token, duplicate: true });
+            }
+        }
+    }
+
+    let event = MessageSent {
+        conversation_id: request.conversation_id,
+        message_id,
+        sender: caller,
+        client_msg_id: request.client_msg_id,
+        body: request.body,
+        reply_to: request.reply_to,
+    };
+    match state.ingest.send_message(&Origin::user(caller, trace), event).await {
+        Ok(position) => {
+            let token = position.to_string();
+            let done = format!("{message_id} {token}");
+            if let Err(error) = state.presence.update_claim(&claim_key, &done, RETRY_WINDOW).await {
+                tracing::warn!(%error, "could not record the finished send for retries");
+            }
+            metrics::counter!("messages_sent_total").increment(1);
+            Ok(Sent { message_id, token, duplicate: false })
+        }
+        Err(error) => {
+            // Nothing was stored: let a retry try again.
+            let _ = state.presence.release_claim(&claim_key).await;
+            Err(error.into())
+        }
+    }
+}
+
+/// Answers a retry from the first send's claim, waiting briefly if that send is still in flight.
+async fn first_send(state: &AppState, claim_key: &str, claimed: &str) -> Result<Sent, ApiError> {
+    let mut claimed = claimed.to_owned();
+    let deadline = tokio::time::Instant::now() + state.config.consistency_timeout.0;
+    loop {
+        if let Some((id, token)) = claimed.split_once(' ') {
+            let message_id = id.parse().map_err(|_| ApiError::internal("corrupt send claim"))?;
+            return Ok(Sent { message_id, token: token.to_owned(), duplicate: true });
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::conflict(
+                "a send with this client_msg_id is still in progress; retry shortly",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        match state.presence.claim(claim_key, "", RETRY_WINDOW).await? {
+            Some(value) => claimed = value,
+            // The first send failed and released its claim; ours now holds it, empty.
+            None => {
+                let _ = state.presence.release_claim(claim_key).await;
+                return Err(ApiError::conflict("the first send with this client_msg_id failed; send again"));
+            }
+        }
+    }
+}
+
+/// Only the sender may change a message.
+async fn own_message(
+    state: &AppState,
+    caller: UserId,
+    conversation: ConversationId,
+    message: MessageId,
+) -> Result<(), ApiError> {
+    member_conversation(state, caller, conversation).await?;
+    match state.store.message(conversation, message).await? {
+        Some(m) if m.deleted => Err(ApiError::not_found("message")),
+        Some(m) if m.sender == caller => Ok(()),
+        Some(_) => Err(ApiError::forbidden("only the sender may change a message")),
+        None => Err(ApiError::not_found("message")),
+    }
+}
+
+pub async fn edit(
+    state: &AppState,
+    caller: UserId,
+    trace: &str,
+    conversation: ConversationId,
+    message: MessageId,
+    body: &str,
+) -> Result<Accepted, ApiError> {
+    own_message(state, caller, conversation, message).await?;
+    let origin = Origin::user(caller, trace);
+    Ok(state.ingest.edit_message(&origin, conversation, message, body).await?.into())
+}
+
+pub async fn delete(
+    state: &AppState,
+    caller: UserId,
+    trace: &str,
+    conversation: ConversationId,
+    message: MessageId,
+) -> Result<Accepted, ApiError> {
+    own_message(state, caller, conversation, message).await?;
+    let origin = Origin::user(caller, trace);
+    Ok(state.ingest.delete_message(&origin, conversation, message).await?.into())
+}
+
+pub async fn mark_read(
+    state: &AppState,
+    caller: UserId,
+    trace: &str,
+    conversation: ConversationId,
+    message: MessageId,
+) -> Result<Accepted, ApiError> {
+    member_conversation(state, caller, conversation).await?;
+    let origin = Origin::user(caller, trace);
+    Ok(state.ingest.mark_read(&origin, conversation, caller, message).await?.into())
+}
+
+pub async fn typing(
+    state: &AppState,
+    caller: UserId,
+    trace: &str,
+    conversation: ConversationId,
+    active: bool,
+) -> Result<Accepted, ApiError> {
+    member_conversation(state, caller, conversation).await?;
+    let origin = Origin::user(caller, trace);
+    Ok(state.ingest.typing(&origin, caller, conversation, active).await?.into())
+}

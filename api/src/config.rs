@@ -1,0 +1,305 @@
+//! Configuration of `switchboard serve`: every option is a flag, a `SWITCHBOARD_*` environment
+//! variable and a key of the TOML file given by `--config`, in that order of precedence, with
+//! defaults taken from the capacity analysis this project answers.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::parser::ValueSource;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use switchboard_projector::presence::Quota;
+
+#[derive(clap::Args, Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on for HTTP and WebSocket.
+    #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory of the embedded log, the embedded store and the generated JWT secret.
+    #[arg(long, env = "SWITCHBOARD_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Event log: `file://DIR` for the embedded log [default: file://<data-dir>/log].
+    #[arg(long, env = "SWITCHBOARD_LOG")]
+    pub log: Option<String>,
+
+    /// Read-model store: `file://DIR` for the embedded store [default: file://<data-dir>/store].
+    #[arg(long, env = "SWITCHBOARD_STORE")]
+    pub store: Option<String>,
+
+    /// Presence, rate limits and idempotency claims: `memory://` keeps them in this process.
+    #[arg(long, env = "SWITCHBOARD_PRESENCE", default_value = "memory://")]
+    pub presence: String,
+
+    /// Partitions per topic, used when the log is created.
+    #[arg(long, env = "SWITCHBOARD_PARTITIONS", default_value_t = 8)]
+    pub partitions: u32,
+
+    /// This node's number (0–1023); nodes sharing a log need different ones, since it is part of
+    /// every id they generate.
+    #[arg(long, env = "SWITCHBOARD_NODE_ID", default_value_t = 0)]
+    pub node_id: u16,
+
+    /// Secret that signs access tokens [default: generated once and kept in <data-dir>/jwt-secret].
+    #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// How long an access token is valid.
+    #[arg(long, env = "SWITCHBOARD_TOKEN_TTL", default_value = "24h")]
+    pub token_ttl: Dur,
+
+    /// Register and login requests per client IP, as COUNT/PERIOD or `off`.
+    #[arg(long, env = "SWITCHBOARD_RATE_AUTH", default_value = "5/15m")]
+    pub rate_auth: Rate,
+
+    /// Messages sent per user.
+    #[arg(long, env = "SWITCHBOARD_RATE_MESSAGES", default_value = "30/1m")]
+    pub rate_messages: Rate,
+
+    /// Other HTTP API requests per user (per IP before login).
+    #[arg(long, env = "SWITCHBOARD_RATE_GENERAL", default_value = "100/15m")]
+    pub rate_general: Rate,
+
+    /// Strict operations per user: creating groups and changing their members or title.
+    #[arg(long, env = "SWITCHBOARD_RATE_STRICT", default_value = "10/1h")]
+    pub rate_strict: Rate,
+
+    /// Longest time an HTTP request may take.
+    #[arg(long, env = "SWITCHBOARD_REQUEST_TIMEOUT", default_value = "30s")]
+    pub request_timeout: Dur,
+
+    /// Largest JSON request body, in bytes.
+    #[arg(long, env = "SWITCHBOARD_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Largest WebSocket frame a client may send, in bytes; larger ones get a `frame_too_large`
+    /// error (and past 16 times this, the connection is closed with code 1009).
+    #[arg(long, env = "SWITCHBOARD_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// Longest message body, in bytes.
+    #[arg(long, env = "SWITCHBOARD_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Most members of a group conversation.
+    #[arg(long, env = "SWITCHBOARD_MAX_GROUP_MEMBERS", default_value_t = 256)]
+    pub max_group_members: usize,
+
+    /// Most WebSocket connections this node holds at once.
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// How often the server pings each socket.
+    #[arg(long, env = "SWITCHBOARD_PING_INTERVAL", default_value = "25s")]
+    pub ping_interval: Dur,
+
+    /// A socket silent for this long is dropped.
+    #[arg(long, env = "SWITCHBOARD_IDLE_TIMEOUT", default_value = "60s")]
+    pub idle_timeout: Dur,
+
+    /// How long a query with a consistency token waits for the read models to reach it.
+    #[arg(long, env = "SWITCHBOARD_CONSISTENCY_TIMEOUT", default_value = "5s")]
+    pub consistency_timeout: Dur,
+
+    /// Most events a `resume` replays; an older token gets `resume_too_old`.
+    #[arg(long, env = "SWITCHBOARD_RESUME_MAX_EVENTS", default_value_t = 10_000)]
+    pub resume_max_events: usize,
+
+    /// On shutdown, how long open requests may take to finish.
+    #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE", default_value = "10s")]
+    pub shutdown_grace: Dur,
+}
+
+impl Config {
+    /// Fills in what the TOML file at `path` sets, for every option not given as a flag or an
+    /// environment variable, then checks the result.
+    pub fn layered(self, matches: &clap::ArgMatches, path: Option<&Path>) -> anyhow::Result<Config> {
+        let config = match path {
+            None => self,
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                let file: toml::Table = toml::from_str(&text)
+                    .with_context(|| format!("config file {} is not valid TOML", path.display()))?;
+                let mut merged = serde_json::to_value(&self)?;
+                let fields = merged.as_object_mut().expect("config serialises to an object");
+                for (key, value) in file {
+                    if !fields.contains_key(&key) {
+                        let known: Vec<_> = fields.keys().map(String::as_str).collect();
+                        bail!(
+                            "config file {}: unknown setting `{key}`; known settings: {}",
+                            path.display(),
+                            known.join(", ")
+                        );
+                    }
+                    let given = matches!(
+                        matches.value_source(&key),
+                        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+                    );
+                    if !given {
+                        fields.insert(key, serde_json::to_value(value)?);
+                    }
+                }
+                serde_json::from_value(merged)
+                    .with_context(|| format!("config file {}", path.display()))?
+            }
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.idle_timeout.0 <= self.ping_interval.0 {
+            bail!(
+                "idle_timeout ({}) must be longer than ping_interval ({}), or every socket would be dropped",
+                self.idle_timeout,
+                self.ping_interval
+            );
+        }
+        if self.node_id >= 1024 {
+            bail!("node_id must be below 1024, not {}", self.node_id);
+        }
+        if self.partitions == 0 {
+            bail!("partitions must be at least 1");
+        }
+        if self.max_message_bytes > self.max_frame_bytes {
+            bail!(
+                "max_message_bytes ({}) must fit in max_frame_bytes ({})",
+                self.max_message_bytes,
+                self.max_frame_bytes
+            );
+        }
+        if self.max_connections == 0 {
+            bail!("max_connections must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn log_url(&self) -> String {
+        self.log.clone().unwrap_or_else(|| format!("file://{}", self.data_dir.join("log").display()))
+    }
+
+    pub fn store_url(&self) -> String {
+        self.store
+            .clone()
+            .unwrap_or_else(|| format!("file://{}", self.data_dir.join("store").display()))
+    }
+}
+
+/// A duration written the human way: `30s`, `15m`, `1h 30m`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl FromStr for Dur {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        humantime::parse_duration(s).map(Dur).map_err(|e| format!("`{s}` is not a duration: {e}"))
+    }
+}
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        humantime::format_duration(self.0).fmt(f)
+    }
+}
+
+/// A rate limit written as `COUNT/PERIOD` (`30/1m`), or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate(pub Option<Quota>);
+
+impl FromStr for Rate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "off" {
+            return Ok(Rate(None));
+        }
+        let bad = || format!("`{s}` is not a rate such as `30/1m` or `off`");
+        let (count, period) = s.split_once('/').ok_or_else(bad)?;
+        let limit: u32 = count.trim().parse().map_err(|_| bad())?;
+        let period = humantime::parse_duration(period.trim()).map_err(|_| bad())?;
+        if limit == 0 || period.is_zero() {
+            return Err(bad());
+        }
+        Ok(Rate(Some(Quota { limit, period })))
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            None => f.write_str("off"),
+            Some(q) => write!(f, "{}/{}", q.limit, humantime::format_duration(q.period)),
+        }
+    }
+}
+
+/// Both types travel through TOML and JSON in their text form.
+macro_rules! serde_as_text {
+    ($($t:ty),*) => {$(
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+serde_as_text!(Dur, Rate);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, FromArgMatches, Parser};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    fn load(args: &[&str], file: &str) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("switchboard.toml");
+        std::fs::write(&path, file)?;
+        let matches = Cli::command().try_get_matches_from(
+            std::iter::once("switchboard").chain(args.iter().copied()),
+        )?;
+        let cli = Cli::from_arg_matches(&matches)?;
+        cli.config.layered(&matches, Some(&path))
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_the_file_beats_defaults() {
+        let config = load(
+            &["--rate-messages", "60/1m"],
+            "rate_messages = \"1/1s\"\nping_interval = \"10s\"\nlisten = \"127.0.0.1:9000\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.rate_messages.to_string(), "60/1m");
+        assert_eq!(config.ping_interval.0, Duration::from_secs(10));
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.request_timeout.0, Duration::from_secs(30));
+        assert_eq!(config.rate_auth.0, Some(Quota { limit: 5, period: Duration::from_secs(900) }));
+    }
+
+    #[test]
+    fn mistakes_are_explained() {
+        let unknown = load(&[], "listen_port = 8080\n").unwrap_err().to_string();
+        assert!(unknown.contains("unknown setting `listen_port`"), "{unknown}");
+        let bad_rate = format!("{:#}", load(&[], "rate_auth = \"lots\"\n").unwrap_err());
+        assert!(bad_rate.contains("is not a rate"), "{bad_rate}");
+        let pings = load(&["--idle-timeout", "10s"], "").unwrap_err().to_string();
+        assert!(pings.contains("must be longer than ping_interval"), "{pings}");
+        assert!("0/1m".parse::<Rate>().is_err());
+        assert_eq!("off".parse::<Rate>().unwrap(), Rate(None));
+    }
+}

@@ -1,0 +1,185 @@
+//! Every failure a client can see, and how it is rendered: one place for status codes, error
+//! codes and messages, used by HTTP handlers and WebSocket replies alike.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use switchboard_ingest::IngestError;
+use switchboard_ingest::log::LogError;
+use switchboard_projector::presence::PresenceError;
+use switchboard_projector::store::StoreError;
+
+/// A typed error: `{"error": {"code": ..., "message": ..., "retry_after_ms": ...}}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub retry_after: Option<Duration>,
+}
+
+#[derive(Serialize)]
+pub struct ErrorBody<'a> {
+    pub code: &'a str,
+    pub message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into(), retry_after: None }
+    }
+
+    /// The request is not well-formed: bad JSON, a missing field, a wrong type.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// The request is well-formed but a value is not acceptable.
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub fn token_expired() -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "token_expired", "the token has expired; log in again")
+    }
+
+    pub fn invalid_credentials() -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "wrong handle or password")
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// Also what a stranger gets for a conversation they are not in: to them it does not exist.
+    pub fn not_found(what: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{} not found", what.into()))
+    }
+
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    pub fn rate_limited(retry_after: Duration) -> ApiError {
+        ApiError {
+            retry_after: Some(retry_after),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests; slow down")
+        }
+    }
+
+    pub fn payload_too_large(limit: usize) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request is larger than the {limit}-byte limit"),
+        )
+    }
+
+    pub fn unknown_op(op: &str) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "unknown_op", format!("unknown op `{op}`"))
+    }
+
+    pub fn too_many_connections() -> ApiError {
+        ApiError {
+            retry_after: Some(Duration::from_secs(5)),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_connections",
+                "this node holds as many connections as it may; try another or retry later",
+            )
+        }
+    }
+
+    /// A query's consistency token was not reached within the bounded wait.
+    pub fn not_caught_up(message: impl Into<String>) -> ApiError {
+        ApiError {
+            retry_after: Some(Duration::from_millis(500)),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_caught_up", message)
+        }
+    }
+
+    /// A backend is down; the request changed nothing and may be retried.
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError {
+            retry_after: Some(Duration::from_secs(1)),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        }
+    }
+
+    pub fn timeout() -> ApiError {
+        ApiError::new(StatusCode::REQUEST_TIMEOUT, "timeout", "the request took too long")
+    }
+
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
+    pub fn body(&self) -> ErrorBody<'_> {
+        ErrorBody {
+            code: self.code,
+            message: &self.message,
+            retry_after_ms: self.retry_after.map(|d| d.as_millis() as u64),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        metrics::counter!("api_errors_total", "code" => self.code).increment(1);
+        if self.status.is_server_error() {
+            tracing::warn!(code = self.code, message = %self.message, "request failed");
+        }
+        let mut response =
+            (self.status, Json(serde_json::json!({ "error": self.body() }))).into_response();
+        if let Some(retry) = self.retry_after {
+            let seconds = retry.as_secs_f64().ceil().max(1.0) as u64;
+            response.headers_mut().insert("retry-after", seconds.into());
+        }
+        response
+    }
+}
+
+impl From<IngestError> for ApiError {
+    fn from(error: IngestError) -> ApiError {
+        match error {
+            IngestError::Invalid(message) => ApiError::invalid(message),
+            IngestError::Log(log) => log.into(),
+            IngestError::Encode(e) => ApiError::internal(format!("event encoding failed: {e}")),
+        }
+    }
+}
+
+impl From<LogError> for ApiError {
+    fn from(error: LogError) -> ApiError {
+        match error {
+            LogError::Unavailable(_) | LogError::Closed => {
+                ApiError::unavailable(format!("the event log cannot take writes right now ({error}); nothing was stored"))
+            }
+            LogError::Storage(_) => ApiError::internal(error.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> ApiError {
+        match error {
+            StoreError::Unavailable(_) => ApiError::unavailable(error.to_string()),
+            StoreError::Storage(_) => ApiError::internal(error.to_string()),
+        }
+    }
+}
+
+impl From<PresenceError> for ApiError {
+    fn from(error: PresenceError) -> ApiError {
+        ApiError::unavailable(error.to_string())
+    }
+}

@@ -1,0 +1,166 @@
+//! Fan-out: this node follows the log and pushes each event to the local sockets that should
+//! see it. Sending never waits on delivery; a socket too slow to keep up is disconnected and
+//! resumes from its last token.
+//!
+//! Every pushed frame carries a resume token: the node's position in the log just after that
+//! event. A socket registered at position `S` receives every routed event after `S` through its
+//! mailbox; a reconnecting client replays from its token up to `S`, so it sees each event once.
+
+mod router;
+mod token;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::ws::Utf8Bytes;
+use serde::Serialize;
+use switchboard_ingest::log::{Cursor, Log, LogError};
+use switchboard_projector::Progress;
+use switchboard_projector::presence::Presence;
+use switchboard_projector::store::{ReadModel, StoreError};
+use switchboard_schemas::{Codec, Topic, UserId};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use router::{Routed, Router};
+pub use token::ResumeToken;
+
+/// The topics whose events reach sockets.
+pub const FANOUT_TOPICS: [Topic; 3] = [Topic::Conversations, Topic::Messages, Topic::Presence];
+
+/// How many pushes may wait for one socket before it counts as too slow.
+pub const MAILBOX_CAPACITY: usize = 1024;
+
+/// The sending end of one socket's queue of pushes.
+pub struct Mailbox {
+    pub session_id: Arc<str>,
+    pub frames: mpsc::Sender<Utf8Bytes>,
+    /// Cancelled when the socket could not keep up and must go.
+    pub evicted: CancellationToken,
+}
+
+#[derive(Default)]
+struct Sockets {
+    /// Where the fan-out stands: every event before it has been pushed.
+    cursor: Cursor,
+    by_user: HashMap<UserId, Vec<Mailbox>>,
+}
+
+#[derive(Clone, Default)]
+pub struct Hub {
+    sockets: Arc<Mutex<Sockets>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FanoutError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Serialize)]
+struct PushFrame<'a> {
+    op: &'static str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    at: i64,
+    data: &'a serde_json::value::RawValue,
+    token: &'a str,
+}
+
+impl Routed {
+    pub fn frame(&self, token: &str) -> Utf8Bytes {
+        let frame = PushFrame { op: "event", kind: self.kind, at: self.at, data: &self.data, token };
+        serde_json::to_string(&frame).expect("frames serialise").into()
+    }
+}
+
+impl Hub {
+    /// Adds a socket; it receives every event routed to `user` after the returned position.
+    pub fn register(&self, user: UserId, mailbox: Mailbox) -> Cursor {
+        let mut sockets = self.sockets.lock().expect("hub lock");
+        sockets.by_user.entry(user).or_default().push(mailbox);
+        sockets.cursor.clone()
+    }
+
+    pub fn unregister(&self, user: UserId, session_id: &str) {
+        let mut sockets = self.sockets.lock().expect("hub lock");
+        if let Some(mailboxes) = sockets.by_user.get_mut(&user) {
+            mailboxes.retain(|m| &*m.session_id != session_id);
+            if mailboxes.is_empty() {
+                sockets.by_user.remove(&user);
+            }
+        }
+    }
+
+    /// Disconnects every socket; each reconnects and resumes from its last token.
+    pub fn evict_all(&self) {
+        let mut sockets = self.sockets.lock().expect("hub lock");
+        for mailbox in sockets.by_user.drain().flat_map(|(_, m)| m) {
+            mailbox.evicted.cancel();
+        }
+    }
+
+    /// Follows the log from its current end and pushes events until `stop` is cancelled.
+    pub async fn run(
+        self,
+        log: Arc<dyn Log>,
+        store: Arc<dyn ReadModel>,
+        presence: Arc<dyn Presence>,
+        progress: Progress,
+        stop: CancellationToken,
+    ) -> Result<(), FanoutError> {
+        let start = Cursor::end(log.as_ref(), &FANOUT_TOPICS).await?;
+        self.sockets.lock().expect("hub lock").cursor = start.clone();
+        // Memberships are read from the store on first use; it must have caught up with
+        // everything before the point the fan-out starts from.
+        progress.wait_for_cursor(&start).await;
+        let mut reader = log.reader(start).await?;
+        let mut router = Router::new(store, presence);
+        let codec = Codec::new();
+        loop {
+            let records = tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                records = reader.next_batch(1024) => records?,
+            };
+            let mut routed = Vec::with_capacity(records.len());
+            for record in records {
+                let route = match codec.decode(&record.value) {
+                    Ok(event) => router.route(&event).await?,
+                    Err(error) => {
+                        tracing::error!(position = %record.position, %error, "fan-out skips undecodable record");
+                        None
+                    }
+                };
+                routed.push((record.position, route));
+            }
+            self.push(routed);
+        }
+    }
+
+    fn push(&self, routed: Vec<(switchboard_schemas::Position, Option<Routed>)>) {
+        let mut sockets = self.sockets.lock().expect("hub lock");
+        let Sockets { cursor, by_user } = &mut *sockets;
+        for (position, route) in routed {
+            cursor.advance(position);
+            let Some(route) = route else { continue };
+            let mut frame = None;
+            for user in &route.recipients {
+                let Some(mailboxes) = by_user.get_mut(user) else { continue };
+                let frame = frame.get_or_insert_with(|| route.frame(&ResumeToken::encode(cursor)));
+                mailboxes.retain(|mailbox| match mailbox.frames.try_send(frame.clone()) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        metrics::counter!("sockets_evicted_total").increment(1);
+                        mailbox.evicted.cancel();
+                        false
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                });
+                metrics::counter!("events_pushed_total").increment(mailboxes.len() as u64);
+            }
+        }
+        by_user.retain(|_, mailboxes| !mailboxes.is_empty());
+    }
+}

@@ -1,0 +1,48 @@
+//! Liveness, readiness and metrics.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use switchboard_ingest::log::Cursor;
+use switchboard_projector::PROJECTED_TOPICS;
+
+use crate::state::AppState;
+
+/// The process is up.
+pub async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// The node can serve: the log and the store answer. Reports how far the projector lags.
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let log = state.ingest.log();
+    let end = Cursor::end(log.as_ref(), &PROJECTED_TOPICS).await;
+    let store = state.store.checkpoint().await;
+    let lag = end.as_ref().ok().map(|end| lag(end, &state.progress.current()));
+    if let Some(lag) = lag {
+        metrics::gauge!("projector_lag_events").set(lag as f64);
+    }
+    let ready = end.is_ok() && store.is_ok();
+    let body = json!({
+        "ready": ready,
+        "log": end.err().map_or("ok".to_owned(), |e| e.to_string()),
+        "store": store.err().map_or("ok".to_owned(), |e| e.to_string()),
+        "projector_lag_events": lag,
+    });
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body))
+}
+
+/// Events appended but not yet applied to the read models.
+fn lag(end: &Cursor, applied: &Cursor) -> u64 {
+    end.iter()
+        .map(|(topic, partition, next)| next.saturating_sub(applied.get(topic, partition).unwrap_or(0)))
+        .sum()
+}
+
+/// Prometheus text format.
+pub async fn metrics(State(state): State<AppState>) -> String {
+    crate::telemetry::record_process_metrics();
+    state.metrics.render()
+}

@@ -1,0 +1,110 @@
+//! The HTTP surface: routes under `/v1`, health and metrics, the schema registry, and the
+//! middleware every request passes through (timeout, limits, metrics).
+
+mod auth;
+mod conversations;
+mod extract;
+mod health;
+mod messages;
+mod presence;
+mod registry;
+mod users;
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, patch, post};
+
+use crate::auth::bearer_token;
+use crate::error::ApiError;
+use crate::limits::{self, Limit};
+use crate::state::AppState;
+use crate::ws;
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/users/me", get(users::me))
+        .route("/users/by-handle/{handle}", get(users::by_handle))
+        .route("/users/{id}", get(users::by_id))
+        .route("/conversations", get(conversations::list).post(conversations::create))
+        .route("/conversations/{id}", get(conversations::get).patch(conversations::rename))
+        .route("/conversations/{id}/members", post(conversations::add_member))
+        .route("/conversations/{id}/members/{user_id}", delete(conversations::remove_member))
+        .route("/conversations/{id}/messages", get(messages::history).post(messages::send))
+        .route(
+            "/conversations/{id}/messages/{message_id}",
+            patch(messages::edit).delete(messages::delete),
+        )
+        .route("/conversations/{id}/read", get(messages::read_markers).post(messages::mark_read))
+        .route("/presence", get(presence::status))
+        .route_layer(middleware::from_fn_with_state(state.clone(), general_limit));
+    let v1 = Router::new()
+        .route("/auth/register", post(auth::register))
+        .route("/auth/login", post(auth::login))
+        .route("/ws", get(ws::upgrade))
+        .merge(api);
+    Router::new()
+        .nest("/v1", v1)
+        .nest("/registry", registry::router())
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), timeout))
+        .layer(middleware::from_fn(measure))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError { status: axum::http::StatusCode::METHOD_NOT_ALLOWED, ..ApiError::bad_request("method not allowed on this route") }
+}
+
+/// The general limit counts per user when a valid token is presented, per IP otherwise.
+async fn general_limit(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let who = bearer_token(&parts)
+        .and_then(|token| state.tokens.verify(&token).ok())
+        .map_or_else(|| peer.ip().to_string(), |user| user.to_string());
+    if let Err(error) = limits::check(&state, Limit::General, &who).await {
+        return error.into_response();
+    }
+    next.run(Request::from_parts(parts, body)).await
+}
+
+async fn timeout(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(state.config.request_timeout.0, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::timeout().into_response(),
+    }
+}
+
+/// Request counts, latencies and error rates per route, for `/metrics`.
+async fn measure(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().to_string();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!("http_request_duration_seconds", "method" => method, "route" => route)
+        .record(started.elapsed());
+    response
+}

@@ -1,0 +1,175 @@
+//! `switchboard serve`: assembles the backends, runs the projector, the fan-out and the HTTP
+//! server in one process, and shuts them down in order.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use switchboard_ingest::ids::IdGenerator;
+use switchboard_ingest::log::Cursor;
+use switchboard_ingest::{Ingest, Limits, Origin};
+use switchboard_projector::{Progress, Projector};
+use switchboard_schemas::NodeHeartbeat;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::backends;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::routes;
+use crate::state::{AppState, Services};
+use crate::telemetry;
+
+/// How long a node's sessions stay online without a renewal.
+const NODE_LEASE: Duration = Duration::from_secs(15);
+/// How long a failed background task waits before it starts again.
+const RESTART_DELAY: Duration = Duration::from_secs(1);
+
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let metrics = telemetry::install_metrics()?;
+    let node_id = format!("{}-{}", config.node_id, &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let log = backends::open_log(&config)?;
+    let store = backends::open_store(&config)?;
+    let presence = backends::open_presence(&config, &node_id)?;
+    let ids = IdGenerator::new(config.node_id).context("node id")?;
+    let limits = Limits {
+        max_body_bytes: config.max_message_bytes,
+        max_group_members: config.max_group_members,
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+
+    let stop = CancellationToken::new();
+    let state = AppState::new(Services {
+        node_id,
+        ingest: Ingest::new(log.clone(), ids, limits),
+        store: store.clone(),
+        presence: presence.clone(),
+        progress: Progress::new(Cursor::default()),
+        hub: Hub::default(),
+        tokens: crate::auth::Tokens::new(config.jwt_secret.as_deref(), &config.data_dir, config.token_ttl.0)?,
+        connections: Arc::new(Semaphore::new(config.max_connections)),
+        shutdown: CancellationToken::new(),
+        metrics,
+        config,
+    });
+
+    let mut tasks = JoinSet::new();
+    tasks.spawn(supervise("projector", stop.clone(), {
+        let state = state.clone();
+        move |stop| {
+            let projector = Projector::new(state.ingest.log().clone(), state.store.clone(), state.progress.clone());
+            async move { projector.run(stop).await.map_err(anyhow::Error::from) }
+        }
+    }));
+    tasks.spawn(supervise("fan-out", stop.clone(), {
+        let state = state.clone();
+        move |stop| {
+            let state = state.clone();
+            async move {
+                let result = state
+                    .hub
+                    .clone()
+                    .run(state.ingest.log().clone(), state.store.clone(), state.presence.clone(), state.progress.clone(), stop)
+                    .await;
+                // Sockets may have missed pushes: make them reconnect and resume.
+                state.hub.evict_all();
+                result.map_err(anyhow::Error::from)
+            }
+        }
+    }));
+    tasks.spawn(renew_lease(state.clone(), stop.clone()));
+
+    tracing::info!(
+        listen = %state.config.listen,
+        node = %state.node_id,
+        log = %state.config.log_url(),
+        store = %state.config.store_url(),
+        presence = %state.config.presence,
+        "switchboard serving"
+    );
+    let app = routes::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let shutdown = state.shutdown.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: closing sockets and finishing requests");
+            shutdown.cancel();
+        })
+        .await
+        .context("HTTP server")?;
+
+    drain_sockets(&state).await;
+    stop.cancel();
+    while tasks.join_next().await.is_some() {}
+    state.ingest.log().close().await.context("flushing the log")?;
+    tracing::info!("switchboard stopped");
+    Ok(())
+}
+
+/// Runs a background task, restarting it after a failure until `stop` is cancelled.
+async fn supervise<F, Fut>(name: &'static str, stop: CancellationToken, start: F)
+where
+    F: Fn(CancellationToken) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    while !stop.is_cancelled() {
+        match start(stop.clone()).await {
+            Ok(()) => return,
+            Err(error) => {
+                metrics::counter!("task_restarts_total", "task" => name).increment(1);
+                tracing::error!(task = name, error = format!("{error:#}"), "task failed; restarting");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(RESTART_DELAY) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Keeps this node's sessions alive in presence and tells the log the node is up.
+async fn renew_lease(state: AppState, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(NODE_LEASE / 3);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(error) = state.presence.renew_lease(&state.node_id, NODE_LEASE).await {
+            tracing::warn!(%error, "could not renew the node lease");
+        }
+        let heartbeat = NodeHeartbeat { node_id: state.node_id.clone(), lease_ms: NODE_LEASE.as_millis() as i64 };
+        if let Err(error) = state.ingest.append(&Origin::system("heartbeat"), heartbeat.into()).await {
+            tracing::warn!(%error, "could not log the node heartbeat");
+        }
+    }
+}
+
+/// Waits until every socket has closed, or the grace period is over.
+async fn drain_sockets(state: &AppState) {
+    let all = state.config.max_connections as u32;
+    let wait = state.connections.acquire_many(all);
+    if tokio::time::timeout(state.config.shutdown_grace.0, wait).await.is_err() {
+        tracing::warn!("some sockets did not close within the grace period");
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

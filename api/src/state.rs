@@ -1,0 +1,49 @@
+//! What every handler is given: the backends, the configuration and the node's own services.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use switchboard_ingest::Ingest;
+use switchboard_projector::Progress;
+use switchboard_projector::presence::Presence;
+use switchboard_projector::store::ReadModel;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Tokens;
+use crate::config::Config;
+use crate::hub::Hub;
+
+#[derive(Clone)]
+pub struct AppState(Arc<Services>);
+
+pub struct Services {
+    pub config: Config,
+    /// Unique per process start: sessions are held under this node's lease.
+    pub node_id: String,
+    pub ingest: Ingest,
+    pub store: Arc<dyn ReadModel>,
+    pub presence: Arc<dyn Presence>,
+    pub progress: Progress,
+    pub hub: Hub,
+    pub tokens: Tokens,
+    /// One permit per WebSocket connection this node may still take.
+    pub connections: Arc<Semaphore>,
+    /// Cancelled when the node shuts down: sockets close with a close frame.
+    pub shutdown: CancellationToken,
+    pub metrics: PrometheusHandle,
+}
+
+impl AppState {
+    pub fn new(services: Services) -> AppState {
+        AppState(Arc::new(services))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}

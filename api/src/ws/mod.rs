@@ -1,0 +1,55 @@
+//! `/v1/ws`: the WebSocket endpoint. Authentication and the connection cap are checked before
+//! the upgrade, so a refused client gets a typed JSON error rather than a dropped socket.
+
+mod protocol;
+mod session;
+
+use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::response::Response;
+use serde::Deserialize;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::hub::ResumeToken;
+use crate::state::AppState;
+
+/// A hard cap, well above the configured frame limit: frames between the two get an error
+/// reply and the socket stays open; past it, the socket is closed with code 1009.
+const HARD_FRAME_FACTOR: usize = 16;
+
+#[derive(Deserialize)]
+pub struct Connect {
+    /// A resume token from a previous connection: what was missed since is replayed first.
+    resume: Option<String>,
+    /// A free-form device label, recorded with the session.
+    device: Option<String>,
+}
+
+pub async fn upgrade(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+    Query(connect): Query<Connect>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let resume = connect
+        .resume
+        .map(|token| ResumeToken::decode(&token))
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("bad resume token: {e}")))?;
+    let permit = state
+        .connections
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::too_many_connections())?;
+    let hard_limit = state.config.max_frame_bytes.saturating_mul(HARD_FRAME_FACTOR);
+    Ok(ws
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(8 * 1024)
+        .max_frame_size(hard_limit)
+        .max_message_size(hard_limit)
+        .on_upgrade(move |socket| async move {
+            let session = session::Session::open(state, user, connect.device).await;
+            session.run(socket, resume).await;
+            drop(permit);
+        }))
+}

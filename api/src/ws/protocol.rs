@@ -1,0 +1,134 @@
+//! The WebSocket frame contract: JSON text frames `{"op": ..., "ref": ...}` from the client, and
+//! `ack`, `error`, `pong`, `ready` and `event` frames from the server. See docs/protocol.md.
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+use switchboard_schemas::{ConversationId, MessageId, UserId};
+
+use crate::chat::SendRequest;
+use crate::error::ApiError;
+
+/// A parsed client frame: its `ref` (echoed in the reply) and what it asks for.
+pub struct ClientFrame {
+    pub reference: Value,
+    pub op: Op,
+}
+
+pub enum Op {
+    Send(SendRequest),
+    Edit(EditRequest),
+    Delete(MessageRef),
+    Read(MessageRef),
+    Typing(TypingRequest),
+    Ping,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EditRequest {
+    pub conversation_id: ConversationId,
+    pub message_id: MessageId,
+    pub body: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageRef {
+    pub conversation_id: ConversationId,
+    pub message_id: MessageId,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TypingRequest {
+    pub conversation_id: ConversationId,
+    #[serde(default = "active_by_default")]
+    pub active: bool,
+}
+
+fn active_by_default() -> bool {
+    true
+}
+
+/// Parses a text frame. On failure, the error still carries the frame's `ref` when it had one.
+pub fn parse(text: &str) -> Result<ClientFrame, (Value, ApiError)> {
+    let mut fields: Map<String, Value> = serde_json::from_str(text)
+        .map_err(|e| (Value::Null, ApiError::bad_request(format!("frame is not a JSON object: {e}"))))?;
+    let reference = fields.remove("ref").unwrap_or(Value::Null);
+    let fail = |error: ApiError| (reference.clone(), error);
+    let op = match fields.remove("op") {
+        Some(Value::String(op)) => op,
+        Some(_) => return Err(fail(ApiError::bad_request("`op` must be a string"))),
+        None => return Err(fail(ApiError::bad_request("missing field `op`"))),
+    };
+    let op = match op.as_str() {
+        "send" => Op::Send(fields_as(fields).map_err(fail)?),
+        "edit" => Op::Edit(fields_as(fields).map_err(fail)?),
+        "delete" => Op::Delete(fields_as(fields).map_err(fail)?),
+        "read" => Op::Read(fields_as(fields).map_err(fail)?),
+        "typing" => Op::Typing(fields_as(fields).map_err(fail)?),
+        "ping" => Op::Ping,
+        other => return Err(fail(ApiError::unknown_op(other))),
+    };
+    Ok(ClientFrame { reference, op })
+}
+
+fn fields_as<T: DeserializeOwned>(fields: Map<String, Value>) -> Result<T, ApiError> {
+    serde_json::from_value(Value::Object(fields)).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// `{"op": "ack", "ref": ..., ...result}`
+pub fn ack(reference: Value, result: impl serde::Serialize) -> String {
+    let mut frame = match serde_json::to_value(result) {
+        Ok(Value::Object(map)) => map,
+        _ => Map::new(),
+    };
+    frame.insert("op".into(), "ack".into());
+    frame.insert("ref".into(), reference);
+    Value::Object(frame).to_string()
+}
+
+/// `{"op": "error", "ref": ..., "error": {"code", "message", "retry_after_ms"}}`
+pub fn error(reference: Value, error: &ApiError) -> String {
+    json!({ "op": "error", "ref": reference, "error": error.body() }).to_string()
+}
+
+pub fn pong(reference: Value) -> String {
+    json!({ "op": "pong", "ref": reference }).to_string()
+}
+
+pub fn ready(user_id: UserId, session_id: &str, token: &str, heartbeat_ms: u128) -> String {
+    json!({
+        "op": "ready",
+        "user_id": user_id,
+        "session_id": session_id,
+        "token": token,
+        "heartbeat_ms": heartbeat_ms,
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_parse_or_explain_why_not() {
+        let frame = parse(r#"{"op":"send","ref":7,"conversation_id":"12","client_msg_id":"a","body":"hi"}"#)
+            .ok()
+            .unwrap();
+        assert_eq!(frame.reference, json!(7));
+        assert!(matches!(frame.op, Op::Send(ref s) if s.conversation_id == ConversationId(12)));
+
+        let code = |text: &str| parse(text).err().unwrap().1.code;
+        assert_eq!(code("not json"), "bad_request");
+        assert_eq!(code("[1,2]"), "bad_request");
+        assert_eq!(code(r#"{"ref":"x"}"#), "bad_request");
+        assert_eq!(code(r#"{"op":"dance"}"#), "unknown_op");
+        assert_eq!(code(r#"{"op":"send","conversation_id":"1","body":"x"}"#), "bad_request");
+        let (reference, error) = parse(r#"{"op":"read","ref":"r1","conversation_id":"1"}"#).err().unwrap();
+        assert_eq!(reference, json!("r1"));
+        assert!(error.message.contains("message_id"), "{}", error.message);
+    }
+}

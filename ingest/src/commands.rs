@@ -1,0 +1,287 @@
+//! Commands: what a client may ask to happen, checked for shape and appended as events.
+//!
+//! Authorisation (is this user a member?) needs the read models and is the API's job before it
+//! calls in here; what is checked here is everything that can be judged from the command alone,
+//! so that no malformed event ever reaches the log.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use switchboard_schemas::*;
+
+use crate::ids::IdGenerator;
+use crate::log::{Log, LogError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The command is malformed; nothing was appended.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("encoding: {0}")]
+    Encode(#[from] CodecError),
+}
+
+/// Bounds on what one command may carry.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Longest message body, in bytes of UTF-8.
+    pub max_body_bytes: usize,
+    /// Most members a group conversation may have.
+    pub max_group_members: usize,
+}
+
+/// Who asked, for the event's metadata.
+#[derive(Clone, Debug)]
+pub struct Origin {
+    pub actor: Option<UserId>,
+    pub trace_id: String,
+}
+
+impl Origin {
+    pub fn user(actor: UserId, trace_id: impl Into<String>) -> Origin {
+        Origin { actor: Some(actor), trace_id: trace_id.into() }
+    }
+
+    pub fn system(trace_id: impl Into<String>) -> Origin {
+        Origin { actor: None, trace_id: trace_id.into() }
+    }
+}
+
+/// The write path: validates commands and appends their events.
+pub struct Ingest {
+    log: Arc<dyn Log>,
+    codec: Codec,
+    ids: IdGenerator,
+    limits: Limits,
+}
+
+impl Ingest {
+    pub fn new(log: Arc<dyn Log>, ids: IdGenerator, limits: Limits) -> Ingest {
+        Ingest { log, codec: Codec::new(), ids, limits }
+    }
+
+    pub fn log(&self) -> &Arc<dyn Log> {
+        &self.log
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// A new 64-bit, time-ordered id, unique across nodes.
+    pub fn next_id(&self) -> i64 {
+        self.ids.next_id()
+    }
+
+    /// Appends one event and returns its position once it is durable.
+    pub async fn append(&self, origin: &Origin, payload: Payload) -> Result<Position, IngestError> {
+        let event = Event {
+            meta: EventMeta {
+                event_id: uuid::Uuid::now_v7().to_string(),
+                occurred_at: now_ms(),
+                actor: origin.actor,
+                trace_id: origin.trace_id.clone(),
+            },
+            payload,
+        };
+        let value = self.codec.encode(&event)?;
+        let started = std::time::Instant::now();
+        let position = self.log.append(event.topic(), event.payload.key().as_bytes(), value).await?;
+        metrics::histogram!("log_append_seconds").record(started.elapsed());
+        metrics::counter!("events_appended_total", "topic" => event.topic().name()).increment(1);
+        Ok(position)
+    }
+
+    pub async fn register_user(
+        &self,
+        origin: &Origin,
+        handle: &str,
+        display_name: &str,
+        password_hash: String,
+    ) -> Result<(UserId, Position), IngestError> {
+        validate_handle(handle)?;
+        let display_name = validate_text("display_name", display_name, 64)?;
+        let user_id = UserId(self.next_id());
+        let event = UserRegistered {
+            user_id,
+            handle: handle.to_lowercase(),
+            display_name,
+            password_hash,
+        };
+        Ok((user_id, self.append(origin, event.into()).await?))
+    }
+
+    pub async fn create_conversation(
+        &self,
+        origin: &Origin,
+        kind: ConversationKind,
+        title: Option<&str>,
+        mut members: Vec<UserId>,
+    ) -> Result<(ConversationId, Position), IngestError> {
+        let mut seen = std::collections::HashSet::new();
+        members.retain(|m| seen.insert(*m));
+        match kind {
+            ConversationKind::Direct if members.len() != 2 => {
+                return Err(invalid("a direct conversation has exactly two different members"));
+            }
+            ConversationKind::Group if members.len() > self.limits.max_group_members => {
+                return Err(invalid(format!(
+                    "a group has at most {} members",
+                    self.limits.max_group_members
+                )));
+            }
+            _ => {}
+        }
+        let title = title.map(|t| validate_text("title", t, 100)).transpose()?;
+        let conversation_id = ConversationId(self.next_id());
+        let event = ConversationCreated { conversation_id, kind, title, members };
+        Ok((conversation_id, self.append(origin, event.into()).await?))
+    }
+
+    pub async fn add_member(
+        &self,
+        origin: &Origin,
+        conversation_id: ConversationId,
+        user_id: UserId,
+    ) -> Result<Position, IngestError> {
+        self.append(origin, MemberAdded { conversation_id, user_id }.into()).await
+    }
+
+    pub async fn remove_member(
+        &self,
+        origin: &Origin,
+        conversation_id: ConversationId,
+        user_id: UserId,
+    ) -> Result<Position, IngestError> {
+        self.append(origin, MemberRemoved { conversation_id, user_id }.into()).await
+    }
+
+    pub async fn rename(
+        &self,
+        origin: &Origin,
+        conversation_id: ConversationId,
+        title: &str,
+    ) -> Result<Position, IngestError> {
+        let title = validate_text("title", title, 100)?;
+        self.append(origin, ConversationRenamed { conversation_id, title }.into()).await
+    }
+
+    /// The message id is chosen by the caller, who may have claimed it for the
+    /// `client_msg_id` first so that a retried send finds it.
+    pub fn check_message(&self, client_msg_id: &str, body: &str) -> Result<(), IngestError> {
+        if client_msg_id.is_empty() || client_msg_id.len() > 64 {
+            return Err(invalid("client_msg_id must be 1 to 64 bytes"));
+        }
+        self.check_body(body)
+    }
+
+    fn check_body(&self, body: &str) -> Result<(), IngestError> {
+        if body.trim().is_empty() {
+            return Err(invalid("body must not be empty"));
+        }
+        if body.len() > self.limits.max_body_bytes {
+            return Err(invalid(format!(
+                "body is {} bytes; at most {} are allowed",
+                body.len(),
+                self.limits.max_body_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    pub async fn send_message(&self, origin: &Origin, message: MessageSent) -> Result<Position, IngestError> {
+        self.check_message(&message.client_msg_id, &message.body)?;
+        self.append(origin, message.into()).await
+    }
+
+    pub async fn edit_message(
+        &self,
+        origin: &Origin,
+        conversation_id: ConversationId,
+        message_id: MessageId,
+        body: &str,
+    ) -> Result<Position, IngestError> {
+        self.check_body(body)?;
+        let event = MessageEdited { conversation_id, message_id, body: body.to_owned() };
+        self.append(origin, event.into()).await
+    }
+
+    pub async fn delete_message(
+        &self,
+        origin: &Origin,
+        conversation_id: ConversationId,
+        message_id: MessageId,
+    ) -> Result<Position, IngestError> {
+        self.append(origin, MessageDeleted { conversation_id, message_id }.into()).await
+    }
+
+    pub async fn mark_read(
+        &self,
+        origin: &Origin,
+        conversation_id: ConversationId,
+        user_id: UserId,
+        message_id: MessageId,
+    ) -> Result<Position, IngestError> {
+        self.append(origin, ReadUpTo { conversation_id, user_id, message_id }.into()).await
+    }
+
+    pub async fn typing(
+        &self,
+        origin: &Origin,
+        user_id: UserId,
+        conversation_id: ConversationId,
+        active: bool,
+    ) -> Result<Position, IngestError> {
+        self.append(origin, Typing { user_id, conversation_id, active }.into()).await
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn invalid(message: impl Into<String>) -> IngestError {
+    IngestError::Invalid(message.into())
+}
+
+/// Handles are 3–32 characters of `a-z`, `0-9`, `_` and `.`, compared without case.
+fn validate_handle(handle: &str) -> Result<(), IngestError> {
+    let ok_chars = handle
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+    if !(3..=32).contains(&handle.len()) || !ok_chars {
+        return Err(invalid("handle must be 3 to 32 characters of a-z, 0-9, `_` and `.`"));
+    }
+    Ok(())
+}
+
+fn validate_text(field: &str, text: &str, max_chars: usize) -> Result<String, IngestError> {
+    let text = text.trim();
+    if text.is_empty() || text.chars().count() > max_chars || text.chars().any(char::is_control) {
+        return Err(invalid(format!(
+            "{field} must be 1 to {max_chars} printable characters"
+        )));
+    }
+    Ok(text.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_and_texts_are_checked() {
+        assert!(validate_handle("ada_l.1").is_ok());
+        assert!(validate_handle("Ada").is_ok());
+        for bad in ["ab", "has space", "ünï", &"x".repeat(33)] {
+            assert!(validate_handle(bad).is_err(), "{bad}");
+        }
+        assert_eq!(validate_text("title", "  hi  ", 10).unwrap(), "hi");
+        assert!(validate_text("title", "   ", 10).is_err());
+        assert!(validate_text("title", "a\u{7}b", 10).is_err());
+        assert!(validate_text("title", &"é".repeat(11), 10).is_err());
+    }
+}

@@ -1,0 +1,400 @@
+//! The behaviour every [`Log`] implementation must show, as a suite of async checks.
+//!
+//! The embedded log and the Kafka log are interchangeable only if they behave the same; each
+//! implementation's tests run every function here against a live instance. The functions use
+//! nothing but the [`Log`] trait and panic, like assertions, when the log misbehaves.
+//!
+//! They are written to share one instance, even concurrently ([`run_all`]), and to run against a
+//! log that already holds data (a real Kafka cluster): each function owns one topic, tags its keys
+//! with a value unique to the run, and only counts offsets from the end offsets it reads first.
+//! What they do assume is that nobody else writes to their topic while they run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::pin;
+use std::task::Poll;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures_util::future::join_all;
+use switchboard_schemas::{Position, Topic};
+
+use super::{Cursor, Log, Record};
+
+/// The most records asked for in one `next_batch`: small, so reads span several batches.
+const BATCH: usize = 16;
+
+/// Runs the whole suite concurrently on one log.
+pub async fn run_all(log: &dyn Log) {
+    tokio::join!(
+        appends_are_read_back_in_order(log),
+        keys_stay_in_their_partition(log),
+        readers_follow_the_tail(log),
+        concurrent_appends_get_distinct_offsets(log),
+        end_offsets_and_committed_positions(log),
+        a_reader_starts_where_its_cursor_says(log),
+    );
+}
+
+/// Sequential appends come back from a reader with the positions, keys and values the appends
+/// returned, in offset order within each partition.
+pub async fn appends_are_read_back_in_order(log: &dyn Log) {
+    let topic = Topic::Users;
+    let tag = run_tag("in-order");
+    let start = Cursor::end(log, &[topic]).await.expect("end offsets");
+    let keys: Vec<String> = (0..3).map(|k| format!("{tag}/key-{k}")).collect();
+
+    let mut appended = Vec::new();
+    for i in 0..60 {
+        let key = keys[i % keys.len()].as_bytes();
+        let value = format!("{tag}/value-{i}").into_bytes();
+        let position = log.append(topic, key, value.clone()).await.expect("append");
+        appended.push((position, key.to_vec(), value));
+    }
+    for (partition, offsets) in offsets_by_partition(appended.iter().map(|(p, ..)| *p)) {
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "appends to partition {partition}, one after another, got offsets {offsets:?}"
+        );
+    }
+
+    let read = read_tagged(log, start, &tag, appended.len()).await;
+    let now = now_ms();
+    for record in &read {
+        assert!(
+            (record.timestamp_ms - now).abs() < 3_600_000,
+            "record {} has timestamp {} ms, far from now ({now} ms)",
+            record.position,
+            record.timestamp_ms
+        );
+    }
+    for partition in 0..log.partitions(topic) {
+        let got: Vec<_> = read
+            .iter()
+            .filter(|r| r.position.partition == partition)
+            .map(|r| (r.position, r.key.clone(), r.value.clone()))
+            .collect();
+        let expected: Vec<_> = appended
+            .iter()
+            .filter(|(p, ..)| p.partition == partition)
+            .cloned()
+            .collect();
+        assert_eq!(
+            got, expected,
+            "partition {partition} reads back differently"
+        );
+    }
+}
+
+/// Every key lands in [`Topic::partition_for`]'s partition, every time, and records read back
+/// from a partition carry keys that belong there.
+pub async fn keys_stay_in_their_partition(log: &dyn Log) {
+    let topic = Topic::Conversations;
+    let partitions = log.partitions(topic);
+    let tag = run_tag("partitioning");
+    let start = Cursor::end(log, &[topic]).await.expect("end offsets");
+    let keys: Vec<String> = (0..40).map(|k| format!("{tag}/conversation-{k}")).collect();
+
+    let mut used = BTreeSet::new();
+    for round in 0..2 {
+        for key in &keys {
+            let position = log
+                .append(topic, key.as_bytes(), format!("round {round}").into_bytes())
+                .await
+                .expect("append");
+            let expected = Topic::partition_for(key.as_bytes(), partitions);
+            assert_eq!(
+                position.partition, expected,
+                "key {key} appended to the wrong partition"
+            );
+            used.insert(position.partition);
+        }
+    }
+    if partitions > 1 {
+        assert!(
+            used.len() > 1,
+            "40 keys all landed in one of {partitions} partitions: {used:?}"
+        );
+    }
+
+    let read = read_tagged(log, start, &tag, 2 * keys.len()).await;
+    for record in &read {
+        assert_eq!(
+            record.position.partition,
+            Topic::partition_for(&record.key, partitions),
+            "record {} was read from a partition its key does not hash to",
+            record.position
+        );
+    }
+    for key in &keys {
+        let rounds: Vec<_> = read
+            .iter()
+            .filter(|r| r.key == key.as_bytes())
+            .map(|r| &r.value)
+            .collect();
+        assert_eq!(
+            rounds,
+            [b"round 0", b"round 1"],
+            "key {key} read back out of order"
+        );
+    }
+}
+
+/// A reader at the end of the log waits, returns nothing early, and wakes for a later append.
+pub async fn readers_follow_the_tail(log: &dyn Log) {
+    let topic = Topic::Presence;
+    let tag = run_tag("tail");
+    let key = format!("{tag}/user");
+    let start = Cursor::end(log, &[topic]).await.expect("end offsets");
+    let mut reader = log.reader(start).await.expect("reader");
+
+    for round in 0..3 {
+        let value = format!("{tag}/heartbeat-{round}").into_bytes();
+        let mut waiting = pin!(reader.next_batch(BATCH));
+        for _ in 0..20 {
+            if let Some(early) = poll_once(waiting.as_mut()).await {
+                panic!("a reader at the tail returned {early:?} before anything was appended");
+            }
+            tokio::task::yield_now().await;
+        }
+        let position = log
+            .append(topic, key.as_bytes(), value.clone())
+            .await
+            .expect("append");
+        let batch = waiting.await.expect("next_batch");
+        let got: Vec<_> = batch
+            .iter()
+            .map(|r| (r.position, &r.key[..], &r.value[..]))
+            .collect();
+        assert_eq!(
+            got,
+            [(position, key.as_bytes(), &value[..])],
+            "a reader at the tail should wake with exactly the new record"
+        );
+    }
+}
+
+/// Many appends in flight at once all succeed, with distinct offsets that fill each partition
+/// without gaps, and each offset holds the record its append was told.
+pub async fn concurrent_appends_get_distinct_offsets(log: &dyn Log) {
+    const APPENDS: usize = 1000;
+    let topic = Topic::Messages;
+    let partitions = log.partitions(topic);
+    let tag = run_tag("concurrent");
+    let before = log.end_offsets(topic).await.expect("end offsets");
+
+    let appends = (0..APPENDS).map(|i| {
+        let tag = &tag;
+        async move {
+            let key = format!("{tag}/conversation-{}", i % 50).into_bytes();
+            let value = format!("{tag}/message-{i}").into_bytes();
+            let position = log
+                .append(topic, &key, value.clone())
+                .await
+                .expect("append");
+            (position, key, value)
+        }
+    });
+    let appended = join_all(appends).await;
+    let after = log.end_offsets(topic).await.expect("end offsets");
+
+    let by_partition = offsets_by_partition(appended.iter().map(|(p, ..)| *p));
+    for partition in 0..partitions {
+        let p = partition as usize;
+        let mut offsets = by_partition.get(&partition).cloned().unwrap_or_default();
+        offsets.sort_unstable();
+        let expected: Vec<u64> = (before[p]..before[p] + offsets.len() as u64).collect();
+        assert_eq!(
+            offsets, expected,
+            "offsets in partition {partition} are not distinct and contiguous"
+        );
+        assert_eq!(
+            after[p],
+            before[p] + offsets.len() as u64,
+            "end offset of partition {partition}"
+        );
+    }
+
+    let start = cursor_at(topic, &before);
+    let read = read_tagged(log, start, &tag, APPENDS).await;
+    let stored: BTreeMap<Position, (&[u8], &[u8])> = read
+        .iter()
+        .map(|r| (r.position, (&r.key[..], &r.value[..])))
+        .collect();
+    for (position, key, value) in &appended {
+        assert_eq!(
+            stored.get(position),
+            Some(&(&key[..], &value[..])),
+            "the record at {position} is not the one appended there"
+        );
+    }
+}
+
+/// End offsets move by exactly the appends made; committed positions start empty, are read back
+/// as committed, overwrite each other, and are kept per group.
+pub async fn end_offsets_and_committed_positions(log: &dyn Log) {
+    let topic = Topic::Calls;
+    let partitions = log.partitions(topic);
+    let tag = run_tag("offsets");
+    let before = log.end_offsets(topic).await.expect("end offsets");
+    assert_eq!(
+        before.len(),
+        partitions as usize,
+        "one end offset per partition"
+    );
+
+    let key = format!("{tag}/call");
+    let partition = Topic::partition_for(key.as_bytes(), partitions);
+    let mut positions = Vec::new();
+    for i in 0..3 {
+        positions.push(
+            log.append(topic, key.as_bytes(), vec![i])
+                .await
+                .expect("append"),
+        );
+    }
+    let first = before[partition as usize];
+    let offsets: Vec<u64> = positions.iter().map(|p| p.offset).collect();
+    assert_eq!(
+        offsets,
+        [first, first + 1, first + 2],
+        "appends take the end offset in turn"
+    );
+    let mut expected = before.clone();
+    expected[partition as usize] += 3;
+    assert_eq!(log.end_offsets(topic).await.expect("end offsets"), expected);
+
+    let group = format!("conformance-{tag}");
+    let other = format!("{group}-other");
+    assert_eq!(
+        log.committed(&group).await.expect("committed"),
+        Cursor::default(),
+        "new group"
+    );
+
+    let mut cursor = Cursor::default();
+    cursor.advance(positions[0]);
+    log.commit(&group, &cursor).await.expect("commit");
+    assert_eq!(log.committed(&group).await.expect("committed"), cursor);
+
+    cursor.advance(positions[2]);
+    cursor.set(Topic::Users, 0, 7);
+    log.commit(&group, &cursor).await.expect("commit");
+    assert_eq!(
+        log.committed(&group).await.expect("committed"),
+        cursor,
+        "a commit overwrites"
+    );
+    assert_eq!(
+        log.committed(&other).await.expect("committed"),
+        Cursor::default(),
+        "groups are apart"
+    );
+}
+
+/// A reader begins exactly at its cursor's offset, whether the cursor was built or committed.
+pub async fn a_reader_starts_where_its_cursor_says(log: &dyn Log) {
+    let topic = Topic::Signals;
+    let tag = run_tag("cursor");
+    let key = format!("{tag}/recipient");
+    let mut appended = Vec::new();
+    for i in 0..5 {
+        let value = format!("{tag}/signal-{i}").into_bytes();
+        appended.push((
+            log.append(topic, key.as_bytes(), value.clone())
+                .await
+                .expect("append"),
+            value,
+        ));
+    }
+    let third = appended[2].0;
+    let mut cursor = Cursor::default();
+    cursor.set(topic, third.partition, third.offset);
+    let expected: Vec<_> = appended[2..].iter().map(|(p, v)| (*p, v.clone())).collect();
+
+    let read = read_tagged(log, cursor.clone(), &tag, 3).await;
+    let got: Vec<_> = read.iter().map(|r| (r.position, r.value.clone())).collect();
+    assert_eq!(
+        got, expected,
+        "a reader from {cursor} should start at {third}"
+    );
+
+    let group = format!("conformance-{tag}");
+    log.commit(&group, &cursor).await.expect("commit");
+    let committed = log.committed(&group).await.expect("committed");
+    let read = read_tagged(log, committed, &tag, 3).await;
+    let got: Vec<_> = read.iter().map(|r| (r.position, r.value.clone())).collect();
+    assert_eq!(
+        got, expected,
+        "a reader from a committed cursor should start where it was"
+    );
+}
+
+/// Reads from `from` until `want` records whose key starts with `tag` have come, checking that
+/// every batch respects its size bounds.
+async fn read_tagged(log: &dyn Log, from: Cursor, tag: &str, want: usize) -> Vec<Record> {
+    let mut reader = log.reader(from).await.expect("reader");
+    let mut found = Vec::with_capacity(want);
+    while found.len() < want {
+        let batch = reader.next_batch(BATCH).await.expect("next_batch");
+        assert!(
+            (1..=BATCH).contains(&batch.len()),
+            "next_batch({BATCH}) returned {} records",
+            batch.len()
+        );
+        found.extend(
+            batch
+                .into_iter()
+                .filter(|r| r.key.starts_with(tag.as_bytes())),
+        );
+    }
+    assert_eq!(
+        found.len(),
+        want,
+        "more records than were appended came back"
+    );
+    found
+}
+
+/// Polls `future` once: `Some` if it finished, `None` if it is waiting.
+async fn poll_once<F: Future>(mut future: std::pin::Pin<&mut F>) -> Option<F::Output> {
+    std::future::poll_fn(|cx| {
+        Poll::Ready(match future.as_mut().poll(cx) {
+            Poll::Ready(output) => Some(output),
+            Poll::Pending => None,
+        })
+    })
+    .await
+}
+
+fn offsets_by_partition(positions: impl Iterator<Item = Position>) -> BTreeMap<u32, Vec<u64>> {
+    let mut by_partition: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    for position in positions {
+        by_partition
+            .entry(position.partition)
+            .or_default()
+            .push(position.offset);
+    }
+    by_partition
+}
+
+fn cursor_at(topic: Topic, offsets: &[u64]) -> Cursor {
+    let mut cursor = Cursor::default();
+    for (partition, &offset) in (0u32..).zip(offsets) {
+        cursor.set(topic, partition, offset);
+    }
+    cursor
+}
+
+/// A prefix no earlier run (or concurrent test process) has used, so old data never matches.
+fn run_tag(check: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("conformance/{check}/{}-{nanos}", std::process::id())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,381 @@
+//! The embedded log: a durable, partitioned log in a local directory, built on fjall.
+//!
+//! This is the log of the one-process setup (see DESIGN.md): nothing to install, yet an append is
+//! acknowledged only once it is on disk, so a `kill -9` loses nothing that was acknowledged.
+//!
+//! The pieces:
+//!
+//! - [`format`]: one fjall keyspace per topic-partition, offsets as big-endian keys.
+//! - [`writer`]: the single writer thread. fsync is the cost of durability, so appends are not
+//!   written one by one: they queue on a channel and the writer drains whatever is pending into
+//!   one atomic batch, syncs once, then answers everyone (group commit). It is also the only
+//!   place offsets are assigned, which is what keeps them dense and ordered without locks.
+//! - [`reader`]: readers scan partitions up to the *durable frontier* the writer publishes after
+//!   each sync, never further, so nothing is read before it is acknowledged; they sleep on that
+//!   frontier when caught up.
+
+mod format;
+mod reader;
+#[cfg(test)]
+mod tests;
+mod writer;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use switchboard_schemas::{Position, Topic};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{Cursor, Log, LogError, LogReader};
+use reader::EmbeddedReader;
+use writer::Request;
+
+/// How many requests may wait for the writer before appenders are slowed down (backpressure).
+const QUEUE_DEPTH: usize = 16 * 1024;
+
+/// Consumer group names become fjall keys, which must be non-empty and short.
+const MAX_GROUP_LEN: usize = 1024;
+
+/// A durable, partitioned log stored in a local directory. See the [module docs](self).
+///
+/// Clones share one log. Dropping the last clone stops the writer thread after it has written
+/// what was already queued, as [`Log::close`] does.
+#[derive(Clone)]
+pub struct EmbeddedLog {
+    store: Arc<Store>,
+    writer: Arc<WriterHandle>,
+}
+
+/// What readers and the writer share: the database and where each partition durably ends.
+struct Store {
+    db: Database,
+    partitions: u32,
+    /// One keyspace per topic-partition, indexed by [`Store::slot`].
+    logs: Vec<Keyspace>,
+    consumers: Keyspace,
+    frontier: watch::Sender<Frontier>,
+}
+
+/// What the writer has made durable; readers never look past it.
+#[derive(Debug)]
+struct Frontier {
+    /// The next offset of each partition, indexed by [`Store::slot`].
+    ends: Vec<u64>,
+    /// The writer has stopped: no record will ever come after `ends`.
+    closed: bool,
+}
+
+/// Owned only by [`EmbeddedLog`] clones, not by readers, so that dropping the last log handle
+/// stops the writer even while readers are still around.
+struct WriterHandle {
+    requests: RwLock<Option<mpsc::Sender<Request>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl EmbeddedLog {
+    /// Opens (or creates) the log in `dir`, with `partitions` partitions for every topic.
+    ///
+    /// The partition count is fixed when the log is created: a key's partition depends on it, so
+    /// opening an existing log with another count fails instead of silently scattering keys.
+    pub fn open(dir: &Path, partitions: u32) -> Result<EmbeddedLog, LogError> {
+        if partitions == 0 {
+            return Err(LogError::Storage(
+                "a log needs at least one partition per topic".into(),
+            ));
+        }
+        let shown = dir.display();
+        std::fs::create_dir_all(dir)
+            .map_err(|e| LogError::Storage(format!("creating log directory {shown}: {e}")))?;
+        // Every write is made durable explicitly: by the writer's sync after each batch.
+        let db = Database::builder(dir)
+            .manual_journal_persist(true)
+            .open()
+            .map_err(|e| LogError::Storage(format!("opening log in {shown}: {e}")))?;
+        let storage =
+            |what: &str, e: fjall::Error| LogError::Storage(format!("{what} in {shown}: {e}"));
+
+        let meta = db
+            .keyspace(format::META_KEYSPACE, KeyspaceCreateOptions::default)
+            .map_err(|e| storage("opening the meta keyspace", e))?;
+        match meta
+            .get(format::PARTITIONS_KEY)
+            .map_err(|e| storage("reading the partition count", e))?
+        {
+            Some(stored) => {
+                let stored = <[u8; 4]>::try_from(&*stored)
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| {
+                        LogError::Storage(format!("{shown} holds an unreadable partition count"))
+                    })?;
+                if stored != partitions {
+                    return Err(LogError::Storage(format!(
+                        "{shown} holds a log with {stored} partitions per topic, but it was \
+                         opened with {partitions}; keys would move to other partitions and lose \
+                         their order, so the log is never re-partitioned in place: open it with \
+                         {stored} partitions, or replay it into a new directory"
+                    )));
+                }
+            }
+            None => {
+                meta.insert(format::PARTITIONS_KEY, partitions.to_be_bytes())
+                    .map_err(|e| storage("recording the partition count", e))?;
+            }
+        }
+
+        let mut logs = Vec::with_capacity(Topic::ALL.len() * partitions as usize);
+        let mut ends = Vec::with_capacity(logs.capacity());
+        for topic in Topic::ALL {
+            for partition in 0..partitions {
+                let name = format::partition_keyspace(topic, partition);
+                let keyspace = db
+                    .keyspace(&name, KeyspaceCreateOptions::default)
+                    .map_err(|e| storage(&format!("opening partition {name}"), e))?;
+                ends.push(recover_end(&keyspace, &name, dir)?);
+                logs.push(keyspace);
+            }
+        }
+        let consumers = db
+            .keyspace(format::CONSUMERS_KEYSPACE, KeyspaceCreateOptions::default)
+            .map_err(|e| storage("opening the consumer positions", e))?;
+        // Whatever recovery found (including records written but never acknowledged before a
+        // crash) is now served to readers, so it has to be as durable as everything else.
+        db.persist(PersistMode::SyncAll)
+            .map_err(|e| storage("syncing the recovered log", e))?;
+
+        let (frontier, _) = watch::channel(Frontier {
+            ends,
+            closed: false,
+        });
+        let store = Arc::new(Store {
+            db,
+            partitions,
+            logs,
+            consumers,
+            frontier,
+        });
+        let (requests, receiver) = mpsc::channel(QUEUE_DEPTH);
+        let thread = writer::spawn(Arc::clone(&store), receiver)
+            .map_err(|e| LogError::Storage(format!("starting the log writer thread: {e}")))?;
+        Ok(EmbeddedLog {
+            store,
+            writer: Arc::new(WriterHandle {
+                requests: RwLock::new(Some(requests)),
+                thread: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    /// Queues a request for the writer and waits for its answer.
+    async fn request<T>(
+        &self,
+        request: impl FnOnce(oneshot::Sender<Result<T, LogError>>) -> Request,
+    ) -> Result<T, LogError> {
+        let sender = self.writer.sender().ok_or(LogError::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        sender
+            .send(request(reply))
+            .await
+            .map_err(|_| LogError::Closed)?;
+        // Holding a sender keeps the writer running; it must not wait on our own answer.
+        drop(sender);
+        answer.await.map_err(|_| {
+            LogError::Unavailable(
+                "the log writer stopped before confirming; the write may or may not be stored"
+                    .into(),
+            )
+        })?
+    }
+}
+
+/// The offset the next append to this partition gets: one past the last stored record.
+fn recover_end(keyspace: &Keyspace, name: &str, dir: &Path) -> Result<u64, LogError> {
+    let Some(last) = keyspace.last_key_value() else {
+        return Ok(0);
+    };
+    let key = last.key().map_err(|e| {
+        LogError::Storage(format!(
+            "reading the end of partition {name} in {}: {e}",
+            dir.display()
+        ))
+    })?;
+    format::decode_offset(&key)
+        .map(|offset| offset + 1)
+        .ok_or_else(|| {
+            LogError::Storage(format!(
+                "partition {name} in {} holds a key that is not an offset",
+                dir.display()
+            ))
+        })
+}
+
+impl Store {
+    /// Index of a topic-partition in [`Store::logs`] and [`Frontier::ends`].
+    fn slot(&self, topic: Topic, partition: u32) -> usize {
+        topic as usize * self.partitions as usize + partition as usize
+    }
+
+    fn check_partition(&self, topic: Topic, partition: u32) -> Result<(), LogError> {
+        if partition < self.partitions {
+            Ok(())
+        } else {
+            Err(LogError::Storage(format!(
+                "partition {topic}.{partition} does not exist: topics have {} partitions",
+                self.partitions
+            )))
+        }
+    }
+}
+
+impl WriterHandle {
+    /// A sender to the writer, or `None` once the log is closed.
+    fn sender(&self) -> Option<mpsc::Sender<Request>> {
+        self.requests
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Stops taking requests; the writer finishes what is queued, then exits.
+    fn stop(&self) {
+        drop(
+            self.requests
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+    }
+
+    fn take_thread(&self) -> Option<JoinHandle<()>> {
+        self.thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}
+
+impl Drop for WriterHandle {
+    fn drop(&mut self) {
+        self.stop();
+        if let Some(thread) = self.take_thread() {
+            // The writer has only the queued batch left to sync; waiting for it here means the
+            // directory is released (and reopenable) as soon as the last handle is gone.
+            if thread.join().is_err() {
+                tracing::error!("the embedded log writer thread panicked");
+            }
+        }
+    }
+}
+
+/// Runs a blocking fjall read off the async worker threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, LogError> + Send + 'static,
+) -> Result<T, LogError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| LogError::Storage(format!("log read task failed: {e}")))?
+}
+
+#[async_trait]
+impl Log for EmbeddedLog {
+    async fn append(&self, topic: Topic, key: &[u8], value: Vec<u8>) -> Result<Position, LogError> {
+        let partition = Topic::partition_for(key, self.store.partitions);
+        let slot = self.store.slot(topic, partition);
+        let key = key.to_vec();
+        self.request(|reply| Request::Append {
+            topic,
+            partition,
+            slot,
+            key,
+            value,
+            reply,
+        })
+        .await
+    }
+
+    fn partitions(&self, _topic: Topic) -> u32 {
+        self.store.partitions
+    }
+
+    async fn end_offsets(&self, topic: Topic) -> Result<Vec<u64>, LogError> {
+        let first = self.store.slot(topic, 0);
+        let frontier = self.store.frontier.borrow();
+        Ok(frontier.ends[first..first + self.store.partitions as usize].to_vec())
+    }
+
+    async fn reader(&self, from: Cursor) -> Result<Box<dyn LogReader>, LogError> {
+        for (topic, partition, _) in from.iter() {
+            self.store.check_partition(topic, partition)?;
+        }
+        if from.iter().next().is_none() {
+            return Err(LogError::Storage(
+                "a reader needs a cursor naming at least one partition".into(),
+            ));
+        }
+        Ok(Box::new(EmbeddedReader::new(
+            Arc::clone(&self.store),
+            &from,
+        )))
+    }
+
+    async fn committed(&self, group: &str) -> Result<Cursor, LogError> {
+        check_group(group)?;
+        let store = Arc::clone(&self.store);
+        let group = group.to_owned();
+        blocking(move || {
+            let stored = store.consumers.get(&group).map_err(|e| {
+                LogError::Storage(format!("reading the committed position of `{group}`: {e}"))
+            })?;
+            let Some(stored) = stored else {
+                return Ok(Cursor::default());
+            };
+            std::str::from_utf8(&stored)
+                .map_err(|e| e.to_string())
+                .and_then(str::parse)
+                .map_err(|e| {
+                    LogError::Storage(format!(
+                        "committed position of `{group}` is unreadable: {e}"
+                    ))
+                })
+        })
+        .await
+    }
+
+    async fn commit(&self, group: &str, cursor: &Cursor) -> Result<(), LogError> {
+        check_group(group)?;
+        // Through the writer, so a commit shares the sync of the appends around it.
+        let group = group.to_owned();
+        let cursor = cursor.to_string();
+        self.request(|reply| Request::Commit {
+            group,
+            cursor,
+            reply,
+        })
+        .await
+    }
+
+    async fn close(&self) -> Result<(), LogError> {
+        self.writer.stop();
+        let mut frontier = self.store.frontier.subscribe();
+        // The store holds the frontier's sender, and we hold the store: this cannot fail.
+        let _ = frontier.wait_for(|f| f.closed).await;
+        if let Some(thread) = self.writer.take_thread() {
+            // The writer has already announced it is done, so this join returns at once.
+            thread
+                .join()
+                .map_err(|_| LogError::Storage("the log writer thread panicked".into()))?;
+        }
+        Ok(())
+    }
+}
+
+fn check_group(group: &str) -> Result<(), LogError> {
+    if group.is_empty() || group.len() > MAX_GROUP_LEN {
+        return Err(LogError::Storage(format!(
+            "a consumer group name must be 1 to {MAX_GROUP_LEN} bytes long"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,179 @@
+//! The writer thread: the one place records are written and offsets assigned.
+//!
+//! An fsync costs milliseconds on most disks, and an append must not be acknowledged before it,
+//! so syncing once per append caps a log at a few hundred appends per second. Instead every
+//! request goes through a channel to this thread, which takes everything pending (up to
+//! [`MAX_BATCH`]), writes it as one atomic fjall batch, syncs once, publishes the new durable
+//! frontier to readers, and only then answers each waiting appender. Under load, many appends
+//! share one sync; alone, an append pays one sync, as it must.
+//!
+//! A plain thread rather than a task, because fjall (and fsync) block.
+
+use std::io;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use fjall::PersistMode;
+use switchboard_schemas::{Position, Topic};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Store, format};
+use crate::log::LogError;
+
+/// The most requests written under one sync. Bounds the batch's memory and how long the first
+/// request in it waits for the last one to be encoded.
+const MAX_BATCH: usize = 4096;
+
+pub(super) enum Request {
+    Append {
+        topic: Topic,
+        partition: u32,
+        /// [`Store::slot`] of the topic-partition.
+        slot: usize,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        reply: oneshot::Sender<Result<Position, LogError>>,
+    },
+    /// Stores a consumer group's cursor (text form) in the same batch and sync as the appends.
+    Commit {
+        group: String,
+        cursor: String,
+        reply: oneshot::Sender<Result<(), LogError>>,
+    },
+}
+
+pub(super) fn spawn(
+    store: Arc<Store>,
+    requests: mpsc::Receiver<Request>,
+) -> io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("embedded-log-writer".into())
+        .spawn(move || run(&store, requests))
+}
+
+fn run(store: &Store, mut requests: mpsc::Receiver<Request>) {
+    let _closed = MarkClosedOnExit(store);
+    let mut next = store.frontier.borrow().ends.clone();
+    let mut pending = Vec::with_capacity(MAX_BATCH);
+    // Returns 0 only once every sender is gone and the queue is empty: close() or the last
+    // handle dropped, with everything queued before that still written.
+    while requests.blocking_recv_many(&mut pending, MAX_BATCH) > 0 {
+        write(store, &mut next, pending.drain(..));
+    }
+}
+
+/// Tells `close()` and readers that no record will follow, even if the thread unwinds, so that
+/// nobody waits forever on a writer that is gone.
+struct MarkClosedOnExit<'a>(&'a Store);
+
+impl Drop for MarkClosedOnExit<'_> {
+    fn drop(&mut self) {
+        self.0
+            .frontier
+            .send_modify(|frontier| frontier.closed = true);
+    }
+}
+
+/// A request written to the batch, waiting for the sync before it is answered.
+enum Waiting {
+    Append(oneshot::Sender<Result<Position, LogError>>, Position),
+    Commit(oneshot::Sender<Result<(), LogError>>),
+}
+
+/// Writes one group of requests under a single sync. `next` holds each partition's next offset
+/// and moves only once the batch is durable.
+fn write(store: &Store, next: &mut Vec<u64>, requests: impl ExactSizeIterator<Item = Request>) {
+    let timestamp_ms = now_ms();
+    let mut batch = store.db.batch();
+    let mut ends = next.clone();
+    let mut waiting = Vec::with_capacity(requests.len());
+    for request in requests {
+        match request {
+            Request::Append {
+                topic,
+                partition,
+                slot,
+                key,
+                value,
+                reply,
+            } => {
+                match format::encode_value(timestamp_ms, &key, &value) {
+                    Ok(stored) => {
+                        let offset = ends[slot];
+                        ends[slot] += 1;
+                        batch.insert(&store.logs[slot], format::offset_key(offset), stored);
+                        waiting.push(Waiting::Append(
+                            reply,
+                            Position {
+                                topic,
+                                partition,
+                                offset,
+                            },
+                        ));
+                    }
+                    // Only this append is malformed; the rest of the batch goes ahead. A send
+                    // error means the appender stopped waiting, which needs no answer.
+                    Err(e) => drop(reply.send(Err(e))),
+                }
+            }
+            Request::Commit {
+                group,
+                cursor,
+                reply,
+            } => {
+                batch.insert(&store.consumers, group, cursor);
+                waiting.push(Waiting::Commit(reply));
+            }
+        }
+    }
+    if waiting.is_empty() {
+        return;
+    }
+
+    match batch
+        .commit()
+        .and_then(|()| store.db.persist(PersistMode::SyncAll))
+    {
+        Ok(()) => {
+            if ends != *next {
+                *next = ends;
+                // Readers first: whoever gets an acknowledgement below may read its record at
+                // once (read-your-writes through the consistency token).
+                store
+                    .frontier
+                    .send_modify(|frontier| frontier.ends.clone_from(next));
+            }
+            // Appenders that stopped waiting (a dropped future) are not told; their records are
+            // stored all the same, as with a producer that times out.
+            for waiting in waiting {
+                match waiting {
+                    Waiting::Append(reply, position) => drop(reply.send(Ok(position))),
+                    Waiting::Commit(reply) => drop(reply.send(Ok(()))),
+                }
+            }
+        }
+        Err(e) => {
+            // The frontier stays where it was, so readers never see this batch even if it reached
+            // the memtable. fjall refuses all further writes after a failed sync (it cannot know
+            // what reached the disk), so the offsets handed out here are never reused.
+            let message = format!("writing a batch of {} to the log: {e}", waiting.len());
+            tracing::error!("{message}");
+            for waiting in waiting {
+                let error = LogError::Storage(message.clone());
+                match waiting {
+                    Waiting::Append(reply, _) => drop(reply.send(Err(error))),
+                    Waiting::Commit(reply) => drop(reply.send(Err(error))),
+                }
+            }
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        })
+}

@@ -1,0 +1,184 @@
+//! The log abstraction: partitioned, append-only, durable, readable from any offset.
+//!
+//! Two implementations sit behind it: [`embedded`] (a directory on local disk) and Kafka.
+//! Callers see only [`Log`] and [`LogReader`]; the conformance suite in [`conformance`] holds
+//! every implementation to the same behaviour.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use switchboard_schemas::{Position, Topic};
+
+pub mod conformance;
+pub mod embedded;
+
+/// One stored event: where it is, its key, its framed value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub position: Position,
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    /// When the log accepted it, in milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The log cannot take or serve records right now; the caller may retry.
+    #[error("log unavailable: {0}")]
+    Unavailable(String),
+    /// The log is shutting down and takes no more appends.
+    #[error("log is closed")]
+    Closed,
+    #[error("log storage: {0}")]
+    Storage(String),
+}
+
+/// A partitioned, durable, append-only log.
+#[async_trait]
+pub trait Log: Send + Sync + 'static {
+    /// Appends `value` under `key` to the partition the key hashes to
+    /// ([`Topic::partition_for`]). Resolves only once the record is durable; concurrent appends
+    /// share one sync (group commit).
+    async fn append(&self, topic: Topic, key: &[u8], value: Vec<u8>) -> Result<Position, LogError>;
+
+    /// The number of partitions of a topic.
+    fn partitions(&self, topic: Topic) -> u32;
+
+    /// For each partition of `topic`, the offset the next append will get.
+    async fn end_offsets(&self, topic: Topic) -> Result<Vec<u64>, LogError>;
+
+    /// A reader that starts at `from` and follows the tail of the partitions named in it.
+    async fn reader(&self, from: Cursor) -> Result<Box<dyn LogReader>, LogError>;
+
+    /// The cursor a named consumer last committed (empty if none).
+    async fn committed(&self, group: &str) -> Result<Cursor, LogError>;
+
+    /// Records how far a named consumer has got.
+    async fn commit(&self, group: &str, cursor: &Cursor) -> Result<(), LogError>;
+
+    /// Makes every acknowledged append durable and stops taking new ones.
+    async fn close(&self) -> Result<(), LogError>;
+}
+
+/// Reads records in order within each partition, waiting at the tail for new ones.
+#[async_trait]
+pub trait LogReader: Send {
+    /// Returns between 1 and `max` records, waiting until at least one is available.
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Record>, LogError>;
+}
+
+/// For each partition, the offset of the next record to read.
+///
+/// A cursor is also the resume token a client keeps: it names exactly the records it has seen.
+/// Its text form is `topic.partition=offset` pairs joined by `,`, e.g. `messages.0=12,users.1=4`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cursor {
+    next: BTreeMap<(Topic, u32), u64>,
+}
+
+impl Cursor {
+    /// A cursor at offset 0 of every partition of `topics`.
+    pub fn beginning(log: &dyn Log, topics: &[Topic]) -> Cursor {
+        let mut cursor = Cursor::default();
+        for &topic in topics {
+            for partition in 0..log.partitions(topic) {
+                cursor.next.insert((topic, partition), 0);
+            }
+        }
+        cursor
+    }
+
+    /// A cursor at the current end of every partition of `topics`: only new records follow.
+    pub async fn end(log: &dyn Log, topics: &[Topic]) -> Result<Cursor, LogError> {
+        let mut cursor = Cursor::default();
+        for &topic in topics {
+            for (partition, offset) in log.end_offsets(topic).await?.into_iter().enumerate() {
+                cursor.next.insert((topic, partition as u32), offset);
+            }
+        }
+        Ok(cursor)
+    }
+
+    pub fn get(&self, topic: Topic, partition: u32) -> Option<u64> {
+        self.next.get(&(topic, partition)).copied()
+    }
+
+    pub fn set(&mut self, topic: Topic, partition: u32, next: u64) {
+        self.next.insert((topic, partition), next);
+    }
+
+    /// Moves past `position` (never backwards).
+    pub fn advance(&mut self, position: Position) {
+        let next = self.next.entry((position.topic, position.partition)).or_insert(0);
+        *next = (*next).max(position.offset + 1);
+    }
+
+    /// Whether the record at `position` is behind this cursor, i.e. already read.
+    pub fn has_passed(&self, position: Position) -> bool {
+        self.get(position.topic, position.partition)
+            .is_some_and(|next| next > position.offset)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (Topic, u32, u64)> + '_ {
+        self.next.iter().map(|(&(t, p), &o)| (t, p, o))
+    }
+
+    /// Partitions present in `self` keep their offset; those only in `base` are taken from it.
+    pub fn or(mut self, base: &Cursor) -> Cursor {
+        for (&key, &offset) in &base.next {
+            self.next.entry(key).or_insert(offset);
+        }
+        self
+    }
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (topic, partition, offset)) in self.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{topic}.{partition}={offset}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Cursor {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut cursor = Cursor::default();
+        for pair in s.split(',').filter(|p| !p.is_empty()) {
+            let bad = || format!("`{pair}` is not topic.partition=offset");
+            let (place, offset) = pair.split_once('=').ok_or_else(bad)?;
+            let (topic, partition) = place.split_once('.').ok_or_else(bad)?;
+            cursor.set(
+                topic.parse()?,
+                partition.parse().map_err(|_| bad())?,
+                offset.parse().map_err(|_| bad())?,
+            );
+        }
+        Ok(cursor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trips_as_text_and_only_moves_forward() {
+        let mut cursor: Cursor = "messages.0=12,users.1=4".parse().unwrap();
+        cursor.advance(Position { topic: Topic::Messages, partition: 0, offset: 20 });
+        cursor.advance(Position { topic: Topic::Messages, partition: 0, offset: 3 });
+        assert_eq!(cursor.get(Topic::Messages, 0), Some(21));
+        assert_eq!(cursor.to_string(), "users.1=4,messages.0=21");
+        assert_eq!(cursor.to_string().parse::<Cursor>().unwrap(), cursor);
+        assert!(cursor.has_passed(Position { topic: Topic::Users, partition: 1, offset: 3 }));
+        assert!(!cursor.has_passed(Position { topic: Topic::Users, partition: 1, offset: 4 }));
+        assert!("messages.x=1".parse::<Cursor>().is_err());
+    }
+}

@@ -1,0 +1,76 @@
+# shellcheck shell=bash disable=SC2034
+# Shared settings for the engine scripts in this folder. Sourced, not run.
+#
+# Every value can be overridden from the environment:
+#   SWITCHBOARD_CACHE          cache root (default ~/.cache/switchboard); jars go to $SWITCHBOARD_CACHE/engines
+#   SWITCHBOARD_ENGINES_RUN    run root, one subdirectory per engine (default /tmp/switchboard-engines)
+#   SWITCHBOARD_KAFKA_VERSION  org.apache.kafka:kafka_2.13 version (default below)
+#   SWITCHBOARD_CASSANDRA_VERSION  org.apache.cassandra:cassandra-all version (default below)
+#   SWITCHBOARD_KAFKA_PORT / SWITCHBOARD_KAFKA_CONTROLLER_PORT
+#   SWITCHBOARD_CQL_PORT / SWITCHBOARD_CASSANDRA_STORAGE_PORT / SWITCHBOARD_CASSANDRA_JMX_PORT
+#   SWITCHBOARD_REDIS_PORT
+
+KAFKA_VERSION="${SWITCHBOARD_KAFKA_VERSION:-4.4.0}"
+CASSANDRA_VERSION="${SWITCHBOARD_CASSANDRA_VERSION:-5.0.9}"
+LOG4J2_VERSION="${SWITCHBOARD_LOG4J2_VERSION:-2.25.3}"
+
+CACHE_ROOT="${SWITCHBOARD_CACHE:-${HOME:-/root}/.cache/switchboard}/engines"
+RUN_ROOT="${SWITCHBOARD_ENGINES_RUN:-/tmp/switchboard-engines}"
+
+KAFKA_HOME="$CACHE_ROOT/kafka-$KAFKA_VERSION"
+CASSANDRA_HOME="$CACHE_ROOT/cassandra-$CASSANDRA_VERSION"
+
+KAFKA_PORT="${SWITCHBOARD_KAFKA_PORT:-19092}"
+KAFKA_CONTROLLER_PORT="${SWITCHBOARD_KAFKA_CONTROLLER_PORT:-19093}"
+CQL_PORT="${SWITCHBOARD_CQL_PORT:-19042}"
+CASSANDRA_STORAGE_PORT="${SWITCHBOARD_CASSANDRA_STORAGE_PORT:-17000}"
+CASSANDRA_JMX_PORT="${SWITCHBOARD_CASSANDRA_JMX_PORT:-17199}"
+REDIS_PORT="${SWITCHBOARD_REDIS_PORT:-16379}"
+
+ENGINES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ALL_ENGINES=(kafka cassandra redis)
+
+log() { printf '[engines] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# Expand the engine argument ("all" or one name) into ENGINES=(...).
+select_engines() {
+  local which="${1:-all}"
+  case "$which" in
+    all) ENGINES=("${ALL_ENGINES[@]}") ;;
+    kafka | cassandra | redis) ENGINES=("$which") ;;
+    *) die "unknown engine '$which' (expected kafka, cassandra, redis or all)" ;;
+  esac
+}
+
+# pid recorded for an engine, if that process is still alive and is really that engine:
+# engines run with their run directory as working directory, so a reused pid is never signalled.
+engine_pid() {
+  local dir="$RUN_ROOT/$1" pid
+  [[ -f "$dir/$1.pid" ]] || return 1
+  pid="$(cat "$dir/$1.pid")"
+  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+  [[ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" == "$(cd "$dir" && pwd -P)" ]] || return 1
+  printf '%s\n' "$pid"
+}
+
+# Readiness probes: exit 0 only when the engine really answers.
+kafka_answers() {
+  python3 "$ENGINES_DIR/probe.py" kafka 127.0.0.1 "$KAFKA_PORT" >/dev/null 2>&1
+}
+cassandra_answers() {
+  python3 "$ENGINES_DIR/probe.py" cql 127.0.0.1 "$CQL_PORT" >/dev/null 2>&1
+}
+redis_answers() {
+  command -v redis-cli >/dev/null 2>&1 || return 1
+  [[ "$(timeout 3 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)" == "PONG" ]]
+}
+engine_answers() { "${1}_answers"; }
+
+engine_port() {
+  case "$1" in
+    kafka) printf '%s\n' "$KAFKA_PORT" ;;
+    cassandra) printf '%s\n' "$CQL_PORT" ;;
+    redis) printf '%s\n' "$REDIS_PORT" ;;
+  esac
+}

@@ -1,0 +1,173 @@
+//! The read models in a local fjall database: the default when switchboard runs on one machine.
+//!
+//! - `keys` lays out one keyspace per table with order-preserving id keys;
+//! - `records` is what each table stores;
+//! - `fold` applies a batch of events, atomically with the checkpoint;
+//! - `query` answers reads, each from one snapshot.
+//!
+//! fjall is synchronous and a batch ends in an fsync, so every call runs on tokio's blocking
+//! pool rather than on the thread that polls it. Batches are applied one at a time: folding
+//! reads the current state, and two folds interleaving would each miss the other's writes.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use fjall::Database;
+use switchboard_ingest::log::Cursor;
+use switchboard_schemas::{ConversationId, MessageId, UserId};
+
+use self::fold::Fold;
+use self::query::{Tables, View, storage};
+use crate::store::{
+    Conversation, InboxEntry, Logged, Message, ReadMarker, ReadModel, StoreError, User,
+};
+
+mod fold;
+mod keys;
+mod query;
+mod records;
+#[cfg(test)]
+mod tests;
+
+/// The read models kept in a directory on local disk. Cheap to share behind an `Arc`.
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    tables: Tables,
+    /// Held while a batch is folded and committed; guards no data, only the order of writers.
+    writer: Mutex<()>,
+}
+
+impl Inner {
+    fn view(&self) -> View<'_> {
+        View::new(&self.tables, self.db.snapshot())
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens the store in `dir`, creating it if needed and recovering whatever the journal holds
+    /// after a crash.
+    pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        let db = Database::builder(dir)
+            .open()
+            .map_err(|e| storage(format_args!("opening {}", dir.display()), e))?;
+        let tables = Tables::open(&db)?;
+        Ok(EmbeddedStore {
+            inner: Arc::new(Inner {
+                db,
+                tables,
+                writer: Mutex::new(()),
+            }),
+        })
+    }
+
+    /// Runs `query` against a fresh snapshot on the blocking pool.
+    async fn read<T, F>(&self, query: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&View<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || query(&inner.view()))
+            .await
+            .map_err(|e| storage("read-model query task", e))?
+    }
+}
+
+#[async_trait]
+impl ReadModel for EmbeddedStore {
+    async fn checkpoint(&self) -> Result<Cursor, StoreError> {
+        self.read(|view| view.checkpoint()).await
+    }
+
+    async fn apply(&self, events: &[Logged], checkpoint: &Cursor) -> Result<(), StoreError> {
+        let inner = Arc::clone(&self.inner);
+        let events = events.to_vec();
+        let checkpoint = checkpoint.clone();
+        tokio::task::spawn_blocking(move || {
+            // A panic in an earlier fold left nothing half-written (nothing is written before
+            // the commit), so a poisoned lock is safe to take over.
+            let _writer = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut fold = Fold::new(inner.view());
+            for logged in &events {
+                fold.event(&logged.event)?;
+            }
+            fold.commit(&inner.db, &inner.tables, &checkpoint)
+        })
+        .await
+        .map_err(|e| storage("read-model apply task", e))?
+    }
+
+    async fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        self.read(move |view| view.user(id)).await
+    }
+
+    async fn user_by_handle(&self, handle: &str) -> Result<Option<User>, StoreError> {
+        let handle = handle.to_owned();
+        self.read(move |view| view.user_by_handle(&handle)).await
+    }
+
+    async fn conversation(&self, id: ConversationId) -> Result<Option<Conversation>, StoreError> {
+        self.read(move |view| view.conversation(id)).await
+    }
+
+    async fn direct_conversation(
+        &self,
+        a: UserId,
+        b: UserId,
+    ) -> Result<Option<ConversationId>, StoreError> {
+        self.read(move |view| view.direct_conversation(a, b)).await
+    }
+
+    async fn inbox(&self, user: UserId) -> Result<Vec<InboxEntry>, StoreError> {
+        self.read(move |view| view.inbox(user)).await
+    }
+
+    async fn messages(
+        &self,
+        conversation: ConversationId,
+        before: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        self.read(move |view| view.messages(conversation, before, limit))
+            .await
+    }
+
+    async fn message(
+        &self,
+        conversation: ConversationId,
+        id: MessageId,
+    ) -> Result<Option<Message>, StoreError> {
+        self.read(move |view| view.message(conversation, id)).await
+    }
+
+    async fn message_by_client_id(
+        &self,
+        conversation: ConversationId,
+        sender: UserId,
+        client_msg_id: &str,
+    ) -> Result<Option<Message>, StoreError> {
+        let client_msg_id = client_msg_id.to_owned();
+        self.read(move |view| view.message_by_client_id(conversation, sender, &client_msg_id))
+            .await
+    }
+
+    async fn read_markers(
+        &self,
+        conversation: ConversationId,
+    ) -> Result<Vec<ReadMarker>, StoreError> {
+        self.read(move |view| view.read_markers(conversation)).await
+    }
+
+    async fn last_seen(&self, user: UserId) -> Result<Option<i64>, StoreError> {
+        self.read(move |view| view.last_seen(user)).await
+    }
+
+    async fn dump(&self) -> Result<String, StoreError> {
+        self.read(|view| view.dump()).await
+    }
+}

@@ -1,0 +1,100 @@
+//! What the embedded store keeps under each key.
+//!
+//! The public model types ([`User`], [`Conversation`], …) are shaped for answers: a conversation
+//! carries its members and last message, a user hides its password hash from serde. The records
+//! here are shaped for storage instead: each holds only what its own table owns, so that folding
+//! one event touches few keys, and they round-trip through JSON (which also keeps dumps readable).
+
+use serde::{Deserialize, Serialize};
+use switchboard_schemas::{ConversationId, ConversationKind, MessageId, UserId};
+
+use crate::store::{Message, User};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(super) struct UserRecord {
+    pub handle: String,
+    pub display_name: String,
+    pub created_at: i64,
+    pub password_hash: String,
+}
+
+impl UserRecord {
+    pub fn into_user(self, id: UserId) -> User {
+        User {
+            id,
+            handle: self.handle,
+            display_name: self.display_name,
+            created_at: self.created_at,
+            password_hash: self.password_hash,
+        }
+    }
+}
+
+/// What the conversations topic says about a conversation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(super) struct ConversationRecord {
+    pub kind: ConversationKind,
+    pub title: Option<String>,
+    pub created_by: Option<UserId>,
+    pub created_at: i64,
+    /// The join order the next member gets; members are listed by it.
+    pub next_member: u64,
+}
+
+/// A current member of a conversation.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub(super) struct MemberRecord {
+    /// Position in join order; a member who leaves and comes back joins at the end.
+    pub order: u64,
+}
+
+/// What the messages topic says about a conversation as a whole.
+///
+/// Kept apart from [`ConversationRecord`] because the two come from different topics, which a
+/// reader may interleave in any order (a rebuild can read every message before the conversation
+/// that holds them); keeping them apart means neither has to wait for the other.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(super) struct StatsRecord {
+    /// Messages ever sent, which is also the `seq` of the latest one.
+    pub message_count: u64,
+    /// The message with the highest `seq`.
+    pub last_message: Option<MessageId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(super) struct MessageRecord {
+    pub sender: UserId,
+    pub client_msg_id: String,
+    pub body: String,
+    pub reply_to: Option<MessageId>,
+    pub sent_at: i64,
+    pub edited_at: Option<i64>,
+    pub deleted: bool,
+    pub seq: u64,
+}
+
+impl MessageRecord {
+    pub fn into_message(self, conversation_id: ConversationId, id: MessageId) -> Message {
+        Message {
+            id,
+            conversation_id,
+            sender: self.sender,
+            client_msg_id: self.client_msg_id,
+            body: self.body,
+            reply_to: self.reply_to,
+            sent_at: self.sent_at,
+            edited_at: self.edited_at,
+            deleted: self.deleted,
+            seq: self.seq,
+        }
+    }
+}
+
+/// How far a user has read in a conversation.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub(super) struct ReadRecord {
+    pub message_id: MessageId,
+    /// The `seq` of `message_id`: unread is the message count minus this.
+    pub seq: u64,
+    pub at: i64,
+}

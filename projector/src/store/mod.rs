@@ -1,0 +1,138 @@
+//! The read-model abstraction: what queries can ask, and how events get folded in.
+//!
+//! [`embedded`] keeps the read models in a local storage engine; a CQL implementation keeps them
+//! in ScyllaDB/Cassandra. Both pass the suite in [`conformance`].
+
+use async_trait::async_trait;
+use serde::Serialize;
+use switchboard_ingest::log::Cursor;
+use switchboard_schemas::{ConversationId, ConversationKind, Event, MessageId, Position, UserId};
+
+pub mod conformance;
+pub mod embedded;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot answer right now; the caller may retry.
+    #[error("read-model store unavailable: {0}")]
+    Unavailable(String),
+    #[error("read-model store: {0}")]
+    Storage(String),
+}
+
+/// An event together with where it sits in the log.
+#[derive(Clone, Debug)]
+pub struct Logged {
+    pub position: Position,
+    pub event: Event,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct User {
+    pub id: UserId,
+    pub handle: String,
+    pub display_name: String,
+    pub created_at: i64,
+    /// Only for checking a login; never serialised.
+    #[serde(skip)]
+    pub password_hash: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Conversation {
+    pub id: ConversationId,
+    pub kind: ConversationKind,
+    pub title: Option<String>,
+    pub created_by: Option<UserId>,
+    pub created_at: i64,
+    /// Current members, in the order they joined.
+    pub members: Vec<UserId>,
+    /// How many messages were ever sent to it (deleted ones included).
+    pub message_count: u64,
+    pub last_message: Option<Message>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Message {
+    pub id: MessageId,
+    pub conversation_id: ConversationId,
+    pub sender: UserId,
+    pub client_msg_id: String,
+    /// Empty once deleted.
+    pub body: String,
+    pub reply_to: Option<MessageId>,
+    pub sent_at: i64,
+    pub edited_at: Option<i64>,
+    pub deleted: bool,
+    /// 1 for the first message of the conversation, 2 for the next, …
+    pub seq: u64,
+}
+
+/// A conversation as one member sees it in their list.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct InboxEntry {
+    pub conversation: Conversation,
+    /// Messages after the member's read marker. Sending a message moves the sender's marker.
+    pub unread: u64,
+}
+
+/// How far one member has read.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ReadMarker {
+    pub user_id: UserId,
+    pub message_id: MessageId,
+    pub at: i64,
+}
+
+/// The read models. Every query answers from what has been applied so far; a caller that needs
+/// its own write reflected first waits on [`Progress`](crate::Progress).
+#[async_trait]
+pub trait ReadModel: Send + Sync + 'static {
+    /// How far the read models have got: the log position after the last applied event.
+    async fn checkpoint(&self) -> Result<Cursor, StoreError>;
+
+    /// Folds `events` (in log order within each partition) into the read models and moves the
+    /// checkpoint to `checkpoint`. Applying an event a second time changes nothing.
+    async fn apply(&self, events: &[Logged], checkpoint: &Cursor) -> Result<(), StoreError>;
+
+    async fn user(&self, id: UserId) -> Result<Option<User>, StoreError>;
+    async fn user_by_handle(&self, handle: &str) -> Result<Option<User>, StoreError>;
+
+    async fn conversation(&self, id: ConversationId) -> Result<Option<Conversation>, StoreError>;
+    /// The direct conversation between two users, if one exists.
+    async fn direct_conversation(
+        &self,
+        a: UserId,
+        b: UserId,
+    ) -> Result<Option<ConversationId>, StoreError>;
+    /// A user's conversations, most recently active first.
+    async fn inbox(&self, user: UserId) -> Result<Vec<InboxEntry>, StoreError>;
+
+    /// Messages of a conversation, newest first, strictly older than `before` when given.
+    async fn messages(
+        &self,
+        conversation: ConversationId,
+        before: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError>;
+    async fn message(
+        &self,
+        conversation: ConversationId,
+        id: MessageId,
+    ) -> Result<Option<Message>, StoreError>;
+    /// The message a sender already sent with this `client_msg_id`, if any.
+    async fn message_by_client_id(
+        &self,
+        conversation: ConversationId,
+        sender: UserId,
+        client_msg_id: &str,
+    ) -> Result<Option<Message>, StoreError>;
+    /// Every member's read marker in a conversation.
+    async fn read_markers(&self, conversation: ConversationId) -> Result<Vec<ReadMarker>, StoreError>;
+
+    /// When the user's last session closed, if ever.
+    async fn last_seen(&self, user: UserId) -> Result<Option<i64>, StoreError>;
+
+    /// Every read model in a stable textual form, for comparing a rebuilt store with a live one.
+    async fn dump(&self) -> Result<String, StoreError>;
+}
