@@ -78,7 +78,7 @@ pub struct Config {
     pub max_body_bytes: usize,
 
     /// Largest WebSocket frame a client may send, in bytes; larger ones get a `frame_too_large`
-    /// error (and past 16 times this, the connection is closed with code 1009).
+    /// error (and past 64 times this, the connection is closed with code 1009).
     #[arg(long, env = "SWITCHBOARD_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
     pub max_frame_bytes: usize,
 

@@ -84,14 +84,17 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }));
     tasks.spawn(renew_lease(state.clone(), stop.clone()));
 
+    let address = listener.local_addr().context("listening address")?;
     tracing::info!(
-        listen = %state.config.listen,
+        listen = %address,
         node = %state.node_id,
         log = %state.config.log_url(),
         store = %state.config.store_url(),
         presence = %state.config.presence,
         "switchboard serving"
     );
+    // A machine-readable line for scripts and tests that start a node on port 0.
+    println!("listening on http://{address}");
     let app = routes::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let shutdown = state.shutdown.clone();
     axum::serve(listener, app)

@@ -15,7 +15,7 @@ use crate::state::AppState;
 
 /// A hard cap, well above the configured frame limit: frames between the two get an error
 /// reply and the socket stays open; past it, the socket is closed with code 1009.
-const HARD_FRAME_FACTOR: usize = 16;
+const HARD_FRAME_FACTOR: usize = 64;
 
 #[derive(Deserialize)]
 pub struct Connect {

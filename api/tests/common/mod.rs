@@ -1,0 +1,335 @@
+//! A test harness that runs real `switchboard` processes on loopback and talks to them the way
+//! clients do: HTTP with reqwest, WebSocket with tokio-tungstenite.
+//!
+//! Backends come from `SWITCHBOARD_TEST_BACKEND_ARGS` (extra `serve` flags, e.g. the URLs of a
+//! Kafka, Cassandra and Redis started by `ops/engines/start.sh`); by default the embedded ones.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+pub const JWT_SECRET: &str = "test-secret-not-for-production";
+const WAIT: Duration = Duration::from_secs(10);
+
+/// One running node.
+pub struct Server {
+    child: Child,
+    pub url: String,
+    pub data_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// A node on a fresh data directory, with generous auth limits so tests can register users.
+    pub fn start(extra: &[&str]) -> Server {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let mut server = Server::start_in(temp.path(), extra);
+        server._temp = Some(temp);
+        server
+    }
+
+    /// A node on `data_dir`, which may hold a previous node's data.
+    pub fn start_in(data_dir: &Path, extra: &[&str]) -> Server {
+        let backend_args = std::env::var("SWITCHBOARD_TEST_BACKEND_ARGS").unwrap_or_default();
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("server.log"))
+            .expect("server log file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--jwt-secret", JWT_SECRET, "--rate-auth", "1000/1m"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(backend_args.split_whitespace())
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("starting switchboard");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(url.to_owned());
+                }
+            }
+        });
+        let url = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
+            let log = std::fs::read_to_string(data_dir.join("server.log")).unwrap_or_default();
+            panic!("switchboard did not start:\n{log}")
+        });
+        Server { child, url, data_dir: data_dir.to_owned(), _temp: None }
+    }
+
+    pub fn api(&self) -> Api {
+        Api { url: self.url.clone(), http: reqwest::Client::new() }
+    }
+
+    /// `kill -9`: no chance to flush or say goodbye.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the process to exit; returns whether it exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+        self.child.wait().expect("wait").success()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A registered user with an access token.
+#[derive(Clone, Debug)]
+pub struct User {
+    pub id: String,
+    pub handle: String,
+    pub token: String,
+}
+
+/// HTTP calls against one node.
+#[derive(Clone)]
+pub struct Api {
+    pub url: String,
+    http: reqwest::Client,
+}
+
+/// Handles unique within a test binary run, so tests can share nothing but the server.
+pub fn unique_handle(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}_{}_{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+impl Api {
+    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("HTTP request");
+        let status = response.status();
+        let text = response.text().await.expect("HTTP body");
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str, user: &User) -> (StatusCode, Value) {
+        self.call(Method::GET, path, Some(&user.token), None).await
+    }
+
+    pub async fn post(&self, path: &str, user: &User, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(&user.token), Some(body)).await
+    }
+
+    pub async fn register(&self, prefix: &str) -> User {
+        let handle = unique_handle(prefix);
+        let body = json!({ "handle": handle, "password": "correct horse battery" });
+        let (status, value) = self.call(Method::POST, "/v1/auth/register", None, Some(body)).await;
+        assert_eq!(status, StatusCode::CREATED, "register {handle}: {value}");
+        User {
+            id: value["user"]["id"].as_str().expect("user id").to_owned(),
+            handle,
+            token: value["token"].as_str().expect("token").to_owned(),
+        }
+    }
+
+    pub async fn direct(&self, a: &User, b: &User) -> String {
+        let (status, value) = self.post("/v1/conversations", a, json!({ "kind": "direct", "user_id": b.id })).await;
+        assert!(status.is_success(), "direct conversation: {value}");
+        value["conversation"]["id"].as_str().expect("conversation id").to_owned()
+    }
+
+    pub async fn group(&self, owner: &User, title: &str, members: &[&User]) -> String {
+        let members: Vec<&str> = members.iter().map(|m| m.id.as_str()).collect();
+        let body = json!({ "kind": "group", "title": title, "members": members });
+        let (status, value) = self.post("/v1/conversations", owner, body).await;
+        assert_eq!(status, StatusCode::CREATED, "group conversation: {value}");
+        value["conversation"]["id"].as_str().expect("conversation id").to_owned()
+    }
+
+    /// Every message of a conversation, newest first, following the paging cursor.
+    pub async fn history(&self, user: &User, conversation: &str, after: Option<&str>) -> Vec<Value> {
+        let mut messages = Vec::new();
+        let mut before: Option<String> = None;
+        loop {
+            let mut path = format!("/v1/conversations/{conversation}/messages?limit=100");
+            if let Some(before) = &before {
+                path.push_str(&format!("&before={before}"));
+            }
+            if let Some(after) = after {
+                path.push_str(&format!("&after={after}"));
+            }
+            let (status, page) = self.get(&path, user).await;
+            assert_eq!(status, StatusCode::OK, "history: {page}");
+            messages.extend(page["messages"].as_array().expect("messages").iter().cloned());
+            match page["next_before"].as_str() {
+                Some(next) => before = Some(next.to_owned()),
+                None => return messages,
+            }
+        }
+    }
+}
+
+/// One WebSocket connection; frames not yet asked for wait in a backlog.
+pub struct Ws {
+    stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    backlog: VecDeque<Value>,
+    next_ref: u64,
+    pub ready: Value,
+}
+
+/// How a WebSocket connection attempt ended.
+#[derive(Debug)]
+pub enum Refused {
+    Http(StatusCode, Value),
+    Other(String),
+}
+
+impl Ws {
+    pub async fn connect(server: &Server, user: &User) -> Ws {
+        Ws::connect_with(server, &format!("token={}", user.token)).await.expect("WebSocket connect")
+    }
+
+    pub async fn resume(server: &Server, user: &User, token: &str) -> Ws {
+        Ws::connect_with(server, &format!("token={}&resume={token}", user.token)).await.expect("resume")
+    }
+
+    pub async fn connect_with(server: &Server, query: &str) -> Result<Ws, Refused> {
+        let url = format!("{}/v1/ws?{query}", server.url.replacen("http", "ws", 1));
+        let (stream, _) = connect_async(url).await.map_err(|error| match error {
+            tokio_tungstenite::tungstenite::Error::Http(response) => {
+                let status = StatusCode::from_u16(response.status().as_u16()).expect("status");
+                let body = response.body().as_deref().map(|b| serde_json::from_slice(b).unwrap_or(Value::Null));
+                Refused::Http(status, body.unwrap_or(Value::Null))
+            }
+            other => Refused::Other(other.to_string()),
+        })?;
+        let mut ws = Ws { stream, backlog: VecDeque::new(), next_ref: 0, ready: Value::Null };
+        ws.ready = ws.next_where(|f| f["op"] == "ready").await;
+        Ok(ws)
+    }
+
+    pub async fn send_json(&mut self, frame: Value) {
+        self.send_text(frame.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: String) {
+        self.stream.send(Message::Text(text.into())).await.expect("WebSocket send");
+    }
+
+    /// The next frame from the server (not from the backlog), or `None` if the socket closed.
+    async fn read(&mut self, within: Duration) -> Option<Value> {
+        loop {
+            match tokio::time::timeout(within, self.stream.next()).await {
+                Err(_) => return None,
+                Ok(Some(Ok(Message::Text(text)))) => return Some(serde_json::from_str(&text).expect("JSON frame")),
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    let code = frame.as_ref().map(|f| u16::from(f.code));
+                    return Some(json!({ "op": "closed", "code": code }));
+                }
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(_)) | None) => return Some(json!({ "op": "closed", "code": null })),
+            }
+        }
+    }
+
+    /// The first frame (backlog first) that matches; others stay in the backlog.
+    pub async fn next_where(&mut self, matches: impl Fn(&Value) -> bool) -> Value {
+        if let Some(i) = self.backlog.iter().position(&matches) {
+            return self.backlog.remove(i).expect("index");
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(frame) = self.read(left).await else {
+                panic!("no matching frame within {WAIT:?}; backlog: {:?}", self.backlog)
+            };
+            if matches(&frame) {
+                return frame;
+            }
+            assert_ne!(frame["op"], "closed", "socket closed while waiting; backlog: {:?}", self.backlog);
+            self.backlog.push_back(frame);
+        }
+    }
+
+    pub async fn next_event(&mut self, kind: &str) -> Value {
+        self.next_where(|f| f["op"] == "event" && f["type"] == kind).await
+    }
+
+    /// Every frame that arrives within `quiet` of the previous one, backlog included.
+    pub async fn drain(&mut self, quiet: Duration) -> Vec<Value> {
+        let mut frames: Vec<Value> = self.backlog.drain(..).collect();
+        while let Some(frame) = self.read(quiet).await {
+            let closed = frame["op"] == "closed";
+            frames.push(frame);
+            if closed {
+                break;
+            }
+        }
+        frames
+    }
+
+    /// The pushed events of one type among the frames [`Ws::drain`] collects.
+    pub async fn drain_events(&mut self, kind: &str, quiet: Duration) -> Vec<Value> {
+        let frames = self.drain(quiet).await;
+        frames.into_iter().filter(|f| f["op"] == "event" && f["type"] == kind).collect()
+    }
+
+    /// Sends an op with a fresh `ref` and returns the reply (`ack`, `error` or `pong`).
+    pub async fn request(&mut self, mut frame: Value) -> Value {
+        self.next_ref += 1;
+        let reference = format!("r{}", self.next_ref);
+        frame["ref"] = json!(reference);
+        self.send_json(frame).await;
+        self.next_where(|f| f["ref"] == json!(reference)).await
+    }
+
+    pub async fn send_message(&mut self, conversation: &str, client_msg_id: &str, body: &str) -> Value {
+        self.request(json!({
+            "op": "send",
+            "conversation_id": conversation,
+            "client_msg_id": client_msg_id,
+            "body": body,
+        }))
+        .await
+    }
+
+    /// Proves the connection still works: a ping gets its pong.
+    pub async fn assert_usable(&mut self) {
+        let pong = self.request(json!({ "op": "ping" })).await;
+        assert_eq!(pong["op"], "pong", "{pong}");
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.stream.close(None).await;
+    }
+}
