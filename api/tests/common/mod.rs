@@ -42,6 +42,8 @@ impl Server {
 
     /// A node on `data_dir`, which may hold a previous node's data.
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Server {
+        // Tests register many users from one address; the auth limit gets its own test.
+        let defaults = [("--rate-auth", "1000/1m")];
         let backend_args = std::env::var("SWITCHBOARD_TEST_BACKEND_ARGS").unwrap_or_default();
         let log = std::fs::File::options()
             .create(true)
@@ -50,7 +52,8 @@ impl Server {
             .expect("server log file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--jwt-secret", JWT_SECRET, "--rate-auth", "1000/1m"])
+            .args(["--listen", "127.0.0.1:0", "--jwt-secret", JWT_SECRET])
+            .args(defaults.iter().filter(|(flag, _)| !extra.contains(flag)).flat_map(|(f, v)| [f, v]))
             .arg("--data-dir")
             .arg(data_dir)
             .args(backend_args.split_whitespace())

@@ -1,0 +1,182 @@
+//! Bad input gets a typed JSON error and disturbs nothing: malformed frames, unknown ops,
+//! missing fields, oversized frames and bodies, wrong and expired tokens, strangers, floods.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{JWT_SECRET, Refused, Server, Ws};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn malformed_frames_get_errors_and_the_socket_stays_usable() {
+    let server = Server::start(&[]);
+    let api = server.api();
+    let (ada, bob) = (api.register("ada").await, api.register("bob").await);
+    let conversation = api.direct(&ada, &bob).await;
+    let mut ws = Ws::connect(&server, &ada).await;
+
+    ws.send_text("{not json".into()).await;
+    let error = ws.next_where(|f| f["op"] == "error").await;
+    assert_eq!(error["error"]["code"], "bad_request", "{error}");
+    ws.assert_usable().await;
+
+    let unknown = ws.request(json!({ "op": "dance" })).await;
+    assert_eq!(unknown["error"]["code"], "unknown_op", "{unknown}");
+    ws.assert_usable().await;
+
+    let missing = ws.request(json!({ "op": "send", "conversation_id": conversation, "body": "x" })).await;
+    assert_eq!(missing["error"]["code"], "bad_request");
+    assert!(missing["error"]["message"].as_str().unwrap().contains("client_msg_id"), "{missing}");
+    ws.assert_usable().await;
+
+    let empty = ws.send_message(&conversation, "e1", "   ").await;
+    assert_eq!(empty["error"]["code"], "invalid", "{empty}");
+
+    let huge = "x".repeat(2 * 1024 * 1024);
+    ws.send_text(json!({ "op": "send", "ref": "big", "body": huge }).to_string()).await;
+    let too_large = ws.next_where(|f| f["op"] == "error").await;
+    assert_eq!(too_large["error"]["code"], "frame_too_large", "{too_large}");
+    ws.assert_usable().await;
+
+    // None of it reached the log: the conversation is still empty.
+    let ok = ws.send_message(&conversation, "fine", "after all that").await;
+    let history = api.history(&bob, &conversation, ok["token"].as_str()).await;
+    assert_eq!(history.len(), 1);
+}
+
+#[tokio::test]
+async fn wrong_and_expired_tokens_are_refused_with_typed_errors() {
+    let server = Server::start(&[]);
+    let api = server.api();
+    let ada = api.register("ada").await;
+
+    let Err(Refused::Http(status, body)) = Ws::connect_with(&server, "token=not.a.jwt").await else {
+        panic!("a wrong token must be refused")
+    };
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"]["code"], "unauthorized");
+
+    let Err(Refused::Http(status, _)) = Ws::connect_with(&server, "").await else {
+        panic!("no token must be refused")
+    };
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = json!({ "sub": ada.id, "iat": now - 7200, "exp": now - 3600 });
+    let expired = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap();
+    let Err(Refused::Http(status, body)) = Ws::connect_with(&server, &format!("token={expired}")).await else {
+        panic!("an expired token must be refused")
+    };
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"]["code"], "token_expired");
+    let (status, body) = api.call(Method::GET, "/v1/users/me", Some(&expired), None).await;
+    assert_eq!((status, body["error"]["code"].clone()), (StatusCode::UNAUTHORIZED, json!("token_expired")));
+
+    let (status, body) = api
+        .call(Method::POST, "/v1/auth/login", None, Some(json!({ "handle": ada.handle, "password": "wrong password" })))
+        .await;
+    assert_eq!((status, body["error"]["code"].clone()), (StatusCode::UNAUTHORIZED, json!("invalid_credentials")));
+    let (status, body) = api
+        .call(Method::POST, "/v1/auth/login", None, Some(json!({ "handle": ada.handle, "password": "correct horse battery" })))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn strangers_can_neither_read_nor_post() {
+    let server = Server::start(&[]);
+    let api = server.api();
+    let (ada, bob, eve) = (api.register("ada").await, api.register("bob").await, api.register("eve").await);
+    let conversation = api.direct(&ada, &bob).await;
+    let mut eve_ws = Ws::connect(&server, &eve).await;
+
+    let send = eve_ws.send_message(&conversation, "sneak", "let me in").await;
+    assert_eq!(send["error"]["code"], "not_found", "{send}");
+    eve_ws.assert_usable().await;
+    for path in [
+        format!("/v1/conversations/{conversation}"),
+        format!("/v1/conversations/{conversation}/messages"),
+        format!("/v1/conversations/{conversation}/read"),
+    ] {
+        let (status, body) = api.get(&path, &eve).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "not_found");
+    }
+    // A conversation that does not exist looks the same as one Eve is not in.
+    let (status, _) = api.get("/v1/conversations/12345/messages", &eve).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let mut ada_ws = Ws::connect(&server, &ada).await;
+    let real = ada_ws.send_message(&conversation, "real", "for bob").await;
+    let history = api.history(&bob, &conversation, real["token"].as_str()).await;
+    assert_eq!(history.len(), 1, "the stranger's attempt stored nothing");
+    let pushed = eve_ws.drain_events("message.sent", Duration::from_millis(300)).await;
+    assert!(pushed.is_empty(), "strangers get no pushes: {pushed:?}");
+}
+
+#[tokio::test]
+async fn the_thirty_first_message_in_a_minute_is_rate_limited() {
+    let server = Server::start(&[]);
+    let api = server.api();
+    let (ada, bob) = (api.register("ada").await, api.register("bob").await);
+    let conversation = api.direct(&ada, &bob).await;
+    let mut ws = Ws::connect(&server, &ada).await;
+    for i in 0..30 {
+        let ack = ws.send_message(&conversation, &format!("f{i}"), "flood").await;
+        assert_eq!(ack["op"], "ack", "message {i}: {ack}");
+    }
+    let limited = ws.send_message(&conversation, "f30", "flood").await;
+    assert_eq!(limited["error"]["code"], "rate_limited", "{limited}");
+    let retry_after = limited["error"]["retry_after_ms"].as_u64().unwrap();
+    assert!(retry_after > 0 && retry_after <= 60_000, "{retry_after}");
+    ws.assert_usable().await;
+
+    // Bob's own budget is untouched.
+    let mut bob_ws = Ws::connect(&server, &bob).await;
+    assert_eq!(bob_ws.send_message(&conversation, "b1", "not me").await["op"], "ack");
+}
+
+#[tokio::test]
+async fn http_errors_are_typed_json() {
+    let server = Server::start(&["--max-body-bytes", "1024"]);
+    let api = server.api();
+    let ada = api.register("ada").await;
+    let error = |body: &Value| body["error"]["code"].clone();
+
+    let (status, body) = api.call(Method::GET, "/v1/nowhere", Some(&ada.token), None).await;
+    assert_eq!((status, error(&body)), (StatusCode::NOT_FOUND, json!("not_found")));
+
+    let (status, body) = api.post("/v1/conversations", &ada, json!({ "kind": "direct" })).await;
+    assert_eq!((status, error(&body)), (StatusCode::BAD_REQUEST, json!("bad_request")));
+
+    let (status, body) = api.post("/v1/conversations", &ada, json!({ "kind": "group", "title": "x".repeat(2000), "members": [] })).await;
+    assert_eq!((status, error(&body)), (StatusCode::PAYLOAD_TOO_LARGE, json!("payload_too_large")));
+
+    let (status, body) = api.get("/v1/conversations/not-a-number", &ada).await;
+    assert_eq!((status, error(&body)), (StatusCode::BAD_REQUEST, json!("bad_request")));
+
+    let (status, body) = api.call(Method::GET, "/v1/conversations", None, None).await;
+    assert_eq!((status, error(&body)), (StatusCode::UNAUTHORIZED, json!("unauthorized")));
+}
+
+#[tokio::test]
+async fn auth_is_limited_per_client_address() {
+    let server = Server::start(&["--rate-auth", "5/15m"]);
+    let api = server.api();
+    let login = json!({ "handle": "nobody_here", "password": "whatever123" });
+    for _ in 0..5 {
+        let (status, _) = api.call(Method::POST, "/v1/auth/login", None, Some(login.clone())).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let (status, body) = api.call(Method::POST, "/v1/auth/login", None, Some(login)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limited");
+    assert!(body["error"]["retry_after_ms"].as_u64().unwrap() > 0);
+}
