@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use switchboard_ingest::Origin;
 use switchboard_projector::store::Conversation;
-use switchboard_schemas::{ConversationId, MessageId, MessageSent, Position, UserId};
+use switchboard_schemas::{ConversationId, MessageId, MessageSent, Position, Topic, UserId};
 
 use crate::error::ApiError;
 use crate::limits::{self, Limit};
@@ -62,6 +62,14 @@ pub async fn wait_for_position(state: &AppState, position: Position) -> Result<(
         .map_err(|e| ApiError::not_caught_up(e.to_string()))
 }
 
+/// A consistency token for something the read models already hold: the last applied position
+/// of the partition `key` lives in.
+pub fn applied_token(state: &AppState, topic: Topic, key: &str) -> String {
+    let partition = Topic::partition_for(key.as_bytes(), state.ingest.log().partitions(topic));
+    let next = state.progress.current().get(topic, partition).unwrap_or(0);
+    Position { topic, partition, offset: next.saturating_sub(1) }.to_string()
+}
+
 /// The conversation, if `caller` is a member; to anyone else it does not exist.
 pub async fn member_conversation(
     state: &AppState,
@@ -79,25 +87,24 @@ pub async fn send(state: &AppState, caller: UserId, trace: &str, request: SendRe
     state.ingest.check_message(&request.client_msg_id, &request.body)?;
     member_conversation(state, caller, request.conversation_id).await?;
 
-    // The claim makes a retried send (same sender and client_msg_id) answer with the first
-    // send's message id instead of storing a second message; the projector drops duplicates too.
+    // A retry of a send the read models already hold (even from before a restart) gets the
+    // first answer; the claim covers retries that arrive before the first send is projected.
+    let stored = state
+        .store
+        .message_by_client_id(request.conversation_id, caller, &request.client_msg_id)
+        .await?;
+    if let Some(message) = stored {
+        let token = applied_token(state, Topic::Messages, &request.conversation_id.to_string());
+        return Ok(Sent { message_id: message.id, token, duplicate: true });
+    }
     let claim_key = format!("send:{}:{}:{}", caller, request.conversation_id, request.client_msg_id);
     let message_id = MessageId(state.ingest.next_id());
     match state.presence.claim(&claim_key, &message_id.to_string(), RETRY_WINDOW).await {
         Ok(None) => {}
         Ok(Some(existing)) => return first_send(state, &claim_key, &existing).await,
-        Err(error) => {
-            // Without shared state the read model still knows sends it has applied.
-            tracing::warn!(%error, "send claim unavailable; falling back to the read model");
-            if let Some(message) = state
-                .store
-                .message_by_client_id(request.conversation_id, caller, &request.client_msg_id)
-                .await?
-            {
-                let token = state.progress.current().to_string();
-                return Ok(Sent { message_id: message.id, token, duplicate: true });
-            }
-        }
+        // Without shared state, the read-model check above is the only guard; the projector
+        // still drops a duplicate, so at worst a retry is answered with an id never stored.
+        Err(error) => tracing::warn!(%error, "send claim unavailable"),
     }
 
     let event = MessageSent {

@@ -84,6 +84,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }));
     tasks.spawn(renew_lease(state.clone(), stop.clone()));
 
+    // Serve only once the read models hold everything logged before this start, so that
+    // membership checks and retried sends see the state clients last saw.
+    let backlog = Cursor::end(state.ingest.log().as_ref(), &switchboard_projector::PROJECTED_TOPICS).await?;
+    tracing::info!(until = %backlog, "catching up with the log");
+    state.progress.wait_for_cursor(&backlog).await;
+
     let address = listener.local_addr().context("listening address")?;
     tracing::info!(
         listen = %address,
@@ -107,6 +113,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .context("HTTP server")?;
 
     drain_sockets(&state).await;
+    settle_projection(&state).await;
     stop.cancel();
     while tasks.join_next().await.is_some() {}
     state.ingest.log().close().await.context("flushing the log")?;
@@ -159,6 +166,18 @@ async fn drain_sockets(state: &AppState) {
     let wait = state.connections.acquire_many(all);
     if tokio::time::timeout(state.config.shutdown_grace.0, wait).await.is_err() {
         tracing::warn!("some sockets did not close within the grace period");
+    }
+}
+
+/// Lets the projector apply what the last sockets logged on their way out, so a restart (or a
+/// rebuild) starts from read models that match the log.
+async fn settle_projection(state: &AppState) {
+    let Ok(end) = Cursor::end(state.ingest.log().as_ref(), &switchboard_projector::PROJECTED_TOPICS).await else {
+        return;
+    };
+    let settled = state.progress.wait_for_cursor(&end);
+    if tokio::time::timeout(state.config.shutdown_grace.0, settled).await.is_err() {
+        tracing::warn!("the projector did not catch up before shutdown; it resumes on the next start");
     }
 }
 

@@ -1,6 +1,7 @@
 //! Registering and logging in. Both count against the auth limit per client IP.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
@@ -14,6 +15,9 @@ use crate::chat::wait_for_position;
 use crate::error::ApiError;
 use crate::limits::{self, Limit};
 use crate::state::AppState;
+
+/// Long enough for the registration to be projected, after which the store answers.
+const HANDLE_CLAIM: Duration = Duration::from_secs(60);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -50,13 +54,27 @@ pub async fn register(
     if state.store.user_by_handle(&handle).await?.is_some() {
         return Err(ApiError::conflict(format!("the handle `{handle}` is taken")));
     }
+    // The claim keeps two registrations of one handle from both reaching the log (the store
+    // only knows a handle once the first is projected).
+    let claim = format!("handle:{handle}");
+    match state.presence.claim(&claim, "registering", HANDLE_CLAIM).await {
+        Ok(None) => {}
+        Ok(Some(_)) => return Err(ApiError::conflict(format!("the handle `{handle}` is taken"))),
+        Err(error) => tracing::warn!(%error, "handle claim unavailable"),
+    }
     let display_name = request.display_name.unwrap_or_else(|| request.handle.clone());
     let hash = hash_password(request.password).await?;
     let origin = Origin::system(uuid::Uuid::new_v4().to_string());
-    let (user_id, position) =
-        state.ingest.register_user(&origin, &request.handle, &display_name, hash).await?;
+    let registered = state.ingest.register_user(&origin, &request.handle, &display_name, hash).await;
+    let (user_id, position) = match registered {
+        Ok(registered) => registered,
+        Err(error) => {
+            let _ = state.presence.release_claim(&claim).await;
+            return Err(error.into());
+        }
+    };
     wait_for_position(&state, position).await?;
-    // Two nodes may accept the same handle at once; the log decides, first registration wins.
+    // Should the claim have been unavailable, the log decides: the first registration wins.
     match state.store.user_by_handle(&handle).await? {
         Some(user) if user.id == user_id => {
             let token = state.tokens.issue(user.id);

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use switchboard_ingest::Origin;
 use switchboard_projector::store::{Conversation, InboxEntry};
-use switchboard_schemas::{ConversationId, ConversationKind, Position, UserId};
+use switchboard_schemas::{ConversationId, ConversationKind, Position, Topic, UserId};
 
 use super::extract::{Body, Params, QueryParams};
 use crate::auth::Caller;
@@ -84,7 +84,7 @@ pub async fn create(
             existing_user(&state, user_id).await?;
             if let Some(id) = state.store.direct_conversation(me, user_id).await? {
                 let conversation = member_conversation(&state, me, id).await?;
-                let token = state.progress.current().to_string();
+                let token = chat::applied_token(&state, Topic::Conversations, &id.to_string());
                 return Ok((StatusCode::OK, Json(Written { conversation, token })));
             }
             (ConversationKind::Direct, None, vec![me, user_id])
