@@ -1,8 +1,8 @@
 //! How the embedded log lays records out in fjall.
 //!
-//! Each topic-partition is its own keyspace (`messages.3`), so a partition is one contiguous,
-//! sorted run that a reader scans with a range and that can later be dropped or compacted on its
-//! own (signals keep a short retention). Within it the key is the offset as a big-endian `u64`,
+//! Each topic-partition is its own keyspace (`messages.3`), so a partition is one sorted run that
+//! a reader scans with a range, and one that can be truncated on its own once retention is added
+//! (signals are meant to be short-lived). Within it the key is the offset as a big-endian `u64`,
 //! which makes byte order equal offset order. The value is
 //!
 //! ```text

@@ -80,6 +80,9 @@ impl EmbeddedLog {
     ///
     /// The partition count is fixed when the log is created: a key's partition depends on it, so
     /// opening an existing log with another count fails instead of silently scattering keys.
+    ///
+    /// Opening blocks while fjall replays its journal; call it before serving, or from
+    /// `spawn_blocking`. Only one `EmbeddedLog` at a time may hold a directory.
     pub fn open(dir: &Path, partitions: u32) -> Result<EmbeddedLog, LogError> {
         if partitions == 0 {
             return Err(LogError::Storage(

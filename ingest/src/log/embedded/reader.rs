@@ -4,6 +4,8 @@
 //! fjall makes a batch visible as soon as it is committed, a moment before the sync; bounding
 //! reads by the frontier is what keeps a reader from handing out a record that a crash could
 //! still take back. The same frontier, a `watch` channel, is what a caught-up reader sleeps on.
+//! Once the log is closed and a reader has everything, `next_batch` returns
+//! [`LogError::Closed`] instead of sleeping forever, so consumers can shut down with the log.
 
 use std::sync::Arc;
 

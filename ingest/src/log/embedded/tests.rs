@@ -156,6 +156,15 @@ async fn reopening_with_another_partition_count_is_refused() {
 }
 
 #[test]
+fn topic_slots_follow_topic_all() {
+    // `Store::slot` indexes partitions by `topic as usize`, while `open` lays them out in
+    // `Topic::ALL` order; the two must agree or topics would share keyspaces.
+    for (index, topic) in Topic::ALL.into_iter().enumerate() {
+        assert_eq!(topic as usize, index, "{topic}");
+    }
+}
+
+#[test]
 fn zero_partitions_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     assert!(matches!(

@@ -23,12 +23,14 @@ use switchboard_schemas::{
 };
 
 use super::keys::{self, Table};
-use super::query::{Tables, View, decode, storage};
+use super::query::View;
 use super::records::{
     ConversationRecord, MemberRecord, MessageRecord, ReadRecord, StatsRecord, UserRecord,
 };
+use super::tables::{Tables, decode, storage};
 use crate::store::StoreError;
 
+/// One batch on its way into the store.
 pub(super) struct Fold<'a> {
     base: View<'a>,
     /// Every key the batch wrote: `Some` for a new value, `None` for a removal. Ordered, so the

@@ -164,6 +164,14 @@ mod tests {
     }
 
     #[test]
+    fn tables_are_listed_in_declaration_order() {
+        // `Tables` finds a table's keyspace by its discriminant.
+        for (i, table) in Table::ALL.into_iter().enumerate() {
+            assert_eq!(table as usize, i, "{table:?}");
+        }
+    }
+
+    #[test]
     fn keys_read_back_for_dumps() {
         assert_eq!(
             Table::ClientIds.describe_key(&client_id(7, -2, "c-1")),

@@ -1,7 +1,7 @@
 //! The read models in a local fjall database: the default when switchboard runs on one machine.
 //!
 //! - `keys` lays out one keyspace per table with order-preserving id keys;
-//! - `records` is what each table stores;
+//! - `records` is what each table stores, `tables` the fjall keyspaces holding them;
 //! - `fold` applies a batch of events, atomically with the checkpoint;
 //! - `query` answers reads, each from one snapshot.
 //!
@@ -18,7 +18,8 @@ use switchboard_ingest::log::Cursor;
 use switchboard_schemas::{ConversationId, MessageId, UserId};
 
 use self::fold::Fold;
-use self::query::{Tables, View, storage};
+use self::query::View;
+use self::tables::{Tables, storage};
 use crate::store::{
     Conversation, InboxEntry, Logged, Message, ReadMarker, ReadModel, StoreError, User,
 };
@@ -27,6 +28,7 @@ mod fold;
 mod keys;
 mod query;
 mod records;
+mod tables;
 #[cfg(test)]
 mod tests;
 

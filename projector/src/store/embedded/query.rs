@@ -3,10 +3,9 @@
 //! many conversations) sees one state of the store even while a batch is being applied.
 
 use std::cmp::Reverse;
-use std::fmt::Display;
 use std::fmt::Write as _;
 
-use fjall::{Iter, Keyspace, Readable, Slice, Snapshot};
+use fjall::{Iter, Readable, Slice, Snapshot};
 use serde::de::DeserializeOwned;
 use switchboard_ingest::log::Cursor;
 use switchboard_schemas::{ConversationId, MessageId, UserId};
@@ -15,53 +14,8 @@ use super::keys::{self, ID_LEN, Table};
 use super::records::{
     ConversationRecord, MemberRecord, MessageRecord, ReadRecord, StatsRecord, UserRecord,
 };
+use super::tables::{Tables, decode, storage};
 use crate::store::{Conversation, InboxEntry, Message, ReadMarker, StoreError, User};
-
-/// One fjall keyspace per [`Table`], in the order of [`Table::ALL`].
-pub(super) struct Tables {
-    spaces: Vec<Keyspace>,
-}
-
-impl Tables {
-    /// Opens (or creates) every table's keyspace.
-    pub(super) fn open(db: &fjall::Database) -> Result<Tables, StoreError> {
-        let spaces = Table::ALL
-            .iter()
-            .map(|table| {
-                db.keyspace(table.name(), fjall::KeyspaceCreateOptions::default)
-                    .map_err(|e| storage(format_args!("opening keyspace `{}`", table.name()), e))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Tables { spaces })
-    }
-
-    pub(super) fn get(&self, table: Table) -> &Keyspace {
-        &self.spaces[table as usize]
-    }
-}
-
-/// A storage failure with what was being done when it happened.
-pub(super) fn storage(context: impl Display, error: impl Display) -> StoreError {
-    StoreError::Storage(format!("{context}: {error}"))
-}
-
-/// Decodes a stored value, naming the key when the bytes are not what the table holds.
-pub(super) fn decode<T: DeserializeOwned>(
-    table: Table,
-    key: &[u8],
-    bytes: &[u8],
-) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        storage(
-            format_args!(
-                "corrupt record {}/{}",
-                table.name(),
-                table.describe_key(key)
-            ),
-            e,
-        )
-    })
-}
 
 /// The store as of one instant.
 pub(super) struct View<'a> {

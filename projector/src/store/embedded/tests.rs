@@ -191,3 +191,43 @@ async fn batching_does_not_change_the_result() -> Result<(), StoreError> {
     assert_eq!(in_one.checkpoint().await?.get(Topic::Messages, 0), Some(5));
     Ok(())
 }
+
+/// Set in the child process of [`an_applied_batch_survives_an_abort`] to the store's directory.
+const ABORT_CHILD_DIR: &str = "SWITCHBOARD_TEST_ABORT_CHILD_DIR";
+
+/// Like `kill -9`: the child applies a batch and aborts at once, so no destructor gets to flush
+/// anything. Whatever `apply` acknowledged must be there when the store is opened again.
+#[tokio::test]
+async fn an_applied_batch_survives_an_abort() -> Result<(), StoreError> {
+    let events = history();
+    let checkpoint = cursor_after(&events);
+    if let Some(dir) = std::env::var_os(ABORT_CHILD_DIR) {
+        open(Path::new(&dir)).apply(&events, &checkpoint).await?;
+        std::process::abort();
+    }
+
+    let dir = TempDir::new().expect("temp dir");
+    let test = module_path!().split_once("::").map_or("", |(_, path)| path);
+    let status = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            &format!("{test}::an_applied_batch_survives_an_abort"),
+            "--exact",
+            "--test-threads=1",
+        ])
+        .env(ABORT_CHILD_DIR, dir.path())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run the child");
+    assert!(!status.success(), "the child should have aborted");
+
+    let store = open(dir.path());
+    assert_eq!(store.checkpoint().await?, checkpoint);
+    assert_eq!(
+        store
+            .conversation(ConversationId(10))
+            .await?
+            .map(|c| c.message_count),
+        Some(3)
+    );
+    Ok(())
+}
