@@ -33,6 +33,8 @@ pub async fn run_all(log: &dyn Log) {
         end_offsets_and_committed_positions(log),
         a_reader_starts_where_its_cursor_says(log),
     );
+    // Shares a topic with the first check, so it runs after the others.
+    a_group_resumes_after_its_commit(log).await;
 }
 
 /// Sequential appends come back from a reader with the positions, keys and values the appends
@@ -331,8 +333,49 @@ pub async fn a_reader_starts_where_its_cursor_says(log: &dyn Log) {
 
 /// Reads from `from` until `want` records whose key starts with `tag` have come, checking that
 /// every batch respects its size bounds.
+/// A group reader starts where its group committed (or at the checkpoint it is given, if that is
+/// later), so a new member carries on exactly where the previous one left off.
+pub async fn a_group_resumes_after_its_commit(log: &dyn Log) {
+    let topic = Topic::Users;
+    let tag = run_tag("group");
+    let group = format!("conformance-{}", tag.replace('/', "-"));
+    let start = Cursor::end(log, &[topic]).await.expect("end offsets");
+    let key = format!("{tag}/member");
+    let mut positions = Vec::new();
+    for i in 0..4u8 {
+        positions.push(log.append(topic, key.as_bytes(), vec![i]).await.expect("append"));
+    }
+
+    let mut first = log.join_group(&group, &[topic], start.clone()).await.expect("join");
+    let read = read_tagged_from(first.as_mut(), &tag, 4).await;
+    assert_eq!(read.iter().map(|r| r.position).collect::<Vec<_>>(), positions);
+    let mut processed = start.clone();
+    processed.advance(positions[1]);
+    first.commit(&processed).await.expect("commit");
+    drop(first);
+
+    let mut next = log.join_group(&group, &[topic], start.clone()).await.expect("rejoin");
+    let rest = read_tagged_from(next.as_mut(), &tag, 2).await;
+    assert_eq!(
+        rest.iter().map(|r| r.position).collect::<Vec<_>>(),
+        positions[2..],
+        "a new member resumes after the commit, not at its older start"
+    );
+    drop(next);
+
+    let mut ahead = start.clone();
+    ahead.advance(positions[2]);
+    let mut later = log.join_group(&group, &[topic], ahead).await.expect("rejoin");
+    let last = read_tagged_from(later.as_mut(), &tag, 1).await;
+    assert_eq!(last[0].position, positions[3], "a checkpoint past the commit wins");
+}
+
 async fn read_tagged(log: &dyn Log, from: Cursor, tag: &str, want: usize) -> Vec<Record> {
     let mut reader = log.reader(from).await.expect("reader");
+    read_tagged_from(reader.as_mut(), tag, want).await
+}
+
+async fn read_tagged_from(reader: &mut dyn super::LogReader, tag: &str, want: usize) -> Vec<Record> {
     let mut found = Vec::with_capacity(want);
     while found.len() < want {
         let batch = reader.next_batch(BATCH).await.expect("next_batch");

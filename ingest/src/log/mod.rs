@@ -53,6 +53,18 @@ pub trait Log: Send + Sync + 'static {
     /// A reader that starts at `from` and follows the tail of the partitions named in it.
     async fn reader(&self, from: Cursor) -> Result<Box<dyn LogReader>, LogError>;
 
+    /// Joins consumer group `group` over `topics`: the log shares their partitions among the
+    /// group's readers, moving them as readers come and go. Each partition a reader is given
+    /// starts at the later of the group's committed offset and the offset `start` names for it
+    /// (a consumer that keeps its own checkpoint passes it here). Progress is recorded with
+    /// [`LogReader::commit`].
+    async fn join_group(
+        &self,
+        group: &str,
+        topics: &[Topic],
+        start: Cursor,
+    ) -> Result<Box<dyn LogReader>, LogError>;
+
     /// The cursor a named consumer last committed (empty if none).
     async fn committed(&self, group: &str) -> Result<Cursor, LogError>;
 
@@ -68,6 +80,12 @@ pub trait Log: Send + Sync + 'static {
 pub trait LogReader: Send {
     /// Returns between 1 and `max` records, waiting until at least one is available.
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Record>, LogError>;
+
+    /// Records that the reader's group has processed everything before `cursor`. Readers that
+    /// belong to no group have nothing to record.
+    async fn commit(&mut self, _cursor: &Cursor) -> Result<(), LogError> {
+        Ok(())
+    }
 }
 
 /// For each partition, the offset of the next record to read.
@@ -124,6 +142,15 @@ impl Cursor {
 
     pub fn iter(&self) -> impl Iterator<Item = (Topic, u32, u64)> + '_ {
         self.next.iter().map(|(&(t, p), &o)| (t, p, o))
+    }
+
+    /// For every partition in either cursor, the larger offset.
+    pub fn furthest(mut self, other: &Cursor) -> Cursor {
+        for (&key, &offset) in &other.next {
+            let next = self.next.entry(key).or_insert(offset);
+            *next = (*next).max(offset);
+        }
+        self
     }
 
     /// Partitions present in `self` keep their offset; those only in `base` are taken from it.

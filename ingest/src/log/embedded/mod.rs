@@ -29,7 +29,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use switchboard_schemas::{Position, Topic};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{Cursor, Log, LogError, LogReader};
+use super::{Cursor, Log, LogError, LogReader, Record};
 use reader::EmbeddedReader;
 use writer::Request;
 
@@ -323,6 +323,18 @@ impl Log for EmbeddedLog {
         )))
     }
 
+    /// One process owns an embedded log, so a group has one reader, which gets every partition.
+    async fn join_group(
+        &self,
+        group: &str,
+        topics: &[Topic],
+        start: Cursor,
+    ) -> Result<Box<dyn LogReader>, LogError> {
+        let from = Cursor::beginning(self, topics).furthest(&self.committed(group).await?).furthest(&start);
+        let reader = self.reader(from).await?;
+        Ok(Box::new(GroupReader { reader, log: self.clone(), group: group.to_owned() }))
+    }
+
     async fn committed(&self, group: &str) -> Result<Cursor, LogError> {
         check_group(group)?;
         let store = Arc::clone(&self.store);
@@ -371,6 +383,24 @@ impl Log for EmbeddedLog {
                 .map_err(|_| LogError::Storage("the log writer thread panicked".into()))?;
         }
         Ok(())
+    }
+}
+
+/// A reader that commits its group's position to the log it reads.
+struct GroupReader {
+    reader: Box<dyn LogReader>,
+    log: EmbeddedLog,
+    group: String,
+}
+
+#[async_trait]
+impl LogReader for GroupReader {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Record>, LogError> {
+        self.reader.next_batch(max).await
+    }
+
+    async fn commit(&mut self, cursor: &Cursor) -> Result<(), LogError> {
+        self.log.commit(&self.group, cursor).await
     }
 }
 

@@ -37,6 +37,7 @@ conformance!(
     concurrent_appends_get_distinct_offsets,
     end_offsets_and_committed_positions,
     a_reader_starts_where_its_cursor_says,
+    a_group_resumes_after_its_commit,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
