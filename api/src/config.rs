@@ -16,6 +16,12 @@ use switchboard_projector::presence::Quota;
 #[derive(clap::Args, Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// What this node runs: `all` (API, fan-out and projector — the single-machine default),
+    /// `api` (sockets and queries only) or `projector` (folds the log into the read models, and
+    /// serves only health and metrics). Separate roles need shared backends (not file://).
+    #[arg(long, env = "SWITCHBOARD_ROLE", value_enum, default_value = "all")]
+    pub role: Role,
+
     /// Address to listen on for HTTP and WebSocket.
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -174,6 +180,13 @@ impl Config {
                 self.max_frame_bytes
             );
         }
+        if self.role != Role::All && (self.log_url().starts_with("file://") || self.store_url().starts_with("file://")) {
+            bail!(
+                "role `{}` shares the log and store with other nodes, so it needs shared backends \
+                 (--log kafka://…, --store scylla://…), not the embedded ones of one process",
+                self.role
+            );
+        }
         if self.max_connections == 0 {
             bail!("max_connections must be at least 1");
         }
@@ -188,6 +201,34 @@ impl Config {
         self.store
             .clone()
             .unwrap_or_else(|| format!("file://{}", self.data_dir.join("store").display()))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    All,
+    Api,
+    Projector,
+}
+
+impl Role {
+    pub fn serves_clients(self) -> bool {
+        self != Role::Projector
+    }
+
+    pub fn projects(self) -> bool {
+        self != Role::Api
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::All => "all",
+            Role::Api => "api",
+            Role::Projector => "projector",
+        })
     }
 }
 

@@ -26,6 +26,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once at startup, so its size does not matter")]
 enum Command {
     /// Run a node: the log, the projector and the HTTP/WebSocket API in one process
     /// (embedded backends by default, nothing to install).
@@ -36,6 +37,12 @@ enum Command {
         #[command(flatten)]
         settings: config::Config,
     },
+    /// Replay the log of a stopped node into a new, empty read-model store.
+    Rebuild(switchboard_ops::rebuild::Args),
+    /// Print every read model of a store in a stable text form, for comparing stores.
+    Dump(switchboard_ops::dump::Args),
+    /// Drive a running node with WebSocket clients and report the capacity it showed.
+    Load(switchboard_ops::load::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -52,6 +59,9 @@ fn main() -> std::process::ExitCode {
                 .layered(serve_matches, config.as_deref())
                 .and_then(|config| run(server::serve(config)))
         }
+        Command::Rebuild(args) => run(switchboard_ops::rebuild::command(args)),
+        Command::Dump(args) => run(switchboard_ops::dump::command(args)),
+        Command::Load(args) => run(switchboard_ops::load::command(args)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

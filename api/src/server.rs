@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::backends;
-use crate::config::Config;
+use crate::config::{Config, Role};
 use crate::hub::Hub;
 use crate::routes;
 use crate::state::{AppState, Services};
@@ -25,6 +25,10 @@ use crate::telemetry;
 
 /// How long a node's sessions stay online without a renewal.
 const NODE_LEASE: Duration = Duration::from_secs(15);
+/// How long a node that does not project waits for the read models before serving anyway.
+const BACKLOG_WAIT: Duration = Duration::from_secs(30);
+/// How often a node learns other projectors' progress from the store.
+const CHECKPOINT_POLL: Duration = Duration::from_millis(20);
 /// How long a failed background task waits before it starts again.
 const RESTART_DELAY: Duration = Duration::from_secs(1);
 
@@ -59,36 +63,53 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     });
 
     let mut tasks = JoinSet::new();
-    tasks.spawn(supervise("projector", stop.clone(), {
-        let state = state.clone();
-        move |stop| {
-            let projector = Projector::new(state.ingest.log().clone(), state.store.clone(), state.progress.clone());
-            async move { projector.run(stop).await.map_err(anyhow::Error::from) }
-        }
-    }));
-    tasks.spawn(supervise("fan-out", stop.clone(), {
-        let state = state.clone();
-        move |stop| {
+    let role = state.config.role;
+    if role.projects() {
+        tasks.spawn(supervise("projector", stop.clone(), {
             let state = state.clone();
-            async move {
-                let result = state
-                    .hub
-                    .clone()
-                    .run(state.ingest.log().clone(), state.store.clone(), state.presence.clone(), state.progress.clone(), stop)
-                    .await;
-                // Sockets may have missed pushes: make them reconnect and resume.
-                state.hub.evict_all();
-                result.map_err(anyhow::Error::from)
+            move |stop| {
+                let projector = Projector::new(state.ingest.log().clone(), state.store.clone(), state.progress.clone());
+                async move { projector.run(stop).await.map_err(anyhow::Error::from) }
             }
-        }
-    }));
-    tasks.spawn(renew_lease(state.clone(), stop.clone()));
+        }));
+    }
+    if role != Role::All || !state.config.store_url().starts_with("file://") {
+        // Other processes project (part of) the log: learn their progress from the store.
+        tasks.spawn(follow_store_checkpoint(state.clone(), stop.clone()));
+    }
+    if role.serves_clients() {
+        tasks.spawn(supervise("fan-out", stop.clone(), {
+            let state = state.clone();
+            move |stop| {
+                let state = state.clone();
+                async move {
+                    let result = state
+                        .hub
+                        .clone()
+                        .run(state.ingest.log().clone(), state.store.clone(), state.presence.clone(), state.progress.clone(), stop)
+                        .await;
+                    // Sockets may have missed pushes: make them reconnect and resume.
+                    state.hub.evict_all();
+                    result.map_err(anyhow::Error::from)
+                }
+            }
+        }));
+        tasks.spawn(renew_lease(state.clone(), stop.clone()));
+    }
 
-    // Serve only once the read models hold everything logged before this start, so that
-    // membership checks and retried sends see the state clients last saw.
-    let backlog = Cursor::end(state.ingest.log().as_ref(), &switchboard_projector::PROJECTED_TOPICS).await?;
-    tracing::info!(until = %backlog, "catching up with the log");
-    state.progress.wait_for_cursor(&backlog).await;
+    // Serve clients only once the read models hold everything logged before this start, so that
+    // membership checks and retried sends see the state clients last saw. When another process
+    // does the projecting, wait only so long: readiness reports the lag from then on.
+    if role.serves_clients() {
+        let backlog = Cursor::end(state.ingest.log().as_ref(), &switchboard_projector::PROJECTED_TOPICS).await?;
+        tracing::info!(until = %backlog, "catching up with the log");
+        let caught_up = state.progress.wait_for_cursor(&backlog);
+        if role.projects() && state.config.store_url().starts_with("file://") {
+            caught_up.await;
+        } else if tokio::time::timeout(BACKLOG_WAIT, caught_up).await.is_err() {
+            tracing::warn!("the read models are still behind the log; serving anyway");
+        }
+    }
 
     let address = listener.local_addr().context("listening address")?;
     tracing::info!(
@@ -101,7 +122,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     );
     // A machine-readable line for scripts and tests that start a node on port 0.
     println!("listening on http://{address}");
-    let app = routes::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let app = match role {
+        Role::Projector => routes::operations(state.clone()),
+        Role::All | Role::Api => routes::router(state.clone()),
+    };
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let shutdown = state.shutdown.clone();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -113,7 +138,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .context("HTTP server")?;
 
     drain_sockets(&state).await;
-    settle_projection(&state).await;
+    if role.projects() {
+        settle_projection(&state).await;
+    }
     stop.cancel();
     while tasks.join_next().await.is_some() {}
     state.ingest.log().close().await.context("flushing the log")?;
@@ -138,6 +165,22 @@ where
                     _ = tokio::time::sleep(RESTART_DELAY) => {}
                 }
             }
+        }
+    }
+}
+
+/// Feeds [`Progress`] from the store's checkpoint, which every projector worker writes.
+async fn follow_store_checkpoint(state: AppState, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(CHECKPOINT_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match state.store.checkpoint().await {
+            Ok(checkpoint) => state.progress.advance(checkpoint),
+            Err(error) => tracing::debug!(%error, "store checkpoint unavailable"),
         }
     }
 }

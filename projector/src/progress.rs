@@ -24,8 +24,15 @@ impl Progress {
         Progress { cursor: Arc::new(watch::Sender::new(initial)) }
     }
 
+    /// Moves forward to `cursor` wherever it is ahead; never moves back, so several sources
+    /// (a local projector, a poll of the store) can feed one `Progress`.
     pub fn advance(&self, cursor: Cursor) {
-        self.cursor.send_replace(cursor);
+        self.cursor.send_if_modified(|current| {
+            let next = current.clone().furthest(&cursor);
+            let moved = next != *current;
+            *current = next;
+            moved
+        });
     }
 
     pub fn current(&self) -> Cursor {

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use switchboard_ingest::log::{Cursor, Log, LogError};
+use switchboard_ingest::log::{Cursor, Log, LogError, Record};
 use switchboard_schemas::{Codec, Topic};
 use tokio_util::sync::CancellationToken;
 
@@ -12,6 +12,9 @@ use crate::store::{Logged, ReadModel, StoreError};
 /// The topics the read models are built from.
 pub const PROJECTED_TOPICS: [Topic; 4] =
     [Topic::Users, Topic::Conversations, Topic::Messages, Topic::Presence];
+
+/// The consumer group projector workers share the log's partitions in.
+const GROUP: &str = "projector";
 
 /// How many records one read-model write takes at most.
 const BATCH: usize = 2048;
@@ -43,34 +46,76 @@ impl Projector {
         Ok(stored.or(&Cursor::beginning(self.log.as_ref(), &PROJECTED_TOPICS)))
     }
 
-    /// Follows the log until `stop` is cancelled. Each batch is applied and checkpointed before
-    /// the next is read, so a crash resumes exactly after the last applied batch.
+    /// Follows the log as a member of the projector group until `stop` is cancelled. Each batch
+    /// is applied and checkpointed before the group's offsets are committed and the next batch
+    /// read, so a crash resumes after the last applied batch, and anything applied twice is
+    /// applied idempotently.
     pub async fn run(self, stop: CancellationToken) -> Result<(), ProjectorError> {
         let mut cursor = self.checkpoint().await?;
         self.progress.advance(cursor.clone());
         tracing::info!(%cursor, "projector starting");
-        let mut reader = self.log.reader(cursor.clone()).await?;
+        let mut reader = self.log.join_group(GROUP, &PROJECTED_TOPICS, cursor.clone()).await?;
         loop {
             let records = tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
                 records = reader.next_batch(BATCH) => records?,
             };
-            let mut events = Vec::with_capacity(records.len());
-            for record in records {
-                cursor.advance(record.position);
-                match self.codec.decode(&record.value) {
-                    Ok(event) => events.push(Logged { position: record.position, event }),
-                    // A record no schema can read is skipped rather than stopping every read
-                    // model behind it; it stays in the log for inspection.
-                    Err(error) => {
-                        metrics::counter!("projector_undecodable_records_total").increment(1);
-                        tracing::error!(position = %record.position, %error, "skipping undecodable record");
-                    }
+            self.apply_batch(records, &mut cursor).await?;
+            reader.commit(&cursor).await?;
+        }
+    }
+
+    /// Applies the log from the checkpoint up to (not including) the offsets in `until`, then
+    /// returns how many events it applied. Records past `until` are left for a later run, so
+    /// the result is the state of the log as of `until` even while appends go on.
+    pub async fn catch_up(&self, until: &Cursor) -> Result<u64, ProjectorError> {
+        let mut cursor = self.checkpoint().await?;
+        self.progress.advance(cursor.clone());
+        let behind = |cursor: &Cursor| {
+            until
+                .iter()
+                .any(|(topic, partition, end)| cursor.get(topic, partition).unwrap_or(0) < end)
+        };
+        if !behind(&cursor) {
+            return Ok(0);
+        }
+        let mut reader = self.log.reader(cursor.clone()).await?;
+        let mut applied = 0;
+        while behind(&cursor) {
+            let mut records = reader.next_batch(BATCH).await?;
+            records.retain(|record| until.has_passed(record.position));
+            applied += self.apply_batch(records, &mut cursor).await?;
+        }
+        Ok(applied)
+    }
+
+    /// Decodes `records`, applies them with the checkpoint moved past them, and tells waiters.
+    /// Returns how many events were applied.
+    async fn apply_batch(
+        &self,
+        records: Vec<Record>,
+        cursor: &mut Cursor,
+    ) -> Result<u64, ProjectorError> {
+        let mut events = Vec::with_capacity(records.len());
+        let mut touched = Cursor::default();
+        for record in records {
+            cursor.advance(record.position);
+            touched.advance(record.position);
+            match self.codec.decode(&record.value) {
+                Ok(event) => events.push(Logged { position: record.position, event }),
+                // A record no schema can read is skipped rather than stopping every read
+                // model behind it; it stays in the log for inspection.
+                Err(error) => {
+                    metrics::counter!("projector_undecodable_records_total").increment(1);
+                    tracing::error!(position = %record.position, %error, "skipping undecodable record");
                 }
             }
-            self.store.apply(&events, &cursor).await?;
-            metrics::counter!("projector_events_applied_total").increment(events.len() as u64);
-            self.progress.advance(cursor.clone());
         }
+        // Only the partitions of this batch: in a group, the others may belong to another worker.
+        self.store.apply(&events, &touched).await?;
+        let applied = events.len() as u64;
+        metrics::counter!("projector_events_applied_total").increment(applied);
+        self.progress.advance(cursor.clone());
+        Ok(applied)
     }
 }

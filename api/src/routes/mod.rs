@@ -47,12 +47,25 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/login", post(auth::login))
         .route("/ws", get(ws::upgrade))
         .merge(api);
+    with_common_layers(Router::new().nest("/v1", v1).merge(operations_routes()), state)
+}
+
+/// What a node that serves no clients (a projector) still answers: health, readiness, metrics
+/// and the schema registry.
+pub fn operations(state: AppState) -> Router {
+    with_common_layers(operations_routes(), state)
+}
+
+fn operations_routes() -> Router<AppState> {
     Router::new()
-        .nest("/v1", v1)
         .nest("/registry", registry::router())
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+}
+
+fn with_common_layers(routes: Router<AppState>, state: AppState) -> Router {
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))

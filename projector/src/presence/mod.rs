@@ -12,6 +12,7 @@ use switchboard_schemas::UserId;
 
 pub mod conformance;
 pub mod memory;
+pub mod redis;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PresenceError {

@@ -92,7 +92,9 @@ pub trait ReadModel: Send + Sync + 'static {
     async fn checkpoint(&self) -> Result<Cursor, StoreError>;
 
     /// Folds `events` (in log order within each partition) into the read models and moves the
-    /// checkpoint to `checkpoint`. Applying an event a second time changes nothing.
+    /// checkpoint of each partition `checkpoint` names to the offset it names; other partitions
+    /// (another projector's, in a consumer group) keep theirs. Applying an event a second time
+    /// changes nothing.
     async fn apply(&self, events: &[Logged], checkpoint: &Cursor) -> Result<(), StoreError>;
 
     async fn user(&self, id: UserId) -> Result<Option<User>, StoreError>;

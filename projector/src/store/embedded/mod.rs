@@ -94,6 +94,7 @@ impl ReadModel for EmbeddedStore {
             // A panic in an earlier fold left nothing half-written (nothing is written before
             // the commit), so a poisoned lock is safe to take over.
             let _writer = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            let checkpoint = inner.view().checkpoint()?.furthest(&checkpoint);
             let mut fold = Fold::new(inner.view());
             for logged in &events {
                 fold.event(&logged.event)?;

@@ -1,0 +1,177 @@
+//! Where the Kafka log lives and how it talks to it, parsed from a `kafka://` URL.
+//!
+//! The URL is how every other backend is chosen too (`--log kafka://host:9092`), so everything an
+//! operator may need to set goes in its query string:
+//!
+//! ```text
+//! kafka://host:port[,host:port…][?prefix=P&replication=N&partitions=N&delivery_timeout_ms=N&fetch_wait_ms=N]
+//! ```
+//!
+//! Anything else in the URL is refused with a message that says what is wrong, rather than
+//! ignored: a misspelt parameter would otherwise silently run with the default.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use switchboard_schemas::Topic;
+
+use crate::log::LogError;
+
+/// Kafka's own limit on topic names.
+const MAX_TOPIC_NAME: usize = 249;
+
+/// The query parameters [`KafkaConfig::from_url`] understands, for error messages.
+const PARAMETERS: &str = "prefix, replication, partitions, delivery_timeout_ms, fetch_wait_ms";
+
+/// How to reach Kafka and how the log's topics are laid out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KafkaConfig {
+    /// `host:port` pairs joined by `,` (librdkafka's `bootstrap.servers`).
+    pub brokers: String,
+    /// Put before every topic name, so several deployments (or test runs) can share a cluster:
+    /// prefix `prod_` gives `prod_users`, `prod_messages`, …
+    pub prefix: String,
+    /// Partitions per topic. Keys are placed with [`Topic::partition_for`] over this count, so it
+    /// must match the topics in the cluster; [`KafkaLog::connect`](super::KafkaLog::connect)
+    /// refuses topics with another count.
+    pub partitions: u32,
+    /// Replication factor of the topics this log creates.
+    pub replication: i32,
+    /// How long the producer keeps trying to deliver one record (librdkafka's
+    /// `message.timeout.ms`) before the append fails as unavailable.
+    pub delivery_timeout: Duration,
+    /// How long a request to the cluster (metadata, end offsets, committed offsets, topic
+    /// creation) may take before it fails as unavailable.
+    pub request_timeout: Duration,
+    /// How long the broker may hold a fetch open when there is nothing new (`fetch.wait.max.ms`):
+    /// the worst added latency between an append and a reader at the tail seeing it.
+    pub fetch_wait: Duration,
+}
+
+impl KafkaConfig {
+    /// Parses `kafka://host:port[,host:port…][?query]` (see the [module docs](self)).
+    ///
+    /// `partitions` is the node's configured default; a `partitions` query parameter overrides
+    /// it.
+    pub fn from_url(url: &str, partitions: u32) -> Result<KafkaConfig, LogError> {
+        let bad = |why: String| LogError::Storage(format!("bad Kafka URL `{url}`: {why}"));
+        let rest = url
+            .strip_prefix("kafka://")
+            .ok_or_else(|| bad("it must start with kafka://".into()))?;
+        let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
+        if let Some((_, path)) = authority.split_once('/') {
+            return Err(bad(format!(
+                "it has a path (`/{path}`), but topics are named by the `prefix` parameter"
+            )));
+        }
+        if authority.is_empty() {
+            return Err(bad("it names no broker: use kafka://host:port".into()));
+        }
+        for broker in authority.split(',') {
+            check_broker(broker).map_err(bad)?;
+        }
+
+        let mut config = KafkaConfig {
+            brokers: authority.to_owned(),
+            prefix: String::new(),
+            partitions,
+            replication: 1,
+            delivery_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            fetch_wait: Duration::from_millis(10),
+        };
+        for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+            let (name, value) = pair
+                .split_once('=')
+                .ok_or_else(|| bad(format!("`{pair}` is not name=value")))?;
+            let number = |min: u64, max: u64| {
+                value.parse::<u64>().ok().filter(|n| (min..=max).contains(n)).ok_or_else(|| {
+                    bad(format!("{name} must be a whole number from {min} to {max}, not `{value}`"))
+                })
+            };
+            match name {
+                "prefix" => config.prefix = value.to_owned(),
+                "replication" => config.replication = number(1, i16::MAX as u64)? as i32,
+                "partitions" => config.partitions = number(1, i32::MAX as u64)? as u32,
+                "delivery_timeout_ms" => {
+                    config.delivery_timeout = Duration::from_millis(number(1, i32::MAX as u64)?)
+                }
+                "fetch_wait_ms" => {
+                    config.fetch_wait = Duration::from_millis(number(0, 300_000)?)
+                }
+                _ => return Err(bad(format!("unknown parameter `{name}`; known: {PARAMETERS}"))),
+            }
+        }
+        if config.partitions == 0 || config.partitions > i32::MAX as u32 {
+            return Err(bad(format!(
+                "topics need 1 to {} partitions, not {}",
+                i32::MAX,
+                config.partitions
+            )));
+        }
+        check_prefix(&config.prefix).map_err(bad)?;
+        Ok(config)
+    }
+
+    /// The name of `topic` in the cluster.
+    pub fn topic_name(&self, topic: Topic) -> String {
+        format!("{}{}", self.prefix, topic.name())
+    }
+
+    /// What every client of this log shares: where the cluster is, and that no client may
+    /// create a topic by naming it (with the broker's default partition count and retention,
+    /// where the broker allows that), since [`super::admin`] creates them as they must be.
+    pub(super) fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("client.id", "switchboard")
+            .set("allow.auto.create.topics", "false");
+        config
+    }
+}
+
+fn check_broker(broker: &str) -> Result<(), String> {
+    let bad = || format!("`{broker}` is not host:port");
+    let (host, port) = broker.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || port.parse::<u16>().map_or(true, |port| port == 0) {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// Kafka allows only ASCII letters, digits, `.`, `_` and `-` in topic names.
+fn check_prefix(prefix: &str) -> Result<(), String> {
+    if let Some(c) = prefix.chars().find(|c| !(c.is_ascii_alphanumeric() || "._-".contains(*c))) {
+        return Err(format!(
+            "prefix `{prefix}` has `{c}`, but Kafka topic names allow only letters, digits, `.`, \
+             `_` and `-`"
+        ));
+    }
+    let longest = Topic::ALL.iter().map(|t| t.name().len()).max().unwrap_or(0);
+    if prefix.len() + longest > MAX_TOPIC_NAME {
+        return Err(format!(
+            "prefix `{prefix}` is too long: topic names are at most {MAX_TOPIC_NAME} characters"
+        ));
+    }
+    Ok(())
+}
+
+/// The cluster's names of the log's topics, and back.
+pub(super) struct TopicNames {
+    names: Vec<String>,
+}
+
+impl TopicNames {
+    pub(super) fn new(config: &KafkaConfig) -> TopicNames {
+        TopicNames { names: Topic::ALL.iter().map(|&topic| config.topic_name(topic)).collect() }
+    }
+
+    pub(super) fn name(&self, topic: Topic) -> &str {
+        &self.names[topic as usize]
+    }
+
+    pub(super) fn topic(&self, name: &str) -> Option<Topic> {
+        Topic::ALL.into_iter().find(|&topic| self.name(topic) == name)
+    }
+}

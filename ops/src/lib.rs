@@ -1,0 +1,15 @@
+//! Operator tooling for switchboard, run as subcommands of the `switchboard` binary.
+//!
+//! - [`rebuild`]: replays the log into a fresh read-model store. The log is the source of
+//!   truth, so any read model can be thrown away and rebuilt; this is how.
+//! - [`dump`]: prints every read model in a stable text form, so a rebuilt store can be
+//!   compared with a live one by a plain `diff`.
+//! - [`load`]: drives real WebSocket clients against a running node and reports what it held
+//!   and how fast, in place of the capacity estimates this project was asked to replace.
+//!
+//! Each command's options are a clap [`Args`](clap::Args) struct in its module, so the binary
+//! only has to list them.
+
+pub mod dump;
+pub mod load;
+pub mod rebuild;

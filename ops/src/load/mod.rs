@@ -1,0 +1,391 @@
+//! `switchboard load`: a load generator of real WebSocket clients, and the capacity report the
+//! seed analysis only estimated.
+//!
+//! A run has an unmeasured setup and a timed part:
+//!
+//! 1. [`setup`]: register one user per connection, put the users into conversations (direct
+//!    ones, or groups of `--group-size`), sample the server's memory;
+//! 2. [`client`]: open every socket and wait for its `ready`, sample the memory again — the
+//!    difference, divided by the sockets, is the memory a connection costs;
+//! 3. every socket sends its share of `--rate` on an open-loop timetable ([`pacing`]) for the
+//!    warm-up and the measured window, timing send → ack (the message is durable in the log)
+//!    and send → delivery to each other member's socket;
+//! 4. wait (boundedly) for the last answers, close, and [`report`] what the [`tally`] says.
+//!
+//! With `--processes N`, the same steps run in N child processes ([`workers`]), because one
+//! process may hold only so many sockets.
+
+mod client;
+mod pacing;
+mod report;
+mod setup;
+mod tally;
+mod workers;
+
+use std::hash::BuildHasher;
+use std::path::PathBuf;
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use futures_util::{StreamExt, TryStreamExt, stream};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use client::{Client, Room, Shared, Stage};
+use pacing::Schedule;
+use report::Summary;
+use setup::{Account, Api, Conversation, Progress};
+use tally::Tally;
+
+/// Sockets opened at once during setup; an upgrade is cheap, unlike a registration.
+const CONNECT_CONCURRENCY: usize = 64;
+
+/// After the window, how long to wait for answers to the last messages sent. Longer waits are
+/// themselves a result: what is still outstanding then is reported as never answered.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Between the last `ready` and the memory sample: the server finishes a socket's registration
+/// (presence, the session event, pushes to contacts) around the time it says `ready`.
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// Options of `switchboard load`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Args {
+    /// Base URL of the node under test.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+
+    /// WebSocket connections to open and hold, one user each.
+    #[arg(long, default_value_t = 1000)]
+    pub connections: usize,
+
+    /// Messages per second to send, in total over all connections.
+    #[arg(long, default_value_t = 20_000.0)]
+    pub rate: f64,
+
+    /// How long to measure, after the warm-up.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+
+    /// How long to send before measuring.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+
+    /// Members per conversation: 2 makes direct conversations, more makes groups.
+    #[arg(long, default_value_t = 2)]
+    pub group_size: usize,
+
+    /// Size of each message body, in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub body_bytes: usize,
+
+    /// Processes to spread the connections over; one process may hold at most 20,000 open
+    /// files on this machine, and every socket is one.
+    #[arg(long, default_value_t = 1)]
+    pub processes: usize,
+
+    /// Most messages one socket may have unacknowledged. A send due past it is skipped and
+    /// counted: the server is not keeping up.
+    #[arg(long, default_value_t = 64)]
+    pub max_in_flight: usize,
+
+    /// Registrations and conversation creations in flight at once during setup. Registration
+    /// hashes a password with argon2, so more mostly slows the server down.
+    #[arg(long, default_value_t = 8)]
+    pub setup_concurrency: usize,
+
+    /// Also write the full result as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+
+    /// Runs as child process N of a multi-process test (set by the parent).
+    #[arg(long, hide = true)]
+    pub worker: Option<usize>,
+}
+
+impl Args {
+    fn check(&self) -> anyhow::Result<()> {
+        ensure!(
+            self.url.starts_with("http://") || self.url.starts_with("https://"),
+            "--url must be an http:// or https:// URL, not `{}`",
+            self.url
+        );
+        ensure!(self.rate.is_finite() && self.rate > 0.0, "--rate must be positive");
+        ensure!(self.group_size >= 2, "--group-size must be at least 2");
+        ensure!(self.processes >= 1, "--processes must be at least 1");
+        let smallest_share = self.connections / self.processes;
+        ensure!(
+            smallest_share >= self.group_size,
+            "each process needs at least one conversation of {} members, but {} connections over \
+             {} processes leaves {smallest_share}",
+            self.group_size,
+            self.connections,
+            self.processes
+        );
+        ensure!(self.body_bytes >= 1, "--body-bytes must be at least 1");
+        ensure!(self.max_in_flight >= 1, "--max-in-flight must be at least 1");
+        ensure!(self.setup_concurrency >= 1, "--setup-concurrency must be at least 1");
+        ensure!(!self.duration.is_zero(), "--duration must be longer than 0");
+        Ok(())
+    }
+
+    /// The WebSocket URL base matching `--url`.
+    fn ws_base(&self) -> String {
+        let url = self.url.trim_end_matches('/');
+        match url.strip_prefix("https://") {
+            Some(rest) => format!("wss://{rest}"),
+            None => format!("ws://{}", url.trim_start_matches("http://")),
+        }
+    }
+}
+
+/// The points at which the processes of one run wait for each other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Users and conversations exist; no socket is open yet.
+    Registered,
+    /// Every socket is open and ready; nothing has been sent yet.
+    Connected,
+}
+
+impl Phase {
+    const ALL: [Phase; 2] = [Phase::Registered, Phase::Connected];
+
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Registered => "registered",
+            Phase::Connected => "connected",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|phase| phase.name() == name)
+    }
+}
+
+/// The server's resident memory before any socket opened and with all of them open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Memory {
+    pub before_bytes: u64,
+    pub after_bytes: u64,
+}
+
+impl Memory {
+    async fn sample(&mut self, args: &Args, phase: Phase) -> anyhow::Result<()> {
+        let api = Api::new(&args.url)?;
+        match phase {
+            Phase::Registered => self.before_bytes = api.resident_memory().await?,
+            Phase::Connected => {
+                tokio::time::sleep(SETTLE).await;
+                self.after_bytes = api.resident_memory().await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs `switchboard load`: the whole test, or one child's part of it.
+pub async fn command(args: Args) -> anyhow::Result<()> {
+    args.check()?;
+    if let Some(worker) = args.worker {
+        let mut follower = workers::Follower::new();
+        let tally = drive(&args, worker, async |phase| follower.reached(phase).await).await?;
+        return follower.finish(&tally);
+    }
+    let (tally, memory) = if args.processes > 1 {
+        workers::lead(&args).await?
+    } else {
+        let mut memory = Memory::default();
+        let tally = drive(&args, 0, async |phase| memory.sample(&args, phase).await).await?;
+        (tally, memory)
+    };
+    let summary = Summary::new(&args, &tally, memory);
+    println!("{}", summary.table());
+    println!("{}", summary.capacity_table());
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&summary).context("encoding the result")?;
+        std::fs::write(path, json + "\n")
+            .with_context(|| format!("writing the result to {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// One process's part of the run; `reached` is called at each [`Phase`] and returns when the
+/// run may go on.
+async fn drive(
+    args: &Args,
+    worker: usize,
+    mut reached: impl AsyncFnMut(Phase) -> anyhow::Result<()>,
+) -> anyhow::Result<Tally> {
+    let connections = pacing::share(args.connections, args.processes, worker);
+    let label = if args.processes > 1 { format!("[worker {worker}] ") } else { String::new() };
+    let api = Api::new(&args.url)?;
+    let prefix = handle_prefix();
+    let accounts =
+        setup::register_all(&api, &prefix, connections, args.setup_concurrency, &label).await?;
+    let conversations = setup::create_conversations(
+        &api,
+        &accounts,
+        args.group_size,
+        args.setup_concurrency,
+        &label,
+    )
+    .await?;
+    reached(Phase::Registered).await?;
+
+    // Every socket sends at the same rate whichever process it is in: the total rate over the
+    // total connections.
+    let interval = pacing::send_interval(args.connections, args.rate);
+    let shared = Arc::new(Shared::new(args.body_bytes, interval, args.max_in_flight));
+    let (stage, watching) = watch::channel(Stage::Connecting);
+    let sockets = open_sockets(args, &accounts, &conversations, &shared, &watching, &label).await?;
+    reached(Phase::Connected).await?;
+
+    let schedule = Schedule::new(Instant::now(), args.warmup, args.duration);
+    stage.send_replace(Stage::Running(schedule));
+    eprintln!(
+        "{label}sending: {} of warm-up, then {} measured",
+        humantime::format_duration(args.warmup),
+        humantime::format_duration(args.duration)
+    );
+    tokio::time::sleep_until(schedule.measure_until.into()).await;
+    eprintln!("{label}waiting for the last answers");
+    let settled = async {
+        while !shared.settled() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    // Whatever is still outstanding after the timeout is reported, not waited for.
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, settled).await;
+    stage.send_replace(Stage::Stopping);
+    sockets.join_all().await;
+
+    let mut tally =
+        std::mem::take(&mut *shared.tally.lock().unwrap_or_else(PoisonError::into_inner));
+    tally.connected = accounts.len() as u64;
+    tally.unacked = shared.awaiting_acks.load(std::sync::atomic::Ordering::Relaxed);
+    tally.undelivered = shared.awaiting_deliveries.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(tally)
+}
+
+/// Opens one socket per account and starts its client; they idle until the stage changes.
+async fn open_sockets(
+    args: &Args,
+    accounts: &[Account],
+    conversations: &[Conversation],
+    shared: &Arc<Shared>,
+    stage: &watch::Receiver<Stage>,
+    label: &str,
+) -> anyhow::Result<JoinSet<()>> {
+    let ws_base = args.ws_base();
+    // Conversations cover the accounts in order, so this is each account's room.
+    let rooms: Vec<Arc<Room>> = conversations
+        .iter()
+        .flat_map(|conversation| {
+            let room = Arc::new(Room::new(conversation.id.clone(), conversation.members.len()));
+            conversation.members.clone().map(move |_| Arc::clone(&room))
+        })
+        .collect();
+    let mut progress = Progress::new(format!("{label}opening sockets"), accounts.len());
+    let mut opened = stream::iter(accounts.iter().enumerate())
+        .map(|(index, account)| {
+            let ws_base = &ws_base;
+            async move {
+                let socket = client::connect(ws_base, &account.token)
+                    .await
+                    .with_context(|| format!("connecting user {}", account.id))?;
+                anyhow::Ok((index, socket))
+            }
+        })
+        .buffer_unordered(CONNECT_CONCURRENCY);
+    let mut clients = JoinSet::new();
+    while let Some((index, socket)) = opened.try_next().await? {
+        let client = Client::new(
+            socket,
+            index,
+            accounts.len(),
+            Arc::clone(&rooms[index]),
+            Arc::clone(shared),
+            stage.clone(),
+        );
+        clients.spawn(client.run());
+        progress.advance();
+    }
+    Ok(clients)
+}
+
+/// A prefix for this process's user handles: new on every run against the same server, and
+/// different in each process of a run.
+fn handle_prefix() -> String {
+    let random = std::hash::RandomState::new().hash_one(std::process::id());
+    format!("ld{:08x}", random as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(args: &[&str]) -> anyhow::Result<Args> {
+        let cli = Cli::try_parse_from(std::iter::once("load").chain(args.iter().copied()))?;
+        cli.args.check()?;
+        Ok(cli.args)
+    }
+
+    #[test]
+    fn defaults_are_the_target_load() {
+        let args = parse(&[]).unwrap();
+        assert_eq!(args.connections, 1000);
+        assert_eq!(args.rate, 20_000.0);
+        assert_eq!(args.duration, Duration::from_secs(30));
+        assert_eq!(args.warmup, Duration::from_secs(5));
+        assert_eq!(args.ws_base(), "ws://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn impossible_runs_are_refused_before_anything_starts() {
+        let refused = |args: &[&str]| format!("{:#}", parse(args).unwrap_err());
+        assert!(
+            refused(&["--connections", "5", "--processes", "3"])
+                .contains("at least one conversation")
+        );
+        assert!(refused(&["--group-size", "1"]).contains("at least 2"));
+        assert!(refused(&["--rate", "0"]).contains("positive"));
+        assert!(refused(&["--url", "127.0.0.1:8080"]).contains("http://"));
+        assert!(refused(&["--duration", "soon"]).contains("duration"));
+    }
+
+    #[test]
+    fn websocket_urls_follow_the_http_scheme() {
+        let base = |url: &str| parse(&["--url", url]).unwrap().ws_base();
+        assert_eq!(base("http://10.0.0.1:18181/"), "ws://10.0.0.1:18181");
+        assert_eq!(base("https://chat.example"), "wss://chat.example");
+    }
+
+    #[test]
+    fn phases_have_names_both_ways() {
+        for phase in Phase::ALL {
+            assert_eq!(Phase::from_name(phase.name()), Some(phase));
+        }
+        assert_eq!(Phase::from_name("done"), None);
+    }
+
+    #[test]
+    fn handle_prefixes_fit_the_handle_rules() {
+        let prefix = handle_prefix();
+        let longest = format!("{prefix}_{}", usize::MAX);
+        assert!(longest.len() <= 32, "{longest}");
+        assert!(
+            longest.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+            "{longest}"
+        );
+    }
+}
