@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Runs every test of switchboard: formatting and lints, the unit and conformance suites, and the
-# end-to-end suites that start real server processes on loopback.
+# Runs every test of switchboard, on a fresh machine too:
+#   1. the system packages the build needs (Debian: cmake and the C headers librdkafka builds with),
+#   2. formatting and lints,
+#   3. every suite on the embedded backends,
+#   4. the real engines (Kafka, Cassandra, Redis: ops/engines/start.sh fetches and starts them),
+#   5. the backend conformance suites and the end-to-end suites again, on those engines.
 #
 #   ops/test.sh
 #
-# Needs only a Rust toolchain (cargo); crates come from crates.io on the first run.
+# Needs a Rust toolchain (cargo) and Java 17 for the engines; everything else it installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,9 +17,26 @@ if ! command -v cargo >/dev/null; then
     exit 1
 fi
 
+echo "== system packages"
+ops/deps.sh
+
 echo "== formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== tests on the embedded backends"
 cargo test --workspace --locked
+
+echo "== engines"
+ops/engines/start.sh all
+trap 'ops/engines/stop.sh all' EXIT
+source ops/engines/common.sh
+
+echo "== tests on Kafka, Cassandra and Redis"
+# Each test server gets its own topics, keyspace and key prefix: {unique} is filled in per server.
+SWITCHBOARD_REQUIRE_ENGINES=1 \
+SWITCHBOARD_KAFKA="127.0.0.1:${KAFKA_PORT}" \
+SWITCHBOARD_CQL="127.0.0.1:${CQL_PORT}" \
+SWITCHBOARD_REDIS="redis://127.0.0.1:${REDIS_PORT}" \
+SWITCHBOARD_TEST_BACKEND_ARGS="--log kafka://127.0.0.1:${KAFKA_PORT}?prefix={unique}. --store scylla://127.0.0.1:${CQL_PORT}/{unique} --presence redis://127.0.0.1:${REDIS_PORT}?prefix={unique}:" \
+    cargo test --workspace --locked

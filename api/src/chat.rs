@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use switchboard_ingest::Origin;
-use switchboard_projector::store::Conversation;
+use switchboard_projector::store::{Conversation, Message};
 use switchboard_schemas::{ConversationId, MessageId, MessageSent, Position, Topic, UserId};
 
 use crate::error::ApiError;
@@ -86,6 +86,9 @@ pub async fn send(state: &AppState, caller: UserId, trace: &str, request: SendRe
     limits::check(state, Limit::Messages, &caller.to_string()).await?;
     state.ingest.check_message(&request.client_msg_id, &request.body)?;
     member_conversation(state, caller, request.conversation_id).await?;
+    if let Some(original) = request.reply_to {
+        existing_message(state, request.conversation_id, original).await?;
+    }
 
     // A retry of a send the read models already hold (even from before a restart) gets the
     // first answer; the claim covers retries that arrive before the first send is projected.
@@ -159,6 +162,26 @@ async fn first_send(state: &AppState, claim_key: &str, claimed: &str) -> Result<
     }
 }
 
+/// The message, waiting (bounded) for the projection to catch up with the log when it is not
+/// there yet: a client may answer a pushed message before the read models hold it.
+async fn existing_message(
+    state: &AppState,
+    conversation: ConversationId,
+    id: MessageId,
+) -> Result<Message, ApiError> {
+    if let Some(message) = state.store.message(conversation, id).await? {
+        return Ok(message);
+    }
+    let key = conversation.to_string();
+    let partitions = state.ingest.log().partitions(Topic::Messages);
+    let partition = Topic::partition_for(key.as_bytes(), partitions);
+    let end = state.ingest.log().end_offsets(Topic::Messages).await?;
+    if let Some(&next) = end.get(partition as usize).filter(|&&next| next > 0) {
+        wait_for_position(state, Position { topic: Topic::Messages, partition, offset: next - 1 }).await?;
+    }
+    state.store.message(conversation, id).await?.ok_or_else(|| ApiError::not_found("message"))
+}
+
 /// Only the sender may change a message.
 async fn own_message(
     state: &AppState,
@@ -167,11 +190,10 @@ async fn own_message(
     message: MessageId,
 ) -> Result<(), ApiError> {
     member_conversation(state, caller, conversation).await?;
-    match state.store.message(conversation, message).await? {
-        Some(m) if m.deleted => Err(ApiError::not_found("message")),
-        Some(m) if m.sender == caller => Ok(()),
-        Some(_) => Err(ApiError::forbidden("only the sender may change a message")),
-        None => Err(ApiError::not_found("message")),
+    match existing_message(state, conversation, message).await? {
+        m if m.deleted => Err(ApiError::not_found("message")),
+        m if m.sender == caller => Ok(()),
+        _ => Err(ApiError::forbidden("only the sender may change a message")),
     }
 }
 
@@ -208,6 +230,7 @@ pub async fn mark_read(
     message: MessageId,
 ) -> Result<Accepted, ApiError> {
     member_conversation(state, caller, conversation).await?;
+    existing_message(state, conversation, message).await?;
     let origin = Origin::user(caller, trace);
     Ok(state.ingest.mark_read(&origin, conversation, caller, message).await?.into())
 }
@@ -219,6 +242,7 @@ pub async fn typing(
     conversation: ConversationId,
     active: bool,
 ) -> Result<Accepted, ApiError> {
+    limits::check(state, Limit::Typing, &caller.to_string()).await?;
     member_conversation(state, caller, conversation).await?;
     let origin = Origin::user(caller, trace);
     Ok(state.ingest.typing(&origin, caller, conversation, active).await?.into())

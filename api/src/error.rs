@@ -84,8 +84,33 @@ impl ApiError {
         )
     }
 
+    pub fn method_not_allowed() -> ApiError {
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+    }
+
+    /// A WebSocket frame over the configured limit; the socket stays open.
+    pub fn frame_too_large(limit: usize) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "frame_too_large",
+            format!("the frame is larger than the {limit}-byte limit; nothing in it was processed"),
+        )
+    }
+
     pub fn unknown_op(op: &str) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "unknown_op", format!("unknown op `{op}`"))
+    }
+
+    /// A resume token so old that replaying from it would mean reading too much of the log.
+    pub fn resume_too_old(behind: u64, limit: usize) -> ApiError {
+        ApiError::new(
+            StatusCode::GONE,
+            "resume_too_old",
+            format!(
+                "the token is {behind} log events behind, more than the {limit} a resume reads; \
+                 reload history over HTTP and continue from this connection's ready token"
+            ),
+        )
     }
 
     pub fn too_many_connections() -> ApiError {

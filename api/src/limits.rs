@@ -13,6 +13,9 @@ pub enum Limit {
     Messages,
     General,
     Strict,
+    /// Typing indicators: a bucket of their own at the messages rate, so that typing never
+    /// uses up the budget for sending.
+    Typing,
 }
 
 impl Limit {
@@ -22,6 +25,7 @@ impl Limit {
             Limit::Messages => "messages",
             Limit::General => "general",
             Limit::Strict => "strict",
+            Limit::Typing => "typing",
         }
     }
 
@@ -29,7 +33,7 @@ impl Limit {
         let config = &state.config;
         match self {
             Limit::Auth => config.rate_auth,
-            Limit::Messages => config.rate_messages,
+            Limit::Messages | Limit::Typing => config.rate_messages,
             Limit::General => config.rate_general,
             Limit::Strict => config.rate_strict,
         }

@@ -180,3 +180,40 @@ async fn auth_is_limited_per_client_address() {
     assert_eq!(body["error"]["code"], "rate_limited");
     assert!(body["error"]["retry_after_ms"].as_u64().unwrap() > 0);
 }
+
+#[tokio::test]
+async fn references_to_things_that_do_not_exist_are_refused() {
+    let server = Server::start(&[]);
+    let api = server.api();
+    let users = [api.register("ada").await, api.register("bob").await, api.register("cy").await];
+    let group = api.group(&users[0], "refs", &[&users[1]]).await;
+    let mut ws = Ws::connect(&server, &users[0]).await;
+
+    let read = ws.request(json!({ "op": "read", "conversation_id": group, "message_id": "12345" })).await;
+    assert_eq!(read["error"]["code"], "not_found", "{read}");
+    let reply = ws
+        .request(json!({ "op": "send", "conversation_id": group, "client_msg_id": "r", "body": "re", "reply_to": "999" }))
+        .await;
+    assert_eq!(reply["error"]["code"], "not_found", "{reply}");
+    let edit = ws.request(json!({ "op": "edit", "conversation_id": group, "message_id": "777", "body": "x" })).await;
+    assert_eq!(edit["error"]["code"], "not_found", "{edit}");
+
+    let members = format!("/v1/conversations/{group}/members");
+    let (status, body) = api.post(&members, &users[0], json!({ "user_id": users[1].id })).await;
+    assert_eq!((status, body["error"]["code"].clone()), (StatusCode::CONFLICT, json!("conflict")));
+    let (status, _) = api.post(&members, &users[0], json!({ "user_id": users[2].id })).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // A plain request to the socket route gets the JSON error shape too.
+    let (status, body) = api.get(&format!("/v1/ws?token={}", users[0].token), &users[0]).await;
+    assert_eq!((status, body["error"]["code"].clone()), (StatusCode::BAD_REQUEST, json!("bad_request")));
+    ws.assert_usable().await;
+}
+
+#[tokio::test]
+async fn a_client_that_closes_gets_a_close_frame_back() {
+    let server = Server::start(&[]);
+    let ada = server.api().register("ada").await;
+    let ws = Ws::connect(&server, &ada).await;
+    assert_eq!(ws.close_handshake().await, Some(1000));
+}

@@ -117,7 +117,7 @@ impl Hub {
         // everything before the point the fan-out starts from.
         progress.wait_for_cursor(&start).await;
         let mut reader = log.reader(start).await?;
-        let mut router = Router::new(store, presence);
+        let mut router = Router::live(store, presence);
         let codec = Codec::new();
         loop {
             let records = tokio::select! {

@@ -36,17 +36,25 @@ pub struct Router {
     contacts: HashMap<UserId, Arc<Vec<UserId>>>,
     /// The online state last pushed per user, so contacts hear of changes only.
     pushed_online: HashMap<UserId, bool>,
+    replaying: bool,
 }
 
 impl Router {
-    pub fn new(store: Arc<dyn ReadModel>, presence: Arc<dyn Presence>) -> Router {
+    /// A router for the live fan-out.
+    pub fn live(store: Arc<dyn ReadModel>, presence: Arc<dyn Presence>) -> Router {
         Router {
             store,
             presence,
             members: HashMap::new(),
             contacts: HashMap::new(),
             pushed_online: HashMap::new(),
+            replaying: false,
         }
+    }
+
+    /// A router for replaying what a resuming socket missed.
+    pub fn replay(store: Arc<dyn ReadModel>, presence: Arc<dyn Presence>) -> Router {
+        Router { replaying: true, ..Router::live(store, presence) }
     }
 
     pub async fn route(&mut self, event: &Event) -> Result<Option<Routed>, StoreError> {
@@ -81,10 +89,8 @@ impl Router {
                 members.retain(|m| *m != e.user_id);
                 members
             }
-            SessionOpened(e) => return self.presence_changed(e.user_id, None).await,
-            SessionClosed(e) => {
-                return self.presence_changed(e.user_id, Some(event.meta.occurred_at)).await;
-            }
+            SessionOpened(e) => return self.presence_changed(e.user_id, event.meta.occurred_at, true).await,
+            SessionClosed(e) => return self.presence_changed(e.user_id, event.meta.occurred_at, false).await,
             UserRegistered(_) | ProfileUpdated(_) | NodeHeartbeat(_) => return Ok(None),
             payload => match payload.conversation_id() {
                 Some(conversation) => self.members_mut(conversation).await?.clone(),
@@ -123,24 +129,30 @@ impl Router {
         Ok(contacts)
     }
 
+    /// Presence is state, not history: a socket replaying what it missed gets none of it (the
+    /// current state is one query away), and live sockets hear only of real changes.
     async fn presence_changed(
         &mut self,
         user: UserId,
-        closed_at: Option<i64>,
+        at: i64,
+        opened: bool,
     ) -> Result<Option<Routed>, StoreError> {
+        if self.replaying {
+            return Ok(None);
+        }
         let online = match self.presence.status(&[user]).await {
             Ok(status) => status.first().is_some_and(|s| s.online),
             // Without the presence backend the event itself is the best guess.
-            Err(_) => closed_at.is_none(),
+            Err(_) => opened,
         };
         if self.pushed_online.insert(user, online) == Some(online) {
             return Ok(None);
         }
-        let last_seen = if online { None } else { closed_at };
+        let last_seen = (!online).then_some(at);
         Ok(Some(Routed {
             recipients: self.contacts_of(user).await?.to_vec(),
             kind: "presence.changed",
-            at: closed_at.unwrap_or_else(switchboard_ingest::now_ms),
+            at,
             data: to_raw(&PresenceChanged { user_id: user, online, last_seen }),
         }))
     }

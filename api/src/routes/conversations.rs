@@ -125,6 +125,9 @@ pub async fn add_member(
     let conversation = group_of(&state, me, id).await?;
     limits::check(&state, Limit::Strict, &me.to_string()).await?;
     existing_user(&state, request.user_id).await?;
+    if conversation.members.contains(&request.user_id) {
+        return Err(ApiError::conflict("the user is already a member"));
+    }
     if conversation.members.len() >= state.config.max_group_members {
         return Err(ApiError::invalid(format!(
             "a group has at most {} members",

@@ -16,8 +16,8 @@ use crate::state::AppState;
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 100;
 
+/// Unknown parameters are ignored: the query string may also carry the access token.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
     /// Only messages older than this one.
     before: Option<MessageId>,

@@ -79,7 +79,7 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError { status: axum::http::StatusCode::METHOD_NOT_ALLOWED, ..ApiError::bad_request("method not allowed on this route") }
+    ApiError::method_not_allowed()
 }
 
 /// The general limit counts per user when a valid token is presented, per IP otherwise.

@@ -14,8 +14,8 @@ use crate::state::AppState;
 
 const MAX_USERS: usize = 200;
 
+/// Unknown parameters are ignored: the query string may also carry the access token.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Query {
     /// Comma-separated user ids.
     users: String,

@@ -4,6 +4,7 @@
 mod protocol;
 mod session;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{Query, State, WebSocketUpgrade};
 use axum::response::Response;
 use serde::Deserialize;
@@ -29,8 +30,9 @@ pub async fn upgrade(
     State(state): State<AppState>,
     Caller(user): Caller,
     Query(connect): Query<Connect>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    let ws = ws.map_err(|rejection| ApiError::bad_request(format!("not a WebSocket upgrade: {}", rejection.body_text())))?;
     let resume = connect
         .resume
         .map(|token| ResumeToken::decode(&token))

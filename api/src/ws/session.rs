@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, StreamExt};
@@ -15,6 +16,7 @@ use switchboard_ingest::log::Cursor;
 use switchboard_schemas::{Codec, SessionClosed, SessionOpened, UserId};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
+use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 
 use super::protocol::{self, ClientFrame, Op};
@@ -25,6 +27,9 @@ use crate::state::AppState;
 
 /// Ops read ahead of the one being processed before the socket stops reading (backpressure).
 const MAX_PENDING_OPS: usize = 32;
+
+/// The longest a single write to a socket may take before the client counts as gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Close codes: 1001 going away, 1008 policy, 1009 too big, 4000 idle, 4008 too slow.
 const CLOSE_GOING_AWAY: u16 = 1001;
@@ -70,75 +75,89 @@ impl Session {
     }
 
     pub async fn run(mut self, socket: WebSocket, resume: Option<Cursor>) {
-        let (mut sink, stream) = socket.split();
-        let ready_token = ResumeToken::encode(resume.as_ref().unwrap_or(&self.registered_at));
+        let (sink, stream) = socket.split();
+        let mut writer = Writer { sink };
+        // A resume too far behind to replay starts the client afresh from now.
+        let (replay, refusal) = match resume.map(|from| self.plan_replay(from)) {
+            Some(Ok(plan)) => (Some(plan), None),
+            Some(Err(refusal)) => (None, Some(refusal)),
+            None => (None, None),
+        };
+        let start = replay.as_ref().map_or(&self.registered_at, |(from, _)| from);
         let heartbeat = self.state.config.ping_interval.0.as_millis();
-        let ready = protocol::ready(self.user, &self.id, &ready_token, heartbeat);
-        let mut ok = sink.send(Message::Text(ready.into())).await.is_ok();
-        if let (true, Some(from)) = (ok, resume) {
-            ok = self.replay(&mut sink, from).await.is_ok();
+        let ready = protocol::ready(self.user, &self.id, &ResumeToken::encode(start), heartbeat);
+        let mut ok = writer.text(ready).await.is_ok();
+        if let (true, Some(refusal)) = (ok, refusal) {
+            ok = writer.text(protocol::error(Value::Null, &refusal)).await.is_ok();
+        }
+        if let (true, Some((from, _))) = (ok, replay) {
+            ok = self.replay(&mut writer, from).await.is_ok();
         }
         if ok {
-            self.serve(sink, stream).await;
+            self.serve(writer, stream).await;
         }
         self.close().await;
     }
 
+    /// Where a replay from `from` starts, and how many log events it reads, or why it won't.
+    fn plan_replay(&self, from: Cursor) -> Result<(Cursor, u64), ApiError> {
+        let mut start = Cursor::default();
+        let mut behind = 0u64;
+        for (topic, partition, end) in self.registered_at.iter() {
+            let next = from.get(topic, partition).unwrap_or(0).min(end);
+            behind += end - next;
+            start.set(topic, partition, next);
+        }
+        let limit = self.state.config.resume_max_events;
+        if behind as usize > limit {
+            return Err(ApiError::resume_too_old(behind, limit));
+        }
+        Ok((start, behind))
+    }
+
     /// Sends the events routed to this user between `from` and the registration point.
-    async fn replay(&self, sink: &mut Sink, from: Cursor) -> Result<(), axum::Error> {
+    async fn replay(&self, writer: &mut Writer, mut cursor: Cursor) -> Result<(), Gone> {
         let until = &self.registered_at;
-        let mut cursor = Cursor::default();
-        let mut missed = 0u64;
-        for (topic, partition, end) in until.iter() {
-            let start = from.get(topic, partition).unwrap_or(0).min(end);
-            missed += end - start;
-            cursor.set(topic, partition, start);
-        }
-        if missed as usize > self.state.config.resume_max_events {
-            let error = ApiError::bad_request(format!(
-                "the token is {missed} events behind, more than the {} a resume replays; reload history over HTTP",
-                self.state.config.resume_max_events
-            ));
-            let frame = protocol::error(Value::Null, &ApiError { code: "resume_too_old", ..error });
-            return sink.send(Message::Text(frame.into())).await;
-        }
-        if missed == 0 {
+        let behind = |c: &Cursor| until.iter().any(|(t, p, end)| c.get(t, p).unwrap_or(0) < end);
+        if !behind(&cursor) {
             return Ok(());
         }
         let state = &self.state;
+        let mut frames = Vec::new();
         let result: Result<(), ApiError> = async {
             let mut reader = state.ingest.log().reader(cursor.clone()).await?;
-            let mut router = Router::new(state.store.clone(), state.presence.clone());
+            let mut router = Router::replay(state.store.clone(), state.presence.clone());
             let codec = Codec::new();
-            let behind = |c: &Cursor| until.iter().any(|(t, p, end)| c.get(t, p).unwrap_or(0) < end);
             while behind(&cursor) {
                 for record in reader.next_batch(512).await? {
                     let position = record.position;
-                    if until.has_passed(position) && !cursor.has_passed(position) {
-                        cursor.advance(position);
-                        let Ok(event) = codec.decode(&record.value) else { continue };
-                        if let Some(route) = router.route(&event).await?
-                            && route.recipients.contains(&self.user)
-                        {
-                            let frame = route.frame(&ResumeToken::encode(&cursor));
-                            sink.send(Message::Text(frame)).await.map_err(|e| ApiError::internal(e.to_string()))?;
-                        }
+                    if !until.has_passed(position) || cursor.has_passed(position) {
+                        continue;
+                    }
+                    cursor.advance(position);
+                    let Ok(event) = codec.decode(&record.value) else { continue };
+                    if let Some(route) = router.route(&event).await?
+                        && route.recipients.contains(&self.user)
+                    {
+                        frames.push(route.frame(&ResumeToken::encode(&cursor)));
                     }
                 }
+                for frame in frames.drain(..) {
+                    writer.push(frame).await.map_err(|_| ApiError::internal("socket gone"))?;
+                }
+                writer.flush().await.map_err(|_| ApiError::internal("socket gone"))?;
             }
             Ok(())
         }
         .await;
-        match result {
-            Ok(()) => Ok(()),
-            Err(error) => {
-                tracing::warn!(code = error.code, message = %error.message, "resume failed");
-                sink.send(Message::Text(protocol::error(Value::Null, &error).into())).await
-            }
+        if let Err(error) = result {
+            tracing::warn!(code = error.code, message = %error.message, "resume failed");
+            writer.text(protocol::error(Value::Null, &error)).await?;
         }
+        Ok(())
     }
 
-    async fn serve(&mut self, mut sink: Sink, mut stream: futures_util::stream::SplitStream<WebSocket>) {
+    async fn serve(&mut self, mut writer: Writer, mut stream: futures_util::stream::SplitStream<WebSocket>) {
         let config = &self.state.config;
         let mut ping = tokio::time::interval(config.ping_interval.0);
         ping.tick().await;
@@ -152,48 +171,54 @@ impl Session {
             {
                 in_flight = Some(Box::pin(handle(self.state.clone(), self.user, self.id.clone(), text)));
             }
-            tokio::select! {
+            let written = tokio::select! {
                 _ = self.state.shutdown.cancelled() => break Some((CLOSE_GOING_AWAY, "server shutting down")),
                 _ = self.evicted.cancelled() => break Some((CLOSE_TOO_SLOW, "too slow to keep up; reconnect and resume")),
                 _ = &mut idle => break Some((CLOSE_IDLE, "no activity")),
-                _ = ping.tick() => {
-                    if sink.send(Message::Ping(Default::default())).await.is_err() { break None }
-                }
-                frame = self.frames.recv() => {
-                    let Some(frame) = frame else { break None };
-                    if write_pushes(&mut sink, frame, &mut self.frames).await.is_err() { break None }
-                }
+                _ = ping.tick() => writer.send(Message::Ping(Default::default())).await,
+                frame = self.frames.recv() => match frame {
+                    Some(frame) => writer.pushes(frame, &mut self.frames).await,
+                    None => break None,
+                },
                 reply = async { in_flight.as_mut().expect("guarded").await }, if in_flight.is_some() => {
                     in_flight = None;
-                    if sink.send(Message::Text(reply.into())).await.is_err() { break None }
+                    writer.text(reply).await
                 }
                 message = stream.next(), if pending.len() < MAX_PENDING_OPS => {
                     idle.as_mut().reset(Instant::now() + config.idle_timeout.0);
                     match message {
                         Some(Ok(Message::Text(text))) if text.len() > config.max_frame_bytes => {
-                            let error = ApiError::payload_too_large(config.max_frame_bytes);
-                            let error = ApiError { code: "frame_too_large", ..error };
-                            if sink.send(Message::Text(protocol::error(Value::Null, &error).into())).await.is_err() { break None }
+                            writer.text(protocol::error(Value::Null, &ApiError::frame_too_large(config.max_frame_bytes))).await
                         }
-                        Some(Ok(Message::Text(text))) => pending.push_back(text),
+                        Some(Ok(Message::Text(text))) => {
+                            pending.push_back(text);
+                            Ok(())
+                        }
                         Some(Ok(Message::Binary(_))) => {
                             let error = ApiError::bad_request("binary frames are not part of the protocol; send JSON text");
-                            if sink.send(Message::Text(protocol::error(Value::Null, &error).into())).await.is_err() { break None }
+                            writer.text(protocol::error(Value::Null, &error)).await
                         }
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                        Some(Ok(Message::Close(_))) | None => break None,
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                        // The client closed: flushing sends the close reply the protocol queued.
+                        Some(Ok(Message::Close(_))) => {
+                            let _ = writer.flush().await;
+                            break None;
+                        }
+                        None => break None,
                         Some(Err(error)) => {
                             tracing::debug!(%error, "socket read failed");
-                            let too_big = error.to_string().contains("too long") || error.to_string().contains("too big");
+                            let too_big = matches!(error.into_inner().downcast_ref::<tungstenite::Error>(), Some(tungstenite::Error::Capacity(_)));
                             break too_big.then_some((CLOSE_TOO_BIG, "frame too large"));
                         }
                     }
                 }
+            };
+            if written.is_err() {
+                break None;
             }
         };
         if let Some((code, reason)) = close {
-            let frame = CloseFrame { code, reason: reason.into() };
-            let _ = sink.send(Message::Close(Some(frame))).await;
+            let _ = writer.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
         }
     }
 
@@ -215,20 +240,51 @@ impl Session {
     }
 }
 
-/// Writes one push and whatever else is already queued, then flushes once.
-async fn write_pushes(
-    sink: &mut Sink,
-    first: Utf8Bytes,
-    queue: &mut mpsc::Receiver<Utf8Bytes>,
-) -> Result<(), axum::Error> {
-    sink.feed(Message::Text(first)).await?;
-    for _ in 0..64 {
-        match queue.try_recv() {
-            Ok(frame) => sink.feed(Message::Text(frame)).await?,
-            Err(_) => break,
+/// The socket went away, or stopped reading for longer than a write may take.
+struct Gone;
+
+/// The sending half of a socket. Every write is bounded in time: a client that stops reading
+/// must not keep its session (and its eviction) waiting forever.
+struct Writer {
+    sink: Sink,
+}
+
+impl Writer {
+    async fn bounded<F: Future<Output = Result<(), axum::Error>>>(write: F) -> Result<(), Gone> {
+        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Gone),
         }
     }
-    sink.flush().await
+
+    async fn send(&mut self, message: Message) -> Result<(), Gone> {
+        Self::bounded(self.sink.send(message)).await
+    }
+
+    async fn text(&mut self, text: impl Into<Utf8Bytes>) -> Result<(), Gone> {
+        self.send(Message::Text(text.into())).await
+    }
+
+    /// Queues a frame without flushing.
+    async fn push(&mut self, frame: Utf8Bytes) -> Result<(), Gone> {
+        Self::bounded(self.sink.feed(Message::Text(frame))).await
+    }
+
+    async fn flush(&mut self) -> Result<(), Gone> {
+        Self::bounded(self.sink.flush()).await
+    }
+
+    /// Writes one push and whatever else is already queued, then flushes once.
+    async fn pushes(&mut self, first: Utf8Bytes, queue: &mut mpsc::Receiver<Utf8Bytes>) -> Result<(), Gone> {
+        self.push(first).await?;
+        for _ in 0..64 {
+            match queue.try_recv() {
+                Ok(frame) => self.push(frame).await?,
+                Err(_) => break,
+            }
+        }
+        self.flush().await
+    }
 }
 
 /// Processes one client frame and returns the reply frame.

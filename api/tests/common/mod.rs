@@ -18,6 +18,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
 pub const JWT_SECRET: &str = "test-secret-not-for-production";
@@ -44,7 +46,9 @@ impl Server {
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Server {
         // Tests register many users from one address; the auth limit gets its own test.
         let defaults = [("--rate-auth", "1000/1m")];
-        let backend_args = std::env::var("SWITCHBOARD_TEST_BACKEND_ARGS").unwrap_or_default();
+        let backend_args = std::env::var("SWITCHBOARD_TEST_BACKEND_ARGS")
+            .unwrap_or_default()
+            .replace("{unique}", &backend_id(data_dir));
         let log = std::fs::File::options()
             .create(true)
             .append(true)
@@ -99,6 +103,24 @@ impl Server {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data_dir.join("server.log")).unwrap_or_default()
     }
+}
+
+/// Names this data directory's topics, keyspace and keys on shared engines, so that tests stay
+/// apart and a restarted node finds its own data again.
+fn backend_id(data_dir: &Path) -> String {
+    let path = data_dir.join("backend-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        return id;
+    }
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let id = format!("t{}_{}", std::process::id(), nanos % 1_000_000_000_000);
+    std::fs::write(&path, &id).expect("backend id");
+    id
+}
+
+/// Whether the suite runs on the embedded backends (some tests inspect their files).
+pub fn embedded() -> bool {
+    std::env::var("SWITCHBOARD_TEST_BACKEND_ARGS").map_or(true, |args| args.trim().is_empty())
 }
 
 impl Drop for Server {
@@ -330,6 +352,20 @@ impl Ws {
     pub async fn assert_usable(&mut self) {
         let pong = self.request(json!({ "op": "ping" })).await;
         assert_eq!(pong["op"], "pong", "{pong}");
+    }
+
+    /// Closes with code 1000 and returns the code of the server's answering close frame.
+    pub async fn close_handshake(mut self) -> Option<u16> {
+        let normal = CloseFrame { code: CloseCode::Normal, reason: "bye".into() };
+        self.stream.close(Some(normal)).await.expect("sending close");
+        while let Ok(Some(message)) = tokio::time::timeout(WAIT, self.stream.next()).await {
+            match message {
+                Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+        None
     }
 
     pub async fn close(mut self) {

@@ -1,0 +1,61 @@
+//! What operators and analytics consumers rely on: health, readiness, metrics that answer the
+//! capacity analysis's key metrics, and the schema registry in Confluent's REST shape.
+
+mod common;
+
+use common::{Server, Ws};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+#[tokio::test]
+async fn health_readiness_and_metrics_answer() {
+    let server = Server::start(&[]);
+    let api = server.api();
+    let (status, health) = api.call(Method::GET, "/healthz", None, None).await;
+    assert_eq!((status, health["status"].clone()), (StatusCode::OK, json!("ok")));
+    let (status, ready) = api.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{ready}");
+    assert_eq!(ready["ready"], true);
+    assert!(ready["projector_lag_events"].is_u64());
+
+    let (ada, bob) = (api.register("ada").await, api.register("bob").await);
+    let conversation = api.direct(&ada, &bob).await;
+    let mut ws = Ws::connect(&server, &ada).await;
+    assert_eq!(ws.send_message(&conversation, "m", "counted").await["op"], "ack");
+
+    let (status, metrics) = api.call(Method::GET, "/metrics", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let metrics = metrics.as_str().expect("Prometheus text").to_owned();
+    let value = |name: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} missing:\n{metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("ws_connections"), 1.0);
+    assert_eq!(value("messages_sent_total"), 1.0);
+    assert!(value("process_resident_memory_bytes") > 1e6);
+    assert!(metrics.contains("http_request_duration_seconds_bucket"), "response times per route");
+    assert!(metrics.contains("log_append_seconds"), "log append latency");
+}
+
+#[tokio::test]
+async fn the_schema_registry_speaks_confluents_rest_shape() {
+    let server = Server::start(&[]);
+    let api = server.api();
+    let (status, subjects) = api.call(Method::GET, "/registry/subjects", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    for topic in ["users", "conversations", "messages", "presence", "calls", "signals"] {
+        assert!(subjects.as_array().unwrap().contains(&json!(format!("{topic}-value"))), "{subjects}");
+    }
+    let (_, latest) = api.call(Method::GET, "/registry/subjects/messages-value/versions/latest", None, None).await;
+    let id = latest["id"].as_u64().unwrap();
+    let schema: serde_json::Value = serde_json::from_str(latest["schema"].as_str().unwrap()).unwrap();
+    assert_eq!(schema["name"], "MessageEvent");
+    let (status, by_id) = api.call(Method::GET, &format!("/registry/schemas/ids/{id}"), None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(by_id["schema"], latest["schema"]);
+
+    let (status, missing) = api.call(Method::GET, "/registry/subjects/chats-value/versions", None, None).await;
+    assert_eq!((status, missing["error_code"].clone()), (StatusCode::NOT_FOUND, json!(40401)));
+    let (status, missing) = api.call(Method::GET, "/registry/schemas/ids/999", None, None).await;
+    assert_eq!((status, missing["error_code"].clone()), (StatusCode::NOT_FOUND, json!(40403)));
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs the Debian packages building switchboard needs beyond a Rust toolchain: cmake and a C
+# compiler for librdkafka (built from source by the rdkafka crate), and the headers it compiles
+# against. Does nothing when they are all there.
+set -euo pipefail
+
+needed=()
+command -v cmake >/dev/null || needed+=(cmake)
+command -v cc >/dev/null || needed+=(build-essential)
+for package in libcurl4-openssl-dev libsasl2-dev zlib1g-dev; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || needed+=("$package")
+done
+if [ ${#needed[@]} -eq 0 ]; then
+    echo "system packages: all present"
+    exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+    echo "ops/deps.sh: missing ${needed[*]}; run as root or install them with apt-get" >&2
+    exit 1
+fi
+echo "system packages: installing ${needed[*]}"
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${needed[@]}"
