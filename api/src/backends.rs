@@ -1,51 +1,26 @@
 //! Turns the backend URLs of the configuration into implementations of the log, read-model and
-//! presence abstractions.
+//! presence abstractions; each crate knows the URLs of its own backends.
 
-use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
-use switchboard_ingest::log::Log;
-use switchboard_ingest::log::embedded::EmbeddedLog;
-use switchboard_projector::presence::Presence;
-use switchboard_projector::presence::memory::MemoryPresence;
-use switchboard_projector::store::ReadModel;
-use switchboard_projector::store::embedded::EmbeddedStore;
+use anyhow::Context;
+use switchboard_ingest::log::{self, Log};
+use switchboard_projector::presence::{self, Presence};
+use switchboard_projector::store::{self, ReadModel};
 
 use crate::config::Config;
 
-fn split(url: &str) -> anyhow::Result<(&str, &str)> {
-    url.split_once("://")
-        .with_context(|| format!("`{url}` is not a backend URL such as file://./data/log"))
-}
-
-pub fn open_log(config: &Config) -> anyhow::Result<Arc<dyn Log>> {
+pub async fn open_log(config: &Config) -> anyhow::Result<Arc<dyn Log>> {
     let url = config.log_url();
-    match split(&url)? {
-        ("file", dir) => {
-            let log = EmbeddedLog::open(Path::new(dir), config.partitions)
-                .with_context(|| format!("opening the embedded log in {dir}"))?;
-            Ok(Arc::new(log))
-        }
-        (scheme, _) => bail!("unsupported log backend `{scheme}://`; use file://DIR"),
-    }
+    log::open(&url, config.partitions).await.with_context(|| format!("opening the log at {url}"))
 }
 
-pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn ReadModel>> {
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn ReadModel>> {
     let url = config.store_url();
-    match split(&url)? {
-        ("file", dir) => {
-            let store = EmbeddedStore::open(Path::new(dir))
-                .with_context(|| format!("opening the embedded store in {dir}"))?;
-            Ok(Arc::new(store))
-        }
-        (scheme, _) => bail!("unsupported store backend `{scheme}://`; use file://DIR"),
-    }
+    store::open(&url).await.with_context(|| format!("opening the read-model store at {url}"))
 }
 
-pub fn open_presence(config: &Config, node_id: &str) -> anyhow::Result<Arc<dyn Presence>> {
-    match split(&config.presence)? {
-        ("memory", "") => Ok(Arc::new(MemoryPresence::new(node_id))),
-        (scheme, _) => bail!("unsupported presence backend `{scheme}://`; use memory://"),
-    }
+pub async fn open_presence(config: &Config, node_id: &str) -> anyhow::Result<Arc<dyn Presence>> {
+    let url = &config.presence;
+    presence::open(url, node_id).await.with_context(|| format!("opening presence at {url}"))
 }

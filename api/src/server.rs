@@ -35,9 +35,9 @@ const RESTART_DELAY: Duration = Duration::from_secs(1);
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let metrics = telemetry::install_metrics()?;
     let node_id = format!("{}-{}", config.node_id, &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let log = backends::open_log(&config)?;
-    let store = backends::open_store(&config)?;
-    let presence = backends::open_presence(&config, &node_id)?;
+    let log = backends::open_log(&config).await?;
+    let store = backends::open_store(&config).await?;
+    let presence = backends::open_presence(&config, &node_id).await?;
     let ids = IdGenerator::new(config.node_id).context("node id")?;
     let limits = Limits {
         max_body_bytes: config.max_message_bytes,

@@ -42,6 +42,16 @@ impl Server {
         server
     }
 
+    /// A node of a cluster: its own data directory, but the topics, keyspace and keys of
+    /// `backend_id` on the shared engines, which other nodes of the cluster use too.
+    pub fn start_in_cluster(backend_id: &str, extra: &[&str]) -> Server {
+        let temp = tempfile::tempdir().expect("temp dir");
+        std::fs::write(temp.path().join("backend-id"), backend_id).expect("backend id");
+        let mut server = Server::start_in(temp.path(), extra);
+        server._temp = Some(temp);
+        server
+    }
+
     /// A node on `data_dir`, which may hold a previous node's data.
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Server {
         // Tests register many users from one address; the auth limit gets its own test.
@@ -118,9 +128,24 @@ fn backend_id(data_dir: &Path) -> String {
     id
 }
 
-/// Whether the suite runs on the embedded backends (some tests inspect their files).
-pub fn embedded() -> bool {
-    std::env::var("SWITCHBOARD_TEST_BACKEND_ARGS").map_or(true, |args| args.trim().is_empty())
+/// Whether the suite runs on shared engines, where several nodes can share a cluster. When not,
+/// tests that need them say so and pass — unless `SWITCHBOARD_REQUIRE_ENGINES=1` (as the test
+/// script sets), which makes their absence a failure.
+pub fn on_shared_engines(test: &str) -> bool {
+    let shared = std::env::var("SWITCHBOARD_TEST_BACKEND_ARGS").is_ok_and(|args| !args.trim().is_empty());
+    let required = std::env::var("SWITCHBOARD_REQUIRE_ENGINES").is_ok_and(|v| v == "1");
+    assert!(shared || !required, "{test} needs the engines: run ops/engines/start.sh and set SWITCHBOARD_TEST_BACKEND_ARGS");
+    if !shared {
+        eprintln!("{test}: skipped on the embedded backends (one process only)");
+    }
+    shared
+}
+
+/// A backend id for a new cluster of nodes.
+pub fn new_cluster_id() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("c{}_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed), nanos % 1_000_000_000)
 }
 
 impl Drop for Server {

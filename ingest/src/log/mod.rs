@@ -7,12 +7,35 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use switchboard_schemas::{Position, Topic};
 
 pub mod conformance;
 pub mod embedded;
+pub mod kafka;
+
+/// Opens the log a URL names: `file://DIR` (the embedded log) or `kafka://host:port[,…][?…]`
+/// (see [`kafka::KafkaConfig::from_url`]). `partitions` is the count new topics get.
+pub async fn open(url: &str, partitions: u32) -> Result<Arc<dyn Log>, LogError> {
+    match url.split_once("://") {
+        Some(("file", dir)) => {
+            let dir = std::path::PathBuf::from(dir);
+            let log = tokio::task::spawn_blocking(move || embedded::EmbeddedLog::open(&dir, partitions))
+                .await
+                .map_err(|e| LogError::Storage(format!("opening the embedded log: {e}")))??;
+            Ok(Arc::new(log))
+        }
+        Some(("kafka", _)) => {
+            let config = kafka::KafkaConfig::from_url(url, partitions)?;
+            Ok(Arc::new(kafka::KafkaLog::connect(config).await?))
+        }
+        _ => Err(LogError::Storage(format!(
+            "`{url}` names no log: use file://DIR or kafka://HOST:PORT"
+        ))),
+    }
+}
 
 /// One stored event: where it is, its key, its framed value.
 #[derive(Clone, Debug, PartialEq, Eq)]

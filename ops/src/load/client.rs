@@ -50,7 +50,7 @@ pub enum Stage {
 pub struct Shared {
     /// Send times in `client_msg_id`s are microseconds since this instant.
     pub epoch: Instant,
-    pub tally: Mutex<Tally>,
+    tally: Mutex<Tally>,
     /// Sends not yet answered, by an ack or an error.
     pub awaiting_acks: AtomicU64,
     /// Deliveries still expected, one per recipient of every message sent.
@@ -77,6 +77,16 @@ impl Shared {
     pub fn settled(&self) -> bool {
         self.awaiting_acks.load(Ordering::Relaxed) == 0
             && self.awaiting_deliveries.load(Ordering::Relaxed) == 0
+    }
+
+    /// What the sockets counted, with what is still outstanding; for when they have all stopped.
+    pub fn take_tally(&self, connected: u64) -> Tally {
+        Tally {
+            connected,
+            unacked: self.awaiting_acks.load(Ordering::Relaxed),
+            undelivered: self.awaiting_deliveries.load(Ordering::Relaxed),
+            ..std::mem::take(&mut *self.tally())
+        }
     }
 
     fn tally(&self) -> std::sync::MutexGuard<'_, Tally> {
@@ -235,9 +245,8 @@ fn explain_refusal(error: tungstenite::Error) -> anyhow::Error {
 
 /// One socket's state while it runs.
 pub struct Client {
+    /// Position among this process's sockets: names its messages and spreads its first sends.
     slot: u32,
-    /// Position among this process's sockets, for spreading first sends.
-    index: usize,
     count: usize,
     room: Arc<Room>,
     shared: Arc<Shared>,
@@ -261,7 +270,6 @@ impl Client {
         let (sink, stream) = socket.split();
         Client {
             slot: index as u32,
-            index,
             count,
             room,
             shared,
@@ -330,8 +338,8 @@ impl Client {
     }
 
     fn ticker(&self, schedule: &Schedule) -> Interval {
-        let first =
-            schedule.start + first_send_offset(self.index, self.count, self.shared.interval);
+        let first = schedule.start
+            + first_send_offset(self.slot as usize, self.count, self.shared.interval);
         let mut ticker = tokio::time::interval_at(first.into(), self.shared.interval);
         // Open loop: a socket that fell behind its timetable catches up rather than lowering
         // the offered rate.

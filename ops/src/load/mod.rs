@@ -24,7 +24,7 @@ mod workers;
 
 use std::hash::BuildHasher;
 use std::path::PathBuf;
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
@@ -262,12 +262,7 @@ async fn drive(
     stage.send_replace(Stage::Stopping);
     sockets.join_all().await;
 
-    let mut tally =
-        std::mem::take(&mut *shared.tally.lock().unwrap_or_else(PoisonError::into_inner));
-    tally.connected = accounts.len() as u64;
-    tally.unacked = shared.awaiting_acks.load(std::sync::atomic::Ordering::Relaxed);
-    tally.undelivered = shared.awaiting_deliveries.load(std::sync::atomic::Ordering::Relaxed);
-    Ok(tally)
+    Ok(shared.take_tally(accounts.len() as u64))
 }
 
 /// Opens one socket per account and starts its client; they idle until the stage changes.

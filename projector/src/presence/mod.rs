@@ -4,6 +4,7 @@
 //! [`memory`] keeps it in process (one node); a Redis implementation shares it between nodes.
 //! Sessions are held under per-node leases: when a node stops renewing, its users go offline.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,6 +14,19 @@ use switchboard_schemas::UserId;
 pub mod conformance;
 pub mod memory;
 pub mod redis;
+
+/// Opens the presence backend a URL names: `memory://` (this process only) or
+/// `redis://host:port[/db][?prefix=P]`, shared by every node using it. `node_id` is the node whose
+/// sessions this handle opens.
+pub async fn open(url: &str, node_id: &str) -> Result<Arc<dyn Presence>, PresenceError> {
+    match url.split_once("://") {
+        Some(("memory", "")) => Ok(Arc::new(memory::MemoryPresence::new(node_id))),
+        Some(("redis", _)) => Ok(Arc::new(redis::RedisPresence::connect(url, node_id).await?)),
+        _ => Err(PresenceError::Unavailable(format!(
+            "`{url}` names no presence backend: use memory:// or redis://HOST:PORT"
+        ))),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PresenceError {

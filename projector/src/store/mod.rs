@@ -3,13 +3,37 @@
 //! [`embedded`] keeps the read models in a local storage engine; a CQL implementation keeps them
 //! in ScyllaDB/Cassandra. Both pass the suite in [`conformance`].
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use serde::Serialize;
 use switchboard_ingest::log::Cursor;
 use switchboard_schemas::{ConversationId, ConversationKind, Event, MessageId, Position, UserId};
 
 pub mod conformance;
+pub mod cql;
 pub mod embedded;
+
+/// Opens the read-model store a URL names: `file://DIR` (the embedded store) or
+/// `scylla://host:port[,…]/keyspace[?…]` (also `cassandra://`; see [`cql::CqlConfig::from_url`]).
+pub async fn open(url: &str) -> Result<Arc<dyn ReadModel>, StoreError> {
+    match url.split_once("://") {
+        Some(("file", dir)) => {
+            let dir = std::path::PathBuf::from(dir);
+            let store = tokio::task::spawn_blocking(move || embedded::EmbeddedStore::open(&dir))
+                .await
+                .map_err(|e| StoreError::Storage(format!("opening the embedded store: {e}")))??;
+            Ok(Arc::new(store))
+        }
+        Some(("scylla" | "cassandra", _)) => {
+            let config = cql::CqlConfig::from_url(url).map_err(|e| StoreError::Storage(e.to_string()))?;
+            Ok(Arc::new(cql::CqlStore::connect(config).await?))
+        }
+        _ => Err(StoreError::Storage(format!(
+            "`{url}` names no store: use file://DIR or scylla://HOST:PORT/KEYSPACE"
+        ))),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

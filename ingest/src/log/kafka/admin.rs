@@ -26,7 +26,10 @@ const METADATA_POLL: Duration = Duration::from_millis(100);
 
 /// Creates the missing topics and waits until every topic is in the cluster's metadata with all
 /// its partitions led, failing if one has a partition count other than the configured one.
-pub(super) async fn ensure_topics(config: &KafkaConfig, names: &TopicNames) -> Result<(), LogError> {
+pub(super) async fn ensure_topics(
+    config: &KafkaConfig,
+    names: &TopicNames,
+) -> Result<(), LogError> {
     let admin: AdminClient<DefaultClientContext> = config
         .client_config()
         .create()

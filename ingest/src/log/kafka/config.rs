@@ -1,14 +1,9 @@
 //! Where the Kafka log lives and how it talks to it, parsed from a `kafka://` URL.
 //!
 //! The URL is how every other backend is chosen too (`--log kafka://host:9092`), so everything an
-//! operator may need to set goes in its query string:
-//!
-//! ```text
-//! kafka://host:port[,host:port…][?prefix=P&replication=N&partitions=N&delivery_timeout_ms=N&fetch_wait_ms=N]
-//! ```
-//!
-//! Anything else in the URL is refused with a message that says what is wrong, rather than
-//! ignored: a misspelt parameter would otherwise silently run with the default.
+//! operator may need to set goes in its query string. Anything else in the URL is refused with a
+//! message that says what is wrong, rather than ignored: a misspelt parameter would otherwise
+//! silently run with the default.
 
 use std::time::Duration;
 
@@ -24,6 +19,20 @@ const MAX_TOPIC_NAME: usize = 249;
 const PARAMETERS: &str = "prefix, replication, partitions, delivery_timeout_ms, fetch_wait_ms";
 
 /// How to reach Kafka and how the log's topics are laid out.
+///
+/// Written as a URL ([`KafkaConfig::from_url`]):
+///
+/// ```text
+/// kafka://host:port[,host:port…][?name=value&…]
+/// ```
+///
+/// | parameter | default | what it sets |
+/// | --- | --- | --- |
+/// | `prefix` | empty | put before every topic name |
+/// | `replication` | 1 | replication factor of the topics this log creates |
+/// | `partitions` | the node's configured count | partitions per topic |
+/// | `delivery_timeout_ms` | 10000 | how long an append may take before it fails as unavailable |
+/// | `fetch_wait_ms` | 10 | the most a reader at the tail adds to an append's latency |
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KafkaConfig {
     /// `host:port` pairs joined by `,` (librdkafka's `bootstrap.servers`).
@@ -49,7 +58,7 @@ pub struct KafkaConfig {
 }
 
 impl KafkaConfig {
-    /// Parses `kafka://host:port[,host:port…][?query]` (see the [module docs](self)).
+    /// Parses `kafka://host:port[,host:port…][?name=value&…]` (see [`KafkaConfig`]).
     ///
     /// `partitions` is the node's configured default; a `partitions` query parameter overrides
     /// it.
@@ -81,9 +90,8 @@ impl KafkaConfig {
             fetch_wait: Duration::from_millis(10),
         };
         for pair in query.split('&').filter(|pair| !pair.is_empty()) {
-            let (name, value) = pair
-                .split_once('=')
-                .ok_or_else(|| bad(format!("`{pair}` is not name=value")))?;
+            let (name, value) =
+                pair.split_once('=').ok_or_else(|| bad(format!("`{pair}` is not name=value")))?;
             let number = |min: u64, max: u64| {
                 value.parse::<u64>().ok().filter(|n| (min..=max).contains(n)).ok_or_else(|| {
                     bad(format!("{name} must be a whole number from {min} to {max}, not `{value}`"))
@@ -96,9 +104,7 @@ impl KafkaConfig {
                 "delivery_timeout_ms" => {
                     config.delivery_timeout = Duration::from_millis(number(1, i32::MAX as u64)?)
                 }
-                "fetch_wait_ms" => {
-                    config.fetch_wait = Duration::from_millis(number(0, 300_000)?)
-                }
+                "fetch_wait_ms" => config.fetch_wait = Duration::from_millis(number(0, 300_000)?),
                 _ => return Err(bad(format!("unknown parameter `{name}`; known: {PARAMETERS}"))),
             }
         }

@@ -66,13 +66,12 @@ impl Producer {
         // The queue wait only applies while librdkafka's local queue is full (backpressure); the
         // delivery timeout then bounds the rest, so an append fails within twice that at most.
         match producer.send(record, Timeout::After(self.delivery_timeout)).await {
-            Ok(delivery) if delivery.partition == partition_id => {
-                u64::try_from(delivery.offset).map_err(|_| {
+            Ok(delivery) if delivery.partition == partition_id => u64::try_from(delivery.offset)
+                .map_err(|_| {
                     LogError::Storage(format!(
                         "Kafka stored a record in {topic}/{partition} without an offset"
                     ))
-                })
-            }
+                }),
             Ok(delivery) => Err(LogError::Storage(format!(
                 "a record sent to {topic}/{partition} was stored in partition {}",
                 delivery.partition

@@ -8,16 +8,17 @@
 //!
 //! # Keys
 //!
-//! Every key starts with the URL's prefix `P` (default [`DEFAULT_PREFIX`](config::DEFAULT_PREFIX)):
+//! Every key starts with the URL's prefix, `{P}` below (default
+//! [`DEFAULT_PREFIX`](config::DEFAULT_PREFIX)):
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `P lease:NODE` | string, TTL = the lease | exists while NODE's lease is live |
-//! | `P user:USER:sessions` | hash | session id → the node holding it |
-//! | `P node:NODE:sessions` | set | the node's session registry: `USER:SESSION` members |
-//! | `P nodes` | set | nodes that held sessions or leases; where lapsed nodes are swept from |
-//! | `P rate:KEY` | string, TTL until it no longer matters | GCRA theoretical arrival time, µs |
-//! | `P claim:KEY` | string, TTL = the claim's | the claim's value |
+//! | `{P}lease:NODE` | string, TTL = the lease | exists while NODE's lease is live |
+//! | `{P}user:USER:sessions` | hash | session id → the node holding it |
+//! | `{P}node:NODE:sessions` | set | the node's session registry: `USER:SESSION` members |
+//! | `{P}nodes` | set | nodes that held sessions or leases; where lapsed nodes are swept from |
+//! | `{P}rate:KEY` | string, TTL until it no longer matters | GCRA theoretical arrival time, µs |
+//! | `{P}claim:KEY` | string, TTL = the claim's | the claim's value |
 //!
 //! The session, lease and registry keys are spelled out only in `scripts/sessions.lua`, the
 //! prelude every session script shares; rate and claim keys only here.
@@ -65,6 +66,8 @@ const SWEEP_BATCH: u32 = 500;
 /// Presence shared through Redis. See the module docs.
 pub struct RedisPresence {
     redis: ConnectionManager,
+    /// Where Redis is, for error messages (the URL may hold a password; this never does).
+    address: String,
     prefix: String,
     /// The node this process runs; see [`RedisPresence::connect`].
     node_id: String,
@@ -125,8 +128,11 @@ impl RedisPresence {
         node_id: &str,
     ) -> Result<RedisPresence, PresenceError> {
         let call_timeout = config.call_timeout();
+        let address = config.connection.addr().to_string();
         let unusable = |error: redis::RedisError| {
-            PresenceError::Unavailable(format!("cannot set up the Redis client: {error}"))
+            PresenceError::Unavailable(format!(
+                "cannot set up a client for Redis at {address}: {error}"
+            ))
         };
         let client = Client::open(config.connection).map_err(unusable)?;
         // No retries inside the manager: a reconnection with back-off would hold every call that
@@ -138,6 +144,7 @@ impl RedisPresence {
         let redis = ConnectionManager::new_lazy_with_config(client, manager).map_err(unusable)?;
         let presence = RedisPresence {
             redis,
+            address,
             prefix: config.prefix,
             node_id: node_id.to_owned(),
             call_timeout,
@@ -185,10 +192,13 @@ impl RedisPresence {
         };
         match tokio::time::timeout(self.call_timeout, attempt).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(PresenceError::Unavailable(format!("{what}: {error}"))),
+            Ok(Err(error)) => Err(PresenceError::Unavailable(format!(
+                "{what}: Redis at {}: {error}",
+                self.address
+            ))),
             Err(_) => Err(PresenceError::Unavailable(format!(
-                "{what}: Redis did not answer within {:?}",
-                self.call_timeout
+                "{what}: Redis at {} did not answer within {:?}",
+                self.address, self.call_timeout
             ))),
         }
     }

@@ -62,7 +62,7 @@ impl Namespace {
         RedisPresence::with_config(config, node_id).await.expect("a RedisPresence")
     }
 
-    /// Every key under the prefix, without the prefix, sorted.
+    /// Every key under the prefix, sorted.
     async fn keys(&self) -> Vec<String> {
         let mut redis = self.connection().await;
         let (mut cursor, mut keys) = (0_u64, Vec::new());
@@ -76,7 +76,7 @@ impl Namespace {
                 .query_async(&mut redis)
                 .await
                 .expect("SCAN on the shared Redis");
-            keys.extend(batch.into_iter().map(|key| key[self.prefix.len()..].to_owned()));
+            keys.extend(batch);
             if next == 0 {
                 keys.sort();
                 return keys;
@@ -88,11 +88,9 @@ impl Namespace {
     async fn remove_keys(&self) {
         let keys = self.keys().await;
         if !keys.is_empty() {
-            let full: Vec<String> =
-                keys.iter().map(|key| format!("{}{key}", self.prefix)).collect();
             let mut redis = self.connection().await;
             let () = redis::cmd("UNLINK")
-                .arg(full)
+                .arg(keys)
                 .query_async(&mut redis)
                 .await
                 .expect("UNLINK on the shared Redis");
@@ -200,9 +198,10 @@ async fn renewals_sweep_lapsed_nodes_away() -> Result<(), PresenceError> {
     sleep(Duration::from_millis(500)).await;
     // Nobody asks about these users; the survivor's renewal alone removes them.
     survivor.renew_lease(OTHER_NODE, LONG).await?;
+    let prefix = &namespace.prefix;
     assert_eq!(
         namespace.keys().await,
-        [format!("lease:{OTHER_NODE}"), "nodes".to_owned()],
+        [format!("{prefix}lease:{OTHER_NODE}"), format!("{prefix}nodes")],
         "nothing of the lapsed node is left"
     );
     namespace.remove_keys().await;

@@ -1,0 +1,389 @@
+//! The conformance suite against a real Kafka, and what only the Kafka log has to show: URLs are
+//! checked, topics are created with the configured partitions (and a mismatch is refused), a
+//! cluster that does not answer fails appends instead of hanging them, closing ends appends and
+//! readers, a member never takes its group's offsets back, and a group's partitions move between
+//! members without loss or duplicates.
+//!
+//! The tests that need a cluster use the one at `SWITCHBOARD_KAFKA` (`host:port`;
+//! `ops/engines/start.sh` starts one at 127.0.0.1:19092), each on topics under a prefix of its
+//! own, deleted again when the test passes.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
+use switchboard_schemas::{Position, Topic};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::{KafkaConfig, KafkaLog};
+use crate::log::{Cursor, Log, LogError, Record, conformance};
+
+const PARTITIONS: u32 = 3;
+
+/// How long a test may wait on the cluster before it is failed: a guard against hanging, never
+/// an expected duration.
+const GUARD: Duration = Duration::from_secs(120);
+
+/// Why a test that needs Kafka cannot run.
+const UNSET: &str = "SWITCHBOARD_KAFKA is unset: run ops/engines/start.sh and set \
+                     SWITCHBOARD_KAFKA=127.0.0.1:19092";
+
+/// The Kafka to test against, or `None` (after saying so) when there is none.
+fn kafka() -> Option<String> {
+    let address = std::env::var("SWITCHBOARD_KAFKA").ok();
+    let required = std::env::var("SWITCHBOARD_REQUIRE_ENGINES").as_deref() == Ok("1");
+    assert!(address.is_some() || !required, "SWITCHBOARD_REQUIRE_ENGINES=1 but {UNSET}");
+    address.is_none().then(|| eprintln!("skipped: {UNSET}"));
+    address
+}
+
+/// A topic prefix no other test, run or process has used.
+fn unique_prefix() -> String {
+    static COUNT: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let count = COUNT.fetch_add(1, Ordering::Relaxed);
+    format!("sbtest_{}_{nanos}_{count}_", std::process::id())
+}
+
+async fn fresh(address: &str) -> KafkaLog {
+    let url = format!("kafka://{address}?prefix={}", unique_prefix());
+    let config = KafkaConfig::from_url(&url, PARTITIONS).expect("config");
+    guard(KafkaLog::connect(config)).await.expect("connect")
+}
+
+/// Closes the log and deletes its topics, so that test runs do not pile up topics on a shared
+/// cluster.
+async fn remove(log: KafkaLog) {
+    log.close().await.expect("close");
+    let names: Vec<String> = Topic::ALL.iter().map(|&t| log.config().topic_name(t)).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let deleted = admin(&log).delete_topics(&names, &AdminOptions::new()).await.expect("delete");
+    assert!(deleted.iter().all(Result::is_ok), "deleting the test topics: {deleted:?}");
+}
+
+fn admin(log: &KafkaLog) -> AdminClient<DefaultClientContext> {
+    log.config().client_config().create().expect("admin client")
+}
+
+async fn guard<F: Future>(future: F) -> F::Output {
+    tokio::time::timeout(GUARD, future).await.expect("gave up waiting on Kafka")
+}
+
+macro_rules! conformance {
+    ($($check:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $check() {
+            let Some(address) = kafka() else { return };
+            let log = fresh(&address).await;
+            guard(conformance::$check(&log)).await;
+            remove(log).await;
+        }
+    )*};
+}
+
+conformance!(
+    appends_are_read_back_in_order,
+    keys_stay_in_their_partition,
+    readers_follow_the_tail,
+    concurrent_appends_get_distinct_offsets,
+    end_offsets_and_committed_positions,
+    a_reader_starts_where_its_cursor_says,
+    a_group_resumes_after_its_commit,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_suite_shares_one_log() {
+    let Some(address) = kafka() else { return };
+    let log = fresh(&address).await;
+    guard(conformance::run_all(&log)).await;
+    remove(log).await;
+}
+
+#[test]
+fn urls_are_parsed_and_bad_ones_refused_with_the_reason() {
+    let url = "kafka://a:9092,b:9093?prefix=prod_&replication=3&partitions=12\
+               &delivery_timeout_ms=5000&fetch_wait_ms=5";
+    let config = KafkaConfig::from_url(url, 8).expect("a good URL");
+    assert_eq!(config.brokers, "a:9092,b:9093");
+    assert_eq!(config.prefix, "prod_");
+    assert_eq!(config.topic_name(Topic::Messages), "prod_messages");
+    assert_eq!((config.replication, config.partitions), (3, 12));
+    assert_eq!(config.delivery_timeout, Duration::from_secs(5));
+    assert_eq!(config.fetch_wait, Duration::from_millis(5));
+
+    let defaults = KafkaConfig::from_url("kafka://127.0.0.1:19092", 8).expect("a bare URL");
+    assert_eq!((defaults.prefix.as_str(), defaults.replication, defaults.partitions), ("", 1, 8));
+    assert_eq!(defaults.topic_name(Topic::Users), "users");
+
+    for (url, partitions, reason) in [
+        ("http://127.0.0.1:9092", 8, "must start with kafka://"),
+        ("kafka://", 8, "names no broker"),
+        ("kafka://127.0.0.1", 8, "`127.0.0.1` is not host:port"),
+        ("kafka://127.0.0.1:http", 8, "is not host:port"),
+        ("kafka://a:1,:2", 8, "`:2` is not host:port"),
+        ("kafka://a:1/users", 8, "has a path"),
+        ("kafka://a:1?partitions=0", 8, "partitions must be a whole number from 1"),
+        ("kafka://a:1?replication=two", 8, "replication must be a whole number"),
+        ("kafka://a:1?delivery_timeout_ms=-1", 8, "delivery_timeout_ms must be"),
+        ("kafka://a:1?prefix=a/b", 8, "allow only letters, digits"),
+        ("kafka://a:1?retention=1", 8, "unknown parameter `retention`"),
+        ("kafka://a:1?prefix", 8, "`prefix` is not name=value"),
+        ("kafka://a:1", 0, "1 to 2147483647 partitions, not 0"),
+    ] {
+        let error = KafkaConfig::from_url(url, partitions).expect_err(url).to_string();
+        assert!(
+            error.contains(url) && error.contains(reason),
+            "{url}: the error should say `{reason}`, but says: {error}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_get_the_configured_layout_and_a_mismatch_is_refused() {
+    let Some(address) = kafka() else { return };
+    let log = fresh(&address).await;
+    let admin = admin(&log);
+    for topic in Topic::ALL {
+        let name = log.config().topic_name(topic);
+        let metadata = admin.inner().fetch_metadata(Some(&name), GUARD).expect("metadata");
+        let partitions =
+            metadata.topics().iter().find(|t| t.name() == name).map(|t| t.partitions().len());
+        assert_eq!(partitions, Some(PARTITIONS as usize), "partitions of {name}");
+
+        let retention = match topic {
+            Topic::Signals => "3600000",
+            _ => "-1",
+        };
+        let configs = admin
+            .describe_configs(&[ResourceSpecifier::Topic(&name)], &AdminOptions::new())
+            .await
+            .expect("describe configs");
+        let config = configs[0].as_ref().expect("topic config");
+        let value = |key: &str| config.get(key).and_then(|entry| entry.value.clone());
+        assert_eq!(value("retention.ms").as_deref(), Some(retention), "retention of {name}");
+        assert_eq!(value("message.timestamp.type").as_deref(), Some("LogAppendTime"));
+    }
+
+    let again = guard(KafkaLog::connect(log.config().clone())).await;
+    assert!(again.is_ok(), "connecting to the topics it created should work");
+
+    let mut more = log.config().clone();
+    more.partitions = PARTITIONS + 2;
+    match guard(KafkaLog::connect(more)).await {
+        Err(LogError::Storage(message)) => assert!(
+            message.contains(&format!("has {PARTITIONS} partitions"))
+                && message.contains(&format!("configured for {}", PARTITIONS + 2)),
+            "the error should name both counts: {message}"
+        ),
+        Err(other) => panic!("a partition mismatch should be a storage error, not {other}"),
+        Ok(_) => panic!(
+            "topics with {PARTITIONS} partitions were accepted for a log of {}",
+            PARTITIONS + 2
+        ),
+    }
+    remove(log).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_that_does_not_answer_fails_appends_instead_of_hanging() {
+    let url = format!("kafka://127.0.0.1:1?prefix={}&delivery_timeout_ms=1000", unique_prefix());
+    let mut config = KafkaConfig::from_url(&url, PARTITIONS).expect("config");
+    config.request_timeout = Duration::from_secs(1);
+    match guard(KafkaLog::connect(config.clone())).await {
+        Err(LogError::Unavailable(_)) => {}
+        Err(other) => panic!("connecting to nothing should be `unavailable`, not {other}"),
+        Ok(_) => panic!("connected to a Kafka that is not there"),
+    }
+
+    // Past start-up, as if the cluster had gone away since.
+    let log = KafkaLog::start(config).expect("start");
+    let appended = guard(log.append(Topic::Messages, b"key", b"value".to_vec())).await;
+    assert!(matches!(appended, Err(LogError::Unavailable(_))), "append: {appended:?}");
+    let ends = guard(log.end_offsets(Topic::Messages)).await;
+    assert!(matches!(ends, Err(LogError::Unavailable(_))), "end offsets: {ends:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_ends_appends_and_readers() {
+    let Some(address) = kafka() else { return };
+    let log = fresh(&address).await;
+    let start = Cursor::end(&log, &[Topic::Users]).await.expect("end offsets");
+    let mut reader = log.reader(start).await.expect("reader");
+    let waiting = tokio::spawn(async move { reader.next_batch(16).await });
+
+    log.close().await.expect("close");
+    let read = guard(waiting).await.expect("reader task");
+    assert!(matches!(read, Err(LogError::Closed)), "a waiting reader should end: {read:?}");
+    let appended = log.append(Topic::Users, b"key", b"late".to_vec()).await;
+    assert!(matches!(appended, Err(LogError::Closed)), "append after close: {appended:?}");
+    assert!(matches!(log.reader(Cursor::default()).await.err(), Some(LogError::Closed)));
+    remove(log).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_never_take_their_group_back_and_outsiders_cannot_commit_over_them() {
+    let Some(address) = kafka() else { return };
+    let log = fresh(&address).await;
+    guard(group_offsets(&log)).await;
+    remove(log).await;
+}
+
+/// A member's commits never take its group back past where the member started a partition, and
+/// nobody outside the group can commit over it.
+async fn group_offsets(log: &KafkaLog) {
+    let topic = Topic::Calls;
+    let group = format!("offsets-{}", unique_prefix());
+    let mut positions = Vec::new();
+    for i in 0..3 {
+        positions.push(log.append(topic, b"call", vec![i]).await.expect("append"));
+    }
+    let partition = positions[0].partition;
+    let mut checkpoint = Cursor::default();
+    checkpoint.advance(positions[1]);
+    log.commit(&group, &checkpoint).await.expect("a commit from outside a group nobody is in");
+
+    let mut member = log.join_group(&group, &[topic], Cursor::default()).await.expect("join");
+    let batch = member.next_batch(16).await.expect("next_batch");
+    assert_eq!(batch[0].position, positions[2], "a member starts at its group's commit");
+
+    member.commit(&Cursor::beginning(log, &[topic])).await.expect("commit");
+    assert_eq!(
+        log.committed(&group).await.expect("committed").get(topic, partition),
+        Some(positions[2].offset),
+        "a member's commit behind where it started took the group back"
+    );
+
+    // Kafka takes commits from outside a group only while nobody is in it.
+    match log.commit(&group, &Cursor::beginning(log, &[topic])).await {
+        Err(LogError::Storage(message)) if message.contains("Unknown member") => {}
+        other => panic!("a commit from outside a group with a member should be refused: {other:?}"),
+    }
+
+    let mut done = Cursor::default();
+    done.advance(positions[2]);
+    member.commit(&done).await.expect("commit");
+    assert_eq!(
+        log.committed(&group).await.expect("committed").get(topic, partition),
+        Some(positions[2].offset + 1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_members_split_the_partitions_and_hand_them_over() {
+    let Some(address) = kafka() else { return };
+    let log = fresh(&address).await;
+    guard(hand_over(&log)).await;
+    remove(log).await;
+}
+
+/// Two members share the group until the first leaves; then the second reads every partition,
+/// each from where the first committed. Every record is read by exactly one member.
+async fn hand_over(log: &KafkaLog) {
+    let topic = Topic::Messages;
+    let group = format!("handover-{}", unique_prefix());
+    // One key per partition, so every round of appends reaches every partition.
+    let keys: Vec<String> = (0..PARTITIONS)
+        .map(|partition| {
+            (0..)
+                .map(|i| format!("key-{i}"))
+                .find(|key| Topic::partition_for(key.as_bytes(), PARTITIONS) == partition)
+                .expect("a key for every partition")
+        })
+        .collect();
+    let start = Cursor::end(log, &[topic]).await.expect("end offsets");
+    let (sender, mut received) = mpsc::unbounded_channel();
+    let first = Worker::join(log, &group, topic, start.clone(), "first", sender.clone()).await;
+    let second = Worker::join(log, &group, topic, start, "second", sender).await;
+
+    let mut readers: BTreeMap<Position, Vec<&'static str>> = BTreeMap::new();
+    let mut appended = Vec::new();
+    // The group splits the partitions once both members are in; until then one reads them all.
+    loop {
+        let round = next_round(log, topic, &keys, &mut received, &mut readers).await;
+        appended.extend(round.keys().copied());
+        if round.values().any(|&m| m == "first") && round.values().any(|&m| m == "second") {
+            break;
+        }
+    }
+    first.leave().await;
+    // The first member's partitions move to the second, which starts them at the first's commit.
+    loop {
+        let round = next_round(log, topic, &keys, &mut received, &mut readers).await;
+        appended.extend(round.keys().copied());
+        if round.values().all(|&m| m == "second") {
+            break;
+        }
+    }
+    second.leave().await;
+
+    for position in &appended {
+        assert_eq!(readers[position].len(), 1, "{position} was read by {:?}", readers[position]);
+    }
+    assert_eq!(readers.len(), appended.len(), "records were read that were never appended");
+}
+
+/// Appends one record per key, waits until each has been read, and says which member read it.
+async fn next_round(
+    log: &KafkaLog,
+    topic: Topic,
+    keys: &[String],
+    received: &mut mpsc::UnboundedReceiver<(&'static str, Record)>,
+    readers: &mut BTreeMap<Position, Vec<&'static str>>,
+) -> BTreeMap<Position, &'static str> {
+    let mut round = Vec::new();
+    for key in keys {
+        round.push(log.append(topic, key.as_bytes(), b"round".to_vec()).await.expect("append"));
+    }
+    while !round.iter().all(|position| readers.contains_key(position)) {
+        let (member, record) = received.recv().await.expect("the members stopped");
+        readers.entry(record.position).or_default().push(member);
+    }
+    round.into_iter().map(|position| (position, readers[&position][0])).collect()
+}
+
+/// A group member that reads, reports what it read, and commits it before reading on.
+struct Worker {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Worker {
+    async fn join(
+        log: &KafkaLog,
+        group: &str,
+        topic: Topic,
+        start: Cursor,
+        name: &'static str,
+        report: mpsc::UnboundedSender<(&'static str, Record)>,
+    ) -> Worker {
+        let mut reader = log.join_group(group, &[topic], start.clone()).await.expect("join");
+        let (stop, mut stopped) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut processed = start;
+            loop {
+                let batch = tokio::select! {
+                    _ = &mut stopped => break,
+                    batch = reader.next_batch(16) => batch.expect("next_batch"),
+                };
+                for record in batch {
+                    processed.advance(record.position);
+                    report.send((name, record)).expect("report");
+                }
+                // Before the next poll, where a rebalance may move partitions away: whoever gets
+                // them starts right after what this member has read.
+                reader.commit(&processed).await.expect("commit");
+            }
+        });
+        Worker { stop, task }
+    }
+
+    /// Stops reading and drops the reader, which leaves the group.
+    async fn leave(self) {
+        let _ = self.stop.send(());
+        self.task.await.expect("member task");
+    }
+}

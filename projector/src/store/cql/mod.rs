@@ -1,0 +1,196 @@
+//! The read models in ScyllaDB or Apache Cassandra: the store for when switchboard outgrows one
+//! machine. Everything here is CQL both engines run (no materialized views, secondary indexes,
+//! SAI or engine-only options), spoken through the `scylla` driver.
+//!
+//! - `config` parses the store URL (`scylla://host:port/keyspace`);
+//! - `migrations` creates the keyspace and brings its tables (`migrations/*.cql`) up to date when
+//!   a store connects;
+//! - `statements` prepares every statement once; `rows` maps each table's rows to Rust and reads
+//!   them;
+//! - `fold` applies batches of events, `query` answers reads;
+//! - `error` sorts driver errors into "try again later" and the rest.
+//!
+//! # Tables
+//!
+//! | table | key | holds |
+//! |---|---|---|
+//! | `users` | user | the registered user |
+//! | `handles` | lower-cased handle, user | every registration of a handle; the smallest id holds it |
+//! | `conversations` | conversation | kind, title, creator, the next member's join order |
+//! | `members` | conversation, user | current members and their join order |
+//! | `conversations_by_user` | user, conversation | the inbox index |
+//! | `conversation_stats` | conversation | message count, last message, first and last bucket |
+//! | `messages` | (conversation, bucket), message desc | the messages |
+//! | `client_msg_ids` | (conversation, sender, client_msg_id) | the message a send was stored as |
+//! | `read_markers` | conversation, user | how far the user has read |
+//! | `direct_pairs` | (user_low, user_high), conversation | direct conversations; the smallest is the pair's |
+//! | `last_seen` | user | when the user's last session closed |
+//! | `checkpoints` | consumer, topic, partition | the next offset to read in each log partition |
+//!
+//! As in the embedded store, what the conversations topic says (`conversations`, `members`) and
+//! what the messages topic says (`conversation_stats`, `messages`) are kept apart, so either may
+//! be folded before the other.
+//!
+//! # Messages and buckets
+//!
+//! Messages are partitioned by conversation *and* time bucket, newest first within a partition,
+//! the way Discord stores them: a busy conversation's history is spread over many partitions of
+//! bounded size instead of one that grows forever, and the latest page is one partition read.
+//! The bucket is ten days of the time inside the message id ([`timestamp_ms`]), so a message is
+//! found from its id alone. A conversation's stats keep the lowest and highest bucket holding a
+//! message; a page walks the buckets in between downwards from the one holding `before`, one
+//! query per bucket, until it is full.
+
+mod config;
+mod error;
+mod fold;
+mod migrations;
+mod query;
+mod rows;
+mod statements;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::policies::timestamp_generator::MonotonicTimestampGenerator;
+use switchboard_ingest::ids::timestamp_ms;
+use switchboard_ingest::log::Cursor;
+use switchboard_schemas::{ConversationId, MessageId, UserId};
+
+pub use self::config::{CqlConfig, DEFAULT_PORT, Replication, UrlError};
+use self::error::failed;
+use self::rows::Db;
+use self::statements::Statements;
+use crate::store::{
+    Conversation, InboxEntry, Logged, Message, ReadMarker, ReadModel, StoreError, User,
+};
+
+/// How long opening a connection to a node may take before the node counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Ten days, in milliseconds: the time span of one message partition. Small enough that a busy
+/// conversation's partition stays far below the sizes the engines handle well, large enough that
+/// a page of a quiet one seldom needs more than a few partitions.
+const BUCKET_MS: i64 = 10 * 24 * 60 * 60 * 1000;
+
+/// Whose checkpoint the `checkpoints` table holds: the read models' (its partition key).
+const CHECKPOINT_CONSUMER: &str = "read_models";
+
+/// The bucket of a message: which ten days of id time it was created in.
+fn bucket(message: i64) -> i32 {
+    // Id times lie within about 70 years of 2025, a few thousand buckets either way of 0.
+    timestamp_ms(message).div_euclid(BUCKET_MS) as i32
+}
+
+/// Handles are unique regardless of case.
+fn handle_key(handle: &str) -> String {
+    handle.to_lowercase()
+}
+
+/// The read models in a ScyllaDB or Cassandra keyspace. Cheap to share behind an `Arc`; any
+/// number of stores (in one process or many) may use one keyspace at once, as long as each
+/// conversation's events are applied by one of them at a time, as the log's partitioning ensures.
+pub struct CqlStore {
+    db: Db,
+}
+
+impl CqlStore {
+    /// Connects to the cluster, creates or migrates the keyspace and prepares every statement.
+    /// A cluster that cannot be reached is [`StoreError::Unavailable`].
+    pub async fn connect(config: CqlConfig) -> Result<CqlStore, StoreError> {
+        let session = SessionBuilder::new()
+            .known_nodes(&config.nodes)
+            .connection_timeout(CONNECT_TIMEOUT)
+            // Only this keyspace's metadata is needed (for routing), not every keyspace's.
+            .keyspaces_to_fetch([config.keyspace.clone()])
+            // A row rewritten by a later batch must win over an earlier write of it, whichever
+            // node coordinates each; server-side timestamps from two nodes' clocks may not.
+            .timestamp_generator(Arc::new(MonotonicTimestampGenerator::new()))
+            .build()
+            .await
+            .map_err(|e| failed(format_args!("connecting to {}", config.nodes.join(",")), e))?;
+        migrations::run(&session, &config).await?;
+        let statements = Statements::prepare(&session).await?;
+        Ok(CqlStore { db: Db { session, statements } })
+    }
+}
+
+#[async_trait]
+impl ReadModel for CqlStore {
+    async fn checkpoint(&self) -> Result<Cursor, StoreError> {
+        self.db.checkpoint(CHECKPOINT_CONSUMER).await
+    }
+
+    async fn apply(&self, events: &[Logged], checkpoint: &Cursor) -> Result<(), StoreError> {
+        fold::apply(&self.db, events, checkpoint).await
+    }
+
+    async fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        query::user(&self.db, id).await
+    }
+
+    async fn user_by_handle(&self, handle: &str) -> Result<Option<User>, StoreError> {
+        query::user_by_handle(&self.db, handle).await
+    }
+
+    async fn conversation(&self, id: ConversationId) -> Result<Option<Conversation>, StoreError> {
+        query::conversation(&self.db, id).await
+    }
+
+    async fn direct_conversation(
+        &self,
+        a: UserId,
+        b: UserId,
+    ) -> Result<Option<ConversationId>, StoreError> {
+        query::direct_conversation(&self.db, a, b).await
+    }
+
+    async fn inbox(&self, user: UserId) -> Result<Vec<InboxEntry>, StoreError> {
+        query::inbox(&self.db, user).await
+    }
+
+    async fn messages(
+        &self,
+        conversation: ConversationId,
+        before: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        query::messages(&self.db, conversation, before, limit).await
+    }
+
+    async fn message(
+        &self,
+        conversation: ConversationId,
+        id: MessageId,
+    ) -> Result<Option<Message>, StoreError> {
+        query::message(&self.db, conversation, id).await
+    }
+
+    async fn message_by_client_id(
+        &self,
+        conversation: ConversationId,
+        sender: UserId,
+        client_msg_id: &str,
+    ) -> Result<Option<Message>, StoreError> {
+        query::message_by_client_id(&self.db, conversation, sender, client_msg_id).await
+    }
+
+    async fn read_markers(
+        &self,
+        conversation: ConversationId,
+    ) -> Result<Vec<ReadMarker>, StoreError> {
+        query::read_markers(&self.db, conversation).await
+    }
+
+    async fn last_seen(&self, user: UserId) -> Result<Option<i64>, StoreError> {
+        query::last_seen(&self.db, user).await
+    }
+
+    async fn dump(&self) -> Result<String, StoreError> {
+        query::dump(&self.db).await
+    }
+}

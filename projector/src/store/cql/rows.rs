@@ -1,0 +1,383 @@
+//! The rows of each table as Rust values, and the reads that fetch them.
+//!
+//! A row struct has one field per column, named like the column, so the same struct is read by
+//! `SELECT` (`DeserializeRow`) and written by `INSERT` (`SerializeRow`), both matched by name.
+//! Ids are plain `i64`s here: the driver's traits cannot be implemented for the id newtypes of
+//! another crate. Both the fold and the queries read through [`Db`], so each table is read in
+//! one place only.
+
+use std::fmt::Display;
+
+use futures_util::TryStreamExt;
+use scylla::client::session::Session;
+// The derive macros; the traits of the same names are imported below for bounds.
+use scylla::deserialize::row::DeserializeRow;
+use scylla::deserialize::value::DeserializeValue;
+use scylla::deserialize::{DeserializationError, FrameSlice, TypeCheckError};
+use scylla::frame::response::result::ColumnType;
+use scylla::serialize::SerializationError;
+use scylla::serialize::row::SerializeRow;
+use scylla::serialize::value::SerializeValue;
+use scylla::serialize::writers::{CellWriter, WrittenCellProof};
+use scylla::statement::prepared::PreparedStatement;
+use scylla::{DeserializeRow, SerializeRow};
+use switchboard_ingest::log::Cursor;
+use switchboard_schemas::{ConversationId, ConversationKind, MessageId, Topic, UserId};
+
+use super::error::{corrupt, failed};
+use super::statements::Statements;
+use crate::store::{Message, StoreError, User};
+
+/// The session, switched to the store's keyspace, and the statements prepared on it.
+pub(super) struct Db {
+    pub(super) session: Session,
+    pub(super) statements: Statements,
+}
+
+/// A nullable column that writes leave untouched when empty, instead of setting it to null.
+///
+/// A null written to a CQL column is a tombstone, and tombstones slow every later read of their
+/// partition until compaction purges them. No column of this type ever goes from a value back to
+/// empty (a title is only ever renamed, `edited_at` only ever set), so leaving it unset gives the
+/// same rows without the tombstones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Sparse<T>(pub Option<T>);
+
+impl<T: SerializeValue> SerializeValue for Sparse<T> {
+    fn serialize<'b>(
+        &self,
+        typ: &ColumnType,
+        writer: CellWriter<'b>,
+    ) -> Result<WrittenCellProof<'b>, SerializationError> {
+        match &self.0 {
+            Some(value) => value.serialize(typ, writer),
+            None => Ok(writer.set_unset()),
+        }
+    }
+}
+
+impl<'frame, 'metadata, T: DeserializeValue<'frame, 'metadata>> DeserializeValue<'frame, 'metadata>
+    for Sparse<T>
+{
+    fn type_check(typ: &ColumnType) -> Result<(), TypeCheckError> {
+        Option::<T>::type_check(typ)
+    }
+
+    fn deserialize(
+        typ: &'metadata ColumnType<'metadata>,
+        value: Option<FrameSlice<'frame>>,
+    ) -> Result<Self, DeserializationError> {
+        Option::<T>::deserialize(typ, value).map(Sparse)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, DeserializeRow, SerializeRow)]
+pub(super) struct UserRow {
+    pub user_id: i64,
+    pub handle: String,
+    pub display_name: String,
+    pub created_at: i64,
+    pub password_hash: String,
+}
+
+impl UserRow {
+    pub fn into_user(self) -> User {
+        User {
+            id: UserId(self.user_id),
+            handle: self.handle,
+            display_name: self.display_name,
+            created_at: self.created_at,
+            password_hash: self.password_hash,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, DeserializeRow, SerializeRow)]
+pub(super) struct ConversationRow {
+    pub conversation_id: i64,
+    /// `direct` or `group`.
+    pub kind: String,
+    pub title: Sparse<String>,
+    pub created_by: Sparse<i64>,
+    pub created_at: i64,
+    /// The join order the next member gets.
+    pub next_member: i64,
+}
+
+impl ConversationRow {
+    pub fn kind_name(kind: ConversationKind) -> &'static str {
+        match kind {
+            ConversationKind::Direct => "direct",
+            ConversationKind::Group => "group",
+        }
+    }
+
+    pub fn kind(&self) -> Result<ConversationKind, StoreError> {
+        match self.kind.as_str() {
+            "direct" => Ok(ConversationKind::Direct),
+            "group" => Ok(ConversationKind::Group),
+            other => Err(corrupt(
+                format_args!("conversation {}", self.conversation_id),
+                format_args!("unknown kind `{other}`"),
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, DeserializeRow, SerializeRow)]
+pub(super) struct MemberRow {
+    pub conversation_id: i64,
+    pub user_id: i64,
+    pub join_order: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, DeserializeRow, SerializeRow)]
+pub(super) struct StatsRow {
+    pub conversation_id: i64,
+    /// Messages ever sent, which is also the `seq` of the latest one.
+    pub message_count: i64,
+    /// The message with the highest `seq`.
+    pub last_message_id: i64,
+    /// The lowest and highest bucket holding a message: paging walks between them.
+    pub first_bucket: i32,
+    pub last_bucket: i32,
+}
+
+#[derive(Clone, Debug, PartialEq, DeserializeRow, SerializeRow)]
+pub(super) struct MessageRow {
+    pub conversation_id: i64,
+    pub bucket: i32,
+    pub message_id: i64,
+    pub sender: i64,
+    pub client_msg_id: String,
+    pub body: String,
+    pub reply_to: Sparse<i64>,
+    pub sent_at: i64,
+    pub edited_at: Sparse<i64>,
+    pub deleted: bool,
+    pub seq: i64,
+}
+
+impl MessageRow {
+    pub fn into_message(self) -> Result<Message, StoreError> {
+        Ok(Message {
+            id: MessageId(self.message_id),
+            conversation_id: ConversationId(self.conversation_id),
+            sender: UserId(self.sender),
+            seq: count(self.seq, format_args!("seq of message {}", self.message_id))?,
+            client_msg_id: self.client_msg_id,
+            body: self.body,
+            reply_to: self.reply_to.0.map(MessageId),
+            sent_at: self.sent_at,
+            edited_at: self.edited_at.0,
+            deleted: self.deleted,
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, DeserializeRow, SerializeRow)]
+pub(super) struct MarkerRow {
+    pub conversation_id: i64,
+    pub user_id: i64,
+    pub message_id: i64,
+    /// The `seq` of `message_id`: unread is the message count minus this.
+    pub seq: i64,
+    pub read_at: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, DeserializeRow, SerializeRow)]
+pub(super) struct CheckpointRow {
+    pub consumer: String,
+    pub topic: String,
+    pub log_partition: i32,
+    pub next_offset: i64,
+}
+
+/// A stored count or sequence number, which is never negative unless the row is damaged.
+pub(super) fn count(value: i64, what: impl Display) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| corrupt(what, format_args!("negative value {value}")))
+}
+
+/// Reads of one table each. Point and bounded reads come back in one response; reads of a whole
+/// partition that can grow without bound (a user's conversations, a group's members) are paged.
+impl Db {
+    async fn rows<R>(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+        what: impl Fn() -> String + Send,
+    ) -> Result<Vec<R>, StoreError>
+    where
+        R: for<'frame, 'metadata> DeserializeRow<'frame, 'metadata>,
+    {
+        let result = self
+            .session
+            .execute_unpaged(statement, values)
+            .await
+            .map_err(|e| failed(what(), e))?
+            .into_rows_result()
+            .map_err(|e| failed(what(), e))?;
+        result
+            .rows::<R>()
+            .map_err(|e| failed(what(), e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| failed(what(), e))
+    }
+
+    async fn row<R>(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+        what: impl Fn() -> String + Send,
+    ) -> Result<Option<R>, StoreError>
+    where
+        R: for<'frame, 'metadata> DeserializeRow<'frame, 'metadata>,
+    {
+        self.session
+            .execute_unpaged(statement, values)
+            .await
+            .map_err(|e| failed(what(), e))?
+            .into_rows_result()
+            .map_err(|e| failed(what(), e))?
+            .maybe_first_row::<R>()
+            .map_err(|e| failed(what(), e))
+    }
+
+    async fn paged_rows<R>(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+        what: impl Fn() -> String + Send,
+    ) -> Result<Vec<R>, StoreError>
+    where
+        R: for<'frame, 'metadata> DeserializeRow<'frame, 'metadata>,
+    {
+        self.session
+            .execute_iter(statement.clone(), values)
+            .await
+            .map_err(|e| failed(what(), e))?
+            .rows_stream::<R>()
+            .map_err(|e| failed(what(), e))?
+            .try_collect()
+            .await
+            .map_err(|e| failed(what(), e))
+    }
+
+    pub(super) async fn user(&self, user: i64) -> Result<Option<UserRow>, StoreError> {
+        let what = || format!("reading user {user}");
+        self.row(&self.statements.user, (user,), what).await
+    }
+
+    /// Everyone who registered `handle` (lower-cased), smallest id first.
+    pub(super) async fn handle_claims(&self, handle: &str) -> Result<Vec<i64>, StoreError> {
+        let what = || format!("reading handle `{handle}`");
+        let rows: Vec<(i64,)> = self.rows(&self.statements.handle_claims, (handle,), what).await?;
+        Ok(rows.into_iter().map(|(user,)| user).collect())
+    }
+
+    pub(super) async fn conversation(
+        &self,
+        conversation: i64,
+    ) -> Result<Option<ConversationRow>, StoreError> {
+        let what = || format!("reading conversation {conversation}");
+        self.row(&self.statements.conversation, (conversation,), what).await
+    }
+
+    /// Current members, in no particular order.
+    pub(super) async fn members(&self, conversation: i64) -> Result<Vec<MemberRow>, StoreError> {
+        let what = || format!("reading the members of {conversation}");
+        self.paged_rows(&self.statements.members, (conversation,), what).await
+    }
+
+    /// The ids of a user's conversations.
+    pub(super) async fn inbox(&self, user: i64) -> Result<Vec<i64>, StoreError> {
+        let what = || format!("reading the conversations of {user}");
+        let rows: Vec<(i64,)> = self.paged_rows(&self.statements.inbox, (user,), what).await?;
+        Ok(rows.into_iter().map(|(conversation,)| conversation).collect())
+    }
+
+    pub(super) async fn direct_pair(&self, low: i64, high: i64) -> Result<Option<i64>, StoreError> {
+        let what = || format!("reading the direct conversation of {low} and {high}");
+        let row: Option<(i64,)> = self.row(&self.statements.direct_pair, (low, high), what).await?;
+        Ok(row.map(|(conversation,)| conversation))
+    }
+
+    pub(super) async fn stats(&self, conversation: i64) -> Result<Option<StatsRow>, StoreError> {
+        let what = || format!("reading the message stats of {conversation}");
+        self.row(&self.statements.stats, (conversation,), what).await
+    }
+
+    /// The messages among `ids` that exist; all of `ids` must be in `bucket`.
+    pub(super) async fn messages_by_id(
+        &self,
+        conversation: i64,
+        bucket: i32,
+        ids: &[i64],
+    ) -> Result<Vec<MessageRow>, StoreError> {
+        let what = || format!("reading messages of {conversation} in bucket {bucket}");
+        self.rows(&self.statements.messages_by_id, (conversation, bucket, ids), what).await
+    }
+
+    /// Up to `limit` messages of `bucket` with ids up to `upper`, newest first.
+    pub(super) async fn messages_up_to(
+        &self,
+        conversation: i64,
+        bucket: i32,
+        upper: i64,
+        limit: i32,
+    ) -> Result<Vec<MessageRow>, StoreError> {
+        let what = || format!("paging messages of {conversation} in bucket {bucket}");
+        let values = (conversation, bucket, upper, limit);
+        self.rows(&self.statements.messages_up_to, values, what).await
+    }
+
+    /// The message a send with this `client_msg_id` was stored under.
+    pub(super) async fn client_msg_id(
+        &self,
+        conversation: i64,
+        sender: i64,
+        client_msg_id: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let what = || format!("reading client id `{client_msg_id}` of {sender} in {conversation}");
+        let values = (conversation, sender, client_msg_id);
+        let row: Option<(i64,)> = self.row(&self.statements.client_msg_id, values, what).await?;
+        Ok(row.map(|(message,)| message))
+    }
+
+    pub(super) async fn marker(
+        &self,
+        conversation: i64,
+        user: i64,
+    ) -> Result<Option<MarkerRow>, StoreError> {
+        let what = || format!("reading the read marker of {user} in {conversation}");
+        self.row(&self.statements.marker, (conversation, user), what).await
+    }
+
+    /// Every read marker of a conversation, former members' included.
+    pub(super) async fn markers(&self, conversation: i64) -> Result<Vec<MarkerRow>, StoreError> {
+        let what = || format!("reading the read markers of {conversation}");
+        self.paged_rows(&self.statements.markers, (conversation,), what).await
+    }
+
+    pub(super) async fn last_seen(&self, user: i64) -> Result<Option<i64>, StoreError> {
+        let what = || format!("reading when {user} was last seen");
+        let row: Option<(i64,)> = self.row(&self.statements.last_seen, (user,), what).await?;
+        Ok(row.map(|(seen,)| seen))
+    }
+
+    /// The checkpoint `consumer` has stored.
+    pub(super) async fn checkpoint(&self, consumer: &str) -> Result<Cursor, StoreError> {
+        let what = || format!("reading the checkpoint of `{consumer}`");
+        let rows: Vec<CheckpointRow> =
+            self.paged_rows(&self.statements.checkpoint, (consumer,), what).await?;
+        let mut cursor = Cursor::default();
+        for row in rows {
+            let what = || format!("checkpoint row {}.{}", row.topic, row.log_partition);
+            let topic: Topic = row.topic.parse().map_err(|e| corrupt(what(), e))?;
+            let partition = u32::try_from(row.log_partition)
+                .map_err(|_| corrupt(what(), "negative partition"))?;
+            cursor.set(topic, partition, count(row.next_offset, what())?);
+        }
+        Ok(cursor)
+    }
+}

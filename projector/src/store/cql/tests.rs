@@ -1,0 +1,517 @@
+//! The CQL store against a real engine: the conformance suite, and what only this backend has to
+//! show — its URLs, its migrations, paging across message buckets, the id-based rules for handles
+//! and direct pairs, and failing fast when the cluster is out of reach.
+//!
+//! Engine tests use the ScyllaDB or Cassandra node named by `SWITCHBOARD_CQL` (`host:port`;
+//! `ops/engines/start.sh` runs Cassandra at `127.0.0.1:19042`), each in a keyspace of its own that
+//! is dropped when the test ends, pass or fail.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use switchboard_ingest::log::Cursor;
+use switchboard_schemas::{
+    ConversationCreated, ConversationId, ConversationKind, Event, EventMeta, MessageId,
+    MessageSent, Payload, Position, ReadUpTo, UserId, UserRegistered,
+};
+
+use super::config::{CqlConfig, Replication};
+use super::migrations::{self, MIGRATIONS};
+use super::{CqlStore, bucket};
+use crate::store::{Logged, ReadModel, StoreError, conformance};
+
+const START_ENGINES: &str =
+    "SWITCHBOARD_CQL is unset: run ops/engines/start.sh and set SWITCHBOARD_CQL=127.0.0.1:19042";
+
+/// The engine's `host:port`, or `None` when the test is to be skipped.
+fn engine() -> Option<String> {
+    let address = std::env::var("SWITCHBOARD_CQL").ok();
+    if address.is_none() {
+        assert_ne!(
+            std::env::var("SWITCHBOARD_REQUIRE_ENGINES").as_deref(),
+            Ok("1"),
+            "{START_ENGINES}"
+        );
+        eprintln!("skipped: SWITCHBOARD_CQL is unset");
+    }
+    address
+}
+
+/// A keyspace name no other test, run or process uses.
+fn unique_keyspace() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let micros = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros());
+    format!("sb_test_{}_{micros}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+async fn session(address: &str) -> Session {
+    SessionBuilder::new().known_node(address).build().await.expect("a session with the engine")
+}
+
+/// Runs `test` with the URL of a fresh keyspace, then drops the keyspace whatever the outcome
+/// (a panic is passed on once the keyspace is gone). Skipped without an engine.
+async fn in_keyspace<F, T>(test: F) -> Result<(), StoreError>
+where
+    F: FnOnce(CqlConfig) -> T,
+    T: Future<Output = Result<(), StoreError>> + Send + 'static,
+{
+    let Some(address) = engine() else {
+        return Ok(());
+    };
+    let keyspace = unique_keyspace();
+    let config = CqlConfig::from_url(&format!("scylla://{address}/{keyspace}")).expect("a URL");
+    let outcome = tokio::spawn(test(config)).await;
+    session(&address)
+        .await
+        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), ())
+        .await
+        .expect("dropping the test keyspace");
+    match outcome {
+        Ok(result) => result,
+        Err(error) => std::panic::resume_unwind(error.into_panic()),
+    }
+}
+
+/// Runs `test` against a store on a fresh keyspace.
+async fn with_store<F, T>(test: F) -> Result<(), StoreError>
+where
+    F: FnOnce(CqlStore) -> T + Send + 'static,
+    T: Future<Output = Result<(), StoreError>> + Send,
+{
+    in_keyspace(|config| async move { test(CqlStore::connect(config).await?).await }).await
+}
+
+/// Runs each named conformance function against a store of its own.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {$(
+        #[tokio::test]
+        async fn $name() -> Result<(), StoreError> {
+            with_store(|store| async move { conformance::$name(&store).await }).await
+        }
+    )*};
+}
+
+conformance! {
+    unread_counts_and_read_markers,
+    paging_has_no_gaps_or_repeats,
+    reapplying_changes_nothing,
+    retried_send_is_deduplicated,
+    membership_and_inbox,
+    direct_conversation_lookup,
+    edit_and_delete,
+    handle_uniqueness,
+    checkpoint_round_trip,
+    last_seen,
+    messages_before_their_conversation,
+}
+
+/// A long-lived keyspace sees the functions one after another, each with fresh ids. The
+/// checkpoint test goes first: it owns the checkpoint, which the others' batches move on.
+#[tokio::test]
+async fn the_whole_suite_can_share_one_store() -> Result<(), StoreError> {
+    with_store(|store| async move {
+        conformance::checkpoint_round_trip(&store).await?;
+        conformance::unread_counts_and_read_markers(&store).await?;
+        conformance::paging_has_no_gaps_or_repeats(&store).await?;
+        conformance::reapplying_changes_nothing(&store).await?;
+        conformance::retried_send_is_deduplicated(&store).await?;
+        conformance::membership_and_inbox(&store).await?;
+        conformance::direct_conversation_lookup(&store).await?;
+        conformance::edit_and_delete(&store).await?;
+        conformance::handle_uniqueness(&store).await?;
+        conformance::last_seen(&store).await?;
+        conformance::messages_before_their_conversation(&store).await
+    })
+    .await
+}
+
+#[test]
+fn urls_name_nodes_keyspace_and_replication() {
+    let plain = CqlConfig::from_url("scylla://127.0.0.1:19042/switchboard").expect("valid");
+    assert_eq!(plain.nodes, ["127.0.0.1:19042"]);
+    assert_eq!(plain.keyspace, "switchboard");
+    assert_eq!(plain.replication, Replication::Simple { factor: 1 });
+
+    let many = CqlConfig::from_url("cassandra://a:1,b,[::1]:9043,[fe80::1]/Chat_01?replication=3")
+        .expect("valid");
+    assert_eq!(many.nodes, ["a:1", "b:9042", "[::1]:9043", "[fe80::1]:9042"]);
+    assert_eq!(many.keyspace, "chat_01", "unquoted CQL names are case-insensitive");
+    assert_eq!(many.replication, Replication::Simple { factor: 3 });
+    assert_eq!(many.replication.to_cql(), "{'class': 'SimpleStrategy', 'replication_factor': 3}");
+
+    let datacenters =
+        CqlConfig::from_url("scylla://h/ks?dc=eu-west,us_east&replication=2").expect("valid");
+    let expected = vec!["eu-west".to_owned(), "us_east".to_owned()];
+    assert_eq!(
+        datacenters.replication,
+        Replication::PerDatacenter { datacenters: expected, factor: 2 }
+    );
+    assert_eq!(
+        datacenters.replication.to_cql(),
+        "{'class': 'NetworkTopologyStrategy', 'eu-west': 2, 'us_east': 2}"
+    );
+}
+
+#[test]
+fn bad_urls_say_what_is_wrong() {
+    let long = format!("scylla://h/k{}", "s".repeat(48));
+    let cases = [
+        ("redis://h:6379/ks", "scheme"),
+        ("scylla://h:9042", "keyspace is missing"),
+        ("scylla:///ks", "host is missing"),
+        ("scylla://a,,b/ks", "host is missing"),
+        ("scylla://h:0/ks", "not a port"),
+        ("scylla://h:x/ks", "not a port"),
+        ("scylla://::1/ks", "brackets"),
+        ("scylla://[::1/ks", "bracket"),
+        ("scylla://[::1]x/ks", "port"),
+        ("scylla://h/1ks", "keyspace"),
+        ("scylla://h/ks-1", "keyspace"),
+        ("scylla://h/ks/x", "keyspace"),
+        (long.as_str(), "48"),
+        ("scylla://h/ks?replication=0", "replication"),
+        ("scylla://h/ks?replication=x", "replication"),
+        ("scylla://h/ks?dc=e'u", "datacenter"),
+        ("scylla://h/ks?dc=", "datacenter"),
+        ("scylla://h/ks?consistency=one", "unknown parameter"),
+    ];
+    for (url, reason) in cases {
+        match CqlConfig::from_url(url) {
+            Ok(config) => panic!("`{url}` was accepted as {config:?}"),
+            Err(error) => {
+                let message = error.to_string();
+                assert!(message.contains(reason), "`{url}`: `{message}` does not mention {reason}");
+                assert!(message.contains(url), "`{message}` does not quote the URL");
+            }
+        }
+    }
+}
+
+/// Two processes may run a migration at once, and one that died halfway runs it again.
+#[test]
+fn every_migration_statement_can_run_twice() {
+    for migration in MIGRATIONS {
+        let statements = migration.statements();
+        assert!(!statements.is_empty(), "migration {} is empty", migration.version);
+        for statement in statements {
+            assert!(statement.contains("IF NOT EXISTS"), "not repeatable: {statement}");
+            assert!(!statement.contains("--"), "a comment survived: {statement}");
+        }
+    }
+    let versions: Vec<i32> = MIGRATIONS.iter().map(|m| m.version).collect();
+    assert!(versions.windows(2).all(|pair| pair[0] < pair[1]), "out of order: {versions:?}");
+}
+
+#[tokio::test]
+async fn an_unreachable_cluster_is_unavailable() {
+    let config = CqlConfig::from_url("scylla://127.0.0.1:1/unreachable").expect("a URL");
+    match CqlStore::connect(config).await {
+        Err(StoreError::Unavailable(message)) => {
+            assert!(message.contains("127.0.0.1:1"), "{message}");
+        }
+        Err(other) => panic!("expected Unavailable, got {other:?}"),
+        Ok(_) => panic!("connected to a port nothing listens on"),
+    }
+}
+
+fn all_versions() -> Vec<i32> {
+    MIGRATIONS.iter().map(|m| m.version).collect()
+}
+
+#[tokio::test]
+async fn migrations_apply_once() -> Result<(), StoreError> {
+    in_keyspace(|config| async move {
+        let address = config.nodes[0].clone();
+        let session = session(&address).await;
+        assert_eq!(migrations::run(&session, &config).await?, all_versions());
+        assert_eq!(migrations::run(&session, &config).await?, Vec::<i32>::new(), "nothing left");
+        drop(session);
+
+        // Every later start, through the store itself, finds the schema as it is.
+        let store = CqlStore::connect(config.clone()).await?;
+        assert_eq!(migrations::applied_versions(&store.db.session).await?, all_versions());
+        assert_eq!(migrations::run(&store.db.session, &config).await?, Vec::<i32>::new());
+        conformance::last_seen(&store).await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn migrations_can_run_concurrently() -> Result<(), StoreError> {
+    in_keyspace(|config| async move {
+        let (first, second) =
+            tokio::join!(CqlStore::connect(config.clone()), CqlStore::connect(config.clone()));
+        let (first, second) = (first?, second?);
+        assert_eq!(migrations::applied_versions(&first.db.session).await?, all_versions());
+        // Both work, on the same tables.
+        conformance::handle_uniqueness(&first).await?;
+        conformance::direct_conversation_lookup(&second).await?;
+        conformance::last_seen(&first).await
+    })
+    .await
+}
+
+fn logged(offset: u64, at: i64, payload: impl Into<Payload>) -> Logged {
+    let payload = payload.into();
+    let position = Position { topic: payload.topic(), partition: 0, offset };
+    let meta = EventMeta {
+        event_id: format!("e{offset}"),
+        occurred_at: at,
+        actor: None,
+        trace_id: String::new(),
+    };
+    Logged { position, event: Event { meta, payload } }
+}
+
+fn cursor_after(events: &[Logged]) -> Cursor {
+    let mut cursor = Cursor::default();
+    for event in events {
+        cursor.advance(event.position);
+    }
+    cursor
+}
+
+/// A message id from `days` after the id epoch, as the id generator would make it.
+fn id_on_day(days: f64, sequence: i64) -> MessageId {
+    let millis = (days * 86_400_000.0) as i64;
+    MessageId(millis << 22 | sequence)
+}
+
+fn send(offset: u64, conversation: ConversationId, id: MessageId, sender: UserId) -> Logged {
+    logged(
+        offset,
+        offset as i64,
+        MessageSent {
+            conversation_id: conversation,
+            message_id: id,
+            sender,
+            client_msg_id: format!("c{}", id.0),
+            body: format!("body {}", id.0),
+            reply_to: None,
+        },
+    )
+}
+
+#[tokio::test]
+async fn paging_walks_across_buckets() -> Result<(), StoreError> {
+    with_store(|store| async move {
+        let (a, c, other) = (UserId(1), ConversationId(10), ConversationId(11));
+        // Two or three messages every ten days, then a month of silence (empty buckets), then
+        // more; another conversation's messages in the same buckets.
+        let days = [0.5, 3.0, 7.0, 11.0, 12.0, 19.0, 24.0, 29.0, 63.0, 64.0, 71.0, 75.0];
+        let ids: Vec<MessageId> =
+            days.iter().enumerate().map(|(i, &day)| id_on_day(day, i as i64)).collect();
+        let buckets: BTreeSet<i32> = ids.iter().map(|id| bucket(id.0)).collect();
+        assert!(buckets.len() >= 6, "the ids cover several buckets: {buckets:?}");
+        let (first, last) = (buckets.first().copied(), buckets.last().copied());
+        let gap = (first.unwrap_or(0)..=last.unwrap_or(0)).filter(|b| !buckets.contains(b));
+        assert!(gap.count() >= 2, "some buckets in between stay empty: {buckets:?}");
+
+        let mut events = Vec::new();
+        for (i, &id) in ids.iter().enumerate() {
+            events.push(send(2 * i as u64, c, id, a));
+            events.push(send(2 * i as u64 + 1, other, MessageId(id.0 + 1000), a));
+        }
+        store.apply(&events, &cursor_after(&events)).await?;
+
+        let mut seen = Vec::new();
+        let mut before = None;
+        loop {
+            let page = store.messages(c, before, 5).await?;
+            if page.is_empty() {
+                break;
+            }
+            assert!(page.iter().all(|m| m.conversation_id == c));
+            before = page.last().map(|m| m.id);
+            seen.extend(page.into_iter().map(|m| (m.id, m.seq)));
+        }
+        let expected: Vec<(MessageId, u64)> =
+            ids.iter().copied().zip(1..).collect::<Vec<_>>().into_iter().rev().collect();
+        assert_eq!(seen, expected, "newest first across buckets, nothing skipped or repeated");
+
+        // `before` past the newest message, in an empty bucket, and at the oldest one.
+        let future = id_on_day(400.0, 0);
+        assert_eq!(
+            store.messages(c, Some(future), 2).await?.iter().map(|m| m.id).collect::<Vec<_>>(),
+            [ids[11], ids[10]]
+        );
+        let silence = id_on_day(45.0, 0);
+        let page = store.messages(c, Some(silence), 3).await?;
+        assert_eq!(page.iter().map(|m| m.id).collect::<Vec<_>>(), [ids[7], ids[6], ids[5]]);
+        assert_eq!(store.messages(c, Some(ids[0]), 10).await?, []);
+        for &id in &ids {
+            assert_eq!(store.message(c, id).await?.map(|m| m.id), Some(id));
+        }
+
+        // The rows really sit in one partition per bucket.
+        let partitions = store
+            .db
+            .session
+            .query_unpaged("SELECT DISTINCT conversation_id, bucket FROM messages", ())
+            .await
+            .expect("listing partitions")
+            .into_rows_result()
+            .expect("rows")
+            .rows::<(i64, i32)>()
+            .expect("typed rows")
+            .filter_map(Result::ok)
+            .filter(|&(conversation, _)| conversation == c.0)
+            .map(|(_, bucket)| bucket)
+            .collect::<BTreeSet<i32>>();
+        assert_eq!(partitions, buckets);
+        Ok(())
+    })
+    .await
+}
+
+fn register(offset: u64, user: i64, handle: &str) -> Logged {
+    logged(
+        offset,
+        offset as i64,
+        UserRegistered {
+            user_id: UserId(user),
+            handle: handle.to_owned(),
+            display_name: format!("user {user}"),
+            password_hash: "h".to_owned(),
+        },
+    )
+}
+
+fn direct(offset: u64, id: i64, a: i64, b: i64) -> Logged {
+    logged(
+        offset,
+        offset as i64,
+        ConversationCreated {
+            conversation_id: ConversationId(id),
+            kind: ConversationKind::Direct,
+            title: None,
+            members: vec![UserId(a), UserId(b)],
+        },
+    )
+}
+
+/// Handles and direct pairs go to the smallest id, whichever registration or conversation was
+/// applied first, so that a rebuild reading the log's partitions in another order agrees.
+#[tokio::test]
+async fn contested_handles_and_pairs_go_to_the_smallest_id() -> Result<(), StoreError> {
+    with_store(|store| async move {
+        // In id order on one handle and pair, in reverse order on the others, one event per batch
+        // and all in one batch.
+        let in_order = [
+            register(0, 100, "ada"),
+            register(1, 200, "ADA"),
+            direct(2, 10, 1, 2),
+            direct(3, 20, 2, 1),
+        ];
+        for event in &in_order {
+            store
+                .apply(std::slice::from_ref(event), &cursor_after(std::slice::from_ref(event)))
+                .await?;
+        }
+        let reversed = [
+            register(4, 400, "bob"),
+            register(5, 300, "Bob"),
+            direct(6, 40, 3, 4),
+            direct(7, 30, 4, 3),
+        ];
+        store.apply(&reversed, &cursor_after(&reversed)).await?;
+        let late = [register(8, 600, "cy"), register(9, 500, "cy")];
+        for event in &late {
+            store
+                .apply(std::slice::from_ref(event), &cursor_after(std::slice::from_ref(event)))
+                .await?;
+        }
+
+        for (handle, holder, loser) in [("ada", 100, 200), ("BOB", 300, 400), ("Cy", 500, 600)] {
+            let found = store.user_by_handle(handle).await?.map(|user| user.id);
+            assert_eq!(found, Some(UserId(holder)), "{handle}");
+            assert_eq!(
+                store.user(UserId(loser)).await?,
+                None,
+                "{handle}: the loser leaves no user"
+            );
+        }
+        assert_eq!(
+            store.direct_conversation(UserId(2), UserId(1)).await?,
+            Some(ConversationId(10))
+        );
+        assert_eq!(
+            store.direct_conversation(UserId(3), UserId(4)).await?,
+            Some(ConversationId(30))
+        );
+
+        // Replaying everything changes nothing.
+        let dump = store.dump().await?;
+        let all: Vec<Logged> = in_order.into_iter().chain(reversed).chain(late).collect();
+        store.apply(&all, &cursor_after(&all)).await?;
+        assert_eq!(store.dump().await?, dump);
+        Ok(())
+    })
+    .await
+}
+
+/// A lane longer than one write batch ends as the same events applied one at a time do, and
+/// replaying it changes nothing.
+#[tokio::test]
+async fn long_lanes_are_written_in_several_batches() -> Result<(), StoreError> {
+    with_store(|store| async move {
+        let (a, b) = (UserId(1), UserId(2));
+        let (long, single) = (ConversationId(100), ConversationId(200));
+        let make = |conversation: ConversationId, base: u64| {
+            let mut events = vec![logged(
+                base,
+                0,
+                ConversationCreated {
+                    conversation_id: conversation,
+                    kind: ConversationKind::Group,
+                    title: Some("t".to_owned()),
+                    members: vec![a, b],
+                },
+            )];
+            for i in 1..60 {
+                let id = MessageId(conversation.0 * 1000 + i as i64);
+                events.push(send(base + i, conversation, id, if i % 2 == 0 { a } else { b }));
+                if i % 7 == 0 {
+                    let read =
+                        ReadUpTo { conversation_id: conversation, user_id: a, message_id: id };
+                    events.push(logged(base + i + 500, 0, read));
+                }
+            }
+            events
+        };
+        let (batched, one_by_one) = (make(long, 0), make(single, 10_000));
+        store.apply(&batched, &cursor_after(&batched)).await?;
+        for event in &one_by_one {
+            store
+                .apply(std::slice::from_ref(event), &cursor_after(std::slice::from_ref(event)))
+                .await?;
+        }
+        let (x, y) = (store.conversation(long).await?, store.conversation(single).await?);
+        let (x, y) = (x.expect("long exists"), y.expect("single exists"));
+        assert_eq!((x.message_count, y.message_count), (59, 59));
+        let seqs =
+            |page: Vec<crate::store::Message>| page.into_iter().map(|m| m.seq).collect::<Vec<_>>();
+        assert_eq!(
+            seqs(store.messages(long, None, 100).await?),
+            seqs(store.messages(single, None, 100).await?)
+        );
+        assert_eq!(store.inbox(a).await?.iter().map(|e| e.unread).collect::<Vec<_>>(), [1, 1]);
+        let markers = |m: Vec<crate::store::ReadMarker>| {
+            m.into_iter().map(|m| m.message_id.0 % 1000).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            markers(store.read_markers(long).await?),
+            markers(store.read_markers(single).await?)
+        );
+
+        let dump = store.dump().await?;
+        store.apply(&batched, &cursor_after(&batched)).await?;
+        assert_eq!(store.dump().await?, dump);
+        Ok(())
+    })
+    .await
+}
