@@ -34,9 +34,10 @@ source ops/engines/common.sh
 
 echo "== tests on Kafka, Cassandra and Redis"
 # Each test server gets its own topics, keyspace and key prefix: {unique} is filled in per server.
+# A consumer group takes seconds to form on a busy machine: consistency waits get room for it.
 SWITCHBOARD_REQUIRE_ENGINES=1 \
 SWITCHBOARD_KAFKA="127.0.0.1:${KAFKA_PORT}" \
 SWITCHBOARD_CQL="127.0.0.1:${CQL_PORT}" \
 SWITCHBOARD_REDIS="redis://127.0.0.1:${REDIS_PORT}" \
-SWITCHBOARD_TEST_BACKEND_ARGS="--log kafka://127.0.0.1:${KAFKA_PORT}?prefix={unique}. --store scylla://127.0.0.1:${CQL_PORT}/{unique} --presence redis://127.0.0.1:${REDIS_PORT}?prefix={unique}:" \
+SWITCHBOARD_TEST_BACKEND_ARGS="--log kafka://127.0.0.1:${KAFKA_PORT}?prefix={unique}. --store scylla://127.0.0.1:${CQL_PORT}/{unique} --presence redis://127.0.0.1:${REDIS_PORT}?prefix={unique}: --consistency-timeout 30s" \
     cargo test --workspace --locked

@@ -19,8 +19,7 @@ struct Cluster {
 
 fn cluster(id: &str, extra: &[&str]) -> Cluster {
     let node = |role: &str, node_id: &str| {
-        // Group rebalances take seconds; give consistency waits room for them.
-        let mut args = vec!["--role", role, "--node-id", node_id, "--consistency-timeout", "30s"];
+        let mut args = vec!["--role", role, "--node-id", node_id];
         args.extend_from_slice(extra);
         Server::start_in_cluster(id, &args)
     };
@@ -117,7 +116,7 @@ async fn a_projector_killed_mid_stream_resumes_without_loss_or_duplicates() {
     let mut acked = send_many(&mut ws, &conversation, "before", 150).await;
     nodes.projectors[0].kill();
     acked.extend(send_many(&mut ws, &conversation, "during", 150).await);
-    nodes.projectors[0] = Server::start_in_cluster(&id, &["--role", "projector", "--node-id", "100", "--consistency-timeout", "30s"]);
+    nodes.projectors[0] = Server::start_in_cluster(&id, &["--role", "projector", "--node-id", "100"]);
     acked.extend(send_many(&mut ws, &conversation, "after", 50).await);
 
     let last = ws.send_message(&conversation, "last", "the end").await;
@@ -133,7 +132,7 @@ async fn a_second_projector_takes_over_when_the_first_stops() {
     }
     let id = new_cluster_id();
     let mut nodes = cluster(&id, &["--rate-messages", "off"]);
-    nodes.projectors.push(Server::start_in_cluster(&id, &["--role", "projector", "--node-id", "101", "--consistency-timeout", "30s"]));
+    nodes.projectors.push(Server::start_in_cluster(&id, &["--role", "projector", "--node-id", "101"]));
     let api = nodes.a.api();
     let (ada, bob) = (api.register("ada").await, api.register("bob").await);
     let mut conversations = Vec::new();

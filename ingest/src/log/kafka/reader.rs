@@ -28,11 +28,13 @@ use super::config::{KafkaConfig, TopicNames};
 use super::{is_transient, kafka_error, kafka_offset};
 use crate::log::{Cursor, LogError, LogReader, Record};
 
-/// The settings every consumer of this log shares; `group` is its `group.id`.
+/// The settings every consumer of this log shares. The `group.id` is `group` under the log's
+/// topic prefix: logs with different prefixes on one cluster must never share a group, or every
+/// member of one would rebalance whenever a member of another came or went.
 pub(super) fn consumer_config(config: &KafkaConfig, group: &str) -> ClientConfig {
     let mut client = config.client_config();
     client
-        .set("group.id", group)
+        .set("group.id", format!("{}{group}", config.prefix))
         // Progress is recorded only by explicit commits of what the caller has processed.
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")

@@ -42,8 +42,8 @@
 //!
 //! Two rules that the embedded store bases on the order it applies events in are instead based
 //! on ids here, so that a store rebuilt from the log ends up the same however the rebuild
-//! interleaves the log's partitions (and without lightweight transactions, which ScyllaDB does
-//! not offer on tablet keyspaces):
+//! interleaves the log's partitions, and without lightweight transactions (which ScyllaDB does
+//! not support on keyspaces that use tablets, its default for new keyspaces in recent versions):
 //!
 //! - a handle belongs to the registration with the smallest user id. Every registration of a
 //!   handle is kept in `handles`; when one with a smaller id than the holder's arrives later, the
@@ -55,15 +55,9 @@
 //! skew between API nodes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::fmt::Debug;
-use std::future::Future;
-use std::hash::Hash;
 
-use futures_util::future::try_join_all;
 use futures_util::{TryStreamExt, stream};
-use scylla::serialize::row::SerializeRow;
-use scylla::statement::batch::{Batch, BatchType};
-use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::batch::BatchType;
 use switchboard_ingest::log::Cursor;
 use switchboard_schemas::{
     ConversationCreated, ConversationKind, ConversationRenamed, Event, MemberAdded, MemberRemoved,
@@ -71,7 +65,7 @@ use switchboard_schemas::{
     UserId, UserRegistered,
 };
 
-use super::error::failed;
+use super::lane::{Lane, Writes};
 use super::rows::{
     CheckpointRow, ConversationRow, Db, MarkerRow, MessageRow, Sparse, StatsRow, UserRow,
 };
@@ -82,18 +76,6 @@ use crate::store::{Logged, StoreError};
 /// message or two, so their time goes on round trips; many in flight keep the cluster busy
 /// meanwhile (measured: 64 → 256 raised one-message lanes by about half, 1024 added little).
 const LANES_IN_FLIGHT: usize = 256;
-
-/// At most this many events go into one write batch…
-const BATCH_EVENTS: usize = 32;
-
-/// …and about this many bytes, as [`weight`] estimates them. Cassandra logs a warning for every
-/// batch over 5 KiB and refuses batches over 50 KiB (its defaults); batches of ordinary messages
-/// stay under the warning, and a batch of this size plus one more event of the largest message
-/// body (16 KiB by default) stays far under the refusal.
-const BATCH_BYTES: usize = 4608;
-
-/// The most values one `IN` list carries: ScyllaDB refuses more than 100 by default.
-const MAX_IN_VALUES: usize = 100;
 
 /// Applies `events` lane by lane, then moves the checkpoint to `checkpoint`.
 pub(super) async fn apply(
@@ -157,98 +139,28 @@ fn lane_of(payload: &Payload) -> Option<LaneKey> {
     }
 }
 
-/// Roughly how many bytes folding an event adds to a write batch, as engines count batch sizes:
-/// its text plus the keys and overheads of the rows it writes (a send, measured on Cassandra:
-/// about 250 bytes besides its body and client id).
-fn weight(payload: &Payload) -> usize {
-    const ROW: usize = 64;
-    match payload {
-        Payload::MessageSent(e) => e.body.len() + 2 * e.client_msg_id.len() + 4 * ROW,
-        Payload::MessageEdited(e) => e.body.len() + 2 * ROW,
-        Payload::ConversationCreated(e) => (2 * e.members.len() + 2) * ROW,
-        _ => 2 * ROW,
-    }
-}
-
-/// One table's rows as a lane has read and changed them.
-struct Table<K, V> {
-    name: &'static str,
-    rows: HashMap<K, Row<V>>,
-}
-
-struct Row<V> {
-    /// `None`: no such row.
-    value: Option<V>,
-    /// Changed since the lane last wrote.
-    changed: bool,
-}
-
-impl<K: Hash + Eq + Debug, V> Table<K, V> {
-    fn new(name: &'static str) -> Table<K, V> {
-        Table { name, rows: HashMap::new() }
-    }
-
-    /// Records what the read step found under `key`.
-    fn loaded(&mut self, key: K, value: Option<V>) {
-        self.rows.insert(key, Row { value, changed: false });
-    }
-
-    /// The row under `key`, which the read step must have fetched (or an earlier event written).
-    fn get(&self, key: &K) -> Result<Option<&V>, StoreError> {
-        let row = self.rows.get(key).ok_or_else(|| {
-            StoreError::Storage(format!(
-                "{} {key:?} is needed by an event but was not read before folding",
-                self.name
-            ))
-        })?;
-        Ok(row.value.as_ref())
-    }
-
-    fn put(&mut self, key: K, value: V) {
-        self.rows.insert(key, Row { value: Some(value), changed: true });
-    }
-
-    fn delete(&mut self, key: K) {
-        self.rows.insert(key, Row { value: None, changed: true });
-    }
-
-    /// Every row changed since the last write: `None` for a removed one.
-    fn changed(&self) -> impl Iterator<Item = (&K, Option<&V>)> {
-        self.rows.iter().filter(|(_, row)| row.changed).map(|(key, row)| (key, row.value.as_ref()))
-    }
-
-    /// Every changed row that still exists.
-    fn upserted(&self) -> impl Iterator<Item = &V> {
-        self.changed().filter_map(|(_, value)| value)
-    }
-
-    fn written(&mut self) {
-        for row in self.rows.values_mut() {
-            row.changed = false;
-        }
-    }
-}
-
-/// The rows a lane's events may consult, by table, gathered before any of them is read.
+/// The rows a lane's events may consult, by table, gathered before any of them is read. Each
+/// handler below reads only what its event lists here; reading anything else is an error (see
+/// `Table::get`), which the conformance suite would catch.
 #[derive(Default)]
-struct Wanted {
-    users: BTreeSet<i64>,
-    handles: BTreeSet<String>,
-    conversations: BTreeSet<i64>,
+pub(super) struct Wanted {
+    pub(super) users: BTreeSet<i64>,
+    pub(super) handles: BTreeSet<String>,
+    pub(super) conversations: BTreeSet<i64>,
     /// conversation → users.
-    members: BTreeMap<i64, BTreeSet<i64>>,
-    stats: BTreeSet<i64>,
+    pub(super) members: BTreeMap<i64, BTreeSet<i64>>,
+    pub(super) stats: BTreeSet<i64>,
     /// (conversation, bucket) → message ids.
-    messages: BTreeMap<(i64, i32), BTreeSet<i64>>,
+    pub(super) messages: BTreeMap<(i64, i32), BTreeSet<i64>>,
     /// (conversation, sender, client_msg_id).
-    client_ids: BTreeSet<(i64, i64, String)>,
+    pub(super) client_ids: BTreeSet<(i64, i64, String)>,
     /// conversation → users.
-    markers: BTreeMap<i64, BTreeSet<i64>>,
-    last_seen: BTreeSet<i64>,
+    pub(super) markers: BTreeMap<i64, BTreeSet<i64>>,
+    pub(super) last_seen: BTreeSet<i64>,
 }
 
 impl Wanted {
-    fn of(events: &[&Event]) -> Wanted {
+    pub(super) fn of(events: &[&Event]) -> Wanted {
         let mut wanted = Wanted::default();
         for event in events {
             match &event.payload {
@@ -259,11 +171,9 @@ impl Wanted {
                 Payload::ProfileUpdated(e) => {
                     wanted.users.insert(e.user_id.0);
                 }
-                Payload::ConversationCreated(e) => {
-                    wanted.conversations.insert(e.conversation_id.0);
-                }
-                Payload::ConversationRenamed(e) => {
-                    wanted.conversations.insert(e.conversation_id.0);
+                Payload::ConversationCreated(ConversationCreated { conversation_id, .. })
+                | Payload::ConversationRenamed(ConversationRenamed { conversation_id, .. }) => {
+                    wanted.conversations.insert(conversation_id.0);
                 }
                 Payload::MemberAdded(MemberAdded { conversation_id, user_id })
                 | Payload::MemberRemoved(MemberRemoved { conversation_id, user_id }) => {
@@ -300,243 +210,9 @@ impl Wanted {
     }
 }
 
-/// Runs `read` for every key concurrently, pairing each key with what was read for it.
-async fn read_each<K, V, F, R>(
-    keys: impl IntoIterator<Item = K>,
-    read: F,
-) -> Result<Vec<(K, V)>, StoreError>
-where
-    K: Clone,
-    F: Fn(K) -> R,
-    R: Future<Output = Result<V, StoreError>>,
-{
-    try_join_all(keys.into_iter().map(|key| {
-        let reading = read(key.clone());
-        async move { Ok((key, reading.await?)) }
-    }))
-    .await
-}
-
-/// The statements of one write batch and the values each is bound to.
-struct Writes<'a> {
-    batch: Batch,
-    values: Vec<Box<dyn SerializeRow + Send + Sync + 'a>>,
-}
-
-impl<'a> Writes<'a> {
-    fn new(kind: BatchType) -> Writes<'a> {
-        let mut batch = Batch::new(kind);
-        // Every write is an upsert or delete of precomputed values: safe to retry.
-        batch.set_is_idempotent(true);
-        Writes { batch, values: Vec::new() }
-    }
-
-    fn add(&mut self, statement: &PreparedStatement, values: impl SerializeRow + Send + Sync + 'a) {
-        self.batch.append_statement(statement.clone());
-        self.values.push(Box::new(values));
-    }
-
-    async fn run(&self, db: &Db, what: &str) -> Result<(), StoreError> {
-        if self.values.is_empty() {
-            return Ok(());
-        }
-        db.session.batch(&self.batch, &self.values).await.map_err(|e| failed(what, e))?;
-        Ok(())
-    }
-}
-
-/// One lane's rows, from the read step through the fold to the writes.
-struct Lane<'a> {
-    db: &'a Db,
-    users: Table<i64, UserRow>,
-    /// Lower-cased handle → every user id that registered it, ascending.
-    handles: Table<String, Vec<i64>>,
-    conversations: Table<i64, ConversationRow>,
-    /// (conversation, user) → join order.
-    members: Table<(i64, i64), i64>,
-    /// (user_low, user_high, conversation) rows to insert; nothing reads them while folding.
-    direct_pairs: Vec<(i64, i64, i64)>,
-    stats: Table<i64, StatsRow>,
-    messages: Table<(i64, i64), MessageRow>,
-    /// (conversation, sender, client_msg_id) → message id.
-    client_ids: Table<(i64, i64, String), i64>,
-    markers: Table<(i64, i64), MarkerRow>,
-    last_seen: Table<i64, i64>,
-}
-
-impl<'a> Lane<'a> {
-    fn new(db: &'a Db) -> Lane<'a> {
-        Lane {
-            db,
-            users: Table::new("user"),
-            handles: Table::new("handle"),
-            conversations: Table::new("conversation"),
-            members: Table::new("member"),
-            direct_pairs: Vec::new(),
-            stats: Table::new("message stats"),
-            messages: Table::new("message"),
-            client_ids: Table::new("client id"),
-            markers: Table::new("read marker"),
-            last_seen: Table::new("last seen"),
-        }
-    }
-
-    async fn run(mut self, events: Vec<&Event>) -> Result<(), StoreError> {
-        self.read(Wanted::of(&events)).await?;
-        let (mut pending, mut bytes) = (0, 0);
-        for event in events {
-            self.fold(event)?;
-            pending += 1;
-            bytes += weight(&event.payload);
-            if pending >= BATCH_EVENTS || bytes >= BATCH_BYTES {
-                self.write().await?;
-                (pending, bytes) = (0, 0);
-            }
-        }
-        self.write().await
-    }
-
-    async fn read(&mut self, wanted: Wanted) -> Result<(), StoreError> {
-        let db = self.db;
-        let message_lists = wanted.messages.iter().flat_map(|(&(conversation, bucket), ids)| {
-            let ids: Vec<i64> = ids.iter().copied().collect();
-            ids.chunks(MAX_IN_VALUES)
-                .map(|chunk| (conversation, bucket, chunk.to_vec()))
-                .collect::<Vec<_>>()
-        });
-        let (users, handles, conversations, members, stats, messages, client_ids, markers, seen) =
-            tokio::try_join!(
-                read_each(wanted.users.iter().copied(), |user| db.user(user)),
-                read_each(wanted.handles.iter().cloned(), |handle| async move {
-                    db.handle_claims(&handle).await
-                }),
-                read_each(wanted.conversations.iter().copied(), |id| db.conversation(id)),
-                read_each(wanted.members.keys().copied(), |id| db.members(id)),
-                read_each(wanted.stats.iter().copied(), |id| db.stats(id)),
-                read_each(message_lists, |(conversation, bucket, ids)| async move {
-                    db.messages_by_id(conversation, bucket, &ids).await
-                }),
-                read_each(wanted.client_ids.iter().cloned(), |(conversation, sender, id)| {
-                    async move { db.client_msg_id(conversation, sender, &id).await }
-                }),
-                read_each(wanted.markers.keys().copied(), |id| db.markers(id)),
-                read_each(wanted.last_seen.iter().copied(), |user| db.last_seen(user)),
-            )?;
-
-        for (user, row) in users {
-            self.users.loaded(user, row);
-        }
-        for (handle, claims) in handles {
-            self.handles.loaded(handle, Some(claims).filter(|claims| !claims.is_empty()));
-        }
-        for (id, row) in conversations {
-            self.conversations.loaded(id, row);
-        }
-        for (conversation, rows) in members {
-            let found: HashMap<i64, i64> =
-                rows.into_iter().map(|row| (row.user_id, row.join_order)).collect();
-            for &user in &wanted.members[&conversation] {
-                self.members.loaded((conversation, user), found.get(&user).copied());
-            }
-        }
-        for (id, row) in stats {
-            self.stats.loaded(id, row);
-        }
-        for ((conversation, _, ids), rows) in messages {
-            let mut found: HashMap<i64, MessageRow> =
-                rows.into_iter().map(|row| (row.message_id, row)).collect();
-            for id in ids {
-                self.messages.loaded((conversation, id), found.remove(&id));
-            }
-        }
-        for (key, message) in client_ids {
-            self.client_ids.loaded(key, message);
-        }
-        for (conversation, rows) in markers {
-            let mut found: HashMap<i64, MarkerRow> =
-                rows.into_iter().map(|row| (row.user_id, row)).collect();
-            for &user in &wanted.markers[&conversation] {
-                self.markers.loaded((conversation, user), found.remove(&user));
-            }
-        }
-        for (user, at) in seen {
-            self.last_seen.loaded(user, at);
-        }
-        Ok(())
-    }
-
-    /// Writes every row changed since the last write as one logged batch.
-    async fn write(&mut self) -> Result<(), StoreError> {
-        let direct_pairs = std::mem::take(&mut self.direct_pairs);
-        self.writes(&direct_pairs).run(self.db, "writing read models").await?;
-        self.users.written();
-        self.handles.written();
-        self.conversations.written();
-        self.members.written();
-        self.stats.written();
-        self.messages.written();
-        self.client_ids.written();
-        self.markers.written();
-        self.last_seen.written();
-        Ok(())
-    }
-
-    fn writes<'w>(&'w self, direct_pairs: &'w [(i64, i64, i64)]) -> Writes<'w> {
-        let statements = &self.db.statements;
-        let mut writes = Writes::new(BatchType::Logged);
-        for (user, row) in self.users.changed() {
-            match row {
-                Some(row) => writes.add(&statements.insert_user, row),
-                None => writes.add(&statements.delete_user, (user,)),
-            }
-        }
-        for (handle, claims) in self.handles.changed() {
-            for user in claims.into_iter().flatten() {
-                writes.add(&statements.insert_handle_claim, (handle, user));
-            }
-        }
-        for row in self.conversations.upserted() {
-            writes.add(&statements.insert_conversation, row);
-        }
-        for (&(conversation, user), order) in self.members.changed() {
-            match order {
-                Some(order) => {
-                    writes.add(&statements.insert_member, (conversation, user, order));
-                    writes.add(&statements.insert_inbox, (user, conversation));
-                }
-                None => {
-                    writes.add(&statements.delete_member, (conversation, user));
-                    writes.add(&statements.delete_inbox, (user, conversation));
-                }
-            }
-        }
-        for pair in direct_pairs {
-            writes.add(&statements.insert_direct_pair, pair);
-        }
-        for row in self.stats.upserted() {
-            writes.add(&statements.insert_stats, row);
-        }
-        for row in self.messages.upserted() {
-            writes.add(&statements.insert_message, row);
-        }
-        for ((conversation, sender, client_msg_id), message) in self.client_ids.changed() {
-            if let Some(message) = message {
-                let values = (conversation, sender, client_msg_id, message);
-                writes.add(&statements.insert_client_msg_id, values);
-            }
-        }
-        for row in self.markers.upserted() {
-            writes.add(&statements.insert_marker, row);
-        }
-        for (user, seen) in self.last_seen.changed() {
-            if let Some(seen) = seen {
-                writes.add(&statements.insert_last_seen, (user, seen));
-            }
-        }
-        writes
-    }
-
-    fn fold(&mut self, event: &Event) -> Result<(), StoreError> {
+/// The fold rules, event by event: the embedded store's.
+impl Lane<'_> {
+    pub(super) fn fold(&mut self, event: &Event) -> Result<(), StoreError> {
         let at = event.meta.occurred_at;
         match &event.payload {
             Payload::UserRegistered(e) => self.user_registered(e, at),

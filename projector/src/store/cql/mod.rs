@@ -7,7 +7,9 @@
 //!   a store connects;
 //! - `statements` prepares every statement once; `rows` maps each table's rows to Rust and reads
 //!   them;
-//! - `fold` applies batches of events, `query` answers reads;
+//! - `fold` applies a batch of events: it splits the batch into lanes, holds the rules each
+//!   event follows, and moves the checkpoint; `lane` reads, folds and writes one lane's rows;
+//! - `query` answers reads;
 //! - `error` sorts driver errors into "try again later" and the rest.
 //!
 //! # Tables
@@ -27,6 +29,9 @@
 //! | `last_seen` | user | when the user's last session closed |
 //! | `checkpoints` | consumer, topic, partition | the next offset to read in each log partition |
 //!
+//! Every table but `checkpoints` and `schema_migrations` is in [`dump`](ReadModel::dump), one
+//! line per row (`table column=value …`), sorted.
+//!
 //! As in the embedded store, what the conversations topic says (`conversations`, `members`) and
 //! what the messages topic says (`conversation_stats`, `messages`) are kept apart, so either may
 //! be folded before the other.
@@ -44,6 +49,7 @@
 mod config;
 mod error;
 mod fold;
+mod lane;
 mod migrations;
 mod query;
 mod rows;

@@ -10,7 +10,6 @@ use std::fmt::Display;
 
 use futures_util::TryStreamExt;
 use scylla::client::session::Session;
-// The derive macros; the traits of the same names are imported below for bounds.
 use scylla::deserialize::row::DeserializeRow;
 use scylla::deserialize::value::DeserializeValue;
 use scylla::deserialize::{DeserializationError, FrameSlice, TypeCheckError};
@@ -20,7 +19,7 @@ use scylla::serialize::row::SerializeRow;
 use scylla::serialize::value::SerializeValue;
 use scylla::serialize::writers::{CellWriter, WrittenCellProof};
 use scylla::statement::prepared::PreparedStatement;
-use scylla::{DeserializeRow, SerializeRow};
+use scylla::{DeserializeRow, SerializeRow}; // The derives of the traits above.
 use switchboard_ingest::log::Cursor;
 use switchboard_schemas::{ConversationId, ConversationKind, MessageId, Topic, UserId};
 
@@ -368,8 +367,9 @@ impl Db {
     /// The checkpoint `consumer` has stored.
     pub(super) async fn checkpoint(&self, consumer: &str) -> Result<Cursor, StoreError> {
         let what = || format!("reading the checkpoint of `{consumer}`");
+        // One row per log partition: bounded, so one response.
         let rows: Vec<CheckpointRow> =
-            self.paged_rows(&self.statements.checkpoint, (consumer,), what).await?;
+            self.rows(&self.statements.checkpoint, (consumer,), what).await?;
         let mut cursor = Cursor::default();
         for row in rows {
             let what = || format!("checkpoint row {}.{}", row.topic, row.log_partition);

@@ -22,7 +22,7 @@ use switchboard_schemas::{
 use super::config::{CqlConfig, Replication};
 use super::migrations::{self, MIGRATIONS};
 use super::{CqlStore, bucket};
-use crate::store::{Logged, ReadModel, StoreError, conformance};
+use crate::store::{Logged, Message, ReadMarker, ReadModel, StoreError, conformance};
 
 const START_ENGINES: &str =
     "SWITCHBOARD_CQL is unset: run ops/engines/start.sh and set SWITCHBOARD_CQL=127.0.0.1:19042";
@@ -267,12 +267,21 @@ fn logged(offset: u64, at: i64, payload: impl Into<Payload>) -> Logged {
     Logged { position, event: Event { meta, payload } }
 }
 
-fn cursor_after(events: &[Logged]) -> Cursor {
+/// Applies `events` as one batch, with a checkpoint just past them.
+async fn apply(store: &CqlStore, events: &[Logged]) -> Result<(), StoreError> {
     let mut cursor = Cursor::default();
     for event in events {
         cursor.advance(event.position);
     }
-    cursor
+    store.apply(events, &cursor).await
+}
+
+/// Applies `events` one batch each.
+async fn apply_one_by_one(store: &CqlStore, events: &[Logged]) -> Result<(), StoreError> {
+    for event in events {
+        apply(store, std::slice::from_ref(event)).await?;
+    }
+    Ok(())
 }
 
 /// A message id from `days` after the id epoch, as the id generator would make it.
@@ -316,7 +325,7 @@ async fn paging_walks_across_buckets() -> Result<(), StoreError> {
             events.push(send(2 * i as u64, c, id, a));
             events.push(send(2 * i as u64 + 1, other, MessageId(id.0 + 1000), a));
         }
-        store.apply(&events, &cursor_after(&events)).await?;
+        apply(&store, &events).await?;
 
         let mut seen = Vec::new();
         let mut before = None;
@@ -399,32 +408,24 @@ fn direct(offset: u64, id: i64, a: i64, b: i64) -> Logged {
 #[tokio::test]
 async fn contested_handles_and_pairs_go_to_the_smallest_id() -> Result<(), StoreError> {
     with_store(|store| async move {
-        // In id order on one handle and pair, in reverse order on the others, one event per batch
-        // and all in one batch.
+        // `ada` and the pair (1, 2) come in id order, one event per batch; `bob` and the pair
+        // (3, 4) in reverse order within one batch; `cy` in reverse order across batches.
         let in_order = [
             register(0, 100, "ada"),
             register(1, 200, "ADA"),
             direct(2, 10, 1, 2),
             direct(3, 20, 2, 1),
         ];
-        for event in &in_order {
-            store
-                .apply(std::slice::from_ref(event), &cursor_after(std::slice::from_ref(event)))
-                .await?;
-        }
+        apply_one_by_one(&store, &in_order).await?;
         let reversed = [
             register(4, 400, "bob"),
             register(5, 300, "Bob"),
             direct(6, 40, 3, 4),
             direct(7, 30, 4, 3),
         ];
-        store.apply(&reversed, &cursor_after(&reversed)).await?;
+        apply(&store, &reversed).await?;
         let late = [register(8, 600, "cy"), register(9, 500, "cy")];
-        for event in &late {
-            store
-                .apply(std::slice::from_ref(event), &cursor_after(std::slice::from_ref(event)))
-                .await?;
-        }
+        apply_one_by_one(&store, &late).await?;
 
         for (handle, holder, loser) in [("ada", 100, 200), ("BOB", 300, 400), ("Cy", 500, 600)] {
             let found = store.user_by_handle(handle).await?.map(|user| user.id);
@@ -447,7 +448,7 @@ async fn contested_handles_and_pairs_go_to_the_smallest_id() -> Result<(), Store
         // Replaying everything changes nothing.
         let dump = store.dump().await?;
         let all: Vec<Logged> = in_order.into_iter().chain(reversed).chain(late).collect();
-        store.apply(&all, &cursor_after(&all)).await?;
+        apply(&store, &all).await?;
         assert_eq!(store.dump().await?, dump);
         Ok(())
     })
@@ -484,32 +485,26 @@ async fn long_lanes_are_written_in_several_batches() -> Result<(), StoreError> {
             events
         };
         let (batched, one_by_one) = (make(long, 0), make(single, 10_000));
-        store.apply(&batched, &cursor_after(&batched)).await?;
-        for event in &one_by_one {
-            store
-                .apply(std::slice::from_ref(event), &cursor_after(std::slice::from_ref(event)))
-                .await?;
-        }
+        apply(&store, &batched).await?;
+        apply_one_by_one(&store, &one_by_one).await?;
         let (x, y) = (store.conversation(long).await?, store.conversation(single).await?);
         let (x, y) = (x.expect("long exists"), y.expect("single exists"));
         assert_eq!((x.message_count, y.message_count), (59, 59));
-        let seqs =
-            |page: Vec<crate::store::Message>| page.into_iter().map(|m| m.seq).collect::<Vec<_>>();
+        let seqs = |page: Vec<Message>| page.into_iter().map(|m| m.seq).collect::<Vec<_>>();
         assert_eq!(
             seqs(store.messages(long, None, 100).await?),
             seqs(store.messages(single, None, 100).await?)
         );
         assert_eq!(store.inbox(a).await?.iter().map(|e| e.unread).collect::<Vec<_>>(), [1, 1]);
-        let markers = |m: Vec<crate::store::ReadMarker>| {
-            m.into_iter().map(|m| m.message_id.0 % 1000).collect::<Vec<_>>()
-        };
+        let markers =
+            |m: Vec<ReadMarker>| m.into_iter().map(|m| m.message_id.0 % 1000).collect::<Vec<_>>();
         assert_eq!(
             markers(store.read_markers(long).await?),
             markers(store.read_markers(single).await?)
         );
 
         let dump = store.dump().await?;
-        store.apply(&batched, &cursor_after(&batched)).await?;
+        apply(&store, &batched).await?;
         assert_eq!(store.dump().await?, dump);
         Ok(())
     })
