@@ -314,14 +314,19 @@ impl Ws {
 
     /// The first frame (backlog first) that matches; others stay in the backlog.
     pub async fn next_where(&mut self, matches: impl Fn(&Value) -> bool) -> Value {
+        self.next_within(WAIT, matches).await
+    }
+
+    /// Like [`Ws::next_where`], waiting up to `wait`.
+    pub async fn next_within(&mut self, wait: Duration, matches: impl Fn(&Value) -> bool) -> Value {
         if let Some(i) = self.backlog.iter().position(&matches) {
             return self.backlog.remove(i).expect("index");
         }
-        let deadline = tokio::time::Instant::now() + WAIT;
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let Some(frame) = self.read(left).await else {
-                panic!("no matching frame within {WAIT:?}; backlog: {:?}", self.backlog)
+                panic!("no matching frame within {wait:?}; backlog: {:?}", self.backlog)
             };
             if matches(&frame) {
                 return frame;

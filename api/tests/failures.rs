@@ -1,0 +1,166 @@
+//! What a node does when an engine goes away: Kafka down means sends fail with a retryable
+//! error and nothing unlogged is acknowledged; Redis down means messaging goes on while presence
+//! says it is degraded; Cassandra down means queries fail clearly and the projector pauses, then
+//! catches up without loss.
+//!
+//! These stop and start the shared engines (`ops/engines`), one test at a time; on the embedded
+//! backends they skip.
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Server, User, Ws, on_shared_engines};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+/// Only one engine is down at a time.
+static ENGINES: Mutex<()> = Mutex::const_new(());
+
+/// Longer than any backend timeout: how long a request may take to fail while an engine is down.
+const OUTAGE_WAIT: Duration = Duration::from_secs(45);
+
+fn engines(script: &str, engine: &str) {
+    let path = format!("{}/../ops/engines/{script}.sh", env!("CARGO_MANIFEST_DIR"));
+    let status = Command::new(path).arg(engine).env("KEEP", "1").status().expect("engine script");
+    assert!(status.success(), "{script} {engine} failed");
+}
+
+/// Brings the engine back even when the test fails half way.
+struct Outage(&'static str);
+
+impl Outage {
+    fn begin(engine: &'static str) -> Outage {
+        engines("stop", engine);
+        Outage(engine)
+    }
+}
+
+impl Drop for Outage {
+    fn drop(&mut self) {
+        engines("start", self.0);
+    }
+}
+
+async fn chat(server: &Server) -> (User, User, String) {
+    let api = server.api();
+    let (ada, bob) = (api.register("ada").await, api.register("bob").await);
+    let conversation = api.direct(&ada, &bob).await;
+    (ada, bob, conversation)
+}
+
+fn send_frame(conversation: &str, client_msg_id: &str) -> Value {
+    json!({ "op": "send", "ref": client_msg_id, "conversation_id": conversation, "client_msg_id": client_msg_id, "body": client_msg_id })
+}
+
+#[tokio::test]
+async fn with_kafka_down_sends_fail_retryably_and_nothing_unlogged_is_acknowledged() {
+    if !on_shared_engines("with_kafka_down_sends_fail_retryably_and_nothing_unlogged_is_acknowledged") {
+        return;
+    }
+    let _one_at_a_time = ENGINES.lock().await;
+    let server = Server::start(&[]);
+    let (ada, bob, conversation) = chat(&server).await;
+    let mut ws = Ws::connect(&server, &ada).await;
+    let before = ws.send_message(&conversation, "before", "before").await;
+    assert_eq!(before["op"], "ack");
+
+    let outage = Outage::begin("kafka");
+    ws.send_json(send_frame(&conversation, "during")).await;
+    let failed = ws.next_within(OUTAGE_WAIT, |f| f["ref"] == "during").await;
+    assert_eq!(failed["error"]["code"], "unavailable", "{failed}");
+    assert!(failed["error"]["retry_after_ms"].as_u64().unwrap() > 0);
+    drop(outage);
+
+    // The retry goes through once Kafka is back, and the conversation holds each send once.
+    ws.send_json(send_frame(&conversation, "during")).await;
+    let retried = ws.next_within(OUTAGE_WAIT, |f| f["ref"] == "during").await;
+    assert_eq!(retried["op"], "ack", "{retried}");
+    let history = server.api().history(&bob, &conversation, retried["token"].as_str()).await;
+    let ids: Vec<&Value> = history.iter().map(|m| &m["client_msg_id"]).collect();
+    assert_eq!(ids, [&json!("during"), &json!("before")]);
+}
+
+#[tokio::test]
+async fn with_redis_down_messaging_goes_on_and_presence_says_it_is_degraded() {
+    if !on_shared_engines("with_redis_down_messaging_goes_on_and_presence_says_it_is_degraded") {
+        return;
+    }
+    let _one_at_a_time = ENGINES.lock().await;
+    let server = Server::start(&[]);
+    let (ada, bob, conversation) = chat(&server).await;
+    let api = server.api();
+    let mut ada_ws = Ws::connect(&server, &ada).await;
+    let mut bob_ws = Ws::connect(&server, &bob).await;
+
+    let outage = Outage::begin("redis");
+    let sent = ada_ws.send_message(&conversation, "no-redis", "still here").await;
+    assert_eq!(sent["op"], "ack", "{sent}");
+    let got = bob_ws.next_event("message.sent").await;
+    assert_eq!(got["data"]["message_id"], sent["message_id"]);
+    let (status, report) = api.get(&format!("/v1/presence?users={}", bob.id), &ada).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["degraded"], true);
+    assert_eq!(report["presence"][0]["online"], Value::Null);
+    drop(outage);
+
+    let (_, report) = api.get(&format!("/v1/presence?users={}", bob.id), &ada).await;
+    assert_eq!(report["degraded"], false, "{report}");
+}
+
+#[tokio::test]
+async fn with_cassandra_down_queries_fail_clearly_and_the_projector_catches_up_after() {
+    if !on_shared_engines("with_cassandra_down_queries_fail_clearly_and_the_projector_catches_up_after") {
+        return;
+    }
+    let _one_at_a_time = ENGINES.lock().await;
+    let server = Server::start(&["--rate-messages", "off"]);
+    let (ada, bob, conversation) = chat(&server).await;
+    let api = server.api();
+    let mut ws = Ws::connect(&server, &ada).await;
+
+    // Stop the store while the projector still has acknowledged messages to apply.
+    const SENT: usize = 300;
+    for i in 0..SENT {
+        ws.send_json(send_frame(&conversation, &format!("c{i}"))).await;
+    }
+    let mut acked = HashSet::new();
+    let mut outage = None;
+    while acked.len() < SENT {
+        let reply = ws.next_within(OUTAGE_WAIT, |f| f["op"] == "ack" || f["op"] == "error").await;
+        if reply["op"] == "ack" {
+            acked.insert(reply["message_id"].as_str().unwrap().to_owned());
+        }
+        if acked.len() == SENT / 3 && outage.is_none() {
+            outage = Some(Outage::begin("cassandra"));
+        }
+        if reply["op"] == "error" {
+            // Sends check membership in the store: refused, clearly, while it is down.
+            assert_eq!(reply["error"]["code"], "unavailable", "{reply}");
+            break;
+        }
+    }
+    let (status, body) = api.get(&format!("/v1/conversations/{conversation}/messages"), &bob).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable");
+    drop(outage);
+
+    // The driver reconnects in the background: a client retries what was refused as unavailable.
+    let mut final_ack = ws.send_message(&conversation, "after", "after").await;
+    for _ in 0..30 {
+        if final_ack["error"]["code"] != "unavailable" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        final_ack = ws.send_message(&conversation, "after", "after").await;
+    }
+    assert_eq!(final_ack["op"], "ack", "{final_ack}");
+    acked.insert(final_ack["message_id"].as_str().unwrap().to_owned());
+    let history = api.history(&bob, &conversation, final_ack["token"].as_str()).await;
+    let stored: HashSet<String> = history.iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(stored.len(), history.len(), "nothing projected twice");
+    assert!(acked.is_subset(&stored), "every acknowledged message was projected after the outage");
+}
