@@ -111,21 +111,20 @@ async fn read_models_rebuilt_from_the_log_equal_the_live_ones() {
     assert!(server.terminate(), "{}", server.log());
 
     let switchboard = env!("CARGO_BIN_EXE_switchboard");
-    let rebuilt = dir.path().join("rebuilt");
-    let output = Command::new(switchboard)
-        .args(["rebuild", "--data-dir"])
-        .arg(dir.path())
-        .arg("--into")
-        .arg(&rebuilt)
-        .output()
-        .unwrap();
+    let (log, store) = common::backend_urls(dir.path());
+    // A store beside the live one: another directory, or another keyspace.
+    let rebuilt = match store.strip_prefix("file://") {
+        Some(_) => format!("file://{}", dir.path().join("rebuilt").display()),
+        None => format!("{}_rebuilt", store.split('?').next().unwrap()),
+    };
+    let output = Command::new(switchboard).args(["rebuild", "--log", &log, "--into", &rebuilt]).output().unwrap();
     assert!(output.status.success(), "rebuild failed: {}", String::from_utf8_lossy(&output.stderr));
-    let dump = |store: &std::path::Path| {
-        let output = Command::new(switchboard).args(["dump", "--store"]).arg(store).output().unwrap();
+    let dump = |store: &str| {
+        let output = Command::new(switchboard).args(["dump", "--store", store]).output().unwrap();
         assert!(output.status.success(), "dump failed: {}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8(output.stdout).unwrap()
     };
-    let live = dump(&dir.path().join("store"));
+    let live = dump(&store);
     assert!(live.contains("edited") && live.lines().count() > 40, "the live dump holds the data:\n{live}");
     assert_eq!(live, dump(&rebuilt));
 }

@@ -4,28 +4,31 @@
 //! rebuild with nothing more than `diff <(switchboard dump --store a) <(switchboard dump --store b)`.
 
 use std::io::Write;
-use std::path::PathBuf;
 
 use anyhow::{Context, ensure};
 use switchboard_projector::store::ReadModel;
-use switchboard_projector::store::embedded::EmbeddedStore;
 
 /// Options of `switchboard dump`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Directory of an embedded store (e.g. `<data-dir>/store`, or what `rebuild --into` made).
-    /// Stop the node using it first: the store can only be open in one process.
+    /// The store: a directory of an embedded store (e.g. `<data-dir>/store`), file://DIR or
+    /// scylla://HOST:PORT/KEYSPACE. Stop a node using an embedded store first: it can only be
+    /// open in one process.
     #[arg(long)]
-    pub store: PathBuf,
+    pub store: String,
 }
 
 /// Runs `switchboard dump`.
 pub async fn command(args: Args) -> anyhow::Result<()> {
-    // Opening a store creates it when missing; a typo should not dump an empty new store.
-    ensure!(args.store.is_dir(), "{} is not a store directory", args.store.display());
-    let store = EmbeddedStore::open(&args.store)
-        .with_context(|| format!("opening the embedded store in {}", args.store.display()))?;
-    write_dump(&store, &mut std::io::stdout()).await
+    let url = crate::rebuild::store_url(&args.store);
+    // Opening an embedded store creates it when missing; a typo should not dump an empty store.
+    if let Some(dir) = url.strip_prefix("file://") {
+        ensure!(std::path::Path::new(dir).is_dir(), "{dir} is not a store directory");
+    }
+    let store = switchboard_projector::store::open(&url)
+        .await
+        .with_context(|| format!("opening the store at {url}"))?;
+    write_dump(store.as_ref(), &mut std::io::stdout()).await
 }
 
 /// Writes the dump of `store` to `out`, ending with a newline.
@@ -40,6 +43,7 @@ pub async fn write_dump(store: &dyn ReadModel, out: &mut impl Write) -> anyhow::
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switchboard_projector::store::embedded::EmbeddedStore;
 
     #[tokio::test]
     async fn the_dump_is_written_whole_and_ends_with_a_newline() {

@@ -10,26 +10,28 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
-use switchboard_ingest::log::embedded::EmbeddedLog;
+use anyhow::{Context, ensure};
 use switchboard_ingest::log::{Cursor, Log};
 use switchboard_projector::store::ReadModel;
-use switchboard_projector::store::embedded::EmbeddedStore;
 use switchboard_projector::{PROJECTED_TOPICS, Progress, Projector};
 
 /// Options of `switchboard rebuild`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Data directory of the node whose log is replayed (its `log` subdirectory). Stop the node
-    /// first: the embedded log can only be open in one process.
+    /// Data directory of the node, for the default log location. Stop a node that uses an
+    /// embedded log first: it can only be open in one process.
     #[arg(long, env = "SWITCHBOARD_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
-    /// Directory for the rebuilt embedded store; it must not exist yet or be empty.
-    #[arg(long)]
-    pub into: PathBuf,
+    /// The log to replay: file://DIR or kafka://HOST:PORT[?prefix=P] [default: file://<data-dir>/log].
+    #[arg(long, env = "SWITCHBOARD_LOG")]
+    pub log: Option<String>,
 
-    /// Partitions per topic of the log, as it was created by `switchboard serve`.
+    /// The new, empty store to fold it into: a directory, file://DIR or scylla://HOST:PORT/KEYSPACE.
+    #[arg(long)]
+    pub into: String,
+
+    /// Partitions per topic of the log, as `switchboard serve` created it.
     #[arg(long, env = "SWITCHBOARD_PARTITIONS", default_value_t = 8)]
     pub partitions: u32,
 }
@@ -54,44 +56,32 @@ impl fmt::Display for Report {
     }
 }
 
-/// Runs `switchboard rebuild`: opens the embedded log and a new embedded store, replays, and
-/// prints the [`Report`].
+/// Runs `switchboard rebuild`: opens the log and the new store, replays, and prints the
+/// [`Report`].
 pub async fn command(args: Args) -> anyhow::Result<()> {
-    let log_dir = args.data_dir.join("log");
-    // Opening the log creates it when missing, and an empty log would "rebuild" nothing.
-    ensure!(
-        log_dir.is_dir(),
-        "{} holds no log (expected a `log` directory in it)",
-        args.data_dir.display()
-    );
-    refuse_non_empty(&args.into)?;
-    let log = EmbeddedLog::open(&log_dir, args.partitions)
-        .with_context(|| format!("opening the embedded log in {}", log_dir.display()))?;
-    let log: Arc<dyn Log> = Arc::new(log);
-    let store = EmbeddedStore::open(&args.into)
-        .with_context(|| format!("opening a new embedded store in {}", args.into.display()))?;
-    let report = rebuild(Arc::clone(&log), Arc::new(store)).await?;
+    let log_url = args
+        .log
+        .unwrap_or_else(|| format!("file://{}", args.data_dir.join("log").display()));
+    // Opening an embedded log creates it when missing, and an empty log would "rebuild" nothing.
+    if let Some(dir) = log_url.strip_prefix("file://") {
+        ensure!(Path::new(dir).is_dir(), "{dir} holds no log");
+    }
+    let log = switchboard_ingest::log::open(&log_url, args.partitions)
+        .await
+        .with_context(|| format!("opening the log at {log_url}"))?;
+    let into = store_url(&args.into);
+    let store = switchboard_projector::store::open(&into)
+        .await
+        .with_context(|| format!("opening the new store at {into}"))?;
+    let report = rebuild(Arc::clone(&log), store).await?;
     log.close().await.context("closing the log")?;
     println!("{report}");
     Ok(())
 }
 
-/// A rebuild must start from nothing: folding the log into a store that already holds state
-/// would mix two histories.
-fn refuse_non_empty(dir: &Path) -> anyhow::Result<()> {
-    match std::fs::read_dir(dir) {
-        Ok(mut entries) => {
-            if entries.next().is_some() {
-                bail!(
-                    "{} already holds data; rebuild into a new or empty directory",
-                    dir.display()
-                );
-            }
-            Ok(())
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(error) => Err(error).with_context(|| format!("looking into {}", dir.display())),
-    }
+/// A store URL; a plain path means an embedded store in that directory.
+pub fn store_url(location: &str) -> String {
+    if location.contains("://") { location.to_owned() } else { format!("file://{location}") }
 }
 
 /// Projects the log, from offset 0 up to the end it has when this starts, into `into`, which
@@ -116,6 +106,8 @@ pub async fn rebuild(log: Arc<dyn Log>, into: Arc<dyn ReadModel>) -> anyhow::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switchboard_ingest::log::embedded::EmbeddedLog;
+    use switchboard_projector::store::embedded::EmbeddedStore;
     use crate::dump::write_dump;
     use switchboard_ingest::ids::IdGenerator;
     use switchboard_ingest::{Ingest, Limits, Origin};

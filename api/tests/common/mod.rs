@@ -128,6 +128,18 @@ fn backend_id(data_dir: &Path) -> String {
     id
 }
 
+/// The log and store URLs of the node on `data_dir`, as `--log` and `--store` (or their
+/// embedded defaults) give them.
+pub fn backend_urls(data_dir: &Path) -> (String, String) {
+    let args = std::env::var("SWITCHBOARD_TEST_BACKEND_ARGS").unwrap_or_default();
+    let args: Vec<String> = args.replace("{unique}", &backend_id(data_dir)).split_whitespace().map(str::to_owned).collect();
+    let flag = |name: &str, default: &str| {
+        let value = args.iter().position(|a| a == name).and_then(|i| args.get(i + 1));
+        value.cloned().unwrap_or_else(|| format!("file://{}", data_dir.join(default).display()))
+    };
+    (flag("--log", "log"), flag("--store", "store"))
+}
+
 /// Whether the suite runs on shared engines, where several nodes can share a cluster. When not,
 /// tests that need them say so and pass — unless `SWITCHBOARD_REQUIRE_ENGINES=1` (as the test
 /// script sets), which makes their absence a failure.
