@@ -96,7 +96,8 @@ fn stored_secret(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
 fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut file =
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
     file.write_all(contents)?;
     file.sync_all()
 }
@@ -117,8 +118,9 @@ pub async fn hash_password(password: String) -> Result<String, ApiError> {
 
 pub async fn verify_password(password: String, hash: String) -> bool {
     tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash)
-            .is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+        PasswordHash::new(&hash).is_ok_and(|parsed| {
+            Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok()
+        })
     })
     .await
     .unwrap_or(false)
@@ -171,7 +173,8 @@ mod tests {
         let again = Tokens::new(None, dir.path(), Duration::from_secs(60)).unwrap();
         assert_eq!(again.verify(&issued.token).unwrap(), UserId(42));
 
-        let other = Tokens::new(Some("another secret"), dir.path(), Duration::from_secs(60)).unwrap();
+        let other =
+            Tokens::new(Some("another secret"), dir.path(), Duration::from_secs(60)).unwrap();
         assert_eq!(other.verify(&issued.token).unwrap_err().code, "unauthorized");
 
         let expired = Tokens::new(None, dir.path(), Duration::ZERO).unwrap();

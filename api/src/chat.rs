@@ -82,7 +82,12 @@ pub async fn member_conversation(
     }
 }
 
-pub async fn send(state: &AppState, caller: UserId, trace: &str, request: SendRequest) -> Result<Sent, ApiError> {
+pub async fn send(
+    state: &AppState,
+    caller: UserId,
+    trace: &str,
+    request: SendRequest,
+) -> Result<Sent, ApiError> {
     limits::check(state, Limit::Messages, &caller.to_string()).await?;
     state.ingest.check_message(&request.client_msg_id, &request.body)?;
     member_conversation(state, caller, request.conversation_id).await?;
@@ -100,7 +105,8 @@ pub async fn send(state: &AppState, caller: UserId, trace: &str, request: SendRe
         let token = applied_token(state, Topic::Messages, &request.conversation_id.to_string());
         return Ok(Sent { message_id: message.id, token, duplicate: true });
     }
-    let claim_key = format!("send:{}:{}:{}", caller, request.conversation_id, request.client_msg_id);
+    let claim_key =
+        format!("send:{}:{}:{}", caller, request.conversation_id, request.client_msg_id);
     let message_id = MessageId(state.ingest.next_id());
     match state.presence.claim(&claim_key, &message_id.to_string(), RETRY_WINDOW).await {
         Ok(None) => {}
@@ -156,7 +162,9 @@ async fn first_send(state: &AppState, claim_key: &str, claimed: &str) -> Result<
             // The first send failed and released its claim; ours now holds it, empty.
             None => {
                 let _ = state.presence.release_claim(claim_key).await;
-                return Err(ApiError::conflict("the first send with this client_msg_id failed; send again"));
+                return Err(ApiError::conflict(
+                    "the first send with this client_msg_id failed; send again",
+                ));
             }
         }
     }
@@ -177,7 +185,8 @@ async fn existing_message(
     let partition = Topic::partition_for(key.as_bytes(), partitions);
     let end = state.ingest.log().end_offsets(Topic::Messages).await?;
     if let Some(&next) = end.get(partition as usize).filter(|&&next| next > 0) {
-        wait_for_position(state, Position { topic: Topic::Messages, partition, offset: next - 1 }).await?;
+        wait_for_position(state, Position { topic: Topic::Messages, partition, offset: next - 1 })
+            .await?;
     }
     state.store.message(conversation, id).await?.ok_or_else(|| ApiError::not_found("message"))
 }

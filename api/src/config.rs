@@ -124,7 +124,11 @@ pub struct Config {
 impl Config {
     /// Fills in what the TOML file at `path` sets, for every option not given as a flag or an
     /// environment variable, then checks the result.
-    pub fn layered(self, matches: &clap::ArgMatches, path: Option<&Path>) -> anyhow::Result<Config> {
+    pub fn layered(
+        self,
+        matches: &clap::ArgMatches,
+        path: Option<&Path>,
+    ) -> anyhow::Result<Config> {
         let config = match path {
             None => self,
             Some(path) => {
@@ -180,7 +184,9 @@ impl Config {
                 self.max_frame_bytes
             );
         }
-        if self.role != Role::All && (self.log_url().starts_with("file://") || self.store_url().starts_with("file://")) {
+        if self.role != Role::All
+            && (self.log_url().starts_with("file://") || self.store_url().starts_with("file://"))
+        {
             bail!(
                 "role `{}` shares the log and store with other nodes, so it needs shared backends \
                  (--log kafka://…, --store scylla://…), not the embedded ones of one process",
@@ -194,7 +200,9 @@ impl Config {
     }
 
     pub fn log_url(&self) -> String {
-        self.log.clone().unwrap_or_else(|| format!("file://{}", self.data_dir.join("log").display()))
+        self.log
+            .clone()
+            .unwrap_or_else(|| format!("file://{}", self.data_dir.join("log").display()))
     }
 
     pub fn store_url(&self) -> String {
@@ -311,9 +319,8 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("switchboard.toml");
         std::fs::write(&path, file)?;
-        let matches = Cli::command().try_get_matches_from(
-            std::iter::once("switchboard").chain(args.iter().copied()),
-        )?;
+        let matches = Cli::command()
+            .try_get_matches_from(std::iter::once("switchboard").chain(args.iter().copied()))?;
         let cli = Cli::from_arg_matches(&matches)?;
         cli.config.layered(&matches, Some(&path))
     }

@@ -49,7 +49,11 @@ impl ApiError {
     }
 
     pub fn token_expired() -> ApiError {
-        ApiError::new(StatusCode::UNAUTHORIZED, "token_expired", "the token has expired; log in again")
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "token_expired",
+            "the token has expired; log in again",
+        )
     }
 
     pub fn invalid_credentials() -> ApiError {
@@ -72,7 +76,11 @@ impl ApiError {
     pub fn rate_limited(retry_after: Duration) -> ApiError {
         ApiError {
             retry_after: Some(retry_after),
-            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests; slow down")
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests; slow down",
+            )
         }
     }
 
@@ -85,7 +93,11 @@ impl ApiError {
     }
 
     pub fn method_not_allowed() -> ApiError {
-        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this route does not take that method",
+        )
     }
 
     /// A WebSocket frame over the configured limit; the socket stays open.
@@ -186,9 +198,9 @@ impl From<IngestError> for ApiError {
 impl From<LogError> for ApiError {
     fn from(error: LogError) -> ApiError {
         match error {
-            LogError::Unavailable(_) | LogError::Closed => {
-                ApiError::unavailable(format!("the event log cannot take writes right now ({error}); nothing was stored"))
-            }
+            LogError::Unavailable(_) | LogError::Closed => ApiError::unavailable(format!(
+                "the event log cannot take writes right now ({error}); nothing was stored"
+            )),
             LogError::Storage(_) => ApiError::internal(error.to_string()),
         }
     }

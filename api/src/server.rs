@@ -55,7 +55,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         presence: presence.clone(),
         progress: Progress::new(Cursor::default()),
         hub: Hub::default(),
-        tokens: crate::auth::Tokens::new(config.jwt_secret.as_deref(), &config.data_dir, config.token_ttl.0)?,
+        tokens: crate::auth::Tokens::new(
+            config.jwt_secret.as_deref(),
+            &config.data_dir,
+            config.token_ttl.0,
+        )?,
         connections: Arc::new(Semaphore::new(config.max_connections)),
         shutdown: CancellationToken::new(),
         metrics,
@@ -68,7 +72,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tasks.spawn(supervise("projector", stop.clone(), {
             let state = state.clone();
             move |stop| {
-                let projector = Projector::new(state.ingest.log().clone(), state.store.clone(), state.progress.clone());
+                let projector = Projector::new(
+                    state.ingest.log().clone(),
+                    state.store.clone(),
+                    state.progress.clone(),
+                );
                 async move { projector.run(stop).await.map_err(anyhow::Error::from) }
             }
         }));
@@ -86,7 +94,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                     let result = state
                         .hub
                         .clone()
-                        .run(state.ingest.log().clone(), state.store.clone(), state.presence.clone(), state.progress.clone(), stop)
+                        .run(
+                            state.ingest.log().clone(),
+                            state.store.clone(),
+                            state.presence.clone(),
+                            state.progress.clone(),
+                            stop,
+                        )
                         .await;
                     // Sockets may have missed pushes: make them reconnect and resume.
                     state.hub.evict_all();
@@ -101,7 +115,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // membership checks and retried sends see the state clients last saw. When another process
     // does the projecting, wait only so long: readiness reports the lag from then on.
     if role.serves_clients() {
-        let backlog = Cursor::end(state.ingest.log().as_ref(), &switchboard_projector::PROJECTED_TOPICS).await?;
+        let backlog =
+            Cursor::end(state.ingest.log().as_ref(), &switchboard_projector::PROJECTED_TOPICS)
+                .await?;
         tracing::info!(until = %backlog, "catching up with the log");
         let caught_up = state.progress.wait_for_cursor(&backlog);
         if role.projects() && state.config.store_url().starts_with("file://") {
@@ -159,7 +175,11 @@ where
             Ok(()) => return,
             Err(error) => {
                 metrics::counter!("task_restarts_total", "task" => name).increment(1);
-                tracing::error!(task = name, error = format!("{error:#}"), "task failed; restarting");
+                tracing::error!(
+                    task = name,
+                    error = format!("{error:#}"),
+                    "task failed; restarting"
+                );
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(RESTART_DELAY) => {}
@@ -196,8 +216,13 @@ async fn renew_lease(state: AppState, stop: CancellationToken) {
         if let Err(error) = state.presence.renew_lease(&state.node_id, NODE_LEASE).await {
             tracing::warn!(%error, "could not renew the node lease");
         }
-        let heartbeat = NodeHeartbeat { node_id: state.node_id.clone(), lease_ms: NODE_LEASE.as_millis() as i64 };
-        if let Err(error) = state.ingest.append(&Origin::system("heartbeat"), heartbeat.into()).await {
+        let heartbeat = NodeHeartbeat {
+            node_id: state.node_id.clone(),
+            lease_ms: NODE_LEASE.as_millis() as i64,
+        };
+        if let Err(error) =
+            state.ingest.append(&Origin::system("heartbeat"), heartbeat.into()).await
+        {
             tracing::warn!(%error, "could not log the node heartbeat");
         }
     }
@@ -215,12 +240,16 @@ async fn drain_sockets(state: &AppState) {
 /// Lets the projector apply what the last sockets logged on their way out, so a restart (or a
 /// rebuild) starts from read models that match the log.
 async fn settle_projection(state: &AppState) {
-    let Ok(end) = Cursor::end(state.ingest.log().as_ref(), &switchboard_projector::PROJECTED_TOPICS).await else {
+    let Ok(end) =
+        Cursor::end(state.ingest.log().as_ref(), &switchboard_projector::PROJECTED_TOPICS).await
+    else {
         return;
     };
     let settled = state.progress.wait_for_cursor(&end);
     if tokio::time::timeout(state.config.shutdown_grace.0, settled).await.is_err() {
-        tracing::warn!("the projector did not catch up before shutdown; it resumes on the next start");
+        tracing::warn!(
+            "the projector did not catch up before shutdown; it resumes on the next start"
+        );
     }
 }
 

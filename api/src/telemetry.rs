@@ -10,7 +10,8 @@ const DEFAULT_FILTER: &str = "info,fjall=warn,lsm_tree=warn,apache_avro=error";
 
 /// Logs go to stderr; `RUST_LOG` filters them (default [`DEFAULT_FILTER`]).
 pub fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
@@ -27,15 +28,18 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
 /// Samples memory, CPU time and open files from `/proc` (Linux), where present.
 pub fn record_process_metrics() {
     if let Ok(statm) = std::fs::read_to_string("/proc/self/statm")
-        && let Some(resident_pages) = statm.split_whitespace().nth(1).and_then(|p| p.parse::<f64>().ok())
+        && let Some(resident_pages) =
+            statm.split_whitespace().nth(1).and_then(|p| p.parse::<f64>().ok())
     {
         metrics::gauge!("process_resident_memory_bytes").set(resident_pages * page_size());
     }
     if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
         // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-        let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("").split_whitespace().collect();
+        let fields: Vec<&str> =
+            stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("").split_whitespace().collect();
         let ticks: f64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<f64>().ok()).sum();
-        metrics::counter!("process_cpu_seconds_total").absolute((ticks / CLOCK_TICKS_PER_SECOND) as u64);
+        metrics::counter!("process_cpu_seconds_total")
+            .absolute((ticks / CLOCK_TICKS_PER_SECOND) as u64);
     }
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
         metrics::gauge!("process_open_fds").set(fds.count() as f64);

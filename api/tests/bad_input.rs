@@ -26,7 +26,8 @@ async fn malformed_frames_get_errors_and_the_socket_stays_usable() {
     assert_eq!(unknown["error"]["code"], "unknown_op", "{unknown}");
     ws.assert_usable().await;
 
-    let missing = ws.request(json!({ "op": "send", "conversation_id": conversation, "body": "x" })).await;
+    let missing =
+        ws.request(json!({ "op": "send", "conversation_id": conversation, "body": "x" })).await;
     assert_eq!(missing["error"]["code"], "bad_request");
     assert!(missing["error"]["message"].as_str().unwrap().contains("client_msg_id"), "{missing}");
     ws.assert_usable().await;
@@ -52,7 +53,8 @@ async fn wrong_and_expired_tokens_are_refused_with_typed_errors() {
     let api = server.api();
     let ada = api.register("ada").await;
 
-    let Err(Refused::Http(status, body)) = Ws::connect_with(&server, "token=not.a.jwt").await else {
+    let Err(Refused::Http(status, body)) = Ws::connect_with(&server, "token=not.a.jwt").await
+    else {
         panic!("a wrong token must be refused")
     };
     assert_eq!(status, StatusCode::UNAUTHORIZED);
@@ -71,20 +73,38 @@ async fn wrong_and_expired_tokens_are_refused_with_typed_errors() {
         &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
     )
     .unwrap();
-    let Err(Refused::Http(status, body)) = Ws::connect_with(&server, &format!("token={expired}")).await else {
+    let Err(Refused::Http(status, body)) =
+        Ws::connect_with(&server, &format!("token={expired}")).await
+    else {
         panic!("an expired token must be refused")
     };
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["error"]["code"], "token_expired");
     let (status, body) = api.call(Method::GET, "/v1/users/me", Some(&expired), None).await;
-    assert_eq!((status, body["error"]["code"].clone()), (StatusCode::UNAUTHORIZED, json!("token_expired")));
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (StatusCode::UNAUTHORIZED, json!("token_expired"))
+    );
 
     let (status, body) = api
-        .call(Method::POST, "/v1/auth/login", None, Some(json!({ "handle": ada.handle, "password": "wrong password" })))
+        .call(
+            Method::POST,
+            "/v1/auth/login",
+            None,
+            Some(json!({ "handle": ada.handle, "password": "wrong password" })),
+        )
         .await;
-    assert_eq!((status, body["error"]["code"].clone()), (StatusCode::UNAUTHORIZED, json!("invalid_credentials")));
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (StatusCode::UNAUTHORIZED, json!("invalid_credentials"))
+    );
     let (status, body) = api
-        .call(Method::POST, "/v1/auth/login", None, Some(json!({ "handle": ada.handle, "password": "correct horse battery" })))
+        .call(
+            Method::POST,
+            "/v1/auth/login",
+            None,
+            Some(json!({ "handle": ada.handle, "password": "correct horse battery" })),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
@@ -93,7 +113,8 @@ async fn wrong_and_expired_tokens_are_refused_with_typed_errors() {
 async fn strangers_can_neither_read_nor_post() {
     let server = Server::start(&[]);
     let api = server.api();
-    let (ada, bob, eve) = (api.register("ada").await, api.register("bob").await, api.register("eve").await);
+    let (ada, bob, eve) =
+        (api.register("ada").await, api.register("bob").await, api.register("eve").await);
     let conversation = api.direct(&ada, &bob).await;
     let mut eve_ws = Ws::connect(&server, &eve).await;
 
@@ -156,7 +177,13 @@ async fn http_errors_are_typed_json() {
     let (status, body) = api.post("/v1/conversations", &ada, json!({ "kind": "direct" })).await;
     assert_eq!((status, error(&body)), (StatusCode::BAD_REQUEST, json!("bad_request")));
 
-    let (status, body) = api.post("/v1/conversations", &ada, json!({ "kind": "group", "title": "x".repeat(2000), "members": [] })).await;
+    let (status, body) = api
+        .post(
+            "/v1/conversations",
+            &ada,
+            json!({ "kind": "group", "title": "x".repeat(2000), "members": [] }),
+        )
+        .await;
     assert_eq!((status, error(&body)), (StatusCode::PAYLOAD_TOO_LARGE, json!("payload_too_large")));
 
     let (status, body) = api.get("/v1/conversations/not-a-number", &ada).await;
@@ -189,13 +216,18 @@ async fn references_to_things_that_do_not_exist_are_refused() {
     let group = api.group(&users[0], "refs", &[&users[1]]).await;
     let mut ws = Ws::connect(&server, &users[0]).await;
 
-    let read = ws.request(json!({ "op": "read", "conversation_id": group, "message_id": "12345" })).await;
+    let read =
+        ws.request(json!({ "op": "read", "conversation_id": group, "message_id": "12345" })).await;
     assert_eq!(read["error"]["code"], "not_found", "{read}");
     let reply = ws
         .request(json!({ "op": "send", "conversation_id": group, "client_msg_id": "r", "body": "re", "reply_to": "999" }))
         .await;
     assert_eq!(reply["error"]["code"], "not_found", "{reply}");
-    let edit = ws.request(json!({ "op": "edit", "conversation_id": group, "message_id": "777", "body": "x" })).await;
+    let edit = ws
+        .request(
+            json!({ "op": "edit", "conversation_id": group, "message_id": "777", "body": "x" }),
+        )
+        .await;
     assert_eq!(edit["error"]["code"], "not_found", "{edit}");
 
     let members = format!("/v1/conversations/{group}/members");
@@ -206,7 +238,10 @@ async fn references_to_things_that_do_not_exist_are_refused() {
 
     // A plain request to the socket route gets the JSON error shape too.
     let (status, body) = api.get(&format!("/v1/ws?token={}", users[0].token), &users[0]).await;
-    assert_eq!((status, body["error"]["code"].clone()), (StatusCode::BAD_REQUEST, json!("bad_request")));
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (StatusCode::BAD_REQUEST, json!("bad_request"))
+    );
     ws.assert_usable().await;
 }
 

@@ -45,7 +45,11 @@ async fn nodes_deliver_to_each_others_users_and_agree_on_history() {
     let got = bob_ws.next_event("message.sent").await;
     assert_eq!(got["data"]["message_id"], sent["message_id"]);
     let reply = bob_ws.send_message(&conversation, "x2", "and back").await;
-    let back = ada_ws.next_where(|f| f["type"] == "message.sent" && f["data"]["message_id"] == reply["message_id"]).await;
+    let back = ada_ws
+        .next_where(|f| {
+            f["type"] == "message.sent" && f["data"]["message_id"] == reply["message_id"]
+        })
+        .await;
     assert_eq!(back["data"]["body"], "and back");
 
     let token = reply["token"].as_str();
@@ -77,7 +81,12 @@ async fn the_message_rate_limit_holds_across_nodes() {
 }
 
 /// Sends `count` messages pipelined and returns the acknowledged message ids by client_msg_id.
-async fn send_many(ws: &mut Ws, conversation: &str, prefix: &str, count: usize) -> Vec<(String, String)> {
+async fn send_many(
+    ws: &mut Ws,
+    conversation: &str,
+    prefix: &str,
+    count: usize,
+) -> Vec<(String, String)> {
     for i in 0..count {
         let frame = json!({ "op": "send", "ref": format!("{prefix}{i}"), "conversation_id": conversation, "client_msg_id": format!("{prefix}{i}"), "body": format!("{prefix} {i}") });
         ws.send_json(frame).await;
@@ -86,7 +95,10 @@ async fn send_many(ws: &mut Ws, conversation: &str, prefix: &str, count: usize) 
     while acked.len() < count {
         let reply = ws.next_where(|f| f["op"] == "ack" || f["op"] == "error").await;
         assert_eq!(reply["op"], "ack", "{reply}");
-        acked.push((reply["ref"].as_str().unwrap().to_owned(), reply["message_id"].as_str().unwrap().to_owned()));
+        acked.push((
+            reply["ref"].as_str().unwrap().to_owned(),
+            reply["message_id"].as_str().unwrap().to_owned(),
+        ));
     }
     acked
 }
@@ -96,7 +108,10 @@ fn assert_exactly(history: &[Value], acked: &[(String, String)]) {
     let unique: HashSet<&str> = stored.iter().copied().collect();
     assert_eq!(unique.len(), stored.len(), "a message was projected twice");
     for (client_msg_id, id) in acked {
-        assert!(unique.contains(id.as_str()), "acknowledged {client_msg_id} missing from the read models");
+        assert!(
+            unique.contains(id.as_str()),
+            "acknowledged {client_msg_id} missing from the read models"
+        );
     }
     assert_eq!(stored.len(), acked.len());
 }
@@ -116,7 +131,8 @@ async fn a_projector_killed_mid_stream_resumes_without_loss_or_duplicates() {
     let mut acked = send_many(&mut ws, &conversation, "before", 150).await;
     nodes.projectors[0].kill();
     acked.extend(send_many(&mut ws, &conversation, "during", 150).await);
-    nodes.projectors[0] = Server::start_in_cluster(&id, &["--role", "projector", "--node-id", "100"]);
+    nodes.projectors[0] =
+        Server::start_in_cluster(&id, &["--role", "projector", "--node-id", "100"]);
     acked.extend(send_many(&mut ws, &conversation, "after", 50).await);
 
     let last = ws.send_message(&conversation, "last", "the end").await;
@@ -132,7 +148,9 @@ async fn a_second_projector_takes_over_when_the_first_stops() {
     }
     let id = new_cluster_id();
     let mut nodes = cluster(&id, &["--rate-messages", "off"]);
-    nodes.projectors.push(Server::start_in_cluster(&id, &["--role", "projector", "--node-id", "101"]));
+    nodes
+        .projectors
+        .push(Server::start_in_cluster(&id, &["--role", "projector", "--node-id", "101"]));
     let api = nodes.a.api();
     let (ada, bob) = (api.register("ada").await, api.register("bob").await);
     let mut conversations = Vec::new();

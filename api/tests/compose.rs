@@ -39,31 +39,50 @@ fn authority(url: &str) -> &str {
 #[test]
 fn compose_agrees_with_switchboards_configuration() {
     let services = compose();
-    let help = Command::new(env!("CARGO_BIN_EXE_switchboard")).args(["serve", "--help"]).output().unwrap();
+    let help =
+        Command::new(env!("CARGO_BIN_EXE_switchboard")).args(["serve", "--help"]).output().unwrap();
     let help = String::from_utf8(help.stdout).unwrap();
 
-    let image = |name: &str| text(services[name].get("image").unwrap_or_else(|| panic!("{name} has an image")));
+    let image = |name: &str| {
+        text(services[name].get("image").unwrap_or_else(|| panic!("{name} has an image")))
+    };
     assert!(image("kafka").starts_with("apache/kafka:"));
     assert!(image("scylla").starts_with("scylladb/scylla:"));
     assert!(image("redis").starts_with("redis:"));
     let kafka = environment(&services["kafka"]);
     assert!(kafka["KAFKA_PROCESS_ROLES"].contains("controller"), "Kafka runs in KRaft mode");
-    let advertised = kafka["KAFKA_ADVERTISED_LISTENERS"].strip_prefix("PLAINTEXT://").unwrap().to_owned();
+    let advertised =
+        kafka["KAFKA_ADVERTISED_LISTENERS"].strip_prefix("PLAINTEXT://").unwrap().to_owned();
 
-    let nodes: Vec<(&String, &Value)> = services.iter().filter(|(_, s)| s.get("build").is_some()).collect();
+    let nodes: Vec<(&String, &Value)> =
+        services.iter().filter(|(_, s)| s.get("build").is_some()).collect();
     let mut roles = Vec::new();
     let mut node_ids = HashSet::new();
     for (name, service) in &nodes {
         let env = environment(service);
         for key in env.keys().filter(|k| k.starts_with("SWITCHBOARD_")) {
-            assert!(help.contains(&format!("[env: {key}")), "{name}: {key} is not a switchboard setting");
+            assert!(
+                help.contains(&format!("[env: {key}")),
+                "{name}: {key} is not a switchboard setting"
+            );
         }
-        assert_eq!(authority(&env["SWITCHBOARD_LOG"]), advertised, "{name}: log points at Kafka's listener");
+        assert_eq!(
+            authority(&env["SWITCHBOARD_LOG"]),
+            advertised,
+            "{name}: log points at Kafka's listener"
+        );
         assert!(env["SWITCHBOARD_LOG"].starts_with("kafka://"));
         assert!(env["SWITCHBOARD_STORE"].starts_with("scylla://"));
-        assert_eq!(authority(&env["SWITCHBOARD_STORE"]), "scylla:9042", "{name}: ScyllaDB's CQL port");
+        assert_eq!(
+            authority(&env["SWITCHBOARD_STORE"]),
+            "scylla:9042",
+            "{name}: ScyllaDB's CQL port"
+        );
         assert_eq!(authority(&env["SWITCHBOARD_PRESENCE"]), "redis:6379", "{name}: Redis's port");
-        assert!(node_ids.insert(env["SWITCHBOARD_NODE_ID"].clone()), "{name}: node ids must differ");
+        assert!(
+            node_ids.insert(env["SWITCHBOARD_NODE_ID"].clone()),
+            "{name}: node ids must differ"
+        );
         let depends: BTreeMap<String, Value> =
             serde_yaml_ng::from_value(service.get("depends_on").cloned().unwrap()).unwrap();
         for engine in ["kafka", "scylla", "redis"] {
@@ -71,8 +90,12 @@ fn compose_agrees_with_switchboards_configuration() {
         }
         let listen_port = env["SWITCHBOARD_LISTEN"].rsplit(':').next().unwrap().to_owned();
         if env["SWITCHBOARD_ROLE"] == "api" {
-            let ports: Vec<String> = serde_yaml_ng::from_value(service.get("ports").cloned().unwrap()).unwrap();
-            assert!(ports.iter().any(|p| p.ends_with(&format!(":{listen_port}"))), "{name} publishes its listen port");
+            let ports: Vec<String> =
+                serde_yaml_ng::from_value(service.get("ports").cloned().unwrap()).unwrap();
+            assert!(
+                ports.iter().any(|p| p.ends_with(&format!(":{listen_port}"))),
+                "{name} publishes its listen port"
+            );
         }
         roles.push(env["SWITCHBOARD_ROLE"].clone());
     }

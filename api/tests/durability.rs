@@ -34,7 +34,10 @@ async fn acknowledged_messages_survive_kill_9_exactly_once() {
     // Acks that were already on the wire when the process died count too.
     for frame in ws.drain(Duration::from_millis(200)).await {
         if frame["op"] == "ack" {
-            acked.insert(format!("k{}", frame["ref"]), frame["message_id"].as_str().unwrap().to_owned());
+            acked.insert(
+                format!("k{}", frame["ref"]),
+                frame["message_id"].as_str().unwrap().to_owned(),
+            );
         }
     }
 
@@ -103,9 +106,11 @@ async fn read_models_rebuilt_from_the_log_equal_the_live_ones() {
     }
     let edit = json!({ "op": "edit", "conversation_id": group, "message_id": acks[1]["message_id"], "body": "edited" });
     assert_eq!(ws.request(edit).await["op"], "ack");
-    let delete = json!({ "op": "delete", "conversation_id": group, "message_id": acks[2]["message_id"] });
+    let delete =
+        json!({ "op": "delete", "conversation_id": group, "message_id": acks[2]["message_id"] });
     assert_eq!(ws.request(delete).await["op"], "ack");
-    let read = json!({ "op": "read", "conversation_id": group, "message_id": acks[10]["message_id"] });
+    let read =
+        json!({ "op": "read", "conversation_id": group, "message_id": acks[10]["message_id"] });
     assert_eq!(ws.request(read).await["op"], "ack");
     ws.close().await;
     assert!(server.terminate(), "{}", server.log());
@@ -117,14 +122,24 @@ async fn read_models_rebuilt_from_the_log_equal_the_live_ones() {
         Some(_) => format!("file://{}", dir.path().join("rebuilt").display()),
         None => format!("{}_rebuilt", store.split('?').next().unwrap()),
     };
-    let output = Command::new(switchboard).args(["rebuild", "--log", &log, "--into", &rebuilt]).output().unwrap();
+    let output = Command::new(switchboard)
+        .args(["rebuild", "--log", &log, "--into", &rebuilt])
+        .output()
+        .unwrap();
     assert!(output.status.success(), "rebuild failed: {}", String::from_utf8_lossy(&output.stderr));
     let dump = |store: &str| {
         let output = Command::new(switchboard).args(["dump", "--store", store]).output().unwrap();
-        assert!(output.status.success(), "dump failed: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "dump failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         String::from_utf8(output.stdout).unwrap()
     };
     let live = dump(&store);
-    assert!(live.contains("edited") && live.lines().count() > 40, "the live dump holds the data:\n{live}");
+    assert!(
+        live.contains("edited") && live.lines().count() > 40,
+        "the live dump holds the data:\n{live}"
+    );
     assert_eq!(live, dump(&rebuilt));
 }

@@ -58,7 +58,9 @@ fn send_frame(conversation: &str, client_msg_id: &str) -> Value {
 
 #[tokio::test]
 async fn with_kafka_down_sends_fail_retryably_and_nothing_unlogged_is_acknowledged() {
-    if !on_shared_engines("with_kafka_down_sends_fail_retryably_and_nothing_unlogged_is_acknowledged") {
+    if !on_shared_engines(
+        "with_kafka_down_sends_fail_retryably_and_nothing_unlogged_is_acknowledged",
+    ) {
         return;
     }
     let _one_at_a_time = ENGINES.lock().await;
@@ -113,7 +115,9 @@ async fn with_redis_down_messaging_goes_on_and_presence_says_it_is_degraded() {
 
 #[tokio::test]
 async fn with_cassandra_down_queries_fail_clearly_and_the_projector_catches_up_after() {
-    if !on_shared_engines("with_cassandra_down_queries_fail_clearly_and_the_projector_catches_up_after") {
+    if !on_shared_engines(
+        "with_cassandra_down_queries_fail_clearly_and_the_projector_catches_up_after",
+    ) {
         return;
     }
     let _one_at_a_time = ENGINES.lock().await;
@@ -160,7 +164,8 @@ async fn with_cassandra_down_queries_fail_clearly_and_the_projector_catches_up_a
     assert_eq!(final_ack["op"], "ack", "{final_ack}");
     acked.insert(final_ack["message_id"].as_str().unwrap().to_owned());
     let history = api.history(&bob, &conversation, final_ack["token"].as_str()).await;
-    let stored: HashSet<String> = history.iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect();
+    let stored: HashSet<String> =
+        history.iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect();
     assert_eq!(stored.len(), history.len(), "nothing projected twice");
     assert!(acked.is_subset(&stored), "every acknowledged message was projected after the outage");
 }

@@ -63,13 +63,16 @@ async fn a_group_of_five_gets_each_message_once_per_device() {
     let mut sent = Vec::new();
     for (round, sender) in [0usize, 2, 4, 1].into_iter().enumerate() {
         let socket = sockets.iter_mut().find(|(i, _)| *i == sender).map(|(_, s)| s).unwrap();
-        let ack = socket.send_message(&group, &format!("c{round}"), &format!("round {round}")).await;
+        let ack =
+            socket.send_message(&group, &format!("c{round}"), &format!("round {round}")).await;
         assert_eq!(ack["op"], "ack", "{ack}");
         sent.push(ack["message_id"].as_str().unwrap().to_owned());
     }
     for (user, socket) in &mut sockets {
         for id in &sent {
-            socket.next_where(|f| f["type"] == "message.sent" && f["data"]["message_id"] == json!(id)).await;
+            socket
+                .next_where(|f| f["type"] == "message.sent" && f["data"]["message_id"] == json!(id))
+                .await;
         }
         let extra = socket.drain_events("message.sent", Duration::from_millis(300)).await;
         assert!(extra.is_empty(), "user {user} got messages twice: {extra:?}");
@@ -86,7 +89,8 @@ async fn history_pages_have_no_gaps_or_repeats_at_the_boundaries() {
     let mut last_token = String::new();
     for i in 0..25 {
         let body = json!({ "client_msg_id": format!("p{i}"), "body": format!("message {i}") });
-        let (status, sent) = api.post(&format!("/v1/conversations/{conversation}/messages"), &ada, body).await;
+        let (status, sent) =
+            api.post(&format!("/v1/conversations/{conversation}/messages"), &ada, body).await;
         assert_eq!(status, StatusCode::ACCEPTED, "{sent}");
         ids.push(sent["message_id"].as_str().unwrap().to_owned());
         last_token = sent["token"].as_str().unwrap().to_owned();
@@ -94,14 +98,19 @@ async fn history_pages_have_no_gaps_or_repeats_at_the_boundaries() {
     let mut pages = Vec::new();
     let mut before: Option<String> = None;
     loop {
-        let mut path = format!("/v1/conversations/{conversation}/messages?limit=10&after={last_token}");
+        let mut path =
+            format!("/v1/conversations/{conversation}/messages?limit=10&after={last_token}");
         if let Some(before) = &before {
             path += &format!("&before={before}");
         }
         let (status, page) = api.get(&path, &bob).await;
         assert_eq!(status, StatusCode::OK, "{page}");
-        let page_ids: Vec<String> =
-            page["messages"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect();
+        let page_ids: Vec<String> = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect();
         pages.push(page_ids.len());
         ids.retain(|id| !page_ids.contains(id));
         // Newest first within the page, and strictly older than the previous page.
@@ -128,11 +137,19 @@ async fn unread_counts_and_read_receipts_are_right_and_pushed() {
     let mut ada_ws = Ws::connect(&server, &ada).await;
     let mut acks = Vec::new();
     for i in 0..3 {
-        acks.push(ada_ws.send_message(&conversation, &format!("u{i}"), &format!("unread {i}")).await);
+        acks.push(
+            ada_ws.send_message(&conversation, &format!("u{i}"), &format!("unread {i}")).await,
+        );
     }
     let token = acks[2]["token"].as_str().unwrap();
     let unread = |inbox: &Value| {
-        inbox["conversations"].as_array().unwrap().iter().find(|c| c["conversation"]["id"] == json!(conversation)).unwrap()["unread"].clone()
+        inbox["conversations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["conversation"]["id"] == json!(conversation))
+            .unwrap()["unread"]
+            .clone()
     };
     let (_, inbox) = api.get(&format!("/v1/conversations?after={token}"), &bob).await;
     assert_eq!(unread(&inbox), 3);
@@ -142,7 +159,9 @@ async fn unread_counts_and_read_receipts_are_right_and_pushed() {
 
     let mut bob_ws = Ws::connect(&server, &bob).await;
     let second = acks[1]["message_id"].as_str().unwrap();
-    let read = bob_ws.request(json!({ "op": "read", "conversation_id": conversation, "message_id": second })).await;
+    let read = bob_ws
+        .request(json!({ "op": "read", "conversation_id": conversation, "message_id": second }))
+        .await;
     assert_eq!(read["op"], "ack", "{read}");
     let receipt = ada_ws.next_event("message.read").await;
     assert_eq!(receipt["data"]["user_id"], bob.id.as_str());
@@ -151,14 +170,24 @@ async fn unread_counts_and_read_receipts_are_right_and_pushed() {
     let after = read["token"].as_str().unwrap();
     let (_, inbox) = api.get(&format!("/v1/conversations?after={after}"), &bob).await;
     assert_eq!(unread(&inbox), 1);
-    let (_, markers) = api.get(&format!("/v1/conversations/{conversation}/read?after={after}"), &ada).await;
-    let bobs = markers["markers"].as_array().unwrap().iter().find(|m| m["user_id"] == json!(bob.id)).cloned();
+    let (_, markers) =
+        api.get(&format!("/v1/conversations/{conversation}/read?after={after}"), &ada).await;
+    let bobs = markers["markers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["user_id"] == json!(bob.id))
+        .cloned();
     assert_eq!(bobs.unwrap()["message_id"], second);
 
     // Reading an older message does not move the marker back.
     let first = acks[0]["message_id"].as_str().unwrap();
-    let older = bob_ws.request(json!({ "op": "read", "conversation_id": conversation, "message_id": first })).await;
-    let (_, inbox) = api.get(&format!("/v1/conversations?after={}", older["token"].as_str().unwrap()), &bob).await;
+    let older = bob_ws
+        .request(json!({ "op": "read", "conversation_id": conversation, "message_id": first }))
+        .await;
+    let (_, inbox) = api
+        .get(&format!("/v1/conversations?after={}", older["token"].as_str().unwrap()), &bob)
+        .await;
     assert_eq!(unread(&inbox), 1);
 }
 
@@ -175,7 +204,8 @@ async fn a_retried_send_returns_the_same_message_and_stores_one() {
     assert_eq!(retry["duplicate"], true);
     // A retry over HTTP, as a client falling back from a dropped socket would, agrees.
     let body = json!({ "client_msg_id": "same-id", "body": "only once" });
-    let (status, http_retry) = api.post(&format!("/v1/conversations/{conversation}/messages"), &ada, body).await;
+    let (status, http_retry) =
+        api.post(&format!("/v1/conversations/{conversation}/messages"), &ada, body).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(http_retry["message_id"], first["message_id"]);
 
@@ -193,7 +223,11 @@ async fn resume_delivers_exactly_what_was_missed_in_order() {
     let mut bob_ws = Ws::connect(&server, &bob).await;
 
     let seen = ada_ws.send_message(&conversation, "before", "seen live").await;
-    let live = bob_ws.next_where(|f| f["type"] == "message.sent" && f["data"]["message_id"] == seen["message_id"]).await;
+    let live = bob_ws
+        .next_where(|f| {
+            f["type"] == "message.sent" && f["data"]["message_id"] == seen["message_id"]
+        })
+        .await;
     let token = live["token"].as_str().unwrap().to_owned();
     bob_ws.close().await;
 
@@ -242,13 +276,17 @@ async fn presence_changes_are_pushed_and_queried() {
     api.direct(&ada, &bob).await;
     let mut ada_ws = Ws::connect(&server, &ada).await;
     let bob_ws = Ws::connect(&server, &bob).await;
-    let online = ada_ws.next_where(|f| f["type"] == "presence.changed" && f["data"]["user_id"] == json!(bob.id)).await;
+    let online = ada_ws
+        .next_where(|f| f["type"] == "presence.changed" && f["data"]["user_id"] == json!(bob.id))
+        .await;
     assert_eq!(online["data"]["online"], true);
     let (_, report) = api.get(&format!("/v1/presence?users={}", bob.id), &ada).await;
     assert_eq!(report["presence"][0]["online"], true, "{report}");
 
     bob_ws.close().await;
-    let offline = ada_ws.next_where(|f| f["type"] == "presence.changed" && f["data"]["user_id"] == json!(bob.id)).await;
+    let offline = ada_ws
+        .next_where(|f| f["type"] == "presence.changed" && f["data"]["user_id"] == json!(bob.id))
+        .await;
     assert_eq!(offline["data"]["online"], false);
     assert!(offline["data"]["last_seen"].is_i64());
 

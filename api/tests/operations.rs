@@ -27,7 +27,10 @@ async fn health_readiness_and_metrics_answer() {
     assert_eq!(status, StatusCode::OK);
     let metrics = metrics.as_str().expect("Prometheus text").to_owned();
     let value = |name: &str| -> f64 {
-        let line = metrics.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} missing:\n{metrics}"));
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"));
         line.rsplit(' ').next().unwrap().parse().unwrap()
     };
     assert_eq!(value("ws_connections"), 1.0);
@@ -44,17 +47,25 @@ async fn the_schema_registry_speaks_confluents_rest_shape() {
     let (status, subjects) = api.call(Method::GET, "/registry/subjects", None, None).await;
     assert_eq!(status, StatusCode::OK);
     for topic in ["users", "conversations", "messages", "presence", "calls", "signals"] {
-        assert!(subjects.as_array().unwrap().contains(&json!(format!("{topic}-value"))), "{subjects}");
+        assert!(
+            subjects.as_array().unwrap().contains(&json!(format!("{topic}-value"))),
+            "{subjects}"
+        );
     }
-    let (_, latest) = api.call(Method::GET, "/registry/subjects/messages-value/versions/latest", None, None).await;
+    let (_, latest) = api
+        .call(Method::GET, "/registry/subjects/messages-value/versions/latest", None, None)
+        .await;
     let id = latest["id"].as_u64().unwrap();
-    let schema: serde_json::Value = serde_json::from_str(latest["schema"].as_str().unwrap()).unwrap();
+    let schema: serde_json::Value =
+        serde_json::from_str(latest["schema"].as_str().unwrap()).unwrap();
     assert_eq!(schema["name"], "MessageEvent");
-    let (status, by_id) = api.call(Method::GET, &format!("/registry/schemas/ids/{id}"), None, None).await;
+    let (status, by_id) =
+        api.call(Method::GET, &format!("/registry/schemas/ids/{id}"), None, None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(by_id["schema"], latest["schema"]);
 
-    let (status, missing) = api.call(Method::GET, "/registry/subjects/chats-value/versions", None, None).await;
+    let (status, missing) =
+        api.call(Method::GET, "/registry/subjects/chats-value/versions", None, None).await;
     assert_eq!((status, missing["error_code"].clone()), (StatusCode::NOT_FOUND, json!(40401)));
     let (status, missing) = api.call(Method::GET, "/registry/schemas/ids/999", None, None).await;
     assert_eq!((status, missing["error_code"].clone()), (StatusCode::NOT_FOUND, json!(40403)));

@@ -20,17 +20,9 @@ const RUN_FOR: Duration = Duration::from_secs(4);
 const APPENDERS: [usize; 3] = [1, 64, 1024];
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    println!(
-        "{VALUE_BYTES}-byte values, {PARTITIONS} partitions, {}s per row",
-        RUN_FOR.as_secs()
-    );
-    println!(
-        "{:>9} | {:>10} | {:>9} | {:>9}",
-        "appenders", "appends/s", "p50", "p99"
-    );
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    println!("{VALUE_BYTES}-byte values, {PARTITIONS} partitions, {}s per row", RUN_FOR.as_secs());
+    println!("{:>9} | {:>10} | {:>9} | {:>9}", "appenders", "appends/s", "p50", "p99");
     for appenders in APPENDERS {
         // A fresh log per row, so no row pays for the compaction of an earlier one.
         let dir = tempfile::tempdir()?;

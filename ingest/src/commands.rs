@@ -88,7 +88,8 @@ impl Ingest {
         };
         let value = self.codec.encode(&event)?;
         let started = std::time::Instant::now();
-        let position = self.log.append(event.topic(), event.payload.key().as_bytes(), value).await?;
+        let position =
+            self.log.append(event.topic(), event.payload.key().as_bytes(), value).await?;
         metrics::histogram!("log_append_seconds").record(started.elapsed());
         metrics::counter!("events_appended_total", "topic" => event.topic().name()).increment(1);
         Ok(position)
@@ -104,12 +105,8 @@ impl Ingest {
         validate_handle(handle)?;
         let display_name = validate_text("display_name", display_name, 64)?;
         let user_id = UserId(self.next_id());
-        let event = UserRegistered {
-            user_id,
-            handle: handle.to_lowercase(),
-            display_name,
-            password_hash,
-        };
+        let event =
+            UserRegistered { user_id, handle: handle.to_lowercase(), display_name, password_hash };
         Ok((user_id, self.append(origin, event.into()).await?))
     }
 
@@ -191,7 +188,11 @@ impl Ingest {
         Ok(())
     }
 
-    pub async fn send_message(&self, origin: &Origin, message: MessageSent) -> Result<Position, IngestError> {
+    pub async fn send_message(
+        &self,
+        origin: &Origin,
+        message: MessageSent,
+    ) -> Result<Position, IngestError> {
         self.check_message(&message.client_msg_id, &message.body)?;
         self.append(origin, message.into()).await
     }
@@ -249,9 +250,7 @@ fn invalid(message: impl Into<String>) -> IngestError {
 
 /// Handles are 3–32 characters of `a-z`, `0-9`, `_` and `.`, compared without case.
 fn validate_handle(handle: &str) -> Result<(), IngestError> {
-    let ok_chars = handle
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+    let ok_chars = handle.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
     if !(3..=32).contains(&handle.len()) || !ok_chars {
         return Err(invalid("handle must be 3 to 32 characters of a-z, 0-9, `_` and `.`"));
     }
@@ -261,9 +260,7 @@ fn validate_handle(handle: &str) -> Result<(), IngestError> {
 fn validate_text(field: &str, text: &str, max_chars: usize) -> Result<String, IngestError> {
     let text = text.trim();
     if text.is_empty() || text.chars().count() > max_chars || text.chars().any(char::is_control) {
-        return Err(invalid(format!(
-            "{field} must be 1 to {max_chars} printable characters"
-        )));
+        return Err(invalid(format!("{field} must be 1 to {max_chars} printable characters")));
     }
     Ok(text.to_owned())
 }

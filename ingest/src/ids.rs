@@ -46,10 +46,7 @@ impl IdGenerator {
         if node >= NODES {
             return Err(NodeOutOfRange(node));
         }
-        Ok(IdGenerator {
-            node: u64::from(node),
-            last: AtomicU64::new(0),
-        })
+        Ok(IdGenerator { node: u64::from(node), last: AtomicU64::new(0) })
     }
 
     pub fn node(&self) -> u16 {
@@ -80,9 +77,7 @@ impl IdGenerator {
             );
             // Relaxed is enough: the one atomic word is all the state, and its modification
             // order alone makes every id distinct and each caller's ids increasing.
-            match self
-                .last
-                .compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed)
+            match self.last.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed)
             {
                 Ok(_) => return self.compose(next),
                 Err(current) => last = current,
@@ -109,9 +104,7 @@ pub fn timestamp_ms(id: i64) -> i64 {
 fn now_since_epoch_ms() -> u64 {
     let unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| {
-            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-        });
+        .map_or(0, |since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX));
     u64::try_from(unix_ms - EPOCH_UNIX_MS).unwrap_or(0)
 }
 
@@ -150,19 +143,12 @@ mod tests {
         let mut all = Vec::with_capacity(THREADS * PER_THREAD);
         for handle in handles {
             let seen = handle.join().unwrap();
-            assert!(
-                seen.windows(2).all(|w| w[0] < w[1]),
-                "ids went backwards within a thread"
-            );
+            assert!(seen.windows(2).all(|w| w[0] < w[1]), "ids went backwards within a thread");
             all.extend(seen);
         }
         assert!(all.iter().all(|&id| id > 0 && node_of(id) == 7));
         let distinct: HashSet<_> = all.iter().collect();
-        assert_eq!(
-            distinct.len(),
-            THREADS * PER_THREAD,
-            "some ids were handed out twice"
-        );
+        assert_eq!(distinct.len(), THREADS * PER_THREAD, "some ids were handed out twice");
     }
 
     #[test]
@@ -173,16 +159,10 @@ mod tests {
                 .iter()
                 .map(|ids| scope.spawn(move || (0..50_000).map(|_| ids.next_id()).collect()))
                 .collect();
-            handles
-                .into_iter()
-                .map(|handle| handle.join().unwrap())
-                .collect()
+            handles.into_iter().map(|handle| handle.join().unwrap()).collect()
         });
         assert_eq!(made[0].len(), 50_000);
-        assert!(
-            made[0].is_disjoint(&made[1]),
-            "two nodes produced the same id"
-        );
+        assert!(made[0].is_disjoint(&made[1]), "two nodes produced the same id");
         assert!(made[1].iter().all(|&id| node_of(id) == 2));
     }
 
@@ -212,11 +192,7 @@ mod tests {
         let first = ids.next_at(10_000);
         let behind = ids.next_at(9_000);
         assert!(behind > first);
-        assert_eq!(
-            timestamp_ms(behind),
-            timestamp_ms(first),
-            "keeps the last timestamp"
-        );
+        assert_eq!(timestamp_ms(behind), timestamp_ms(first), "keeps the last timestamp");
         assert_eq!(sequence_of(behind), sequence_of(first) + 1);
         let caught_up = ids.next_at(10_001);
         assert!(caught_up > behind);
@@ -228,11 +204,7 @@ mod tests {
     fn a_full_sequence_moves_to_the_next_millisecond() {
         let ids = IdGenerator::new(9).unwrap();
         let in_one_ms: Vec<i64> = (0..4096).map(|_| ids.next_at(500)).collect();
-        assert!(
-            in_one_ms
-                .iter()
-                .all(|&id| timestamp_ms(id) == EPOCH_UNIX_MS + 500)
-        );
+        assert!(in_one_ms.iter().all(|&id| timestamp_ms(id) == EPOCH_UNIX_MS + 500));
         assert_eq!(sequence_of(in_one_ms[4095]), 4095);
         let overflow = ids.next_at(500);
         assert!(overflow > in_one_ms[4095]);

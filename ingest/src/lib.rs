@@ -5,8 +5,8 @@
 //! is acknowledged only once it is durable, and everything else — read models, presence,
 //! pushes to sockets — is derived from it.
 
+mod commands;
 pub mod ids;
 pub mod log;
-mod commands;
 
 pub use commands::{Ingest, IngestError, Limits, Origin, now_ms};

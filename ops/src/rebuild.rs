@@ -59,9 +59,8 @@ impl fmt::Display for Report {
 /// Runs `switchboard rebuild`: opens the log and the new store, replays, and prints the
 /// [`Report`].
 pub async fn command(args: Args) -> anyhow::Result<()> {
-    let log_url = args
-        .log
-        .unwrap_or_else(|| format!("file://{}", args.data_dir.join("log").display()));
+    let log_url =
+        args.log.unwrap_or_else(|| format!("file://{}", args.data_dir.join("log").display()));
     // Opening an embedded log creates it when missing, and an empty log would "rebuild" nothing.
     if let Some(dir) = log_url.strip_prefix("file://") {
         ensure!(Path::new(dir).is_dir(), "{dir} holds no log");
@@ -106,11 +105,11 @@ pub async fn rebuild(log: Arc<dyn Log>, into: Arc<dyn ReadModel>) -> anyhow::Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchboard_ingest::log::embedded::EmbeddedLog;
-    use switchboard_projector::store::embedded::EmbeddedStore;
     use crate::dump::write_dump;
     use switchboard_ingest::ids::IdGenerator;
+    use switchboard_ingest::log::embedded::EmbeddedLog;
     use switchboard_ingest::{Ingest, Limits, Origin};
+    use switchboard_projector::store::embedded::EmbeddedStore;
     use switchboard_schemas::{ConversationKind, MessageId, MessageSent};
 
     /// A log holding two users, a conversation between them and `messages` messages.
@@ -193,13 +192,9 @@ mod tests {
     }
 
     #[test]
-    fn only_a_missing_or_empty_directory_is_a_target() {
-        let dir = tempfile::tempdir().unwrap();
-        refuse_non_empty(&dir.path().join("absent")).unwrap();
-        refuse_non_empty(dir.path()).unwrap();
-        std::fs::write(dir.path().join("file"), b"x").unwrap();
-        let refused = refuse_non_empty(dir.path()).unwrap_err().to_string();
-        assert!(refused.contains("already holds data"), "{refused}");
+    fn plain_paths_name_embedded_stores() {
+        assert_eq!(store_url("/tmp/rebuilt"), "file:///tmp/rebuilt");
+        assert_eq!(store_url("scylla://127.0.0.1:9042/ks"), "scylla://127.0.0.1:9042/ks");
     }
 
     #[test]

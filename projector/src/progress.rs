@@ -48,9 +48,9 @@ impl Progress {
     pub async fn wait_for_cursor(&self, target: &Cursor) {
         let mut rx = self.cursor.subscribe();
         let caught_up = |cursor: &Cursor| {
-            target.iter().all(|(topic, partition, next)| {
-                cursor.get(topic, partition).unwrap_or(0) >= next
-            })
+            target
+                .iter()
+                .all(|(topic, partition, next)| cursor.get(topic, partition).unwrap_or(0) >= next)
         };
         // The sender lives as long as `self`, so the wait ends only by catching up.
         let _ = rx.wait_for(caught_up).await;

@@ -131,7 +131,8 @@ impl Codec {
             .and_then(|s| s.name())
             .map(|n| n.name.clone())
             .ok_or_else(|| CodecError::UnknownRecord(format!("#{index}")))?;
-        let payload = Payload::from_avro(&record, inner).ok_or(CodecError::UnknownRecord(record))??;
+        let payload =
+            Payload::from_avro(&record, inner).ok_or(CodecError::UnknownRecord(record))??;
         Ok(Event { meta, payload })
     }
 }

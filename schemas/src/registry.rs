@@ -23,11 +23,7 @@ const REGISTERED: &[(&str, u32, u32, &str)] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("schema {subject} v{version} does not parse: {source}")]
-    Parse {
-        subject: String,
-        version: u32,
-        source: Box<apache_avro::Error>,
-    },
+    Parse { subject: String, version: u32, source: Box<apache_avro::Error> },
 }
 
 /// One registered version of a subject's schema.

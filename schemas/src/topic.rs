@@ -65,10 +65,7 @@ impl fmt::Display for Topic {
 impl FromStr for Topic {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Topic::ALL
-            .into_iter()
-            .find(|t| t.name() == s)
-            .ok_or_else(|| format!("unknown topic `{s}`"))
+        Topic::ALL.into_iter().find(|t| t.name() == s).ok_or_else(|| format!("unknown topic `{s}`"))
     }
 }
 

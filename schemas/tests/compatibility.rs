@@ -2,8 +2,8 @@
 //! predecessors wrote, and the hand-edited `.avsc` of every topic is registered.
 
 use apache_avro::Schema;
-use serde_json::json;
 use apache_avro::schema_compatibility::SchemaCompatibility;
+use serde_json::json;
 use switchboard_schemas::{Registry, Topic};
 
 fn current(topic: Topic) -> &'static str {

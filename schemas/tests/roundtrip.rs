@@ -91,7 +91,8 @@ fn samples() -> Vec<Payload> {
             from_user: u1,
             to_user: u2,
             kind: SignalKind::IceCandidate,
-            payload: r#"{"candidate":"candidate:1 1 udp 2122260223 127.0.0.1 54400 typ host"}"#.into(),
+            payload: r#"{"candidate":"candidate:1 1 udp 2122260223 127.0.0.1 54400 typ host"}"#
+                .into(),
         }
         .into(),
     ]

@@ -71,7 +71,8 @@ struct PushFrame<'a> {
 
 impl Routed {
     pub fn frame(&self, token: &str) -> Utf8Bytes {
-        let frame = PushFrame { op: "event", kind: self.kind, at: self.at, data: &self.data, token };
+        let frame =
+            PushFrame { op: "event", kind: self.kind, at: self.at, data: &self.data, token };
         serde_json::to_string(&frame).expect("frames serialise").into()
     }
 }

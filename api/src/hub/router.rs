@@ -89,8 +89,12 @@ impl Router {
                 members.retain(|m| *m != e.user_id);
                 members
             }
-            SessionOpened(e) => return self.presence_changed(e.user_id, event.meta.occurred_at, true).await,
-            SessionClosed(e) => return self.presence_changed(e.user_id, event.meta.occurred_at, false).await,
+            SessionOpened(e) => {
+                return self.presence_changed(e.user_id, event.meta.occurred_at, true).await;
+            }
+            SessionClosed(e) => {
+                return self.presence_changed(e.user_id, event.meta.occurred_at, false).await;
+            }
             UserRegistered(_) | ProfileUpdated(_) | NodeHeartbeat(_) => return Ok(None),
             payload => match payload.conversation_id() {
                 Some(conversation) => self.members_mut(conversation).await?.clone(),

@@ -37,7 +37,8 @@ impl ResumeToken {
                 part.split_once(':').ok_or_else(|| format!("`{part}` is not topic:offsets"))?;
             let topic: Topic = topic.parse()?;
             for (partition, offset) in offsets.split('.').enumerate() {
-                let offset = offset.parse().map_err(|_| format!("bad offset `{offset}` in token"))?;
+                let offset =
+                    offset.parse().map_err(|_| format!("bad offset `{offset}` in token"))?;
                 cursor.set(topic, partition as u32, offset);
             }
         }

@@ -65,7 +65,8 @@ pub async fn register(
     let display_name = request.display_name.unwrap_or_else(|| request.handle.clone());
     let hash = hash_password(request.password).await?;
     let origin = Origin::system(uuid::Uuid::new_v4().to_string());
-    let registered = state.ingest.register_user(&origin, &request.handle, &display_name, hash).await;
+    let registered =
+        state.ingest.register_user(&origin, &request.handle, &display_name, hash).await;
     let (user_id, position) = match registered {
         Ok(registered) => registered,
         Err(error) => {

@@ -159,7 +159,11 @@ pub async fn remove_member(
     Ok((StatusCode::OK, Json(position.into())))
 }
 
-async fn group_of(state: &AppState, me: UserId, id: ConversationId) -> Result<Conversation, ApiError> {
+async fn group_of(
+    state: &AppState,
+    me: UserId,
+    id: ConversationId,
+) -> Result<Conversation, ApiError> {
     let conversation = member_conversation(state, me, id).await?;
     if conversation.kind != ConversationKind::Group {
         return Err(ApiError::invalid("only group conversations change members or title"));

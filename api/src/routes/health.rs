@@ -37,7 +37,9 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
 /// Events appended but not yet applied to the read models.
 fn lag(end: &Cursor, applied: &Cursor) -> u64 {
     end.iter()
-        .map(|(topic, partition, next)| next.saturating_sub(applied.get(topic, partition).unwrap_or(0)))
+        .map(|(topic, partition, next)| {
+            next.saturating_sub(applied.get(topic, partition).unwrap_or(0))
+        })
         .sum()
 }
 

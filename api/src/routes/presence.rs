@@ -45,7 +45,9 @@ pub async fn status(
         .users
         .split(',')
         .filter(|s| !s.is_empty())
-        .map(|s| s.trim().parse().map_err(|_| ApiError::bad_request(format!("`{s}` is not a user id"))))
+        .map(|s| {
+            s.trim().parse().map_err(|_| ApiError::bad_request(format!("`{s}` is not a user id")))
+        })
         .collect::<Result<Vec<UserId>, _>>()?;
     if requested.len() > MAX_USERS {
         return Err(ApiError::invalid(format!("at most {MAX_USERS} users per request")));

@@ -32,7 +32,9 @@ pub async fn upgrade(
     Query(connect): Query<Connect>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let ws = ws.map_err(|rejection| ApiError::bad_request(format!("not a WebSocket upgrade: {}", rejection.body_text())))?;
+    let ws = ws.map_err(|rejection| {
+        ApiError::bad_request(format!("not a WebSocket upgrade: {}", rejection.body_text()))
+    })?;
     let resume = connect
         .resume
         .map(|token| ResumeToken::decode(&token))

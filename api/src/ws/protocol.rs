@@ -53,8 +53,9 @@ fn active_by_default() -> bool {
 
 /// Parses a text frame. On failure, the error still carries the frame's `ref` when it had one.
 pub fn parse(text: &str) -> Result<ClientFrame, (Value, ApiError)> {
-    let mut fields: Map<String, Value> = serde_json::from_str(text)
-        .map_err(|e| (Value::Null, ApiError::bad_request(format!("frame is not a JSON object: {e}"))))?;
+    let mut fields: Map<String, Value> = serde_json::from_str(text).map_err(|e| {
+        (Value::Null, ApiError::bad_request(format!("frame is not a JSON object: {e}")))
+    })?;
     let reference = fields.remove("ref").unwrap_or(Value::Null);
     let fail = |error: ApiError| (reference.clone(), error);
     let op = match fields.remove("op") {
@@ -115,9 +116,11 @@ mod tests {
 
     #[test]
     fn frames_parse_or_explain_why_not() {
-        let frame = parse(r#"{"op":"send","ref":7,"conversation_id":"12","client_msg_id":"a","body":"hi"}"#)
-            .ok()
-            .unwrap();
+        let frame = parse(
+            r#"{"op":"send","ref":7,"conversation_id":"12","client_msg_id":"a","body":"hi"}"#,
+        )
+        .ok()
+        .unwrap();
         assert_eq!(frame.reference, json!(7));
         assert!(matches!(frame.op, Op::Send(ref s) if s.conversation_id == ConversationId(12)));
 
@@ -127,7 +130,8 @@ mod tests {
         assert_eq!(code(r#"{"ref":"x"}"#), "bad_request");
         assert_eq!(code(r#"{"op":"dance"}"#), "unknown_op");
         assert_eq!(code(r#"{"op":"send","conversation_id":"1","body":"x"}"#), "bad_request");
-        let (reference, error) = parse(r#"{"op":"read","ref":"r1","conversation_id":"1"}"#).err().unwrap();
+        let (reference, error) =
+            parse(r#"{"op":"read","ref":"r1","conversation_id":"1"}"#).err().unwrap();
         assert_eq!(reference, json!("r1"));
         assert!(error.message.contains("message_id"), "{}", error.message);
     }

@@ -157,7 +157,11 @@ impl Session {
         Ok(())
     }
 
-    async fn serve(&mut self, mut writer: Writer, mut stream: futures_util::stream::SplitStream<WebSocket>) {
+    async fn serve(
+        &mut self,
+        mut writer: Writer,
+        mut stream: futures_util::stream::SplitStream<WebSocket>,
+    ) {
         let config = &self.state.config;
         let mut ping = tokio::time::interval(config.ping_interval.0);
         ping.tick().await;
@@ -169,7 +173,8 @@ impl Session {
             if in_flight.is_none()
                 && let Some(text) = pending.pop_front()
             {
-                in_flight = Some(Box::pin(handle(self.state.clone(), self.user, self.id.clone(), text)));
+                in_flight =
+                    Some(Box::pin(handle(self.state.clone(), self.user, self.id.clone(), text)));
             }
             let written = tokio::select! {
                 _ = self.state.shutdown.cancelled() => break Some((CLOSE_GOING_AWAY, "server shutting down")),
@@ -218,7 +223,8 @@ impl Session {
             }
         };
         if let Some((code, reason)) = close {
-            let _ = writer.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+            let _ =
+                writer.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
         }
     }
 
@@ -234,7 +240,9 @@ impl Session {
             session_id: self.id.to_string(),
             node_id: state.node_id.clone(),
         };
-        if let Err(error) = state.ingest.append(&Origin::user(self.user, &*self.id), closed.into()).await {
+        if let Err(error) =
+            state.ingest.append(&Origin::user(self.user, &*self.id), closed.into()).await
+        {
             tracing::warn!(%error, "session-closed event not logged");
         }
     }
@@ -275,7 +283,11 @@ impl Writer {
     }
 
     /// Writes one push and whatever else is already queued, then flushes once.
-    async fn pushes(&mut self, first: Utf8Bytes, queue: &mut mpsc::Receiver<Utf8Bytes>) -> Result<(), Gone> {
+    async fn pushes(
+        &mut self,
+        first: Utf8Bytes,
+        queue: &mut mpsc::Receiver<Utf8Bytes>,
+    ) -> Result<(), Gone> {
         self.push(first).await?;
         for _ in 0..64 {
             match queue.try_recv() {

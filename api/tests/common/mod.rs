@@ -67,7 +67,9 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--jwt-secret", JWT_SECRET])
-            .args(defaults.iter().filter(|(flag, _)| !extra.contains(flag)).flat_map(|(f, v)| [f, v]))
+            .args(
+                defaults.iter().filter(|(flag, _)| !extra.contains(flag)).flat_map(|(f, v)| [f, v]),
+            )
             .arg("--data-dir")
             .arg(data_dir)
             .args(backend_args.split_whitespace())
@@ -122,7 +124,8 @@ fn backend_id(data_dir: &Path) -> String {
     if let Ok(id) = std::fs::read_to_string(&path) {
         return id;
     }
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     let id = format!("t{}_{}", std::process::id(), nanos % 1_000_000_000_000);
     std::fs::write(&path, &id).expect("backend id");
     id
@@ -132,7 +135,11 @@ fn backend_id(data_dir: &Path) -> String {
 /// embedded defaults) give them.
 pub fn backend_urls(data_dir: &Path) -> (String, String) {
     let args = std::env::var("SWITCHBOARD_TEST_BACKEND_ARGS").unwrap_or_default();
-    let args: Vec<String> = args.replace("{unique}", &backend_id(data_dir)).split_whitespace().map(str::to_owned).collect();
+    let args: Vec<String> = args
+        .replace("{unique}", &backend_id(data_dir))
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
     let flag = |name: &str, default: &str| {
         let value = args.iter().position(|a| a == name).and_then(|i| args.get(i + 1));
         value.cloned().unwrap_or_else(|| format!("file://{}", data_dir.join(default).display()))
@@ -144,9 +151,13 @@ pub fn backend_urls(data_dir: &Path) -> (String, String) {
 /// tests that need them say so and pass — unless `SWITCHBOARD_REQUIRE_ENGINES=1` (as the test
 /// script sets), which makes their absence a failure.
 pub fn on_shared_engines(test: &str) -> bool {
-    let shared = std::env::var("SWITCHBOARD_TEST_BACKEND_ARGS").is_ok_and(|args| !args.trim().is_empty());
+    let shared =
+        std::env::var("SWITCHBOARD_TEST_BACKEND_ARGS").is_ok_and(|args| !args.trim().is_empty());
     let required = std::env::var("SWITCHBOARD_REQUIRE_ENGINES").is_ok_and(|v| v == "1");
-    assert!(shared || !required, "{test} needs the engines: run ops/engines/start.sh and set SWITCHBOARD_TEST_BACKEND_ARGS");
+    assert!(
+        shared || !required,
+        "{test} needs the engines: run ops/engines/start.sh and set SWITCHBOARD_TEST_BACKEND_ARGS"
+    );
     if !shared {
         eprintln!("{test}: skipped on the embedded backends (one process only)");
     }
@@ -156,8 +167,14 @@ pub fn on_shared_engines(test: &str) -> bool {
 /// A backend id for a new cluster of nodes.
 pub fn new_cluster_id() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    format!("c{}_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed), nanos % 1_000_000_000)
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!(
+        "c{}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed),
+        nanos % 1_000_000_000
+    )
 }
 
 impl Drop for Server {
@@ -189,7 +206,13 @@ pub fn unique_handle(prefix: &str) -> String {
 }
 
 impl Api {
-    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut request = self.http.request(method, format!("{}{path}", self.url));
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -225,7 +248,8 @@ impl Api {
     }
 
     pub async fn direct(&self, a: &User, b: &User) -> String {
-        let (status, value) = self.post("/v1/conversations", a, json!({ "kind": "direct", "user_id": b.id })).await;
+        let (status, value) =
+            self.post("/v1/conversations", a, json!({ "kind": "direct", "user_id": b.id })).await;
         assert!(status.is_success(), "direct conversation: {value}");
         value["conversation"]["id"].as_str().expect("conversation id").to_owned()
     }
@@ -239,7 +263,12 @@ impl Api {
     }
 
     /// Every message of a conversation, newest first, following the paging cursor.
-    pub async fn history(&self, user: &User, conversation: &str, after: Option<&str>) -> Vec<Value> {
+    pub async fn history(
+        &self,
+        user: &User,
+        conversation: &str,
+        after: Option<&str>,
+    ) -> Vec<Value> {
         let mut messages = Vec::new();
         let mut before: Option<String> = None;
         loop {
@@ -282,7 +311,9 @@ impl Ws {
     }
 
     pub async fn resume(server: &Server, user: &User, token: &str) -> Ws {
-        Ws::connect_with(server, &format!("token={}&resume={token}", user.token)).await.expect("resume")
+        Ws::connect_with(server, &format!("token={}&resume={token}", user.token))
+            .await
+            .expect("resume")
     }
 
     pub async fn connect_with(server: &Server, query: &str) -> Result<Ws, Refused> {
@@ -290,7 +321,10 @@ impl Ws {
         let (stream, _) = connect_async(url).await.map_err(|error| match error {
             tokio_tungstenite::tungstenite::Error::Http(response) => {
                 let status = StatusCode::from_u16(response.status().as_u16()).expect("status");
-                let body = response.body().as_deref().map(|b| serde_json::from_slice(b).unwrap_or(Value::Null));
+                let body = response
+                    .body()
+                    .as_deref()
+                    .map(|b| serde_json::from_slice(b).unwrap_or(Value::Null));
                 Refused::Http(status, body.unwrap_or(Value::Null))
             }
             other => Refused::Other(other.to_string()),
@@ -313,7 +347,9 @@ impl Ws {
         loop {
             match tokio::time::timeout(within, self.stream.next()).await {
                 Err(_) => return None,
-                Ok(Some(Ok(Message::Text(text)))) => return Some(serde_json::from_str(&text).expect("JSON frame")),
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    return Some(serde_json::from_str(&text).expect("JSON frame"));
+                }
                 Ok(Some(Ok(Message::Close(frame)))) => {
                     let code = frame.as_ref().map(|f| u16::from(f.code));
                     return Some(json!({ "op": "closed", "code": code }));
@@ -343,7 +379,11 @@ impl Ws {
             if matches(&frame) {
                 return frame;
             }
-            assert_ne!(frame["op"], "closed", "socket closed while waiting; backlog: {:?}", self.backlog);
+            assert_ne!(
+                frame["op"], "closed",
+                "socket closed while waiting; backlog: {:?}",
+                self.backlog
+            );
             self.backlog.push_back(frame);
         }
     }
@@ -380,7 +420,12 @@ impl Ws {
         self.next_where(|f| f["ref"] == json!(reference)).await
     }
 
-    pub async fn send_message(&mut self, conversation: &str, client_msg_id: &str, body: &str) -> Value {
+    pub async fn send_message(
+        &mut self,
+        conversation: &str,
+        client_msg_id: &str,
+        body: &str,
+    ) -> Value {
         self.request(json!({
             "op": "send",
             "conversation_id": conversation,

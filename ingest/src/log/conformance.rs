@@ -75,15 +75,9 @@ pub async fn appends_are_read_back_in_order(log: &dyn Log) {
             .filter(|r| r.position.partition == partition)
             .map(|r| (r.position, r.key.clone(), r.value.clone()))
             .collect();
-        let expected: Vec<_> = appended
-            .iter()
-            .filter(|(p, ..)| p.partition == partition)
-            .cloned()
-            .collect();
-        assert_eq!(
-            got, expected,
-            "partition {partition} reads back differently"
-        );
+        let expected: Vec<_> =
+            appended.iter().filter(|(p, ..)| p.partition == partition).cloned().collect();
+        assert_eq!(got, expected, "partition {partition} reads back differently");
     }
 }
 
@@ -104,18 +98,12 @@ pub async fn keys_stay_in_their_partition(log: &dyn Log) {
                 .await
                 .expect("append");
             let expected = Topic::partition_for(key.as_bytes(), partitions);
-            assert_eq!(
-                position.partition, expected,
-                "key {key} appended to the wrong partition"
-            );
+            assert_eq!(position.partition, expected, "key {key} appended to the wrong partition");
             used.insert(position.partition);
         }
     }
     if partitions > 1 {
-        assert!(
-            used.len() > 1,
-            "40 keys all landed in one of {partitions} partitions: {used:?}"
-        );
+        assert!(used.len() > 1, "40 keys all landed in one of {partitions} partitions: {used:?}");
     }
 
     let read = read_tagged(log, start, &tag, 2 * keys.len()).await;
@@ -128,16 +116,9 @@ pub async fn keys_stay_in_their_partition(log: &dyn Log) {
         );
     }
     for key in &keys {
-        let rounds: Vec<_> = read
-            .iter()
-            .filter(|r| r.key == key.as_bytes())
-            .map(|r| &r.value)
-            .collect();
-        assert_eq!(
-            rounds,
-            [b"round 0", b"round 1"],
-            "key {key} read back out of order"
-        );
+        let rounds: Vec<_> =
+            read.iter().filter(|r| r.key == key.as_bytes()).map(|r| &r.value).collect();
+        assert_eq!(rounds, [b"round 0", b"round 1"], "key {key} read back out of order");
     }
 }
 
@@ -158,15 +139,9 @@ pub async fn readers_follow_the_tail(log: &dyn Log) {
             }
             tokio::task::yield_now().await;
         }
-        let position = log
-            .append(topic, key.as_bytes(), value.clone())
-            .await
-            .expect("append");
+        let position = log.append(topic, key.as_bytes(), value.clone()).await.expect("append");
         let batch = waiting.await.expect("next_batch");
-        let got: Vec<_> = batch
-            .iter()
-            .map(|r| (r.position, &r.key[..], &r.value[..]))
-            .collect();
+        let got: Vec<_> = batch.iter().map(|r| (r.position, &r.key[..], &r.value[..])).collect();
         assert_eq!(
             got,
             [(position, key.as_bytes(), &value[..])],
@@ -189,10 +164,7 @@ pub async fn concurrent_appends_get_distinct_offsets(log: &dyn Log) {
         async move {
             let key = format!("{tag}/conversation-{}", i % 50).into_bytes();
             let value = format!("{tag}/message-{i}").into_bytes();
-            let position = log
-                .append(topic, &key, value.clone())
-                .await
-                .expect("append");
+            let position = log.append(topic, &key, value.clone()).await.expect("append");
             (position, key, value)
         }
     });
@@ -218,10 +190,8 @@ pub async fn concurrent_appends_get_distinct_offsets(log: &dyn Log) {
 
     let start = cursor_at(topic, &before);
     let read = read_tagged(log, start, &tag, APPENDS).await;
-    let stored: BTreeMap<Position, (&[u8], &[u8])> = read
-        .iter()
-        .map(|r| (r.position, (&r.key[..], &r.value[..])))
-        .collect();
+    let stored: BTreeMap<Position, (&[u8], &[u8])> =
+        read.iter().map(|r| (r.position, (&r.key[..], &r.value[..]))).collect();
     for (position, key, value) in &appended {
         assert_eq!(
             stored.get(position),
@@ -238,40 +208,24 @@ pub async fn end_offsets_and_committed_positions(log: &dyn Log) {
     let partitions = log.partitions(topic);
     let tag = run_tag("offsets");
     let before = log.end_offsets(topic).await.expect("end offsets");
-    assert_eq!(
-        before.len(),
-        partitions as usize,
-        "one end offset per partition"
-    );
+    assert_eq!(before.len(), partitions as usize, "one end offset per partition");
 
     let key = format!("{tag}/call");
     let partition = Topic::partition_for(key.as_bytes(), partitions);
     let mut positions = Vec::new();
     for i in 0..3 {
-        positions.push(
-            log.append(topic, key.as_bytes(), vec![i])
-                .await
-                .expect("append"),
-        );
+        positions.push(log.append(topic, key.as_bytes(), vec![i]).await.expect("append"));
     }
     let first = before[partition as usize];
     let offsets: Vec<u64> = positions.iter().map(|p| p.offset).collect();
-    assert_eq!(
-        offsets,
-        [first, first + 1, first + 2],
-        "appends take the end offset in turn"
-    );
+    assert_eq!(offsets, [first, first + 1, first + 2], "appends take the end offset in turn");
     let mut expected = before.clone();
     expected[partition as usize] += 3;
     assert_eq!(log.end_offsets(topic).await.expect("end offsets"), expected);
 
     let group = format!("conformance-{tag}");
     let other = format!("{group}-other");
-    assert_eq!(
-        log.committed(&group).await.expect("committed"),
-        Cursor::default(),
-        "new group"
-    );
+    assert_eq!(log.committed(&group).await.expect("committed"), Cursor::default(), "new group");
 
     let mut cursor = Cursor::default();
     cursor.advance(positions[0]);
@@ -281,11 +235,7 @@ pub async fn end_offsets_and_committed_positions(log: &dyn Log) {
     cursor.advance(positions[2]);
     cursor.set(Topic::Users, 0, 7);
     log.commit(&group, &cursor).await.expect("commit");
-    assert_eq!(
-        log.committed(&group).await.expect("committed"),
-        cursor,
-        "a commit overwrites"
-    );
+    assert_eq!(log.committed(&group).await.expect("committed"), cursor, "a commit overwrites");
     assert_eq!(
         log.committed(&other).await.expect("committed"),
         Cursor::default(),
@@ -301,12 +251,8 @@ pub async fn a_reader_starts_where_its_cursor_says(log: &dyn Log) {
     let mut appended = Vec::new();
     for i in 0..5 {
         let value = format!("{tag}/signal-{i}").into_bytes();
-        appended.push((
-            log.append(topic, key.as_bytes(), value.clone())
-                .await
-                .expect("append"),
-            value,
-        ));
+        appended
+            .push((log.append(topic, key.as_bytes(), value.clone()).await.expect("append"), value));
     }
     let third = appended[2].0;
     let mut cursor = Cursor::default();
@@ -315,20 +261,14 @@ pub async fn a_reader_starts_where_its_cursor_says(log: &dyn Log) {
 
     let read = read_tagged(log, cursor.clone(), &tag, 3).await;
     let got: Vec<_> = read.iter().map(|r| (r.position, r.value.clone())).collect();
-    assert_eq!(
-        got, expected,
-        "a reader from {cursor} should start at {third}"
-    );
+    assert_eq!(got, expected, "a reader from {cursor} should start at {third}");
 
     let group = format!("conformance-{tag}");
     log.commit(&group, &cursor).await.expect("commit");
     let committed = log.committed(&group).await.expect("committed");
     let read = read_tagged(log, committed, &tag, 3).await;
     let got: Vec<_> = read.iter().map(|r| (r.position, r.value.clone())).collect();
-    assert_eq!(
-        got, expected,
-        "a reader from a committed cursor should start where it was"
-    );
+    assert_eq!(got, expected, "a reader from a committed cursor should start where it was");
 }
 
 /// Reads from `from` until `want` records whose key starts with `tag` have come, checking that
@@ -375,7 +315,11 @@ async fn read_tagged(log: &dyn Log, from: Cursor, tag: &str, want: usize) -> Vec
     read_tagged_from(reader.as_mut(), tag, want).await
 }
 
-async fn read_tagged_from(reader: &mut dyn super::LogReader, tag: &str, want: usize) -> Vec<Record> {
+async fn read_tagged_from(
+    reader: &mut dyn super::LogReader,
+    tag: &str,
+    want: usize,
+) -> Vec<Record> {
     let mut found = Vec::with_capacity(want);
     while found.len() < want {
         let batch = reader.next_batch(BATCH).await.expect("next_batch");
@@ -384,17 +328,9 @@ async fn read_tagged_from(reader: &mut dyn super::LogReader, tag: &str, want: us
             "next_batch({BATCH}) returned {} records",
             batch.len()
         );
-        found.extend(
-            batch
-                .into_iter()
-                .filter(|r| r.key.starts_with(tag.as_bytes())),
-        );
+        found.extend(batch.into_iter().filter(|r| r.key.starts_with(tag.as_bytes())));
     }
-    assert_eq!(
-        found.len(),
-        want,
-        "more records than were appended came back"
-    );
+    assert_eq!(found.len(), want, "more records than were appended came back");
     found
 }
 
@@ -412,10 +348,7 @@ async fn poll_once<F: Future>(mut future: std::pin::Pin<&mut F>) -> Option<F::Ou
 fn offsets_by_partition(positions: impl Iterator<Item = Position>) -> BTreeMap<u32, Vec<u64>> {
     let mut by_partition: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
     for position in positions {
-        by_partition
-            .entry(position.partition)
-            .or_default()
-            .push(position.offset);
+        by_partition.entry(position.partition).or_default().push(position.offset);
     }
     by_partition
 }
@@ -430,9 +363,7 @@ fn cursor_at(topic: Topic, offsets: &[u64]) -> Cursor {
 
 /// A prefix no earlier run (or concurrent test process) has used, so old data never matches.
 fn run_tag(check: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     format!("conformance/{check}/{}-{nanos}", std::process::id())
 }
 

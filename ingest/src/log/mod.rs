@@ -22,9 +22,10 @@ pub async fn open(url: &str, partitions: u32) -> Result<Arc<dyn Log>, LogError> 
     match url.split_once("://") {
         Some(("file", dir)) => {
             let dir = std::path::PathBuf::from(dir);
-            let log = tokio::task::spawn_blocking(move || embedded::EmbeddedLog::open(&dir, partitions))
-                .await
-                .map_err(|e| LogError::Storage(format!("opening the embedded log: {e}")))??;
+            let log =
+                tokio::task::spawn_blocking(move || embedded::EmbeddedLog::open(&dir, partitions))
+                    .await
+                    .map_err(|e| LogError::Storage(format!("opening the embedded log: {e}")))??;
             Ok(Arc::new(log))
         }
         Some(("kafka", _)) => {
@@ -159,8 +160,7 @@ impl Cursor {
 
     /// Whether the record at `position` is behind this cursor, i.e. already read.
     pub fn has_passed(&self, position: Position) -> bool {
-        self.get(position.topic, position.partition)
-            .is_some_and(|next| next > position.offset)
+        self.get(position.topic, position.partition).is_some_and(|next| next > position.offset)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (Topic, u32, u64)> + '_ {

@@ -50,12 +50,8 @@ impl MemoryPresence {
     /// Presence for the node `node_id`, whose lease starts out live for [`DEFAULT_LEASE`].
     pub fn new(node_id: &str) -> MemoryPresence {
         let mut state = State::default();
-        state
-            .leases
-            .insert(node_id.to_owned(), Instant::now() + DEFAULT_LEASE);
-        MemoryPresence {
-            state: Mutex::new(state),
-        }
+        state.leases.insert(node_id.to_owned(), Instant::now() + DEFAULT_LEASE);
+        MemoryPresence { state: Mutex::new(state) }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -68,9 +64,7 @@ impl MemoryPresence {
 impl State {
     fn online(&self, user: UserId, now: Instant) -> bool {
         self.sessions.get(&user).is_some_and(|sessions| {
-            sessions
-                .values()
-                .any(|node| self.leases.get(node).is_some_and(|&until| until > now))
+            sessions.values().any(|node| self.leases.get(node).is_some_and(|&until| until > now))
         })
     }
 }
@@ -83,10 +77,7 @@ struct Expiring<V> {
 
 impl<V> Default for Expiring<V> {
     fn default() -> Self {
-        Expiring {
-            entries: HashMap::new(),
-            sweep_at: MIN_SWEEP,
-        }
+        Expiring { entries: HashMap::new(), sweep_at: MIN_SWEEP }
     }
 }
 
@@ -123,11 +114,7 @@ impl Presence for MemoryPresence {
         let now = Instant::now();
         let mut state = self.state();
         let was_online = state.online(user, now);
-        state
-            .sessions
-            .entry(user)
-            .or_default()
-            .insert(session_id.to_owned(), node_id.to_owned());
+        state.sessions.entry(user).or_default().insert(session_id.to_owned(), node_id.to_owned());
         Ok(!was_online && state.online(user, now))
     }
 
@@ -149,10 +136,7 @@ impl Presence for MemoryPresence {
         let state = self.state();
         Ok(users
             .iter()
-            .map(|&user_id| Status {
-                user_id,
-                online: state.online(user_id, now),
-            })
+            .map(|&user_id| Status { user_id, online: state.online(user_id, now) })
             .collect())
     }
 
@@ -167,26 +151,16 @@ impl Presence for MemoryPresence {
     /// nothing.
     async fn check_rate(&self, key: &str, quota: Quota) -> Result<RateDecision, PresenceError> {
         if quota.limit == 0 {
-            return Ok(RateDecision::Limited {
-                retry_after: quota.period,
-            });
+            return Ok(RateDecision::Limited { retry_after: quota.period });
         }
         let interval = quota.period / quota.limit;
         let now = Instant::now();
         let mut state = self.state();
-        let tat = state
-            .rates
-            .entries
-            .get(key)
-            .copied()
-            .unwrap_or(now)
-            .max(now);
+        let tat = state.rates.entries.get(key).copied().unwrap_or(now).max(now);
         // How far this request would put the key ahead of schedule.
         let ahead = tat.saturating_duration_since(now) + interval;
         if ahead > quota.period {
-            return Ok(RateDecision::Limited {
-                retry_after: ahead - quota.period,
-            });
+            return Ok(RateDecision::Limited { retry_after: ahead - quota.period });
         }
         state.rates.insert(key, tat + interval, now, rate_expired);
         Ok(RateDecision::Allowed)
@@ -200,18 +174,10 @@ impl Presence for MemoryPresence {
     ) -> Result<Option<String>, PresenceError> {
         let now = Instant::now();
         let mut state = self.state();
-        if let Some(claim) = state
-            .claims
-            .entries
-            .get(key)
-            .filter(|c| !claim_expired(c, now))
-        {
+        if let Some(claim) = state.claims.entries.get(key).filter(|c| !claim_expired(c, now)) {
             return Ok(Some(claim.value.clone()));
         }
-        let claim = Claim {
-            value: value.to_owned(),
-            expires: now + ttl,
-        };
+        let claim = Claim { value: value.to_owned(), expires: now + ttl };
         state.claims.insert(key, claim, now, claim_expired);
         Ok(None)
     }
@@ -223,10 +189,7 @@ impl Presence for MemoryPresence {
         ttl: Duration,
     ) -> Result<(), PresenceError> {
         let now = Instant::now();
-        let claim = Claim {
-            value: value.to_owned(),
-            expires: now + ttl,
-        };
+        let claim = Claim { value: value.to_owned(), expires: now + ttl };
         self.state().claims.insert(key, claim, now, claim_expired);
         Ok(())
     }
@@ -271,20 +234,14 @@ mod tests {
         // A node that never took a lease holds nobody online.
         assert!(!presence.open_session(UserId(2), "s", "stranger").await?);
         let status = presence.status(&[UserId(1), UserId(2)]).await?;
-        assert_eq!(
-            status.iter().map(|s| s.online).collect::<Vec<_>>(),
-            [true, false]
-        );
+        assert_eq!(status.iter().map(|s| s.online).collect::<Vec<_>>(), [true, false]);
         Ok(())
     }
 
     #[tokio::test]
     async fn expired_entries_are_swept_out() -> Result<(), PresenceError> {
         let presence = MemoryPresence::new(NODE);
-        let quota = Quota {
-            limit: 10,
-            period: Duration::from_millis(10),
-        };
+        let quota = Quota { limit: 10, period: Duration::from_millis(10) };
         let short = Duration::from_millis(10);
         // The live claim goes in first, so that no sweep can run before the last insert below.
         presence.claim("kept", "v", Duration::from_secs(60)).await?;
@@ -308,17 +265,9 @@ mod tests {
     #[tokio::test]
     async fn a_zero_quota_allows_nothing() -> Result<(), PresenceError> {
         let presence = MemoryPresence::new(NODE);
-        let quota = Quota {
-            limit: 0,
-            period: Duration::from_secs(1),
-        };
+        let quota = Quota { limit: 0, period: Duration::from_secs(1) };
         let decision = presence.check_rate("k", quota).await?;
-        assert_eq!(
-            decision,
-            RateDecision::Limited {
-                retry_after: Duration::from_secs(1)
-            }
-        );
+        assert_eq!(decision, RateDecision::Limited { retry_after: Duration::from_secs(1) });
         Ok(())
     }
 }

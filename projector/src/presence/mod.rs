@@ -52,7 +52,9 @@ pub struct Quota {
 pub enum RateDecision {
     Allowed,
     /// Over the limit; the next request would be allowed after this long.
-    Limited { retry_after: Duration },
+    Limited {
+        retry_after: Duration,
+    },
 }
 
 #[async_trait]
@@ -86,8 +88,12 @@ pub trait Presence: Send + Sync + 'static {
     ) -> Result<Option<String>, PresenceError>;
 
     /// Overwrites a claim's value (e.g. once the claimed work is done).
-    async fn update_claim(&self, key: &str, value: &str, ttl: Duration)
-    -> Result<(), PresenceError>;
+    async fn update_claim(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<(), PresenceError>;
 
     /// Drops a claim so the work may be tried again.
     async fn release_claim(&self, key: &str) -> Result<(), PresenceError>;

@@ -26,9 +26,7 @@ use super::{Logged, ReadModel, StoreError};
 /// Ids (and event times) no earlier run has used: they start from the wall clock in
 /// microseconds and only go up, which also keeps message ids time-ordered as real ones are.
 static NEXT: LazyLock<AtomicI64> = LazyLock::new(|| {
-    let micros = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros());
+    let micros = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros());
     AtomicI64::new(i64::try_from(micros).unwrap_or(i64::MAX / 2))
 });
 
@@ -51,21 +49,14 @@ fn message() -> MessageId {
 /// An event as the projector would hand it over, at a made-up but unique log position.
 fn logged(at: i64, actor: Option<UserId>, payload: impl Into<Payload>) -> Logged {
     let payload = payload.into();
-    let position = Position {
-        topic: payload.topic(),
-        partition: 0,
-        offset: fresh() as u64,
-    };
+    let position = Position { topic: payload.topic(), partition: 0, offset: fresh() as u64 };
     let meta = EventMeta {
         event_id: format!("conformance-{}", fresh()),
         occurred_at: at,
         actor,
         trace_id: "conformance".to_owned(),
     };
-    Logged {
-        position,
-        event: Event { meta, payload },
-    }
+    Logged { position, event: Event { meta, payload } }
 }
 
 /// Applies `events` as one batch, with a checkpoint just past them.
@@ -101,12 +92,7 @@ fn create(
     logged(
         at,
         Some(by),
-        ConversationCreated {
-            conversation_id: id,
-            kind,
-            title,
-            members: members.to_vec(),
-        },
+        ConversationCreated { conversation_id: id, kind, title, members: members.to_vec() },
     )
 }
 
@@ -139,11 +125,7 @@ fn read_up_to(conversation: ConversationId, user: UserId, message: MessageId, at
     logged(
         at,
         Some(user),
-        ReadUpTo {
-            conversation_id: conversation,
-            user_id: user,
-            message_id: message,
-        },
+        ReadUpTo { conversation_id: conversation, user_id: user, message_id: message },
     )
 }
 
@@ -157,56 +139,27 @@ fn edit(
     logged(
         at,
         Some(by),
-        MessageEdited {
-            conversation_id: conversation,
-            message_id: message,
-            body: body.to_owned(),
-        },
+        MessageEdited { conversation_id: conversation, message_id: message, body: body.to_owned() },
     )
 }
 
 fn delete(conversation: ConversationId, message: MessageId, by: UserId, at: i64) -> Logged {
-    logged(
-        at,
-        Some(by),
-        MessageDeleted {
-            conversation_id: conversation,
-            message_id: message,
-        },
-    )
+    logged(at, Some(by), MessageDeleted { conversation_id: conversation, message_id: message })
 }
 
 fn add(conversation: ConversationId, user: UserId, at: i64) -> Logged {
-    logged(
-        at,
-        None,
-        MemberAdded {
-            conversation_id: conversation,
-            user_id: user,
-        },
-    )
+    logged(at, None, MemberAdded { conversation_id: conversation, user_id: user })
 }
 
 fn remove(conversation: ConversationId, user: UserId, at: i64) -> Logged {
-    logged(
-        at,
-        None,
-        MemberRemoved {
-            conversation_id: conversation,
-            user_id: user,
-        },
-    )
+    logged(at, None, MemberRemoved { conversation_id: conversation, user_id: user })
 }
 
 fn session_closed(user: UserId, at: i64) -> Logged {
     logged(
         at,
         Some(user),
-        SessionClosed {
-            user_id: user,
-            session_id: format!("s-{at}"),
-            node_id: "n".to_owned(),
-        },
+        SessionClosed { user_id: user, session_id: format!("s-{at}"), node_id: "n".to_owned() },
     )
 }
 
@@ -228,12 +181,7 @@ async fn inbox_order(
     store: &dyn ReadModel,
     user: UserId,
 ) -> Result<Vec<ConversationId>, StoreError> {
-    Ok(store
-        .inbox(user)
-        .await?
-        .into_iter()
-        .map(|entry| entry.conversation.id)
-        .collect())
+    Ok(store.inbox(user).await?.into_iter().map(|entry| entry.conversation.id).collect())
 }
 
 /// Unread counts follow read markers; sending reads for the sender; markers only move forward.
@@ -246,77 +194,33 @@ pub async fn unread_counts_and_read_markers(store: &dyn ReadModel) -> Result<(),
     // Three messages in one batch: each sees the one before it.
     apply(
         store,
-        &[
-            send(c, m1, a, "1", t + 1),
-            send(c, m2, a, "2", t + 2),
-            send(c, m3, a, "3", t + 3),
-        ],
+        &[send(c, m1, a, "1", t + 1), send(c, m2, a, "2", t + 2), send(c, m3, a, "3", t + 3)],
     )
     .await?;
 
-    let seqs: Vec<u64> = store
-        .messages(c, None, 10)
-        .await?
-        .iter()
-        .map(|m| m.seq)
-        .collect();
-    assert_eq!(
-        seqs,
-        [3, 2, 1],
-        "messages of one batch are numbered in order"
-    );
+    let seqs: Vec<u64> = store.messages(c, None, 10).await?.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, [3, 2, 1], "messages of one batch are numbered in order");
     assert_eq!(unread(store, b, c).await?, 3);
-    assert_eq!(
-        unread(store, a, c).await?,
-        0,
-        "the sender has read their own messages"
-    );
+    assert_eq!(unread(store, a, c).await?, 0, "the sender has read their own messages");
     let markers = store.read_markers(c).await?;
-    assert_eq!(
-        markers.len(),
-        1,
-        "only the sender has a marker yet: {markers:?}"
-    );
-    assert_eq!(
-        (markers[0].user_id, markers[0].message_id, markers[0].at),
-        (a, m3, t + 3)
-    );
+    assert_eq!(markers.len(), 1, "only the sender has a marker yet: {markers:?}");
+    assert_eq!((markers[0].user_id, markers[0].message_id, markers[0].at), (a, m3, t + 3));
 
     apply(store, &[read_up_to(c, b, m2, t + 4)]).await?;
     assert_eq!(unread(store, b, c).await?, 1);
     let markers = store.read_markers(c).await?;
-    let of_b = markers
-        .iter()
-        .find(|m| m.user_id == b)
-        .expect("b has a marker");
+    let of_b = markers.iter().find(|m| m.user_id == b).expect("b has a marker");
     assert_eq!((of_b.message_id, of_b.at), (m2, t + 4));
 
     // An older receipt (another device catching up) and a receipt for a message the store has
     // never seen both leave the marker where it is.
-    apply(
-        store,
-        &[
-            read_up_to(c, b, m1, t + 5),
-            read_up_to(c, b, message(), t + 6),
-        ],
-    )
-    .await?;
+    apply(store, &[read_up_to(c, b, m1, t + 5), read_up_to(c, b, message(), t + 6)]).await?;
     assert_eq!(unread(store, b, c).await?, 1);
     let markers = store.read_markers(c).await?;
-    assert_eq!(
-        markers
-            .iter()
-            .find(|m| m.user_id == b)
-            .map(|m| m.message_id),
-        Some(m2)
-    );
+    assert_eq!(markers.iter().find(|m| m.user_id == b).map(|m| m.message_id), Some(m2));
 
     apply(store, &[send(c, m4, b, "4", t + 7)]).await?;
-    assert_eq!(
-        unread(store, b, c).await?,
-        0,
-        "replying reads everything before the reply"
-    );
+    assert_eq!(unread(store, b, c).await?, 0, "replying reads everything before the reply");
     assert_eq!(unread(store, a, c).await?, 1);
     let markers = store.read_markers(c).await?;
     let users: Vec<UserId> = markers.iter().map(|m| m.user_id).collect();
@@ -354,10 +258,7 @@ pub async fn paging_has_no_gaps_or_repeats(store: &dyn ReadModel) -> Result<(), 
         if page.is_empty() {
             break;
         }
-        assert!(
-            page.iter().all(|m| m.conversation_id == c),
-            "a message of another conversation"
-        );
+        assert!(page.iter().all(|m| m.conversation_id == c), "a message of another conversation");
         sizes.push(page.len());
         before = page.last().map(|m| m.id);
         seen.extend(page);
@@ -368,11 +269,7 @@ pub async fn paging_has_no_gaps_or_repeats(store: &dyn ReadModel) -> Result<(), 
     assert_eq!(ids, expected, "newest first, no gaps, no repeats");
     let seqs: Vec<u64> = seen.iter().map(|m| m.seq).collect();
     assert_eq!(seqs, (1..=25).rev().collect::<Vec<u64>>());
-    assert_eq!(
-        store.messages(c, Some(sent[0]), 10).await?,
-        [],
-        "nothing is older than the first"
-    );
+    assert_eq!(store.messages(c, Some(sent[0]), 10).await?, [], "nothing is older than the first");
     assert_eq!(store.messages(c, None, 0).await?, []);
     let conversation = store.conversation(c).await?.expect("conversation exists");
     assert_eq!(conversation.message_count, 25);
@@ -389,14 +286,7 @@ pub async fn reapplying_changes_nothing(store: &dyn ReadModel) -> Result<(), Sto
     let batch = [
         register(a, &format!("alice{a}"), t),
         register(b, &format!("bob{b}"), t + 1),
-        logged(
-            t + 2,
-            Some(a),
-            ProfileUpdated {
-                user_id: a,
-                display_name: "Alice".to_owned(),
-            },
-        ),
+        logged(t + 2, Some(a), ProfileUpdated { user_id: a, display_name: "Alice".to_owned() }),
         group(g, &[a, b], t + 3),
         create(d, ConversationKind::Direct, &[a, c], a, t + 4),
         add(g, c, t + 5),
@@ -404,10 +294,7 @@ pub async fn reapplying_changes_nothing(store: &dyn ReadModel) -> Result<(), Sto
         logged(
             t + 7,
             None,
-            ConversationRenamed {
-                conversation_id: g,
-                title: "renamed".to_owned(),
-            },
+            ConversationRenamed { conversation_id: g, title: "renamed".to_owned() },
         ),
         send(g, m1, a, "1", t + 8),
         send(g, m2, c, "2", t + 9),
@@ -426,24 +313,8 @@ pub async fn reapplying_changes_nothing(store: &dyn ReadModel) -> Result<(), Sto
             },
         ),
         session_closed(a, t + 15),
-        logged(
-            t + 16,
-            Some(c),
-            Typing {
-                user_id: c,
-                conversation_id: g,
-                active: true,
-            },
-        ),
-        logged(
-            t + 17,
-            Some(a),
-            Delivered {
-                conversation_id: d,
-                user_id: a,
-                message_id: m3,
-            },
-        ),
+        logged(t + 16, Some(c), Typing { user_id: c, conversation_id: g, active: true }),
+        logged(t + 17, Some(a), Delivered { conversation_id: d, user_id: a, message_id: m3 }),
     ];
     apply(store, &batch).await?;
     let dump = store.dump().await?;
@@ -473,10 +344,7 @@ pub async fn retried_send_is_deduplicated(store: &dyn ReadModel) -> Result<(), S
     apply(store, &[send(c, retry, a, "client-1", t + 2)]).await?;
 
     assert_eq!(store.message(c, retry).await?, None);
-    let found = store
-        .message_by_client_id(c, a, "client-1")
-        .await?
-        .expect("the first send");
+    let found = store.message_by_client_id(c, a, "client-1").await?.expect("the first send");
     assert_eq!((found.id, found.seq), (first, 1));
 
     // The same client id from another sender, or in another conversation, is another message.
@@ -492,15 +360,9 @@ pub async fn retried_send_is_deduplicated(store: &dyn ReadModel) -> Result<(), S
     )
     .await?;
     assert_eq!(store.message(c, from_b).await?.map(|m| m.seq), Some(2));
-    assert_eq!(
-        store.message(other, elsewhere).await?.map(|m| m.seq),
-        Some(1)
-    );
+    assert_eq!(store.message(other, elsewhere).await?.map(|m| m.seq), Some(1));
     assert_eq!(store.message(c, retry_in_batch).await?, None);
-    assert_eq!(
-        store.conversation(c).await?.map(|c| c.message_count),
-        Some(2)
-    );
+    assert_eq!(store.conversation(c).await?.map(|c| c.message_count), Some(2));
     assert_eq!(store.message_by_client_id(c, a, "client-2").await?, None);
     Ok(())
 }
@@ -513,60 +375,30 @@ pub async fn membership_and_inbox(store: &dyn ReadModel) -> Result<(), StoreErro
     let t = fresh();
     apply(
         store,
-        &[
-            create(first, ConversationKind::Group, &[a, b], b, t),
-            group(second, &[a, c], t + 1),
-        ],
+        &[create(first, ConversationKind::Group, &[a, b], b, t), group(second, &[a, c], t + 1)],
     )
     .await?;
 
-    let created = store
-        .conversation(first)
-        .await?
-        .expect("conversation exists");
+    let created = store.conversation(first).await?.expect("conversation exists");
     assert_eq!(created.kind, ConversationKind::Group);
     assert_eq!(created.title, Some(format!("group {first}")));
     assert_eq!((created.created_by, created.created_at), (Some(b), t));
     assert_eq!((created.message_count, created.last_message), (0, None));
-    assert_eq!(
-        inbox_order(store, a).await?,
-        [second, first],
-        "newest conversation first"
-    );
+    assert_eq!(inbox_order(store, a).await?, [second, first], "newest conversation first");
 
     let m = message();
     apply(store, &[send(first, m, b, "1", t + 2)]).await?;
-    assert_eq!(
-        inbox_order(store, a).await?,
-        [first, second],
-        "the latest message moves it up"
-    );
+    assert_eq!(inbox_order(store, a).await?, [first, second], "the latest message moves it up");
 
     apply(store, &[add(first, c, t + 3), add(first, c, t + 4)]).await?;
-    assert_eq!(
-        store.conversation(first).await?.map(|c| c.members),
-        Some(vec![a, b, c])
-    );
+    assert_eq!(store.conversation(first).await?.map(|c| c.members), Some(vec![a, b, c]));
     assert_eq!(inbox_order(store, c).await?, [first, second]);
-    assert_eq!(
-        unread(store, c, first).await?,
-        1,
-        "a new member has not read the history"
-    );
+    assert_eq!(unread(store, c, first).await?, 1, "a new member has not read the history");
 
     apply(store, &[remove(first, b, t + 5)]).await?;
-    assert_eq!(
-        store.conversation(first).await?.map(|c| c.members),
-        Some(vec![a, c])
-    );
+    assert_eq!(store.conversation(first).await?.map(|c| c.members), Some(vec![a, c]));
     assert_eq!(inbox_order(store, b).await?, []);
-    assert!(
-        store
-            .read_markers(first)
-            .await?
-            .iter()
-            .all(|m| m.user_id != b)
-    );
+    assert!(store.read_markers(first).await?.iter().all(|m| m.user_id != b));
     apply(store, &[remove(first, b, t + 6)]).await?;
 
     apply(store, &[add(first, b, t + 7)]).await?;
@@ -575,28 +407,18 @@ pub async fn membership_and_inbox(store: &dyn ReadModel) -> Result<(), StoreErro
         Some(vec![a, c, b]),
         "rejoining puts the member last"
     );
-    assert_eq!(
-        unread(store, b, first).await?,
-        0,
-        "their read marker survived the absence"
-    );
+    assert_eq!(unread(store, b, first).await?, 0, "their read marker survived the absence");
 
     apply(
         store,
         &[logged(
             t + 8,
             Some(a),
-            ConversationRenamed {
-                conversation_id: second,
-                title: "new".to_owned(),
-            },
+            ConversationRenamed { conversation_id: second, title: "new".to_owned() },
         )],
     )
     .await?;
-    assert_eq!(
-        store.conversation(second).await?.and_then(|c| c.title),
-        Some("new".to_owned())
-    );
+    assert_eq!(store.conversation(second).await?.and_then(|c| c.title), Some("new".to_owned()));
 
     // Membership of an unknown conversation is not invented.
     let unknown = conversation();
@@ -627,10 +449,7 @@ pub async fn direct_conversation_lookup(store: &dyn ReadModel) -> Result<(), Sto
         None,
         "a group is not a direct conversation"
     );
-    assert_eq!(
-        store.conversation(direct).await?.map(|c| c.kind),
-        Some(ConversationKind::Direct)
-    );
+    assert_eq!(store.conversation(direct).await?.map(|c| c.kind), Some(ConversationKind::Direct));
     Ok(())
 }
 
@@ -640,15 +459,8 @@ pub async fn edit_and_delete(store: &dyn ReadModel) -> Result<(), StoreError> {
     let c = conversation();
     let (m1, m2) = (message(), message());
     let t = fresh();
-    apply(
-        store,
-        &[
-            group(c, &[a], t),
-            send(c, m1, a, "1", t + 1),
-            send(c, m2, a, "2", t + 2),
-        ],
-    )
-    .await?;
+    apply(store, &[group(c, &[a], t), send(c, m1, a, "1", t + 1), send(c, m2, a, "2", t + 2)])
+        .await?;
 
     apply(store, &[edit(c, m2, a, "second, edited", t + 3)]).await?;
     let edited = store.message(c, m2).await?.expect("m2 exists");
@@ -662,25 +474,15 @@ pub async fn edit_and_delete(store: &dyn ReadModel) -> Result<(), StoreError> {
 
     apply(store, &[edit(c, m1, a, "first, edited", t + 4)]).await?;
     let last = store.conversation(c).await?.and_then(|c| c.last_message);
-    assert_eq!(
-        last.map(|m| m.id),
-        Some(m2),
-        "editing an older message does not make it last"
-    );
+    assert_eq!(last.map(|m| m.id), Some(m2), "editing an older message does not make it last");
 
     apply(store, &[delete(c, m2, a, t + 5)]).await?;
-    let deleted = store
-        .message(c, m2)
-        .await?
-        .expect("a deleted message keeps its place");
+    let deleted = store.message(c, m2).await?.expect("a deleted message keeps its place");
     assert!(deleted.deleted);
     assert_eq!(deleted.body, "");
     let conversation = store.conversation(c).await?.expect("conversation exists");
     assert_eq!(conversation.last_message, Some(deleted));
-    assert_eq!(
-        conversation.message_count, 2,
-        "deleted messages still count"
-    );
+    assert_eq!(conversation.message_count, 2, "deleted messages still count");
 
     apply(store, &[edit(c, m2, a, "resurrected", t + 6)]).await?;
     assert_eq!(
@@ -690,14 +492,7 @@ pub async fn edit_and_delete(store: &dyn ReadModel) -> Result<(), StoreError> {
     );
 
     let unknown = message();
-    apply(
-        store,
-        &[
-            edit(c, unknown, a, "ghost", t + 7),
-            delete(c, unknown, a, t + 8),
-        ],
-    )
-    .await?;
+    apply(store, &[edit(c, unknown, a, "ghost", t + 7), delete(c, unknown, a, t + 8)]).await?;
     assert_eq!(store.message(c, unknown).await?, None);
     let page = store.messages(c, None, 10).await?;
     assert_eq!(page.iter().map(|m| m.id).collect::<Vec<_>>(), [m2, m1]);
@@ -713,21 +508,11 @@ pub async fn handle_uniqueness(store: &dyn ReadModel) -> Result<(), StoreError> 
     apply(store, &[register(first, &handle, t)]).await?;
     apply(store, &[register(second, &handle.to_uppercase(), t + 1)]).await?;
 
-    let found = store
-        .user_by_handle(&handle.to_lowercase())
-        .await?
-        .expect("the handle is taken");
+    let found = store.user_by_handle(&handle.to_lowercase()).await?.expect("the handle is taken");
     assert_eq!(found.id, first);
-    assert_eq!(
-        (found.handle.as_str(), found.created_at),
-        (handle.as_str(), t)
-    );
+    assert_eq!((found.handle.as_str(), found.created_at), (handle.as_str(), t));
     assert_eq!(found.password_hash, format!("hash-of-{first}"));
-    assert_eq!(
-        store.user(second).await?,
-        None,
-        "the losing registration leaves no user"
-    );
+    assert_eq!(store.user(second).await?, None, "the losing registration leaves no user");
     assert_eq!(store.user(first).await?, Some(found));
 
     apply(
@@ -735,21 +520,12 @@ pub async fn handle_uniqueness(store: &dyn ReadModel) -> Result<(), StoreError> 
         &[logged(
             t + 2,
             Some(first),
-            ProfileUpdated {
-                user_id: first,
-                display_name: "Ada L.".to_owned(),
-            },
+            ProfileUpdated { user_id: first, display_name: "Ada L.".to_owned() },
         )],
     )
     .await?;
-    assert_eq!(
-        store.user(first).await?.map(|u| u.display_name),
-        Some("Ada L.".to_owned())
-    );
-    assert_eq!(
-        store.user_by_handle(&format!("nobody{second}")).await?,
-        None
-    );
+    assert_eq!(store.user(first).await?.map(|u| u.display_name), Some("Ada L.".to_owned()));
+    assert_eq!(store.user_by_handle(&format!("nobody{second}")).await?, None);
     Ok(())
 }
 
@@ -762,11 +538,7 @@ pub async fn checkpoint_round_trip(store: &dyn ReadModel) -> Result<(), StoreErr
     assert_eq!(store.checkpoint().await?, cursor);
 
     let event = register(user(), &format!("cp{}", fresh()), fresh());
-    cursor.advance(Position {
-        topic: Topic::Messages,
-        partition: 3,
-        offset: 40,
-    });
+    cursor.advance(Position { topic: Topic::Messages, partition: 3, offset: 40 });
     store.apply(&[event], &cursor).await?;
     assert_eq!(store.checkpoint().await?, cursor);
     Ok(())
@@ -779,16 +551,8 @@ pub async fn last_seen(store: &dyn ReadModel) -> Result<(), StoreError> {
     assert_eq!(store.last_seen(a).await?, None);
     apply(store, &[session_closed(a, t + 10)]).await?;
     assert_eq!(store.last_seen(a).await?, Some(t + 10));
-    apply(
-        store,
-        &[session_closed(a, t + 20), session_closed(a, t + 15)],
-    )
-    .await?;
-    assert_eq!(
-        store.last_seen(a).await?,
-        Some(t + 20),
-        "a late, older close does not go back"
-    );
+    apply(store, &[session_closed(a, t + 20), session_closed(a, t + 15)]).await?;
+    assert_eq!(store.last_seen(a).await?, Some(t + 20), "a late, older close does not go back");
     Ok(())
 }
 
@@ -799,11 +563,7 @@ pub async fn messages_before_their_conversation(store: &dyn ReadModel) -> Result
     let c = conversation();
     let (m1, m2) = (message(), message());
     let t = fresh();
-    apply(
-        store,
-        &[send(c, m1, a, "1", t + 1), read_up_to(c, b, m1, t + 2)],
-    )
-    .await?;
+    apply(store, &[send(c, m1, a, "1", t + 1), read_up_to(c, b, m1, t + 2)]).await?;
     assert_eq!(store.conversation(c).await?, None);
     apply(store, &[group(c, &[a, b], t), send(c, m2, a, "2", t + 3)]).await?;
     let conversation = store.conversation(c).await?.expect("conversation exists");

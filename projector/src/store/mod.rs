@@ -26,7 +26,8 @@ pub async fn open(url: &str) -> Result<Arc<dyn ReadModel>, StoreError> {
             Ok(Arc::new(store))
         }
         Some(("scylla" | "cassandra", _)) => {
-            let config = cql::CqlConfig::from_url(url).map_err(|e| StoreError::Storage(e.to_string()))?;
+            let config =
+                cql::CqlConfig::from_url(url).map_err(|e| StoreError::Storage(e.to_string()))?;
             Ok(Arc::new(cql::CqlStore::connect(config).await?))
         }
         _ => Err(StoreError::Storage(format!(
@@ -154,7 +155,10 @@ pub trait ReadModel: Send + Sync + 'static {
         client_msg_id: &str,
     ) -> Result<Option<Message>, StoreError>;
     /// Every member's read marker in a conversation.
-    async fn read_markers(&self, conversation: ConversationId) -> Result<Vec<ReadMarker>, StoreError>;
+    async fn read_markers(
+        &self,
+        conversation: ConversationId,
+    ) -> Result<Vec<ReadMarker>, StoreError>;
 
     /// When the user's last session closed, if ever.
     async fn last_seen(&self, user: UserId) -> Result<Option<i64>, StoreError>;

@@ -59,10 +59,7 @@ pub(super) fn decode(
         .map(u64::from_be_bytes)
         .map_err(|_| corrupt("its key is not an 8-byte offset"))?;
     if offset != position.offset {
-        return Err(corrupt(&format!(
-            "found offset {offset} where {} belongs",
-            position.offset
-        )));
+        return Err(corrupt(&format!("found offset {offset} where {} belongs", position.offset)));
     }
     let Some((&version, rest)) = stored.split_first() else {
         return Err(corrupt("empty value"));
@@ -70,12 +67,10 @@ pub(super) fn decode(
     if version != VERSION {
         return Err(corrupt(&format!("unknown layout version {version}")));
     }
-    let (timestamp, rest) = rest
-        .split_first_chunk::<8>()
-        .ok_or_else(|| corrupt("truncated header"))?;
-    let (key_len, rest) = rest
-        .split_first_chunk::<4>()
-        .ok_or_else(|| corrupt("truncated header"))?;
+    let (timestamp, rest) =
+        rest.split_first_chunk::<8>().ok_or_else(|| corrupt("truncated header"))?;
+    let (key_len, rest) =
+        rest.split_first_chunk::<4>().ok_or_else(|| corrupt("truncated header"))?;
     let key_len = u32::from_be_bytes(*key_len) as usize;
     if rest.len() < key_len {
         return Err(corrupt("key runs past the end"));
@@ -100,11 +95,7 @@ mod tests {
 
     #[test]
     fn values_round_trip_and_damage_is_reported() {
-        let position = Position {
-            topic: Topic::Messages,
-            partition: 2,
-            offset: 7,
-        };
+        let position = Position { topic: Topic::Messages, partition: 2, offset: 7 };
         let stored = encode_value(1_700_000_000_123, b"conv-1", b"payload").unwrap();
         let record = decode(position, &offset_key(7), &stored).unwrap();
         assert_eq!(record.key, b"conv-1");
@@ -112,26 +103,14 @@ mod tests {
         assert_eq!(record.timestamp_ms, 1_700_000_000_123);
         assert_eq!(decode_offset(&offset_key(7)), Some(7));
 
-        assert!(
-            decode(position, &offset_key(8), &stored).is_err(),
-            "offset mismatch"
-        );
-        assert!(
-            decode(position, &offset_key(7), &stored[..10]).is_err(),
-            "truncated header"
-        );
+        assert!(decode(position, &offset_key(8), &stored).is_err(), "offset mismatch");
+        assert!(decode(position, &offset_key(7), &stored[..10]).is_err(), "truncated header");
         let mut wrong_version = stored.clone();
         wrong_version[0] = 9;
-        assert!(
-            decode(position, &offset_key(7), &wrong_version).is_err(),
-            "unknown version"
-        );
+        assert!(decode(position, &offset_key(7), &wrong_version).is_err(), "unknown version");
         let mut long_key = stored;
         long_key[9..13].copy_from_slice(&1000u32.to_be_bytes());
-        assert!(
-            decode(position, &offset_key(7), &long_key).is_err(),
-            "key past the end"
-        );
+        assert!(decode(position, &offset_key(7), &long_key).is_err(), "key past the end");
     }
 
     #[test]

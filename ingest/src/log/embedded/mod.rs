@@ -85,9 +85,7 @@ impl EmbeddedLog {
     /// `spawn_blocking`. Only one `EmbeddedLog` at a time may hold a directory.
     pub fn open(dir: &Path, partitions: u32) -> Result<EmbeddedLog, LogError> {
         if partitions == 0 {
-            return Err(LogError::Storage(
-                "a log needs at least one partition per topic".into(),
-            ));
+            return Err(LogError::Storage("a log needs at least one partition per topic".into()));
         }
         let shown = dir.display();
         std::fs::create_dir_all(dir)
@@ -108,9 +106,8 @@ impl EmbeddedLog {
             .map_err(|e| storage("reading the partition count", e))?
         {
             Some(stored) => {
-                let stored = <[u8; 4]>::try_from(&*stored)
-                    .map(u32::from_be_bytes)
-                    .map_err(|_| {
+                let stored =
+                    <[u8; 4]>::try_from(&*stored).map(u32::from_be_bytes).map_err(|_| {
                         LogError::Storage(format!("{shown} holds an unreadable partition count"))
                     })?;
                 if stored != partitions {
@@ -145,20 +142,10 @@ impl EmbeddedLog {
             .map_err(|e| storage("opening the consumer positions", e))?;
         // Whatever recovery found (including records written but never acknowledged before a
         // crash) is now served to readers, so it has to be as durable as everything else.
-        db.persist(PersistMode::SyncAll)
-            .map_err(|e| storage("syncing the recovered log", e))?;
+        db.persist(PersistMode::SyncAll).map_err(|e| storage("syncing the recovered log", e))?;
 
-        let (frontier, _) = watch::channel(Frontier {
-            ends,
-            closed: false,
-        });
-        let store = Arc::new(Store {
-            db,
-            partitions,
-            logs,
-            consumers,
-            frontier,
-        });
+        let (frontier, _) = watch::channel(Frontier { ends, closed: false });
+        let store = Arc::new(Store { db, partitions, logs, consumers, frontier });
         let (requests, receiver) = mpsc::channel(QUEUE_DEPTH);
         let thread = writer::spawn(Arc::clone(&store), receiver)
             .map_err(|e| LogError::Storage(format!("starting the log writer thread: {e}")))?;
@@ -178,10 +165,7 @@ impl EmbeddedLog {
     ) -> Result<T, LogError> {
         let sender = self.writer.sender().ok_or(LogError::Closed)?;
         let (reply, answer) = oneshot::channel();
-        sender
-            .send(request(reply))
-            .await
-            .map_err(|_| LogError::Closed)?;
+        sender.send(request(reply)).await.map_err(|_| LogError::Closed)?;
         // Holding a sender keeps the writer running; it must not wait on our own answer.
         drop(sender);
         answer.await.map_err(|_| {
@@ -199,19 +183,14 @@ fn recover_end(keyspace: &Keyspace, name: &str, dir: &Path) -> Result<u64, LogEr
         return Ok(0);
     };
     let key = last.key().map_err(|e| {
+        LogError::Storage(format!("reading the end of partition {name} in {}: {e}", dir.display()))
+    })?;
+    format::decode_offset(&key).map(|offset| offset + 1).ok_or_else(|| {
         LogError::Storage(format!(
-            "reading the end of partition {name} in {}: {e}",
+            "partition {name} in {} holds a key that is not an offset",
             dir.display()
         ))
-    })?;
-    format::decode_offset(&key)
-        .map(|offset| offset + 1)
-        .ok_or_else(|| {
-            LogError::Storage(format!(
-                "partition {name} in {} holds a key that is not an offset",
-                dir.display()
-            ))
-        })
+    })
 }
 
 impl Store {
@@ -235,27 +214,16 @@ impl Store {
 impl WriterHandle {
     /// A sender to the writer, or `None` once the log is closed.
     fn sender(&self) -> Option<mpsc::Sender<Request>> {
-        self.requests
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.requests.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Stops taking requests; the writer finishes what is queued, then exits.
     fn stop(&self) {
-        drop(
-            self.requests
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take(),
-        );
+        drop(self.requests.write().unwrap_or_else(PoisonError::into_inner).take());
     }
 
     fn take_thread(&self) -> Option<JoinHandle<()>> {
-        self.thread
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
+        self.thread.lock().unwrap_or_else(PoisonError::into_inner).take()
     }
 }
 
@@ -287,15 +255,7 @@ impl Log for EmbeddedLog {
         let partition = Topic::partition_for(key, self.store.partitions);
         let slot = self.store.slot(topic, partition);
         let key = key.to_vec();
-        self.request(|reply| Request::Append {
-            topic,
-            partition,
-            slot,
-            key,
-            value,
-            reply,
-        })
-        .await
+        self.request(|reply| Request::Append { topic, partition, slot, key, value, reply }).await
     }
 
     fn partitions(&self, _topic: Topic) -> u32 {
@@ -317,10 +277,7 @@ impl Log for EmbeddedLog {
                 "a reader needs a cursor naming at least one partition".into(),
             ));
         }
-        Ok(Box::new(EmbeddedReader::new(
-            Arc::clone(&self.store),
-            &from,
-        )))
+        Ok(Box::new(EmbeddedReader::new(Arc::clone(&self.store), &from)))
     }
 
     /// One process owns an embedded log, so a group has one reader, which gets every partition.
@@ -330,7 +287,9 @@ impl Log for EmbeddedLog {
         topics: &[Topic],
         start: Cursor,
     ) -> Result<Box<dyn LogReader>, LogError> {
-        let from = Cursor::beginning(self, topics).furthest(&self.committed(group).await?).furthest(&start);
+        let from = Cursor::beginning(self, topics)
+            .furthest(&self.committed(group).await?)
+            .furthest(&start);
         let reader = self.reader(from).await?;
         Ok(Box::new(GroupReader { reader, log: self.clone(), group: group.to_owned() }))
     }
@@ -346,14 +305,11 @@ impl Log for EmbeddedLog {
             let Some(stored) = stored else {
                 return Ok(Cursor::default());
             };
-            std::str::from_utf8(&stored)
-                .map_err(|e| e.to_string())
-                .and_then(str::parse)
-                .map_err(|e| {
-                    LogError::Storage(format!(
-                        "committed position of `{group}` is unreadable: {e}"
-                    ))
-                })
+            std::str::from_utf8(&stored).map_err(|e| e.to_string()).and_then(str::parse).map_err(
+                |e| {
+                    LogError::Storage(format!("committed position of `{group}` is unreadable: {e}"))
+                },
+            )
         })
         .await
     }
@@ -363,12 +319,7 @@ impl Log for EmbeddedLog {
         // Through the writer, so a commit shares the sync of the appends around it.
         let group = group.to_owned();
         let cursor = cursor.to_string();
-        self.request(|reply| Request::Commit {
-            group,
-            cursor,
-            reply,
-        })
-        .await
+        self.request(|reply| Request::Commit { group, cursor, reply }).await
     }
 
     async fn close(&self) -> Result<(), LogError> {

@@ -54,12 +54,7 @@ impl EmbeddedReader {
                 next,
             })
             .collect();
-        EmbeddedReader {
-            frontier: store.frontier.subscribe(),
-            store,
-            partitions,
-            turn: 0,
-        }
+        EmbeddedReader { frontier: store.frontier.subscribe(), store, partitions, turn: 0 }
     }
 
     /// Splits up to `max` records among the partitions that have some below `ends`: each gets an
@@ -108,11 +103,7 @@ fn read(store: &Store, plan: &[Take]) -> Result<Vec<Record>, LogError> {
         let range = format::offset_key(take.from)..format::offset_key(take.from + take.count);
         let mut offset = take.from;
         for stored in store.logs[take.slot].range(range) {
-            let position = Position {
-                topic: take.topic,
-                partition: take.partition,
-                offset,
-            };
+            let position = Position { topic: take.topic, partition: take.partition, offset };
             let (key, value) = stored
                 .into_inner()
                 .map_err(|e| LogError::Storage(format!("reading record {position}: {e}")))?;
@@ -141,10 +132,7 @@ impl LogReader for EmbeddedReader {
             // wakes the `changed()` below, so no append can slip by unnoticed.
             let (plan, closed) = {
                 let frontier = self.frontier.borrow_and_update();
-                (
-                    Self::plan(&self.partitions, self.turn, &frontier.ends, max),
-                    frontier.closed,
-                )
+                (Self::plan(&self.partitions, self.turn, &frontier.ends, max), frontier.closed)
             };
             if !plan.is_empty() {
                 let store = Arc::clone(&self.store);

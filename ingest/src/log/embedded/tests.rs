@@ -63,12 +63,7 @@ async fn append_some(log: &dyn Log, topic: Topic, tag: &str, count: usize) -> Ve
         let key = format!("{tag}-key-{}", i % 5).into_bytes();
         let value = format!("{tag}-value-{i}").into_bytes();
         let position = log.append(topic, &key, value.clone()).await.unwrap();
-        appended.push(Record {
-            position,
-            key,
-            value,
-            timestamp_ms: 0,
-        });
+        appended.push(Record { position, key, value, timestamp_ms: 0 });
     }
     appended
 }
@@ -110,23 +105,11 @@ async fn reopening_keeps_every_acknowledged_record_and_continues_offsets() {
 
     let ends = log.end_offsets(topic).await.unwrap();
     for partition in 0..PARTITIONS {
-        let stored = expected
-            .iter()
-            .filter(|r| r.position.partition == partition)
-            .count();
-        assert_eq!(
-            ends[partition as usize], stored as u64,
-            "end of partition {partition}"
-        );
+        let stored = expected.iter().filter(|r| r.position.partition == partition).count();
+        assert_eq!(ends[partition as usize], stored as u64, "end of partition {partition}");
     }
-    let next = log
-        .append(topic, b"first-key-0", b"third".to_vec())
-        .await
-        .unwrap();
-    assert_eq!(
-        next.offset, ends[next.partition as usize],
-        "offsets continue after reopening"
-    );
+    let next = log.append(topic, b"first-key-0", b"third".to_vec()).await.unwrap();
+    assert_eq!(next.offset, ends[next.partition as usize], "offsets continue after reopening");
 }
 
 #[tokio::test]
@@ -134,9 +117,7 @@ async fn reopening_with_another_partition_count_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     {
         let log = EmbeddedLog::open(dir.path(), 4).unwrap();
-        log.append(Topic::Users, b"u1", b"kept".to_vec())
-            .await
-            .unwrap();
+        log.append(Topic::Users, b"u1", b"kept".to_vec()).await.unwrap();
     }
     let Err(LogError::Storage(message)) = EmbeddedLog::open(dir.path(), 8) else {
         panic!("opening a 4-partition log with 8 partitions must fail");
@@ -148,11 +129,7 @@ async fn reopening_with_another_partition_count_is_refused() {
 
     let log = EmbeddedLog::open(dir.path(), 4).unwrap();
     let records = read_all(&log, Topic::Users).await;
-    assert_eq!(
-        records.len(),
-        1,
-        "the refused open must leave the log as it was"
-    );
+    assert_eq!(records.len(), 1, "the refused open must leave the log as it was");
     assert_eq!(records[0].value, b"kept");
 }
 
@@ -168,10 +145,7 @@ fn topic_slots_follow_topic_all() {
 #[test]
 fn zero_partitions_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    assert!(matches!(
-        EmbeddedLog::open(dir.path(), 0),
-        Err(LogError::Storage(_))
-    ));
+    assert!(matches!(EmbeddedLog::open(dir.path(), 0), Err(LogError::Storage(_))));
 }
 
 #[tokio::test]
@@ -180,10 +154,7 @@ async fn readers_refuse_partitions_that_do_not_exist() {
     let mut cursor = Cursor::default();
     cursor.set(Topic::Calls, PARTITIONS, 0);
     assert!(log.reader(cursor).await.is_err());
-    assert!(
-        log.reader(Cursor::default()).await.is_err(),
-        "a reader must follow something"
-    );
+    assert!(log.reader(Cursor::default()).await.is_err(), "a reader must follow something");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,20 +162,13 @@ async fn close_finishes_queued_appends_then_refuses_more() {
     let dir = tempfile::tempdir().unwrap();
     let log = EmbeddedLog::open(dir.path(), PARTITIONS).unwrap();
     let topic = Topic::Presence;
-    let mut reader = log
-        .reader(Cursor::end(&log, &[topic]).await.unwrap())
-        .await
-        .unwrap();
+    let mut reader = log.reader(Cursor::end(&log, &[topic]).await.unwrap()).await.unwrap();
 
     let appends = (0..200u32).map(|i| {
         let log = &log;
         async move {
             let key = format!("user-{}", i % 7).into_bytes();
-            (
-                log.append(topic, &key, i.to_be_bytes().to_vec()).await,
-                key,
-                i,
-            )
+            (log.append(topic, &key, i.to_be_bytes().to_vec()).await, key, i)
         }
     });
     let (outcomes, closed) = tokio::join!(join_all(appends), log.close());
@@ -218,14 +182,8 @@ async fn close_finishes_queued_appends_then_refuses_more() {
             Err(e) => panic!("an append racing close() failed with {e}"),
         }
     }
-    assert!(matches!(
-        log.append(topic, b"late", vec![]).await,
-        Err(LogError::Closed)
-    ));
-    assert!(matches!(
-        log.commit("late", &Cursor::default()).await,
-        Err(LogError::Closed)
-    ));
+    assert!(matches!(log.append(topic, b"late", vec![]).await, Err(LogError::Closed)));
+    assert!(matches!(log.commit("late", &Cursor::default()).await, Err(LogError::Closed)));
     log.close().await.expect("closing twice is harmless");
 
     // The reader drains what was acknowledged, then learns that nothing more will come.
@@ -237,10 +195,7 @@ async fn close_finishes_queued_appends_then_refuses_more() {
             Err(e) => panic!("reader failed with {e}"),
         }
     }
-    let mut read: Vec<_> = read
-        .into_iter()
-        .map(|r| (r.position, r.key, r.value))
-        .collect();
+    let mut read: Vec<_> = read.into_iter().map(|r| (r.position, r.key, r.value)).collect();
     read.sort();
     acknowledged.sort();
     assert_eq!(read, acknowledged);
@@ -248,16 +203,10 @@ async fn close_finishes_queued_appends_then_refuses_more() {
     drop(reader);
     drop(log);
     let log = EmbeddedLog::open(dir.path(), PARTITIONS).unwrap();
-    let mut stored: Vec<_> = read_all(&log, topic)
-        .await
-        .into_iter()
-        .map(|r| (r.position, r.key, r.value))
-        .collect();
+    let mut stored: Vec<_> =
+        read_all(&log, topic).await.into_iter().map(|r| (r.position, r.key, r.value)).collect();
     stored.sort();
-    assert_eq!(
-        stored, acknowledged,
-        "every acknowledged append is on disk, nothing else"
-    );
+    assert_eq!(stored, acknowledged, "every acknowledged append is on disk, nothing else");
 }
 
 #[tokio::test]
@@ -276,23 +225,14 @@ async fn a_batch_is_shared_fairly_between_partitions() {
     for i in 0..50u8 {
         log.append(topic, busy.as_bytes(), vec![i]).await.unwrap();
     }
-    let lone = log
-        .append(topic, quiet.as_bytes(), b"lone".to_vec())
-        .await
-        .unwrap();
+    let lone = log.append(topic, quiet.as_bytes(), b"lone".to_vec()).await.unwrap();
 
     let mut reader = log.reader(Cursor::beginning(&log, &[topic])).await.unwrap();
     let batch = reader.next_batch(10).await.unwrap();
     assert_eq!(batch.len(), 10, "a full batch when records are waiting");
-    assert!(
-        batch.iter().any(|r| r.position == lone),
-        "the quiet partition got no share"
-    );
-    let busy_offsets: Vec<u64> = batch
-        .iter()
-        .filter(|r| r.position.partition == 0)
-        .map(|r| r.position.offset)
-        .collect();
+    assert!(batch.iter().any(|r| r.position == lone), "the quiet partition got no share");
+    let busy_offsets: Vec<u64> =
+        batch.iter().filter(|r| r.position.partition == 0).map(|r| r.position.offset).collect();
     assert_eq!(
         busy_offsets,
         (0..9).collect::<Vec<_>>(),
@@ -311,10 +251,7 @@ fn kill_9_child_appends_until_killed() {
     let Some(dir) = std::env::var_os(KILL_CHILD_DIR) else {
         return;
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let log = std::sync::Arc::new(EmbeddedLog::open(dir.as_ref(), PARTITIONS).unwrap());
         let appenders: Vec<_> = (0..16)
@@ -375,16 +312,9 @@ fn kill_9_loses_no_acknowledged_append() {
     // SIGKILL: no destructor, no flush, no chance to finish the batch in flight.
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_eq!(
-        acknowledged.len(),
-        ACKS,
-        "the child stopped before it was killed"
-    );
+    assert_eq!(acknowledged.len(), ACKS, "the child stopped before it was killed");
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let log = EmbeddedLog::open(dir.path(), PARTITIONS).unwrap();
         let stored: std::collections::HashMap<Position, (Vec<u8>, Vec<u8>)> =

@@ -36,11 +36,7 @@ pub(super) enum Request {
         reply: oneshot::Sender<Result<Position, LogError>>,
     },
     /// Stores a consumer group's cursor (text form) in the same batch and sync as the appends.
-    Commit {
-        group: String,
-        cursor: String,
-        reply: oneshot::Sender<Result<(), LogError>>,
-    },
+    Commit { group: String, cursor: String, reply: oneshot::Sender<Result<(), LogError>> },
 }
 
 pub(super) fn spawn(
@@ -69,9 +65,7 @@ struct MarkClosedOnExit<'a>(&'a Store);
 
 impl Drop for MarkClosedOnExit<'_> {
     fn drop(&mut self) {
-        self.0
-            .frontier
-            .send_modify(|frontier| frontier.closed = true);
+        self.0.frontier.send_modify(|frontier| frontier.closed = true);
     }
 }
 
@@ -90,38 +84,20 @@ fn write(store: &Store, next: &mut Vec<u64>, requests: impl ExactSizeIterator<It
     let mut waiting = Vec::with_capacity(requests.len());
     for request in requests {
         match request {
-            Request::Append {
-                topic,
-                partition,
-                slot,
-                key,
-                value,
-                reply,
-            } => {
+            Request::Append { topic, partition, slot, key, value, reply } => {
                 match format::encode_value(timestamp_ms, &key, &value) {
                     Ok(stored) => {
                         let offset = ends[slot];
                         ends[slot] += 1;
                         batch.insert(&store.logs[slot], format::offset_key(offset), stored);
-                        waiting.push(Waiting::Append(
-                            reply,
-                            Position {
-                                topic,
-                                partition,
-                                offset,
-                            },
-                        ));
+                        waiting.push(Waiting::Append(reply, Position { topic, partition, offset }));
                     }
                     // Only this append is malformed; the rest of the batch goes ahead. A send
                     // error means the appender stopped waiting, which needs no answer.
                     Err(e) => drop(reply.send(Err(e))),
                 }
             }
-            Request::Commit {
-                group,
-                cursor,
-                reply,
-            } => {
+            Request::Commit { group, cursor, reply } => {
                 batch.insert(&store.consumers, group, cursor);
                 waiting.push(Waiting::Commit(reply));
             }
@@ -131,18 +107,13 @@ fn write(store: &Store, next: &mut Vec<u64>, requests: impl ExactSizeIterator<It
         return;
     }
 
-    match batch
-        .commit()
-        .and_then(|()| store.db.persist(PersistMode::SyncAll))
-    {
+    match batch.commit().and_then(|()| store.db.persist(PersistMode::SyncAll)) {
         Ok(()) => {
             if ends != *next {
                 *next = ends;
                 // Readers first: whoever gets an acknowledgement below may read its record at
                 // once (read-your-writes through the consistency token).
-                store
-                    .frontier
-                    .send_modify(|frontier| frontier.ends.clone_from(next));
+                store.frontier.send_modify(|frontier| frontier.ends.clone_from(next));
             }
             // Appenders that stopped waiting (a dropped future) are not told; their records are
             // stored all the same, as with a producer that times out.
@@ -173,7 +144,5 @@ fn write(store: &Store, next: &mut Vec<u64>, requests: impl ExactSizeIterator<It
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| {
-            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-        })
+        .map_or(0, |since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
 }

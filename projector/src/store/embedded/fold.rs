@@ -41,10 +41,7 @@ pub(super) struct Fold<'a> {
 impl<'a> Fold<'a> {
     /// Starts a batch on top of `base`, which must be the store's latest state.
     pub(super) fn new(base: View<'a>) -> Fold<'a> {
-        Fold {
-            base,
-            overlay: BTreeMap::new(),
-        }
+        Fold { base, overlay: BTreeMap::new() }
     }
 
     fn get<T: DeserializeOwned>(&self, table: Table, key: &[u8]) -> Result<Option<T>, StoreError> {
@@ -66,10 +63,7 @@ impl<'a> Fold<'a> {
         value: &T,
     ) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(value).map_err(|e| {
-            storage(
-                format_args!("encoding {}/{}", table.name(), table.describe_key(&key)),
-                e,
-            )
+            storage(format_args!("encoding {}/{}", table.name(), table.describe_key(&key)), e)
         })?;
         self.overlay.insert((table, key), Some(bytes));
         Ok(())
@@ -131,11 +125,7 @@ impl<'a> Fold<'a> {
                 None => batch.remove(tables.get(table), key),
             }
         }
-        batch.insert(
-            tables.get(Table::Meta),
-            keys::CHECKPOINT,
-            checkpoint.to_string(),
-        );
+        batch.insert(tables.get(Table::Meta), keys::CHECKPOINT, checkpoint.to_string());
         batch.commit().map_err(|e| storage("committing a batch", e))
     }
 
@@ -178,12 +168,7 @@ impl<'a> Fold<'a> {
             return Ok(());
         }
         let mut seen = HashSet::new();
-        let members: Vec<UserId> = e
-            .members
-            .iter()
-            .copied()
-            .filter(|m| seen.insert(*m))
-            .collect();
+        let members: Vec<UserId> = e.members.iter().copied().filter(|m| seen.insert(*m)).collect();
         for (order, &user) in (0u64..).zip(&members) {
             self.join(e.conversation_id, user, order)?;
         }
@@ -211,17 +196,9 @@ impl<'a> Fold<'a> {
         user: UserId,
         order: u64,
     ) -> Result<(), StoreError> {
-        self.put(
-            Table::Members,
-            keys::ids(&[conversation.0, user.0]),
-            &MemberRecord { order },
-        )?;
+        self.put(Table::Members, keys::ids(&[conversation.0, user.0]), &MemberRecord { order })?;
         // The value carries nothing: the key alone lists the user's conversations.
-        self.put(
-            Table::Memberships,
-            keys::ids(&[user.0, conversation.0]),
-            &(),
-        )
+        self.put(Table::Memberships, keys::ids(&[user.0, conversation.0]), &())
     }
 
     fn member_added(&mut self, e: &MemberAdded) -> Result<(), StoreError> {
@@ -230,10 +207,7 @@ impl<'a> Fold<'a> {
         else {
             return Ok(());
         };
-        if self.contains(
-            Table::Members,
-            &keys::ids(&[e.conversation_id.0, e.user_id.0]),
-        )? {
+        if self.contains(Table::Members, &keys::ids(&[e.conversation_id.0, e.user_id.0]))? {
             return Ok(());
         }
         self.join(e.conversation_id, e.user_id, conversation.next_member)?;
@@ -247,10 +221,7 @@ impl<'a> Fold<'a> {
         let member = keys::ids(&[e.conversation_id.0, e.user_id.0]);
         if self.contains(Table::Members, &member)? {
             self.remove(Table::Members, member);
-            self.remove(
-                Table::Memberships,
-                keys::ids(&[e.user_id.0, e.conversation_id.0]),
-            );
+            self.remove(Table::Memberships, keys::ids(&[e.user_id.0, e.conversation_id.0]));
         }
         Ok(())
     }
@@ -351,15 +322,7 @@ impl<'a> Fold<'a> {
         if current.is_some_and(|read| read.seq >= seq) {
             return Ok(());
         }
-        self.put(
-            Table::Reads,
-            key,
-            &ReadRecord {
-                message_id,
-                seq,
-                at,
-            },
-        )
+        self.put(Table::Reads, key, &ReadRecord { message_id, seq, at })
     }
 
     fn session_closed(&mut self, e: &SessionClosed, at: i64) -> Result<(), StoreError> {

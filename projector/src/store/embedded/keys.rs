@@ -151,12 +151,7 @@ mod tests {
     fn encoded_ids_sort_numerically_across_the_sign() {
         let values = [i64::MIN, -5, -1, 0, 1, 255, 256, i64::MAX];
         for pair in values.windows(2) {
-            assert!(
-                id(pair[0]) < id(pair[1]),
-                "{} should sort before {}",
-                pair[0],
-                pair[1]
-            );
+            assert!(id(pair[0]) < id(pair[1]), "{} should sort before {}", pair[0], pair[1]);
         }
         for value in values {
             assert_eq!(id_at(&id(value), 0), Some(value));
@@ -173,10 +168,7 @@ mod tests {
 
     #[test]
     fn keys_read_back_for_dumps() {
-        assert_eq!(
-            Table::ClientIds.describe_key(&client_id(7, -2, "c-1")),
-            "7/-2/c-1"
-        );
+        assert_eq!(Table::ClientIds.describe_key(&client_id(7, -2, "c-1")), "7/-2/c-1");
         assert_eq!(Table::Members.describe_key(&ids(&[1, 2])), "1/2");
         assert_eq!(Table::Handles.describe_key(&handle("Ada")), "ada");
         assert_eq!(direct(9, 3), direct(3, 9));

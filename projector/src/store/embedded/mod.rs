@@ -58,13 +58,7 @@ impl EmbeddedStore {
             .open()
             .map_err(|e| storage(format_args!("opening {}", dir.display()), e))?;
         let tables = Tables::open(&db)?;
-        Ok(EmbeddedStore {
-            inner: Arc::new(Inner {
-                db,
-                tables,
-                writer: Mutex::new(()),
-            }),
-        })
+        Ok(EmbeddedStore { inner: Arc::new(Inner { db, tables, writer: Mutex::new(()) }) })
     }
 
     /// Runs `query` against a fresh snapshot on the blocking pool.
@@ -136,8 +130,7 @@ impl ReadModel for EmbeddedStore {
         before: Option<MessageId>,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
-        self.read(move |view| view.messages(conversation, before, limit))
-            .await
+        self.read(move |view| view.messages(conversation, before, limit)).await
     }
 
     async fn message(
@@ -155,8 +148,7 @@ impl ReadModel for EmbeddedStore {
         client_msg_id: &str,
     ) -> Result<Option<Message>, StoreError> {
         let client_msg_id = client_msg_id.to_owned();
-        self.read(move |view| view.message_by_client_id(conversation, sender, &client_msg_id))
-            .await
+        self.read(move |view| view.message_by_client_id(conversation, sender, &client_msg_id)).await
     }
 
     async fn read_markers(

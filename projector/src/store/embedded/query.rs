@@ -36,10 +36,7 @@ impl<'a> View<'a> {
         self.snapshot
             .get(self.tables.get(table), key)
             .map_err(|e| {
-                storage(
-                    format_args!("reading {}/{}", table.name(), table.describe_key(key)),
-                    e,
-                )
+                storage(format_args!("reading {}/{}", table.name(), table.describe_key(key)), e)
             })?
             .map(|bytes| decode(table, key, &bytes))
             .transpose()
@@ -51,9 +48,7 @@ impl<'a> View<'a> {
         iter: Iter,
     ) -> impl DoubleEndedIterator<Item = Result<(Slice, Slice), StoreError>> {
         iter.map(move |guard| {
-            guard
-                .into_inner()
-                .map_err(|e| storage(format_args!("scanning {}", table.name()), e))
+            guard.into_inner().map_err(|e| storage(format_args!("scanning {}", table.name()), e))
         })
     }
 
@@ -152,20 +147,13 @@ impl<'a> View<'a> {
                 continue;
             };
             let read: Option<ReadRecord> = self.get(Table::Reads, &keys::ids(&[id.0, user.0]))?;
-            let unread = conversation
-                .message_count
-                .saturating_sub(read.map_or(0, |r| r.seq));
-            entries.push(InboxEntry {
-                conversation,
-                unread,
-            });
+            let unread = conversation.message_count.saturating_sub(read.map_or(0, |r| r.seq));
+            entries.push(InboxEntry { conversation, unread });
         }
         entries.sort_by_key(|entry| {
             let conversation = &entry.conversation;
-            let active = conversation
-                .last_message
-                .as_ref()
-                .map_or(conversation.created_at, |m| m.sent_at);
+            let active =
+                conversation.last_message.as_ref().map_or(conversation.created_at, |m| m.sent_at);
             Reverse((active, conversation.id))
         });
         Ok(entries)
@@ -182,10 +170,9 @@ impl<'a> View<'a> {
         let iter = match before {
             // The bare prefix sorts before every message key of the conversation and after every
             // key of the one before it, so it is the range's lower bound.
-            Some(before) => self.snapshot.range(
-                space,
-                prefix.to_vec()..keys::ids(&[conversation.0, before.0]),
-            ),
+            Some(before) => {
+                self.snapshot.range(space, prefix.to_vec()..keys::ids(&[conversation.0, before.0]))
+            }
             None => self.snapshot.prefix(space, prefix),
         };
         View::entries(Table::Messages, iter)
@@ -273,9 +260,6 @@ impl<'a> View<'a> {
 /// message key, …).
 fn second_id(table: Table, key: &[u8]) -> Result<i64, StoreError> {
     keys::id_at(key, ID_LEN).ok_or_else(|| {
-        storage(
-            format_args!("corrupt {} key", table.name()),
-            table.describe_key(key),
-        )
+        storage(format_args!("corrupt {} key", table.name()), table.describe_key(key))
     })
 }

@@ -44,13 +44,6 @@ pub(super) fn decode<T: DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| {
-        storage(
-            format_args!(
-                "corrupt record {}/{}",
-                table.name(),
-                table.describe_key(key)
-            ),
-            e,
-        )
+        storage(format_args!("corrupt record {}/{}", table.name(), table.describe_key(key)), e)
     })
 }

@@ -62,21 +62,14 @@ async fn the_whole_suite_can_share_one_store() -> Result<(), StoreError> {
 
 fn logged(offset: u64, at: i64, payload: impl Into<switchboard_schemas::Payload>) -> Logged {
     let payload = payload.into();
-    let position = Position {
-        topic: payload.topic(),
-        partition: 0,
-        offset,
-    };
+    let position = Position { topic: payload.topic(), partition: 0, offset };
     let meta = EventMeta {
         event_id: format!("e{offset}"),
         occurred_at: at,
         actor: None,
         trace_id: String::new(),
     };
-    Logged {
-        position,
-        event: Event { meta, payload },
-    }
+    Logged { position, event: Event { meta, payload } }
 }
 
 /// A small history: a user, a direct conversation, three messages.
@@ -144,16 +137,10 @@ async fn reopening_keeps_data_and_checkpoint() -> Result<(), StoreError> {
     let store = open(dir.path());
     assert_eq!(store.checkpoint().await?, checkpoint);
     assert_eq!(store.dump().await?, dump);
-    assert_eq!(
-        store.user_by_handle("ADA").await?.map(|u| u.id),
-        Some(UserId(1))
-    );
+    assert_eq!(store.user_by_handle("ADA").await?.map(|u| u.id), Some(UserId(1)));
     let page = store.messages(ConversationId(10), None, 10).await?;
     assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [3, 2, 1]);
-    assert_eq!(
-        store.direct_conversation(UserId(2), UserId(1)).await?,
-        Some(ConversationId(10))
-    );
+    assert_eq!(store.direct_conversation(UserId(2), UserId(1)).await?, Some(ConversationId(10)));
     Ok(())
 }
 
@@ -171,16 +158,12 @@ async fn a_fresh_store_starts_from_nothing() -> Result<(), StoreError> {
 #[tokio::test]
 async fn batching_does_not_change_the_result() -> Result<(), StoreError> {
     let events = history();
-    let (one_dir, each_dir) = (
-        TempDir::new().expect("temp dir"),
-        TempDir::new().expect("temp dir"),
-    );
+    let (one_dir, each_dir) =
+        (TempDir::new().expect("temp dir"), TempDir::new().expect("temp dir"));
     let (in_one, one_by_one) = (open(one_dir.path()), open(each_dir.path()));
     in_one.apply(&events, &cursor_after(&events)).await?;
     for (i, event) in events.iter().enumerate() {
-        one_by_one
-            .apply(std::slice::from_ref(event), &cursor_after(&events[..=i]))
-            .await?;
+        one_by_one.apply(std::slice::from_ref(event), &cursor_after(&events[..=i])).await?;
     }
     let dump = in_one.dump().await?;
     assert_eq!(one_by_one.dump().await?, dump);
@@ -223,12 +206,6 @@ async fn an_applied_batch_survives_an_abort() -> Result<(), StoreError> {
 
     let store = open(dir.path());
     assert_eq!(store.checkpoint().await?, checkpoint);
-    assert_eq!(
-        store
-            .conversation(ConversationId(10))
-            .await?
-            .map(|c| c.message_count),
-        Some(3)
-    );
+    assert_eq!(store.conversation(ConversationId(10)).await?.map(|c| c.message_count), Some(3));
     Ok(())
 }
