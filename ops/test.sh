@@ -29,8 +29,19 @@ cargo test --workspace --locked
 
 echo "== engines"
 ops/engines/start.sh all
-trap 'ops/engines/stop.sh all' EXIT
 source ops/engines/common.sh
+# On a failure, the engines' own last words come before they are stopped.
+on_exit() {
+    local status=$?
+    if [ "$status" -ne 0 ]; then
+        for log in "$RUN_ROOT"/kafka/logs/server.log "$RUN_ROOT"/cassandra/logs/system.log "$RUN_ROOT"/redis/redis.log; do
+            [ -f "$log" ] && { echo "== last lines of $log"; tail -n 30 "$log"; }
+        done
+    fi
+    ops/engines/stop.sh all
+    exit "$status"
+}
+trap on_exit EXIT
 
 echo "== tests on Kafka, Cassandra and Redis"
 # Each test server gets its own topics, keyspace and key prefix: {unique} is filled in per server.
