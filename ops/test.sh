@@ -24,8 +24,14 @@ echo "== formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# Every suite's summary lines, for the total at the end.
+results=$(mktemp)
+total() {
+    awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$results"
+}
+
 echo "== tests on the embedded backends"
-cargo test --workspace --locked
+cargo test --workspace --locked 2>&1 | tee -a "$results"
 
 echo "== engines"
 ops/engines/start.sh all
@@ -34,6 +40,7 @@ source ops/engines/common.sh
 on_exit() {
     local status=$?
     if [ "$status" -ne 0 ]; then
+        total
         for log in "$RUN_ROOT"/kafka/logs/server.log "$RUN_ROOT"/cassandra/logs/system.log "$RUN_ROOT"/redis/redis.log; do
             [ -f "$log" ] && { echo "== last lines of $log"; tail -n 30 "$log"; }
         done
@@ -51,4 +58,6 @@ SWITCHBOARD_KAFKA="127.0.0.1:${KAFKA_PORT}" \
 SWITCHBOARD_CQL="127.0.0.1:${CQL_PORT}" \
 SWITCHBOARD_REDIS="redis://127.0.0.1:${REDIS_PORT}" \
 SWITCHBOARD_TEST_BACKEND_ARGS="--log kafka://127.0.0.1:${KAFKA_PORT}?prefix={unique}. --store scylla://127.0.0.1:${CQL_PORT}/{unique} --presence redis://127.0.0.1:${REDIS_PORT}?prefix={unique}: --consistency-timeout 30s" \
-    cargo test --workspace --locked
+    cargo test --workspace --locked 2>&1 | tee -a "$results"
+
+total
