@@ -2,6 +2,7 @@
 //! into a [`Caller`].
 
 use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -102,25 +103,62 @@ fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// Hashes a password with argon2id off the async threads (it is deliberately slow).
+type HashJob = Box<dyn FnOnce(&Argon2<'static>) + Send>;
+
+/// Runs argon2 on a few threads of its own, one per core. Each hash takes about 19 MiB and tens
+/// of milliseconds of CPU; run on the shared blocking pool, hashes would spread over dozens of
+/// threads, each keeping an allocator arena of that size long after (gigabytes after a burst of
+/// registrations), and would compete with the storage engines' blocking work.
+async fn argon2<T: Send + 'static>(
+    work: impl FnOnce(&Argon2<'static>) -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    static JOBS: OnceLock<Mutex<std::sync::mpsc::Sender<HashJob>>> = OnceLock::new();
+    let jobs = JOBS.get_or_init(|| {
+        let (sender, receiver) = std::sync::mpsc::channel::<HashJob>();
+        let receiver = Arc::new(Mutex::new(receiver));
+        for i in 0..std::thread::available_parallelism().map_or(1, |n| n.get()) {
+            let receiver = Arc::clone(&receiver);
+            std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || {
+                    let argon2 = Argon2::default();
+                    // The lock is held only while taking a job, not while running it.
+                    while let Ok(job) = { receiver.lock().expect("hash queue").recv() } {
+                        job(&argon2);
+                    }
+                })
+                .expect("starting a password-hashing thread");
+        }
+        Mutex::new(sender)
+    });
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let job: HashJob = Box::new(move |argon2| {
+        let _ = reply.send(work(argon2));
+    });
+    jobs.lock()
+        .expect("hash queue")
+        .send(job)
+        .map_err(|_| ApiError::internal("password hashing stopped"))?;
+    answer.await.map_err(|_| ApiError::internal("password hashing failed"))
+}
+
+/// Hashes a password with argon2id (deliberately slow).
 pub async fn hash_password(password: String) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || {
+    argon2(move |argon2| {
         let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
             .map_err(|e| ApiError::internal(format!("salt: {e}")))?;
-        Argon2::default()
+        argon2
             .hash_password(password.as_bytes(), &salt)
             .map(|hash| hash.to_string())
             .map_err(|e| ApiError::internal(format!("password hashing failed: {e}")))
     })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))?
+    .await?
 }
 
 pub async fn verify_password(password: String, hash: String) -> bool {
-    tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash).is_ok_and(|parsed| {
-            Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok()
-        })
+    argon2(move |argon2| {
+        PasswordHash::new(&hash)
+            .is_ok_and(|parsed| argon2.verify_password(password.as_bytes(), &parsed).is_ok())
     })
     .await
     .unwrap_or(false)

@@ -13,8 +13,7 @@ use serde_json::{Value, json};
 async fn malformed_frames_get_errors_and_the_socket_stays_usable() {
     let server = Server::start(&[]);
     let api = server.api();
-    let (ada, bob) = (api.register("ada").await, api.register("bob").await);
-    let conversation = api.direct(&ada, &bob).await;
+    let (ada, bob, conversation) = api.pair().await;
     let mut ws = Ws::connect(&server, &ada).await;
 
     ws.send_text("{not json".into()).await;
@@ -146,8 +145,7 @@ async fn strangers_can_neither_read_nor_post() {
 async fn the_thirty_first_message_in_a_minute_is_rate_limited() {
     let server = Server::start(&[]);
     let api = server.api();
-    let (ada, bob) = (api.register("ada").await, api.register("bob").await);
-    let conversation = api.direct(&ada, &bob).await;
+    let (ada, bob, conversation) = api.pair().await;
     let mut ws = Ws::connect(&server, &ada).await;
     for i in 0..30 {
         let ack = ws.send_message(&conversation, &format!("f{i}"), "flood").await;

@@ -66,8 +66,7 @@ async fn the_message_rate_limit_holds_across_nodes() {
     }
     let nodes = cluster(&new_cluster_id(), &[]);
     let api = nodes.a.api();
-    let (ada, bob) = (api.register("ada").await, api.register("bob").await);
-    let conversation = api.direct(&ada, &bob).await;
+    let (ada, bob, conversation) = api.pair().await;
     let mut on_a = Ws::connect(&nodes.a, &ada).await;
     let mut on_b = Ws::connect(&nodes.b, &ada).await;
     for i in 0..30 {
@@ -124,8 +123,7 @@ async fn a_projector_killed_mid_stream_resumes_without_loss_or_duplicates() {
     let id = new_cluster_id();
     let mut nodes = cluster(&id, &["--rate-messages", "off"]);
     let api = nodes.a.api();
-    let (ada, bob) = (api.register("ada").await, api.register("bob").await);
-    let conversation = api.direct(&ada, &bob).await;
+    let (ada, bob, conversation) = api.pair().await;
     let mut ws = Ws::connect(&nodes.a, &ada).await;
 
     let mut acked = send_many(&mut ws, &conversation, "before", 150).await;

@@ -15,8 +15,7 @@ async fn acknowledged_messages_survive_kill_9_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start_in(dir.path(), &["--rate-messages", "off"]);
     let api = server.api();
-    let (ada, bob) = (api.register("ada").await, api.register("bob").await);
-    let conversation = api.direct(&ada, &bob).await;
+    let (ada, bob, conversation) = api.pair().await;
     let mut ws = Ws::connect(&server, &ada).await;
 
     // Pipeline many sends, then kill the server while acks are still coming in.
@@ -74,8 +73,7 @@ async fn a_graceful_stop_closes_sockets_and_keeps_everything() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start_in(dir.path(), &[]);
     let api = server.api();
-    let (ada, bob) = (api.register("ada").await, api.register("bob").await);
-    let conversation = api.direct(&ada, &bob).await;
+    let (ada, bob, conversation) = api.pair().await;
     let mut ws = Ws::connect(&server, &ada).await;
     let ack = ws.send_message(&conversation, "last-words", "goodnight").await;
     assert_eq!(ack["op"], "ack");

@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Server, User, Ws, on_shared_engines};
+use common::{Server, Ws, on_shared_engines};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
@@ -45,13 +45,6 @@ impl Drop for Outage {
     }
 }
 
-async fn chat(server: &Server) -> (User, User, String) {
-    let api = server.api();
-    let (ada, bob) = (api.register("ada").await, api.register("bob").await);
-    let conversation = api.direct(&ada, &bob).await;
-    (ada, bob, conversation)
-}
-
 fn send_frame(conversation: &str, client_msg_id: &str) -> Value {
     json!({ "op": "send", "ref": client_msg_id, "conversation_id": conversation, "client_msg_id": client_msg_id, "body": client_msg_id })
 }
@@ -65,7 +58,7 @@ async fn with_kafka_down_sends_fail_retryably_and_nothing_unlogged_is_acknowledg
     }
     let _one_at_a_time = ENGINES.lock().await;
     let server = Server::start(&[]);
-    let (ada, bob, conversation) = chat(&server).await;
+    let (ada, bob, conversation) = server.api().pair().await;
     let mut ws = Ws::connect(&server, &ada).await;
     let before = ws.send_message(&conversation, "before", "before").await;
     assert_eq!(before["op"], "ack");
@@ -93,7 +86,7 @@ async fn with_redis_down_messaging_goes_on_and_presence_says_it_is_degraded() {
     }
     let _one_at_a_time = ENGINES.lock().await;
     let server = Server::start(&[]);
-    let (ada, bob, conversation) = chat(&server).await;
+    let (ada, bob, conversation) = server.api().pair().await;
     let api = server.api();
     let mut ada_ws = Ws::connect(&server, &ada).await;
     let mut bob_ws = Ws::connect(&server, &bob).await;
@@ -122,7 +115,7 @@ async fn with_cassandra_down_queries_fail_clearly_and_the_projector_catches_up_a
     }
     let _one_at_a_time = ENGINES.lock().await;
     let server = Server::start(&["--rate-messages", "off"]);
-    let (ada, bob, conversation) = chat(&server).await;
+    let (ada, bob, conversation) = server.api().pair().await;
     let api = server.api();
     let mut ws = Ws::connect(&server, &ada).await;
 

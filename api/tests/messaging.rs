@@ -13,8 +13,7 @@ use serde_json::{Value, json};
 async fn two_users_chat_over_two_sockets() {
     let server = Server::start(&[]);
     let api = server.api();
-    let (ada, bob) = (api.register("ada").await, api.register("bob").await);
-    let conversation = api.direct(&ada, &bob).await;
+    let (ada, bob, conversation) = api.pair().await;
     let mut ada_ws = Ws::connect(&server, &ada).await;
     let mut bob_ws = Ws::connect(&server, &bob).await;
 
@@ -83,8 +82,7 @@ async fn a_group_of_five_gets_each_message_once_per_device() {
 async fn history_pages_have_no_gaps_or_repeats_at_the_boundaries() {
     let server = Server::start(&[]);
     let api = server.api();
-    let (ada, bob) = (api.register("ada").await, api.register("bob").await);
-    let conversation = api.direct(&ada, &bob).await;
+    let (ada, bob, conversation) = api.pair().await;
     let mut ids = Vec::new();
     let mut last_token = String::new();
     for i in 0..25 {
@@ -132,8 +130,7 @@ async fn history_pages_have_no_gaps_or_repeats_at_the_boundaries() {
 async fn unread_counts_and_read_receipts_are_right_and_pushed() {
     let server = Server::start(&[]);
     let api = server.api();
-    let (ada, bob) = (api.register("ada").await, api.register("bob").await);
-    let conversation = api.direct(&ada, &bob).await;
+    let (ada, bob, conversation) = api.pair().await;
     let mut ada_ws = Ws::connect(&server, &ada).await;
     let mut acks = Vec::new();
     for i in 0..3 {
@@ -195,8 +192,7 @@ async fn unread_counts_and_read_receipts_are_right_and_pushed() {
 async fn a_retried_send_returns_the_same_message_and_stores_one() {
     let server = Server::start(&[]);
     let api = server.api();
-    let (ada, bob) = (api.register("ada").await, api.register("bob").await);
-    let conversation = api.direct(&ada, &bob).await;
+    let (ada, bob, conversation) = api.pair().await;
     let mut ws = Ws::connect(&server, &ada).await;
     let first = ws.send_message(&conversation, "same-id", "only once").await;
     let retry = ws.send_message(&conversation, "same-id", "only once").await;
@@ -217,8 +213,7 @@ async fn a_retried_send_returns_the_same_message_and_stores_one() {
 async fn resume_delivers_exactly_what_was_missed_in_order() {
     let server = Server::start(&[]);
     let api = server.api();
-    let (ada, bob) = (api.register("ada").await, api.register("bob").await);
-    let conversation = api.direct(&ada, &bob).await;
+    let (ada, bob, conversation) = api.pair().await;
     let mut ada_ws = Ws::connect(&server, &ada).await;
     let mut bob_ws = Ws::connect(&server, &bob).await;
 
@@ -255,8 +250,7 @@ async fn resume_delivers_exactly_what_was_missed_in_order() {
 async fn typing_reaches_the_other_members_only() {
     let server = Server::start(&[]);
     let api = server.api();
-    let (ada, bob) = (api.register("ada").await, api.register("bob").await);
-    let conversation = api.direct(&ada, &bob).await;
+    let (ada, bob, conversation) = api.pair().await;
     let mut ada_ws = Ws::connect(&server, &ada).await;
     let mut bob_ws = Ws::connect(&server, &bob).await;
     let ack = ada_ws.request(json!({ "op": "typing", "conversation_id": conversation })).await;

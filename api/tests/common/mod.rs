@@ -247,6 +247,13 @@ impl Api {
         }
     }
 
+    /// Two new users and the direct conversation between them.
+    pub async fn pair(&self) -> (User, User, String) {
+        let (ada, bob) = (self.register("ada").await, self.register("bob").await);
+        let conversation = self.direct(&ada, &bob).await;
+        (ada, bob, conversation)
+    }
+
     pub async fn direct(&self, a: &User, b: &User) -> String {
         let (status, value) =
             self.post("/v1/conversations", a, json!({ "kind": "direct", "user_id": b.id })).await;
