@@ -66,7 +66,7 @@ async fn the_message_rate_limit_holds_across_nodes() {
     }
     let nodes = cluster(&new_cluster_id(), &[]);
     let api = nodes.a.api();
-    let (ada, bob, conversation) = api.pair().await;
+    let (ada, _bob, conversation) = api.pair().await;
     let mut on_a = Ws::connect(&nodes.a, &ada).await;
     let mut on_b = Ws::connect(&nodes.b, &ada).await;
     for i in 0..30 {
