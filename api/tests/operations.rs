@@ -18,7 +18,7 @@ async fn health_readiness_and_metrics_answer() {
     assert_eq!(ready["ready"], true);
     assert!(ready["projector_lag_events"].is_u64());
 
-    let (ada, bob, conversation) = api.pair().await;
+    let (ada, _bob, conversation) = api.pair().await;
     let mut ws = Ws::connect(&server, &ada).await;
     assert_eq!(ws.send_message(&conversation, "m", "counted").await["op"], "ack");
 
