@@ -40,12 +40,12 @@ source ops/engines/common.sh
 on_exit() {
     local status=$?
     if [ "$status" -ne 0 ]; then
-        total
         for log in "$RUN_ROOT"/kafka/logs/server.log "$RUN_ROOT"/cassandra/logs/system.log "$RUN_ROOT"/redis/redis.log; do
             [ -f "$log" ] && { echo "== last lines of $log"; tail -n 30 "$log"; }
         done
     fi
     ops/engines/stop.sh all
+    total
     exit "$status"
 }
 trap on_exit EXIT
@@ -59,5 +59,3 @@ SWITCHBOARD_CQL="127.0.0.1:${CQL_PORT}" \
 SWITCHBOARD_REDIS="redis://127.0.0.1:${REDIS_PORT}" \
 SWITCHBOARD_TEST_BACKEND_ARGS="--log kafka://127.0.0.1:${KAFKA_PORT}?prefix={unique}. --store scylla://127.0.0.1:${CQL_PORT}/{unique} --presence redis://127.0.0.1:${REDIS_PORT}?prefix={unique}: --consistency-timeout 30s" \
     cargo test --workspace --locked 2>&1 | tee -a "$results"
-
-total
