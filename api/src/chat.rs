@@ -70,6 +70,18 @@ pub fn applied_token(state: &AppState, topic: Topic, key: &str) -> String {
     Position { topic, partition, offset: next.saturating_sub(1) }.to_string()
 }
 
+/// Succeeds if `caller` is a member; to anyone else the conversation does not exist.
+pub async fn ensure_member(
+    state: &AppState,
+    caller: UserId,
+    id: ConversationId,
+) -> Result<(), ApiError> {
+    match state.store.is_member(id, caller).await? {
+        true => Ok(()),
+        false => Err(ApiError::not_found("conversation")),
+    }
+}
+
 /// The conversation, if `caller` is a member; to anyone else it does not exist.
 pub async fn member_conversation(
     state: &AppState,
@@ -90,7 +102,7 @@ pub async fn send(
 ) -> Result<Sent, ApiError> {
     limits::check(state, Limit::Messages, &caller.to_string()).await?;
     state.ingest.check_message(&request.client_msg_id, &request.body)?;
-    member_conversation(state, caller, request.conversation_id).await?;
+    ensure_member(state, caller, request.conversation_id).await?;
     if let Some(original) = request.reply_to {
         existing_message(state, request.conversation_id, original).await?;
     }
@@ -198,7 +210,7 @@ async fn own_message(
     conversation: ConversationId,
     message: MessageId,
 ) -> Result<(), ApiError> {
-    member_conversation(state, caller, conversation).await?;
+    ensure_member(state, caller, conversation).await?;
     match existing_message(state, conversation, message).await? {
         m if m.deleted => Err(ApiError::not_found("message")),
         m if m.sender == caller => Ok(()),
@@ -238,7 +250,7 @@ pub async fn mark_read(
     conversation: ConversationId,
     message: MessageId,
 ) -> Result<Accepted, ApiError> {
-    member_conversation(state, caller, conversation).await?;
+    ensure_member(state, caller, conversation).await?;
     existing_message(state, conversation, message).await?;
     let origin = Origin::user(caller, trace);
     Ok(state.ingest.mark_read(&origin, conversation, caller, message).await?.into())
@@ -252,7 +264,7 @@ pub async fn typing(
     active: bool,
 ) -> Result<Accepted, ApiError> {
     limits::check(state, Limit::Typing, &caller.to_string()).await?;
-    member_conversation(state, caller, conversation).await?;
+    ensure_member(state, caller, conversation).await?;
     let origin = Origin::user(caller, trace);
     Ok(state.ingest.typing(&origin, caller, conversation, active).await?.into())
 }

@@ -9,7 +9,7 @@ use switchboard_schemas::{ConversationId, MessageId};
 
 use super::extract::{Body, Params, QueryParams};
 use crate::auth::Caller;
-use crate::chat::{self, Accepted, SendRequest, Sent, member_conversation};
+use crate::chat::{self, Accepted, SendRequest, Sent};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -76,7 +76,7 @@ pub async fn history(
         return Err(ApiError::invalid(format!("limit must be 1 to {MAX_PAGE}")));
     }
     chat::wait_for(&state, query.after.as_deref()).await?;
-    member_conversation(&state, me, id).await?;
+    chat::ensure_member(&state, me, id).await?;
     // One extra row tells whether an older page exists.
     let mut messages = state.store.messages(id, query.before, limit + 1).await?;
     let next_before = (messages.len() > limit).then(|| {
@@ -143,6 +143,6 @@ pub async fn read_markers(
     QueryParams(after): QueryParams<After>,
 ) -> Result<Json<Markers>, ApiError> {
     chat::wait_for(&state, after.after.as_deref()).await?;
-    member_conversation(&state, me, id).await?;
+    chat::ensure_member(&state, me, id).await?;
     Ok(Json(Markers { markers: state.store.read_markers(id).await? }))
 }

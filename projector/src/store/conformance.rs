@@ -395,8 +395,11 @@ pub async fn membership_and_inbox(store: &dyn ReadModel) -> Result<(), StoreErro
     assert_eq!(inbox_order(store, c).await?, [first, second]);
     assert_eq!(unread(store, c, first).await?, 1, "a new member has not read the history");
 
+    assert!(store.is_member(first, b).await? && store.is_member(first, c).await?);
     apply(store, &[remove(first, b, t + 5)]).await?;
     assert_eq!(store.conversation(first).await?.map(|c| c.members), Some(vec![a, c]));
+    assert!(!store.is_member(first, b).await?, "a removed member is no member");
+    assert!(!store.is_member(second, b).await?, "nor is someone never added");
     assert_eq!(inbox_order(store, b).await?, []);
     assert!(store.read_markers(first).await?.iter().all(|m| m.user_id != b));
     apply(store, &[remove(first, b, t + 6)]).await?;

@@ -126,6 +126,13 @@ pub trait ReadModel: Send + Sync + 'static {
     async fn user_by_handle(&self, handle: &str) -> Result<Option<User>, StoreError>;
 
     async fn conversation(&self, id: ConversationId) -> Result<Option<Conversation>, StoreError>;
+    /// Whether `user` is a current member of `conversation`: one lookup, for the checks every
+    /// send and receipt makes.
+    async fn is_member(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> Result<bool, StoreError>;
     /// The direct conversation between two users, if one exists.
     async fn direct_conversation(
         &self,

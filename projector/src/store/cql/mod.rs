@@ -147,6 +147,14 @@ impl ReadModel for CqlStore {
         query::conversation(&self.db, id).await
     }
 
+    async fn is_member(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> Result<bool, StoreError> {
+        Ok(self.db.member(conversation.0, user.0).await?.is_some())
+    }
+
     async fn direct_conversation(
         &self,
         a: UserId,

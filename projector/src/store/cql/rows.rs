@@ -282,6 +282,15 @@ impl Db {
         self.row(&self.statements.conversation, (conversation,), what).await
     }
 
+    pub(super) async fn member(
+        &self,
+        conversation: i64,
+        user: i64,
+    ) -> Result<Option<MemberRow>, StoreError> {
+        let what = || format!("checking whether {user} is a member of {conversation}");
+        self.row(&self.statements.member, (conversation, user), what).await
+    }
+
     /// Current members, in no particular order.
     pub(super) async fn members(&self, conversation: i64) -> Result<Vec<MemberRow>, StoreError> {
         let what = || format!("reading the members of {conversation}");

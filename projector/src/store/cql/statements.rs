@@ -57,6 +57,8 @@ statements! {
 
     members = "SELECT conversation_id, user_id, join_order FROM members \
                WHERE conversation_id = ?";
+    member = "SELECT conversation_id, user_id, join_order FROM members \
+              WHERE conversation_id = ? AND user_id = ?";
     insert_member = "INSERT INTO members (conversation_id, user_id, join_order) VALUES (?, ?, ?)";
     delete_member = "DELETE FROM members WHERE conversation_id = ? AND user_id = ?";
     inbox = "SELECT conversation_id FROM conversations_by_user WHERE user_id = ?";

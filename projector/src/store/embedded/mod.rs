@@ -111,6 +111,14 @@ impl ReadModel for EmbeddedStore {
         self.read(move |view| view.conversation(id)).await
     }
 
+    async fn is_member(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> Result<bool, StoreError> {
+        self.read(move |view| view.is_member(conversation, user)).await
+    }
+
     async fn direct_conversation(
         &self,
         a: UserId,

@@ -111,6 +111,15 @@ impl<'a> View<'a> {
         }))
     }
 
+    pub(super) fn is_member(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> Result<bool, StoreError> {
+        let key = keys::ids(&[conversation.0, user.0]);
+        Ok(self.get::<MemberRecord>(Table::Members, &key)?.is_some())
+    }
+
     fn stats(&self, id: ConversationId) -> Result<StatsRecord, StoreError> {
         Ok(self.get(Table::Stats, &keys::id(id.0))?.unwrap_or_default())
     }
