@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use switchboard_ingest::ids::IdGenerator;
 use switchboard_ingest::log::Cursor;
 use switchboard_ingest::{Ingest, Limits, Origin};
@@ -144,6 +145,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let shutdown = state.shutdown.clone();
+    // Small frames go out at once: without TCP_NODELAY a reply waits for the client's delayed
+    // ACK of the previous frame (up to 40 ms), which dominated latency at moderate rates.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;

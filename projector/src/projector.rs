@@ -84,7 +84,10 @@ impl Projector {
         while behind(&cursor) {
             let mut records = reader.next_batch(BATCH).await?;
             records.retain(|record| until.has_passed(record.position));
-            applied += self.apply_batch(records, &mut cursor).await?;
+            // A batch wholly past `until` has nothing to write.
+            if !records.is_empty() {
+                applied += self.apply_batch(records, &mut cursor).await?;
+            }
         }
         Ok(applied)
     }

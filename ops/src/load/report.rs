@@ -50,8 +50,10 @@ pub struct Connections {
 pub struct MemoryFigures {
     pub before_bytes: u64,
     pub after_bytes: u64,
-    /// The growth from opening the sockets, per socket.
-    pub per_connection_bytes: f64,
+    /// The growth from opening the sockets, per socket; none when the server's memory shrank
+    /// meanwhile (its allocator gave back memory freed earlier, which hides what the sockets
+    /// cost).
+    pub per_connection_bytes: Option<f64>,
 }
 
 /// Counts over the measured window and their rates.
@@ -84,7 +86,7 @@ impl Summary {
         let seconds = args.duration.as_secs_f64();
         let per_second = |count: u64| count as f64 / seconds;
         let dropped = tally.dropped_total();
-        let growth = memory.after_bytes as f64 - memory.before_bytes as f64;
+        let growth = memory.after_bytes.checked_sub(memory.before_bytes);
         Summary {
             offered: Offered {
                 url: args.url.clone(),
@@ -105,7 +107,8 @@ impl Summary {
             memory: MemoryFigures {
                 before_bytes: memory.before_bytes,
                 after_bytes: memory.after_bytes,
-                per_connection_bytes: growth / tally.connected.max(1) as f64,
+                per_connection_bytes: growth
+                    .map(|growth| growth as f64 / tally.connected.max(1) as f64),
             },
             throughput: Throughput {
                 sent: tally.sent,
@@ -165,7 +168,7 @@ impl Summary {
             "memory       before {}   after {}   per connection {}",
             bytes(m.before_bytes as f64),
             bytes(m.after_bytes as f64),
-            bytes(m.per_connection_bytes)
+            per_connection(m.per_connection_bytes)
         );
         let _ = writeln!(out);
         let _ = writeln!(
@@ -218,7 +221,12 @@ impl Summary {
                 &format!("{} held", thousands(c.held as f64)),
             ],
             ["Servers", "1", "1", "1"],
-            ["Memory per connection", "2-5 MB", "2-5 MB", &bytes(self.memory.per_connection_bytes)],
+            [
+                "Memory per connection",
+                "2-5 MB",
+                "2-5 MB",
+                &per_connection(self.memory.per_connection_bytes),
+            ],
             [
                 "Memory usage",
                 "3-6 GB",
@@ -275,6 +283,10 @@ fn thousands(value: f64) -> String {
         grouped.insert(0, '-');
     }
     grouped
+}
+
+fn per_connection(bytes_each: Option<f64>) -> String {
+    bytes_each.map_or_else(|| "unknown (the server's memory shrank)".to_owned(), bytes)
 }
 
 /// A byte count in binary units: `512 B`, `23.4 KiB`, `1.20 GiB`.
@@ -389,7 +401,7 @@ mod tests {
         let summary = summary();
         assert_eq!(summary.throughput.sent_per_s, 20_000.0);
         assert_eq!(summary.throughput.delivered_messages_per_s, 19_998.0);
-        assert_eq!(summary.memory.per_connection_bytes, 24.0 * 1024.0);
+        assert_eq!(summary.memory.per_connection_bytes, Some(24.0 * 1024.0));
         assert_eq!(summary.connections.held, 999);
         assert!((summary.latency.delivery.p99_ms - 198.0).abs() < 0.5);
     }
@@ -424,6 +436,16 @@ mod tests {
         assert!(row("Memory per connection").contains("24.0 KiB"));
         assert!(row("Messages/sec").contains("19,998 delivered (20,000 offered)"));
         assert!(row("p99 latency").contains("99.0 ms durable"));
+    }
+
+    #[test]
+    fn memory_that_shrank_gives_no_cost_per_connection() {
+        let args = Cli::parse_from(["load"]).args;
+        let tally = Tally { connected: 10, ..Tally::default() };
+        let memory = Memory { before_bytes: 2 << 30, after_bytes: 1 << 30 };
+        let summary = Summary::new(&args, &tally, memory);
+        assert_eq!(summary.memory.per_connection_bytes, None);
+        assert!(summary.table().contains("per connection unknown (the server's memory shrank)"));
     }
 
     #[test]
