@@ -216,8 +216,14 @@ events! {
         CallAccepted as "call.accepted" { call_id: CallId, user_id: UserId, session_id: String }
         /// The callee declined.
         CallDeclined as "call.declined" { call_id: CallId, user_id: UserId }
-        /// The callee was already in a call.
-        CallBusy as "call.busy" { call_id: CallId, user_id: UserId }
+        /// The callee was already in a call: nobody rang.
+        CallBusy as "call.busy" {
+            call_id: CallId,
+            user_id: UserId,
+            /// Who tried to call (absent from events written before schema version 2).
+            caller: Option<UserId>,
+            media: Option<CallMedia>,
+        }
         /// Nobody answered within the ring timeout.
         CallMissed as "call.missed" { call_id: CallId }
         /// A call (or a group room) ended.

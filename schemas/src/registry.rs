@@ -18,6 +18,7 @@ const REGISTERED: &[(&str, u32, u32, &str)] = &[
     ("presence-value", 1, 4, include_str!("../avro/versions/presence-value.v1.avsc")),
     ("calls-value", 1, 5, include_str!("../avro/versions/calls-value.v1.avsc")),
     ("signals-value", 1, 6, include_str!("../avro/versions/signals-value.v1.avsc")),
+    ("calls-value", 2, 8, include_str!("../avro/versions/calls-value.v2.avsc")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -83,8 +84,25 @@ impl Registry {
     }
 
     pub fn subjects(&self) -> Vec<&'static str> {
-        let mut subjects: Vec<_> = self.versions.iter().map(|v| v.subject).collect();
-        subjects.dedup();
+        let mut subjects: Vec<_> = Vec::new();
+        for version in &self.versions {
+            if !subjects.contains(&version.subject) {
+                subjects.push(version.subject);
+            }
+        }
         subjects
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_subject_is_listed_once_whatever_order_its_versions_were_registered_in() {
+        let registry = Registry::builtin();
+        let subjects = registry.subjects();
+        assert_eq!(subjects.len(), 6, "{subjects:?}");
+        assert_eq!(registry.latest("calls-value").map(|v| (v.version, v.id)), Some((2, 8)));
     }
 }

@@ -80,7 +80,9 @@ fn samples() -> Vec<Payload> {
         CallRinging { call_id: call, user_id: u2, session_id: "s-2".into() }.into(),
         CallAccepted { call_id: call, user_id: u2, session_id: "s-2".into() }.into(),
         CallDeclined { call_id: call, user_id: u2 }.into(),
-        CallBusy { call_id: call, user_id: u2 }.into(),
+        CallBusy { call_id: call, user_id: u2, caller: Some(u1), media: Some(CallMedia::Video) }
+            .into(),
+        CallBusy { call_id: call, user_id: u2, caller: None, media: None }.into(),
         CallMissed { call_id: call }.into(),
         CallEnded { call_id: call, reason: "hangup".into() }.into(),
         RoomStarted { call_id: call, conversation_id: conv, media: CallMedia::Audio }.into(),
