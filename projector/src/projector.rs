@@ -10,8 +10,8 @@ use crate::Progress;
 use crate::store::{Logged, ReadModel, StoreError};
 
 /// The topics the read models are built from.
-pub const PROJECTED_TOPICS: [Topic; 4] =
-    [Topic::Users, Topic::Conversations, Topic::Messages, Topic::Presence];
+pub const PROJECTED_TOPICS: [Topic; 5] =
+    [Topic::Users, Topic::Conversations, Topic::Messages, Topic::Presence, Topic::Calls];
 
 /// The consumer group projector workers share the log's partitions in.
 const GROUP: &str = "projector";

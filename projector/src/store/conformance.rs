@@ -15,13 +15,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use switchboard_ingest::log::Cursor;
 use switchboard_schemas::{
+    CallAccepted, CallBusy, CallEnded, CallId, CallInvited, CallMedia, CallMissed,
     ConversationCreated, ConversationId, ConversationKind, ConversationRenamed, Delivered, Event,
     EventMeta, MemberAdded, MemberRemoved, MessageDeleted, MessageEdited, MessageId, MessageSent,
-    Payload, Position, ProfileUpdated, ReadUpTo, SessionClosed, SessionOpened, Topic, Typing,
-    UserId, UserRegistered,
+    ParticipantJoined, ParticipantLeft, Payload, Position, ProfileUpdated, ReadUpTo, RoomStarted,
+    SessionClosed, SessionOpened, Topic, Typing, UserId, UserRegistered,
 };
 
-use super::{Logged, ReadModel, StoreError};
+use super::{CallKind, CallOutcome, CallState, Logged, ReadModel, StoreError};
 
 /// Ids (and event times) no earlier run has used: they start from the wall clock in
 /// microseconds and only go up, which also keeps message ids time-ordered as real ones are.
@@ -44,6 +45,10 @@ fn conversation() -> ConversationId {
 
 fn message() -> MessageId {
     MessageId(fresh())
+}
+
+fn call() -> CallId {
+    CallId(fresh())
 }
 
 /// An event as the projector would hand it over, at a made-up but unique log position.
@@ -98,6 +103,34 @@ fn create(
 
 fn group(id: ConversationId, members: &[UserId], at: i64) -> Logged {
     create(id, ConversationKind::Group, members, members[0], at)
+}
+
+fn invite(id: CallId, caller: UserId, callee: UserId, at: i64) -> Logged {
+    let invited =
+        CallInvited { call_id: id, caller, callee, media: CallMedia::Video, conversation_id: None };
+    logged(at, Some(caller), invited)
+}
+
+fn accept(id: CallId, callee: UserId, at: i64) -> Logged {
+    logged(at, Some(callee), CallAccepted { call_id: id, user_id: callee, session_id: "s".into() })
+}
+
+fn hang_up(id: CallId, by: Option<UserId>, reason: &str, at: i64) -> Logged {
+    logged(at, by, CallEnded { call_id: id, reason: reason.to_owned() })
+}
+
+fn room(id: CallId, conversation: ConversationId, by: UserId, at: i64) -> Logged {
+    let started =
+        RoomStarted { call_id: id, conversation_id: conversation, media: CallMedia::Audio };
+    logged(at, Some(by), started)
+}
+
+fn join(id: CallId, user: UserId, at: i64) -> Logged {
+    logged(at, Some(user), ParticipantJoined { call_id: id, user_id: user, session_id: "s".into() })
+}
+
+fn leave(id: CallId, user: UserId, at: i64) -> Logged {
+    logged(at, Some(user), ParticipantLeft { call_id: id, user_id: user })
 }
 
 fn send(
@@ -282,6 +315,7 @@ pub async fn reapplying_changes_nothing(store: &dyn ReadModel) -> Result<(), Sto
     let (a, b, c) = (user(), user(), user());
     let (g, d) = (conversation(), conversation());
     let (m1, m2, m3) = (message(), message(), message());
+    let (k1, k2) = (call(), call());
     let t = fresh();
     let batch = [
         register(a, &format!("alice{a}"), t),
@@ -315,6 +349,13 @@ pub async fn reapplying_changes_nothing(store: &dyn ReadModel) -> Result<(), Sto
         session_closed(a, t + 15),
         logged(t + 16, Some(c), Typing { user_id: c, conversation_id: g, active: true }),
         logged(t + 17, Some(a), Delivered { conversation_id: d, user_id: a, message_id: m3 }),
+        invite(k1, a, c, t + 18),
+        accept(k1, c, t + 19),
+        hang_up(k1, Some(a), "hangup", t + 20),
+        room(k2, g, a, t + 21),
+        join(k2, a, t + 22),
+        join(k2, c, t + 23),
+        leave(k2, a, t + 24),
     ];
     apply(store, &batch).await?;
     let dump = store.dump().await?;
@@ -330,6 +371,10 @@ pub async fn reapplying_changes_nothing(store: &dyn ReadModel) -> Result<(), Sto
     let group = store.conversation(g).await?.expect("group exists");
     assert_eq!(group.members, [a, c]);
     assert_eq!(group.message_count, 2);
+    assert_eq!(
+        store.live_rooms(g).await?.first().map(|room| room.participants.clone()),
+        Some(vec![c])
+    );
     Ok(())
 }
 
@@ -574,4 +619,83 @@ pub async fn messages_before_their_conversation(store: &dyn ReadModel) -> Result
     assert_eq!(conversation.last_message.map(|m| m.id), Some(m2));
     assert_eq!(unread(store, b, c).await?, 1);
     Ok(())
+}
+
+/// A 1:1 call rings, is answered and ends; a busy call and a group room go into history; the
+/// live indexes follow the calls.
+pub async fn calls_history_and_live_calls(store: &dyn ReadModel) -> Result<(), StoreError> {
+    let (a, b, c) = (user(), user(), user());
+    let g = conversation();
+    let (answered, busy, missed, room_id) = (call(), call(), call(), call());
+    let t = fresh();
+    apply(store, &[invite(answered, a, b, t)]).await?;
+    let ringing = store.call(answered).await?.expect("the call is stored");
+    assert_eq!((ringing.kind, ringing.state), (CallKind::Direct, CallState::Ringing));
+    assert_eq!(live_ids(store, b).await?, [answered], "the callee's phone rings");
+
+    let busy_event = CallBusy { call_id: busy, user_id: b, caller: Some(c), media: None };
+    apply(
+        store,
+        &[
+            accept(answered, b, t + 1_000),
+            logged(t + 1_001, Some(c), busy_event),
+            invite(missed, c, a, t + 1_002),
+            logged(t + 31_002, None, CallMissed { call_id: missed }),
+        ],
+    )
+    .await?;
+    let active = store.call(answered).await?.expect("stored");
+    assert_eq!((active.state, active.outcome), (CallState::Active, Some(CallOutcome::Answered)));
+    assert_eq!(active.participants, [a, b]);
+    assert_eq!(live_ids(store, a).await?, [answered], "a missed call is not live");
+
+    apply(store, &[hang_up(answered, Some(a), "hangup", t + 61_000)]).await?;
+    let ended = store.call(answered).await?.expect("stored");
+    assert_eq!(ended.state, CallState::Ended);
+    assert_eq!(ended.duration_ms, Some(60_000));
+    assert!(live_ids(store, a).await?.is_empty() && live_ids(store, b).await?.is_empty());
+
+    let outcomes = |calls: Vec<super::Call>| -> Vec<(CallId, Option<CallOutcome>)> {
+        calls.into_iter().map(|call| (call.id, call.outcome)).collect()
+    };
+    assert_eq!(
+        outcomes(store.call_history(b, None, 10).await?),
+        [(busy, Some(CallOutcome::Busy)), (answered, Some(CallOutcome::Answered))],
+        "newest first"
+    );
+    assert_eq!(
+        outcomes(store.call_history(a, Some(missed), 10).await?),
+        [(answered, Some(CallOutcome::Answered))],
+        "strictly older than the cursor"
+    );
+    assert_eq!(
+        outcomes(store.call_history(a, None, 1).await?),
+        [(missed, Some(CallOutcome::Missed))]
+    );
+
+    apply(store, &[group(g, &[a, b, c], t), room(room_id, g, a, t + 1), join(room_id, a, t + 2)])
+        .await?;
+    apply(store, &[join(room_id, c, t + 3), leave(room_id, a, t + 4)]).await?;
+    let open = store.live_rooms(g).await?;
+    assert_eq!(
+        open.iter().map(|room| (room.id, room.participants.clone())).collect::<Vec<_>>(),
+        [(room_id, vec![c])]
+    );
+    assert_eq!(live_ids(store, c).await?, [room_id]);
+    assert!(!live_ids(store, a).await?.contains(&room_id), "a left the room");
+
+    apply(store, &[leave(room_id, c, t + 5), hang_up(room_id, None, "empty", t + 6)]).await?;
+    assert!(store.live_rooms(g).await?.is_empty(), "the room closed");
+    let closed = store.call(room_id).await?.expect("stored");
+    assert_eq!((closed.kind, closed.involved.clone()), (CallKind::Room, vec![a, c]));
+    assert!(store.call_history(c, None, 10).await?.iter().any(|call| call.id == room_id));
+    assert!(
+        store.call_history(b, None, 10).await?.iter().all(|call| call.id != room_id),
+        "b never joined"
+    );
+    Ok(())
+}
+
+async fn live_ids(store: &dyn ReadModel, user: UserId) -> Result<Vec<CallId>, StoreError> {
+    Ok(store.live_calls(user).await?.into_iter().map(|call| call.id).collect())
 }

@@ -8,11 +8,16 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::Serialize;
 use switchboard_ingest::log::Cursor;
-use switchboard_schemas::{ConversationId, ConversationKind, Event, MessageId, Position, UserId};
+use switchboard_schemas::{
+    CallId, ConversationId, ConversationKind, Event, MessageId, Position, UserId,
+};
 
+pub mod calls;
 pub mod conformance;
 pub mod cql;
 pub mod embedded;
+
+pub use calls::{Call, CallKind, CallOutcome, CallState};
 
 /// Opens the read-model store a URL names: `file://DIR` (the embedded store) or
 /// `scylla://host:port[,…]/keyspace[?…]` (also `cassandra://`; see [`cql::CqlConfig::from_url`]).
@@ -169,6 +174,19 @@ pub trait ReadModel: Send + Sync + 'static {
 
     /// When the user's last session closed, if ever.
     async fn last_seen(&self, user: UserId) -> Result<Option<i64>, StoreError>;
+
+    async fn call(&self, id: CallId) -> Result<Option<Call>, StoreError>;
+    /// The calls a user was part of, newest first, strictly older than `before` when given.
+    async fn call_history(
+        &self,
+        user: UserId,
+        before: Option<CallId>,
+        limit: usize,
+    ) -> Result<Vec<Call>, StoreError>;
+    /// The calls ringing or going on now that `user` is in (for a room: has joined).
+    async fn live_calls(&self, user: UserId) -> Result<Vec<Call>, StoreError>;
+    /// The group call rooms open now in a conversation.
+    async fn live_rooms(&self, conversation: ConversationId) -> Result<Vec<Call>, StoreError>;
 
     /// Every read model in a stable textual form, for comparing a rebuilt store with a live one.
     async fn dump(&self) -> Result<String, StoreError>;

@@ -65,11 +65,12 @@ use switchboard_schemas::{
     UserId, UserRegistered,
 };
 
-use super::lane::{Lane, Writes};
+use super::lane::{CallIndex, Lane, Writes};
 use super::rows::{
     CheckpointRow, ConversationRow, Db, MarkerRow, MessageRow, Sparse, StatsRow, UserRow,
 };
 use super::{CHECKPOINT_CONSUMER, bucket, handle_key};
+use crate::store::calls::{self, CallKind};
 use crate::store::{Logged, StoreError};
 
 /// How many lanes are read, folded and written at once. Most lanes of a busy batch hold a
@@ -100,6 +101,7 @@ enum LaneKey {
     Users,
     Presence,
     Conversation(i64),
+    Call(i64),
 }
 
 /// The lane an event belongs to, or `None` for events these read models do not keep.
@@ -107,6 +109,15 @@ fn lane_of(payload: &Payload) -> Option<LaneKey> {
     match payload {
         Payload::UserRegistered(_) | Payload::ProfileUpdated(_) => Some(LaneKey::Users),
         Payload::SessionClosed(_) => Some(LaneKey::Presence),
+        Payload::CallInvited(_)
+        | Payload::CallAccepted(_)
+        | Payload::CallDeclined(_)
+        | Payload::CallBusy(_)
+        | Payload::CallMissed(_)
+        | Payload::CallEnded(_)
+        | Payload::RoomStarted(_)
+        | Payload::ParticipantJoined(_)
+        | Payload::ParticipantLeft(_) => calls::call_of(payload).map(|call| LaneKey::Call(call.0)),
         Payload::ConversationCreated(ConversationCreated { conversation_id, .. })
         | Payload::MemberAdded(MemberAdded { conversation_id, .. })
         | Payload::MemberRemoved(MemberRemoved { conversation_id, .. })
@@ -125,16 +136,7 @@ fn lane_of(payload: &Payload) -> Option<LaneKey> {
         | Payload::LocationShared(_)
         | Payload::LocationStopped(_)
         | Payload::NodeHeartbeat(_)
-        | Payload::CallInvited(_)
         | Payload::CallRinging(_)
-        | Payload::CallAccepted(_)
-        | Payload::CallDeclined(_)
-        | Payload::CallBusy(_)
-        | Payload::CallMissed(_)
-        | Payload::CallEnded(_)
-        | Payload::RoomStarted(_)
-        | Payload::ParticipantJoined(_)
-        | Payload::ParticipantLeft(_)
         | Payload::SignalRelayed(_) => None,
     }
 }
@@ -157,6 +159,7 @@ pub(super) struct Wanted {
     /// conversation → users.
     pub(super) markers: BTreeMap<i64, BTreeSet<i64>>,
     pub(super) last_seen: BTreeSet<i64>,
+    pub(super) calls: BTreeSet<i64>,
 }
 
 impl Wanted {
@@ -198,6 +201,9 @@ impl Wanted {
                 Payload::SessionClosed(e) => {
                     wanted.last_seen.insert(e.user_id.0);
                 }
+                payload if calls::call_of(payload).is_some() => {
+                    wanted.calls.extend(calls::call_of(payload).map(|call| call.0));
+                }
                 // Events without a lane never reach one.
                 _ => {}
             }
@@ -226,8 +232,11 @@ impl Lane<'_> {
             Payload::MessageDeleted(e) => self.message_deleted(e),
             Payload::ReadUpTo(e) => self.read_up_to(e, at),
             Payload::SessionClosed(e) => self.session_closed(e, at),
-            // Events without a lane never reach one.
-            _ => Ok(()),
+            payload => match calls::call_of(payload) {
+                Some(call) => self.call_event(call.0, event),
+                // Events without a lane never reach one.
+                None => Ok(()),
+            },
         }
     }
 
@@ -454,6 +463,28 @@ impl Lane<'_> {
             return Ok(());
         }
         self.last_seen.put(user, at);
+        Ok(())
+    }
+
+    /// The shared rules of `store::calls`; the history and live indexes follow the call.
+    fn call_event(&mut self, call: i64, event: &Event) -> Result<(), StoreError> {
+        let before = self.calls.get(&call)?;
+        let Some(after) = calls::fold(before, event) else { return Ok(()) };
+        let was_live = before.map(|call| call.live_users().to_vec()).unwrap_or_default();
+        let indexes = &mut self.call_indexes;
+        for user in &after.involved {
+            indexes.insert(CallIndex::History(user.0, call), true);
+        }
+        for user in was_live.iter().filter(|user| !after.live_users().contains(user)) {
+            indexes.insert(CallIndex::Live(user.0, call), false);
+        }
+        for user in after.live_users() {
+            indexes.insert(CallIndex::Live(user.0, call), true);
+        }
+        if let (CallKind::Room, Some(conversation)) = (after.kind, after.conversation_id) {
+            indexes.insert(CallIndex::Room(conversation.0, call), after.is_live());
+        }
+        self.calls.put(call, after);
         Ok(())
     }
 }

@@ -21,7 +21,7 @@ use switchboard_schemas::{Event, Payload};
 use super::error::failed;
 use super::fold::Wanted;
 use super::rows::{ConversationRow, Db, MarkerRow, MessageRow, StatsRow, UserRow};
-use crate::store::StoreError;
+use crate::store::{Call, StoreError};
 
 /// At most this many events go into one write batch…
 const BATCH_EVENTS: usize = 32;
@@ -173,6 +173,22 @@ pub(super) struct Lane<'a> {
     pub(super) client_ids: Table<(i64, i64, String), i64>,
     pub(super) markers: Table<(i64, i64), MarkerRow>,
     pub(super) last_seen: Table<i64, i64>,
+    pub(super) calls: Table<i64, Call>,
+    /// Index rows that follow the calls: `true` to insert, `false` to delete. Each row once,
+    /// with its latest state, as for every table (an insert and a delete of one row in one
+    /// batch would share a timestamp, and the delete would win whichever came last).
+    pub(super) call_indexes: HashMap<CallIndex, bool>,
+}
+
+/// A row of the call indexes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum CallIndex {
+    /// (user, call) in the user's history.
+    History(i64, i64),
+    /// (user, call) live for the user.
+    Live(i64, i64),
+    /// (conversation, call) open in the conversation.
+    Room(i64, i64),
 }
 
 impl<'a> Lane<'a> {
@@ -189,6 +205,8 @@ impl<'a> Lane<'a> {
             client_ids: Table::new("client id"),
             markers: Table::new("read marker"),
             last_seen: Table::new("last seen"),
+            calls: Table::new("call"),
+            call_indexes: HashMap::new(),
         }
     }
 
@@ -215,24 +233,35 @@ impl<'a> Lane<'a> {
                 .map(|chunk| (conversation, bucket, chunk.to_vec()))
                 .collect::<Vec<_>>()
         });
-        let (users, handles, conversations, members, stats, messages, client_ids, markers, seen) =
-            tokio::try_join!(
-                read_each(wanted.users.iter().copied(), |user| db.user(user)),
-                read_each(wanted.handles.iter().cloned(), |handle| async move {
-                    db.handle_claims(&handle).await
-                }),
-                read_each(wanted.conversations.iter().copied(), |id| db.conversation(id)),
-                read_each(wanted.members.keys().copied(), |id| db.members(id)),
-                read_each(wanted.stats.iter().copied(), |id| db.stats(id)),
-                read_each(message_lists, |(conversation, bucket, ids)| async move {
-                    db.messages_by_id(conversation, bucket, &ids).await
-                }),
-                read_each(wanted.client_ids.iter().cloned(), |(conversation, sender, id)| {
-                    async move { db.client_msg_id(conversation, sender, &id).await }
-                }),
-                read_each(wanted.markers.keys().copied(), |id| db.markers(id)),
-                read_each(wanted.last_seen.iter().copied(), |user| db.last_seen(user)),
-            )?;
+        let (
+            users,
+            handles,
+            conversations,
+            members,
+            stats,
+            messages,
+            client_ids,
+            markers,
+            seen,
+            calls,
+        ) = tokio::try_join!(
+            read_each(wanted.users.iter().copied(), |user| db.user(user)),
+            read_each(wanted.handles.iter().cloned(), |handle| async move {
+                db.handle_claims(&handle).await
+            }),
+            read_each(wanted.conversations.iter().copied(), |id| db.conversation(id)),
+            read_each(wanted.members.keys().copied(), |id| db.members(id)),
+            read_each(wanted.stats.iter().copied(), |id| db.stats(id)),
+            read_each(message_lists, |(conversation, bucket, ids)| async move {
+                db.messages_by_id(conversation, bucket, &ids).await
+            }),
+            read_each(wanted.client_ids.iter().cloned(), |(conversation, sender, id)| {
+                async move { db.client_msg_id(conversation, sender, &id).await }
+            }),
+            read_each(wanted.markers.keys().copied(), |id| db.markers(id)),
+            read_each(wanted.last_seen.iter().copied(), |user| db.last_seen(user)),
+            read_each(wanted.calls.iter().copied(), |call| db.call(call)),
+        )?;
 
         for (user, row) in users {
             self.users.loaded(user, row);
@@ -273,13 +302,17 @@ impl<'a> Lane<'a> {
         for (user, at) in seen {
             self.last_seen.loaded(user, at);
         }
+        for (id, call) in calls {
+            self.calls.loaded(id, call);
+        }
         Ok(())
     }
 
     /// Writes every row changed since the last write as one logged batch.
     async fn write(&mut self) -> Result<(), StoreError> {
         let direct_pairs = std::mem::take(&mut self.direct_pairs);
-        self.writes(&direct_pairs).run(self.db, "writing read models").await?;
+        let call_indexes = std::mem::take(&mut self.call_indexes);
+        self.writes(&direct_pairs, &call_indexes)?.run(self.db, "writing read models").await?;
         self.users.written();
         self.handles.written();
         self.conversations.written();
@@ -289,10 +322,15 @@ impl<'a> Lane<'a> {
         self.client_ids.written();
         self.markers.written();
         self.last_seen.written();
+        self.calls.written();
         Ok(())
     }
 
-    fn writes<'w>(&'w self, direct_pairs: &'w [(i64, i64, i64)]) -> Writes<'w> {
+    fn writes<'w>(
+        &'w self,
+        direct_pairs: &'w [(i64, i64, i64)],
+        call_indexes: &'w HashMap<CallIndex, bool>,
+    ) -> Result<Writes<'w>, StoreError> {
         let statements = &self.db.statements;
         let mut writes = Writes::new(BatchType::Logged);
         for (user, row) in self.users.changed() {
@@ -344,6 +382,27 @@ impl<'a> Lane<'a> {
                 writes.add(&statements.insert_last_seen, (user, seen));
             }
         }
-        writes
+        for call in self.calls.upserted() {
+            let record = serde_json::to_string(call)
+                .map_err(|e| StoreError::Storage(format!("encoding call {}: {e}", call.id)))?;
+            writes.add(&statements.insert_call, (call.id.0, call.state.name(), record));
+        }
+        for (&index, &present) in call_indexes {
+            let (statement, key) = match (index, present) {
+                (CallIndex::History(user, call), _) => {
+                    (&statements.insert_call_history, (user, call))
+                }
+                (CallIndex::Live(user, call), true) => (&statements.insert_live_call, (user, call)),
+                (CallIndex::Live(user, call), false) => {
+                    (&statements.delete_live_call, (user, call))
+                }
+                (CallIndex::Room(room, call), true) => (&statements.insert_live_room, (room, call)),
+                (CallIndex::Room(room, call), false) => {
+                    (&statements.delete_live_room, (room, call))
+                }
+            };
+            writes.add(statement, key);
+        }
+        Ok(writes)
     }
 }

@@ -65,14 +65,14 @@ use scylla::client::session_builder::SessionBuilder;
 use scylla::policies::timestamp_generator::MonotonicTimestampGenerator;
 use switchboard_ingest::ids::timestamp_ms;
 use switchboard_ingest::log::Cursor;
-use switchboard_schemas::{ConversationId, MessageId, UserId};
+use switchboard_schemas::{CallId, ConversationId, MessageId, UserId};
 
 pub use self::config::{CqlConfig, DEFAULT_PORT, Replication, UrlError};
 use self::error::failed;
 use self::rows::Db;
 use self::statements::Statements;
 use crate::store::{
-    Conversation, InboxEntry, Logged, Message, ReadMarker, ReadModel, StoreError, User,
+    Call, Conversation, InboxEntry, Logged, Message, ReadMarker, ReadModel, StoreError, User,
 };
 
 /// How long opening a connection to a node may take before the node counts as unreachable.
@@ -202,6 +202,27 @@ impl ReadModel for CqlStore {
 
     async fn last_seen(&self, user: UserId) -> Result<Option<i64>, StoreError> {
         query::last_seen(&self.db, user).await
+    }
+
+    async fn call(&self, id: CallId) -> Result<Option<Call>, StoreError> {
+        self.db.call(id.0).await
+    }
+
+    async fn call_history(
+        &self,
+        user: UserId,
+        before: Option<CallId>,
+        limit: usize,
+    ) -> Result<Vec<Call>, StoreError> {
+        query::call_history(&self.db, user, before, limit).await
+    }
+
+    async fn live_calls(&self, user: UserId) -> Result<Vec<Call>, StoreError> {
+        self.db.calls(self.db.live_calls(user.0).await?).await
+    }
+
+    async fn live_rooms(&self, conversation: ConversationId) -> Result<Vec<Call>, StoreError> {
+        self.db.calls(self.db.live_rooms(conversation.0).await?).await
     }
 
     async fn dump(&self) -> Result<String, StoreError> {

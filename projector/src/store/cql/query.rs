@@ -11,18 +11,18 @@ use std::fmt::Write as _;
 
 use futures_util::{StreamExt, TryStreamExt, stream};
 use scylla::value::Row;
-use switchboard_schemas::{ConversationId, MessageId, UserId};
+use switchboard_schemas::{CallId, ConversationId, MessageId, UserId};
 
 use super::error::failed;
 use super::rows::{Db, MarkerRow, UserRow, count};
 use super::{bucket, handle_key};
-use crate::store::{Conversation, InboxEntry, Message, ReadMarker, StoreError, User};
+use crate::store::{Call, Conversation, InboxEntry, Message, ReadMarker, StoreError, User};
 
 /// How many of an inbox's conversations are read at once.
 const INBOX_READS_IN_FLIGHT: usize = 32;
 
 /// Every read-model table, in dump order: all but the checkpoints and the migration record.
-const DUMPED_TABLES: [&str; 11] = [
+const DUMPED_TABLES: [&str; 15] = [
     "users",
     "handles",
     "conversations",
@@ -34,6 +34,10 @@ const DUMPED_TABLES: [&str; 11] = [
     "read_markers",
     "direct_pairs",
     "last_seen",
+    "calls",
+    "calls_by_user",
+    "live_calls_by_user",
+    "live_rooms_by_conversation",
 ];
 
 pub(super) async fn user(db: &Db, id: UserId) -> Result<Option<User>, StoreError> {
@@ -208,6 +212,17 @@ pub(super) async fn read_markers(
 
 pub(super) async fn last_seen(db: &Db, user: UserId) -> Result<Option<i64>, StoreError> {
     db.last_seen(user.0).await
+}
+
+pub(super) async fn call_history(
+    db: &Db,
+    user: UserId,
+    before: Option<CallId>,
+    limit: usize,
+) -> Result<Vec<Call>, StoreError> {
+    let before = before.map_or(i64::MAX, |call| call.0);
+    let limit = i32::try_from(limit).unwrap_or(i32::MAX);
+    db.calls(db.call_history(user.0, before, limit).await?).await
 }
 
 /// One line per row, `table column=value …` with the key columns first, sorted. The checkpoint

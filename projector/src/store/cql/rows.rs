@@ -25,7 +25,7 @@ use switchboard_schemas::{ConversationId, ConversationKind, MessageId, Topic, Us
 
 use super::error::{corrupt, failed};
 use super::statements::Statements;
-use crate::store::{Message, StoreError, User};
+use crate::store::{Call, Message, StoreError, User};
 
 /// The session, switched to the store's keyspace, and the statements prepared on it.
 pub(super) struct Db {
@@ -371,6 +371,45 @@ impl Db {
         let what = || format!("reading when {user} was last seen");
         let row: Option<(i64,)> = self.row(&self.statements.last_seen, (user,), what).await?;
         Ok(row.map(|(seen,)| seen))
+    }
+
+    pub(super) async fn call(&self, call: i64) -> Result<Option<Call>, StoreError> {
+        let what = || format!("reading call {call}");
+        let row: Option<(String,)> = self.row(&self.statements.call, (call,), what).await?;
+        row.map(|(record,)| serde_json::from_str(&record).map_err(|e| corrupt(what(), e)))
+            .transpose()
+    }
+
+    /// The calls of `ids` that exist, in the order given.
+    pub(super) async fn calls(&self, ids: Vec<i64>) -> Result<Vec<Call>, StoreError> {
+        let calls = futures_util::future::try_join_all(ids.into_iter().map(|id| self.call(id)));
+        Ok(calls.await?.into_iter().flatten().collect())
+    }
+
+    /// Up to `limit` of a user's calls older than `before`, newest first.
+    pub(super) async fn call_history(
+        &self,
+        user: i64,
+        before: i64,
+        limit: i32,
+    ) -> Result<Vec<i64>, StoreError> {
+        let what = || format!("reading the call history of {user}");
+        let values = (user, before, limit);
+        let rows: Vec<(i64,)> = self.rows(&self.statements.call_history, values, what).await?;
+        Ok(rows.into_iter().map(|(call,)| call).collect())
+    }
+
+    pub(super) async fn live_calls(&self, user: i64) -> Result<Vec<i64>, StoreError> {
+        let what = || format!("reading the live calls of {user}");
+        let rows: Vec<(i64,)> = self.paged_rows(&self.statements.live_calls, (user,), what).await?;
+        Ok(rows.into_iter().map(|(call,)| call).collect())
+    }
+
+    pub(super) async fn live_rooms(&self, conversation: i64) -> Result<Vec<i64>, StoreError> {
+        let what = || format!("reading the open rooms of {conversation}");
+        let statement = &self.statements.live_rooms;
+        let rows: Vec<(i64,)> = self.paged_rows(statement, (conversation,), what).await?;
+        Ok(rows.into_iter().map(|(call,)| call).collect())
     }
 
     /// The checkpoint `consumer` has stored.

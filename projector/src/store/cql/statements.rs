@@ -107,6 +107,20 @@ statements! {
     last_seen = "SELECT seen_at FROM last_seen WHERE user_id = ?";
     insert_last_seen = "INSERT INTO last_seen (user_id, seen_at) VALUES (?, ?)";
 
+    call = "SELECT record FROM calls WHERE call_id = ?";
+    insert_call = "INSERT INTO calls (call_id, state, record) VALUES (?, ?, ?)";
+    /// A user's calls, newest first, older than a bound (the largest id for no bound).
+    call_history = "SELECT call_id FROM calls_by_user WHERE user_id = ? AND call_id < ? LIMIT ?";
+    insert_call_history = "INSERT INTO calls_by_user (user_id, call_id) VALUES (?, ?)";
+    live_calls = "SELECT call_id FROM live_calls_by_user WHERE user_id = ?";
+    insert_live_call = "INSERT INTO live_calls_by_user (user_id, call_id) VALUES (?, ?)";
+    delete_live_call = "DELETE FROM live_calls_by_user WHERE user_id = ? AND call_id = ?";
+    live_rooms = "SELECT call_id FROM live_rooms_by_conversation WHERE conversation_id = ?";
+    insert_live_room = "INSERT INTO live_rooms_by_conversation (conversation_id, call_id) \
+                        VALUES (?, ?)";
+    delete_live_room = "DELETE FROM live_rooms_by_conversation \
+                        WHERE conversation_id = ? AND call_id = ?";
+
     checkpoint = "SELECT consumer, topic, log_partition, next_offset FROM checkpoints \
                   WHERE consumer = ?";
     insert_checkpoint = "INSERT INTO checkpoints (consumer, topic, log_partition, next_offset) \

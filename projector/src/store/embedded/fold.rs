@@ -29,6 +29,7 @@ use super::records::{
 };
 use super::tables::{Tables, decode, storage};
 use crate::store::StoreError;
+use crate::store::calls::{self, Call, CallKind};
 
 /// One batch on its way into the store.
 pub(super) struct Fold<'a> {
@@ -88,6 +89,15 @@ impl<'a> Fold<'a> {
             Payload::MessageDeleted(e) => self.message_deleted(e),
             Payload::ReadUpTo(e) => self.read_up_to(e, at),
             Payload::SessionClosed(e) => self.session_closed(e, at),
+            Payload::CallInvited(_)
+            | Payload::CallAccepted(_)
+            | Payload::CallDeclined(_)
+            | Payload::CallBusy(_)
+            | Payload::CallMissed(_)
+            | Payload::CallEnded(_)
+            | Payload::RoomStarted(_)
+            | Payload::ParticipantJoined(_)
+            | Payload::ParticipantLeft(_) => self.call_event(event),
             // Not modelled by these read models (yet). Listed one by one so that a new event
             // type is a compile error here rather than silently dropped.
             Payload::Delivered(_)
@@ -96,16 +106,7 @@ impl<'a> Fold<'a> {
             | Payload::LocationShared(_)
             | Payload::LocationStopped(_)
             | Payload::NodeHeartbeat(_)
-            | Payload::CallInvited(_)
             | Payload::CallRinging(_)
-            | Payload::CallAccepted(_)
-            | Payload::CallDeclined(_)
-            | Payload::CallBusy(_)
-            | Payload::CallMissed(_)
-            | Payload::CallEnded(_)
-            | Payload::RoomStarted(_)
-            | Payload::ParticipantJoined(_)
-            | Payload::ParticipantLeft(_)
             | Payload::SignalRelayed(_) => Ok(()),
         }
     }
@@ -332,5 +333,32 @@ impl<'a> Fold<'a> {
             return Ok(());
         }
         self.put(Table::LastSeen, key, &at)
+    }
+
+    /// Folds a calls-topic event with the rules both stores share, then moves the call's rows
+    /// in the history and live indexes to match.
+    fn call_event(&mut self, event: &Event) -> Result<(), StoreError> {
+        let Some(id) = calls::call_of(&event.payload) else { return Ok(()) };
+        let key = keys::id(id.0).to_vec();
+        let before: Option<Call> = self.get(Table::Calls, &key)?;
+        let Some(after) = calls::fold(before.as_ref(), event) else { return Ok(()) };
+        for user in &after.involved {
+            self.put(Table::CallHistory, keys::ids(&[user.0, id.0]), &())?;
+        }
+        let was_live = before.as_ref().map_or(&[][..], Call::live_users);
+        for user in was_live.iter().filter(|user| !after.live_users().contains(user)) {
+            self.remove(Table::LiveCalls, keys::ids(&[user.0, id.0]));
+        }
+        for user in after.live_users() {
+            self.put(Table::LiveCalls, keys::ids(&[user.0, id.0]), &())?;
+        }
+        if let (CallKind::Room, Some(conversation)) = (after.kind, after.conversation_id) {
+            let room = keys::ids(&[conversation.0, id.0]);
+            match after.is_live() {
+                true => self.put(Table::LiveRooms, room, &())?,
+                false => self.remove(Table::LiveRooms, room),
+            }
+        }
+        self.put(Table::Calls, key, &after)
     }
 }

@@ -59,10 +59,18 @@ pub(super) enum Table {
     Reads,
     /// `user` → when their last session closed.
     LastSeen,
+    /// `call` → the call (see `store::calls`).
+    Calls,
+    /// `user, call` → `null`: the calls in a user's history.
+    CallHistory,
+    /// `user, call` → `null`: the calls live for a user now.
+    LiveCalls,
+    /// `conversation, call` → `null`: the rooms open in a conversation now.
+    LiveRooms,
 }
 
 impl Table {
-    pub(super) const ALL: [Table; 12] = [
+    pub(super) const ALL: [Table; 16] = [
         Table::Meta,
         Table::Users,
         Table::Handles,
@@ -75,6 +83,10 @@ impl Table {
         Table::Directs,
         Table::Reads,
         Table::LastSeen,
+        Table::Calls,
+        Table::CallHistory,
+        Table::LiveCalls,
+        Table::LiveRooms,
     ];
 
     /// The keyspace name (also the table's label in dumps).
@@ -92,6 +104,10 @@ impl Table {
             Table::Directs => "directs",
             Table::Reads => "reads",
             Table::LastSeen => "last_seen",
+            Table::Calls => "calls",
+            Table::CallHistory => "call_history",
+            Table::LiveCalls => "live_calls",
+            Table::LiveRooms => "live_rooms",
         }
     }
 
@@ -99,13 +115,18 @@ impl Table {
     fn id_count(self) -> usize {
         match self {
             Table::Meta | Table::Handles => 0,
-            Table::Users | Table::Conversations | Table::Stats | Table::LastSeen => 1,
+            Table::Users | Table::Conversations | Table::Stats | Table::LastSeen | Table::Calls => {
+                1
+            }
             Table::Members
             | Table::Memberships
             | Table::Messages
             | Table::Directs
             | Table::Reads
-            | Table::ClientIds => 2,
+            | Table::ClientIds
+            | Table::CallHistory
+            | Table::LiveCalls
+            | Table::LiveRooms => 2,
         }
     }
 

@@ -15,13 +15,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_trait::async_trait;
 use fjall::Database;
 use switchboard_ingest::log::Cursor;
-use switchboard_schemas::{ConversationId, MessageId, UserId};
+use switchboard_schemas::{CallId, ConversationId, MessageId, UserId};
 
 use self::fold::Fold;
 use self::query::View;
 use self::tables::{Tables, storage};
 use crate::store::{
-    Conversation, InboxEntry, Logged, Message, ReadMarker, ReadModel, StoreError, User,
+    Call, Conversation, InboxEntry, Logged, Message, ReadMarker, ReadModel, StoreError, User,
 };
 
 mod fold;
@@ -167,6 +167,27 @@ impl ReadModel for EmbeddedStore {
 
     async fn last_seen(&self, user: UserId) -> Result<Option<i64>, StoreError> {
         self.read(move |view| view.last_seen(user)).await
+    }
+
+    async fn call(&self, id: CallId) -> Result<Option<Call>, StoreError> {
+        self.read(move |view| view.call(id)).await
+    }
+
+    async fn call_history(
+        &self,
+        user: UserId,
+        before: Option<CallId>,
+        limit: usize,
+    ) -> Result<Vec<Call>, StoreError> {
+        self.read(move |view| view.call_history(user, before, limit)).await
+    }
+
+    async fn live_calls(&self, user: UserId) -> Result<Vec<Call>, StoreError> {
+        self.read(move |view| view.live_calls(user)).await
+    }
+
+    async fn live_rooms(&self, conversation: ConversationId) -> Result<Vec<Call>, StoreError> {
+        self.read(move |view| view.live_rooms(conversation)).await
     }
 
     async fn dump(&self) -> Result<String, StoreError> {

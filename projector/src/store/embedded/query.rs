@@ -8,14 +8,14 @@ use std::fmt::Write as _;
 use fjall::{Iter, Readable, Slice, Snapshot};
 use serde::de::DeserializeOwned;
 use switchboard_ingest::log::Cursor;
-use switchboard_schemas::{ConversationId, MessageId, UserId};
+use switchboard_schemas::{CallId, ConversationId, MessageId, UserId};
 
 use super::keys::{self, ID_LEN, Table};
 use super::records::{
     ConversationRecord, MemberRecord, MessageRecord, ReadRecord, StatsRecord, UserRecord,
 };
 use super::tables::{Tables, decode, storage};
-use crate::store::{Conversation, InboxEntry, Message, ReadMarker, StoreError, User};
+use crate::store::{Call, Conversation, InboxEntry, Message, ReadMarker, StoreError, User};
 
 /// The store as of one instant.
 pub(super) struct View<'a> {
@@ -241,6 +241,57 @@ impl<'a> View<'a> {
 
     pub(super) fn last_seen(&self, user: UserId) -> Result<Option<i64>, StoreError> {
         self.get(Table::LastSeen, &keys::id(user.0))
+    }
+
+    pub(super) fn call(&self, id: CallId) -> Result<Option<Call>, StoreError> {
+        self.get(Table::Calls, &keys::id(id.0))
+    }
+
+    pub(super) fn call_history(
+        &self,
+        user: UserId,
+        before: Option<CallId>,
+        limit: usize,
+    ) -> Result<Vec<Call>, StoreError> {
+        let space = self.tables.get(Table::CallHistory);
+        let prefix = keys::id(user.0);
+        let iter = match before {
+            Some(before) => {
+                self.snapshot.range(space, prefix.to_vec()..keys::ids(&[user.0, before.0]))
+            }
+            None => self.snapshot.prefix(space, prefix),
+        };
+        self.calls_listed(
+            Table::CallHistory,
+            View::entries(Table::CallHistory, iter).rev().take(limit),
+        )
+    }
+
+    /// Newest first.
+    pub(super) fn live_calls(&self, user: UserId) -> Result<Vec<Call>, StoreError> {
+        let prefix = keys::id(user.0);
+        self.calls_listed(Table::LiveCalls, self.prefix(Table::LiveCalls, &prefix).rev())
+    }
+
+    pub(super) fn live_rooms(&self, conversation: ConversationId) -> Result<Vec<Call>, StoreError> {
+        let prefix = keys::id(conversation.0);
+        self.calls_listed(Table::LiveRooms, self.prefix(Table::LiveRooms, &prefix).rev())
+    }
+
+    /// The calls an index lists: the call id is the second id of each key.
+    fn calls_listed(
+        &self,
+        index: Table,
+        entries: impl Iterator<Item = Result<(Slice, Slice), StoreError>>,
+    ) -> Result<Vec<Call>, StoreError> {
+        let mut calls = Vec::new();
+        for entry in entries {
+            let (key, _) = entry?;
+            if let Some(call) = self.call(CallId(second_id(index, &key)?))? {
+                calls.push(call);
+            }
+        }
+        Ok(calls)
     }
 
     /// One line per stored key, `table key value`, tables in a fixed order and keys in key

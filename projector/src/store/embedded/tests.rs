@@ -40,6 +40,7 @@ conformance! {
     checkpoint_round_trip,
     last_seen,
     messages_before_their_conversation,
+    calls_history_and_live_calls,
 }
 
 #[tokio::test]
@@ -57,7 +58,8 @@ async fn the_whole_suite_can_share_one_store() -> Result<(), StoreError> {
     conformance::edit_and_delete(&store).await?;
     conformance::handle_uniqueness(&store).await?;
     conformance::last_seen(&store).await?;
-    conformance::messages_before_their_conversation(&store).await
+    conformance::messages_before_their_conversation(&store).await?;
+    conformance::calls_history_and_live_calls(&store).await
 }
 
 fn logged(offset: u64, at: i64, payload: impl Into<switchboard_schemas::Payload>) -> Logged {
