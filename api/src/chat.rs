@@ -192,15 +192,25 @@ async fn existing_message(
     if let Some(message) = state.store.message(conversation, id).await? {
         return Ok(message);
     }
-    let key = conversation.to_string();
-    let partitions = state.ingest.log().partitions(Topic::Messages);
-    let partition = Topic::partition_for(key.as_bytes(), partitions);
-    let end = state.ingest.log().end_offsets(Topic::Messages).await?;
-    if let Some(&next) = end.get(partition as usize).filter(|&&next| next > 0) {
-        wait_for_position(state, Position { topic: Topic::Messages, partition, offset: next - 1 })
-            .await?;
-    }
+    caught_up_with_partition(state, Topic::Messages, &conversation.to_string()).await?;
     state.store.message(conversation, id).await?.ok_or_else(|| ApiError::not_found("message"))
+}
+
+/// Waits (bounded) until the read models hold everything logged so far to the partition of
+/// `topic` that `key` lives in: for a thing a client heard of (in a push) before its projection.
+pub async fn caught_up_with_partition(
+    state: &AppState,
+    topic: Topic,
+    key: &str,
+) -> Result<(), ApiError> {
+    let partition = Topic::partition_for(key.as_bytes(), state.ingest.log().partitions(topic));
+    let end = state.ingest.log().end_offsets(topic).await?;
+    match end.get(partition as usize) {
+        Some(&next) if next > 0 => {
+            wait_for_position(state, Position { topic, partition, offset: next - 1 }).await
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Only the sender may change a message.

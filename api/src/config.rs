@@ -96,6 +96,23 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_MAX_GROUP_MEMBERS", default_value_t = 256)]
     pub max_group_members: usize,
 
+    /// How long a call rings before it counts as missed.
+    #[arg(long, env = "SWITCHBOARD_RING_TIMEOUT", default_value = "30s")]
+    pub ring_timeout: Dur,
+
+    /// A call participant whose last socket has been gone this long leaves the call (a 1:1 call
+    /// ends).
+    #[arg(long, env = "SWITCHBOARD_CALL_GRACE", default_value = "20s")]
+    pub call_grace: Dur,
+
+    /// Most participants of a group call room.
+    #[arg(long, env = "SWITCHBOARD_MAX_ROOM_PARTICIPANTS", default_value_t = 16)]
+    pub max_room_participants: usize,
+
+    /// WebRTC signals (offers, answers, ICE candidates) per user.
+    #[arg(long, env = "SWITCHBOARD_RATE_SIGNALS", default_value = "600/1m")]
+    pub rate_signals: Rate,
+
     /// Most WebSocket connections this node holds at once.
     #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,

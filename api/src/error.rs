@@ -73,6 +73,33 @@ impl ApiError {
         ApiError::new(StatusCode::CONFLICT, "conflict", message)
     }
 
+    /// The user called is in another call (or their phone is ringing for one).
+    pub fn busy() -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, "busy", "the user is in another call")
+    }
+
+    /// The caller is in a call already and must leave it first.
+    pub fn already_in_call() -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, "already_in_call", "you are in another call")
+    }
+
+    /// An accept, decline or cancel of a call that is no longer ringing; the message says why.
+    pub fn call_not_ringing(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, "call_not_ringing", message)
+    }
+
+    pub fn call_ended() -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, "call_ended", "the call has ended")
+    }
+
+    pub fn room_full(limit: usize) -> ApiError {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "room_full",
+            format!("the room has its maximum of {limit} participants"),
+        )
+    }
+
     pub fn rate_limited(retry_after: Duration) -> ApiError {
         ApiError {
             retry_after: Some(retry_after),

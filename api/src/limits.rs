@@ -16,6 +16,10 @@ pub enum Limit {
     /// Typing indicators: a bucket of their own at the messages rate, so that typing never
     /// uses up the budget for sending.
     Typing,
+    /// Starting calls and rooms: a bucket of its own at the messages rate.
+    Calls,
+    /// WebRTC signalling, which comes in bursts while a call connects.
+    Signals,
 }
 
 impl Limit {
@@ -26,6 +30,8 @@ impl Limit {
             Limit::General => "general",
             Limit::Strict => "strict",
             Limit::Typing => "typing",
+            Limit::Calls => "calls",
+            Limit::Signals => "signals",
         }
     }
 
@@ -33,7 +39,8 @@ impl Limit {
         let config = &state.config;
         match self {
             Limit::Auth => config.rate_auth,
-            Limit::Messages | Limit::Typing => config.rate_messages,
+            Limit::Messages | Limit::Typing | Limit::Calls => config.rate_messages,
+            Limit::Signals => config.rate_signals,
             Limit::General => config.rate_general,
             Limit::Strict => config.rate_strict,
         }

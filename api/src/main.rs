@@ -2,6 +2,7 @@
 
 mod auth;
 mod backends;
+mod calls;
 mod chat;
 mod config;
 mod error;

@@ -82,6 +82,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             }
         }));
     }
+    if role.projects() {
+        tasks.spawn(supervise("call-timer", stop.clone(), {
+            let state = state.clone();
+            move |stop| crate::calls::timer::run(state.clone(), stop)
+        }));
+    }
     if role != Role::All || !state.config.store_url().starts_with("file://") {
         // Other processes project (part of) the log: learn their progress from the store.
         tasks.spawn(follow_store_checkpoint(state.clone(), stop.clone()));

@@ -26,7 +26,8 @@ pub use router::{Routed, Router};
 pub use token::ResumeToken;
 
 /// The topics whose events reach sockets.
-pub const FANOUT_TOPICS: [Topic; 3] = [Topic::Conversations, Topic::Messages, Topic::Presence];
+pub const FANOUT_TOPICS: [Topic; 5] =
+    [Topic::Conversations, Topic::Messages, Topic::Presence, Topic::Calls, Topic::Signals];
 
 /// How many pushes may wait for one socket before it counts as too slow.
 pub const MAILBOX_CAPACITY: usize = 1024;

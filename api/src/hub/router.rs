@@ -3,14 +3,18 @@
 //!
 //! Memberships are cached and kept current from the conversation events the router itself
 //! routes, so a message right after a member joined reaches the new member without a store read.
+//! Live calls are cached the same way, folded by the read models' own rules: a call's events go
+//! to its caller and callee, a room's to every member of its conversation, each with the call as
+//! it stands after the event; a signal goes to its recipient alone.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::Serialize;
 use switchboard_projector::presence::Presence;
+use switchboard_projector::store::calls::{self, Call, CallKind};
 use switchboard_projector::store::{ReadModel, StoreError};
-use switchboard_schemas::{ConversationId, Event, Payload, UserId};
+use switchboard_schemas::{CallId, ConversationId, Event, Payload, UserId};
 
 /// An event ready to push: to whom, and what.
 pub struct Routed {
@@ -36,6 +40,8 @@ pub struct Router {
     contacts: HashMap<UserId, Arc<Vec<UserId>>>,
     /// The online state last pushed per user, so contacts hear of changes only.
     pushed_online: HashMap<UserId, bool>,
+    /// Calls still live, as of the last event routed.
+    calls: HashMap<CallId, Call>,
     replaying: bool,
 }
 
@@ -48,6 +54,7 @@ impl Router {
             members: HashMap::new(),
             contacts: HashMap::new(),
             pushed_online: HashMap::new(),
+            calls: HashMap::new(),
             replaying: false,
         }
     }
@@ -95,6 +102,8 @@ impl Router {
             SessionClosed(e) => {
                 return self.presence_changed(e.user_id, event.meta.occurred_at, false).await;
             }
+            SignalRelayed(e) => vec![e.to_user],
+            payload if calls::call_of(payload).is_some() => return self.call_changed(event).await,
             UserRegistered(_) | ProfileUpdated(_) | NodeHeartbeat(_) => return Ok(None),
             payload => match payload.conversation_id() {
                 Some(conversation) => self.members_mut(conversation).await?.clone(),
@@ -115,6 +124,40 @@ impl Router {
             self.members.insert(id, members);
         }
         Ok(self.members.get_mut(&id).expect("inserted above"))
+    }
+
+    /// A call's event, with the call as it stands after it.
+    async fn call_changed(&mut self, event: &Event) -> Result<Option<Routed>, StoreError> {
+        let Some(id) = calls::call_of(&event.payload) else { return Ok(None) };
+        if !self.calls.contains_key(&id)
+            && let Some(stored) = self.store.call(id).await?
+        {
+            self.calls.insert(id, stored);
+        }
+        let current = self.calls.get(&id);
+        // The read models may already hold this event (a store read just now): then it changes
+        // nothing, and the call as stored is the call after it.
+        let Some(call) = calls::fold(current, event).or_else(|| current.cloned()) else {
+            return Ok(None);
+        };
+        let recipients = match (call.kind, call.conversation_id) {
+            (CallKind::Room, Some(conversation)) => self.members_mut(conversation).await?.clone(),
+            _ => call.involved.clone(),
+        };
+        let mut data = serde_json::to_value(&event.payload).expect("events serialise to JSON");
+        if let Some(fields) = data.as_object_mut() {
+            fields.insert("call".to_owned(), serde_json::to_value(&call).expect("calls serialise"));
+        }
+        match call.is_live() {
+            true => self.calls.insert(id, call),
+            false => self.calls.remove(&id),
+        };
+        Ok(Some(Routed {
+            recipients,
+            kind: event.payload.type_name(),
+            at: event.meta.occurred_at,
+            data: to_raw(&data),
+        }))
     }
 
     /// Everyone who shares a conversation with `user`, `user` included (their other devices).

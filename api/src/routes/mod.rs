@@ -2,6 +2,7 @@
 //! middleware every request passes through (timeout, limits, metrics).
 
 mod auth;
+mod calls;
 mod conversations;
 mod extract;
 mod health;
@@ -41,6 +42,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/conversations/{id}/read", get(messages::read_markers).post(messages::mark_read))
         .route("/presence", get(presence::status))
+        .route("/calls", get(calls::history))
+        .route("/calls/active", get(calls::active))
+        .route("/calls/{id}", get(calls::get))
         .route_layer(middleware::from_fn_with_state(state.clone(), general_limit));
     let v1 = Router::new()
         .route("/auth/register", post(auth::register))

@@ -6,6 +6,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 use switchboard_schemas::{ConversationId, MessageId, UserId};
 
+use crate::calls::{CallRef, InviteRequest, RoomRequest, SignalRequest};
 use crate::chat::SendRequest;
 use crate::error::ApiError;
 
@@ -22,6 +23,14 @@ pub enum Op {
     Read(MessageRef),
     Typing(TypingRequest),
     Ping,
+    CallInvite(InviteRequest),
+    CallAccept(CallRef),
+    CallDecline(CallRef),
+    CallEnd(CallRef),
+    CallSignal(SignalRequest),
+    RoomStart(RoomRequest),
+    RoomJoin(CallRef),
+    RoomLeave(CallRef),
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,6 +79,14 @@ pub fn parse(text: &str) -> Result<ClientFrame, (Value, ApiError)> {
         "read" => Op::Read(fields_as(fields).map_err(fail)?),
         "typing" => Op::Typing(fields_as(fields).map_err(fail)?),
         "ping" => Op::Ping,
+        "call.invite" => Op::CallInvite(fields_as(fields).map_err(fail)?),
+        "call.accept" => Op::CallAccept(fields_as(fields).map_err(fail)?),
+        "call.decline" => Op::CallDecline(fields_as(fields).map_err(fail)?),
+        "call.end" => Op::CallEnd(fields_as(fields).map_err(fail)?),
+        "call.signal" => Op::CallSignal(fields_as(fields).map_err(fail)?),
+        "room.start" => Op::RoomStart(fields_as(fields).map_err(fail)?),
+        "room.join" => Op::RoomJoin(fields_as(fields).map_err(fail)?),
+        "room.leave" => Op::RoomLeave(fields_as(fields).map_err(fail)?),
         other => return Err(fail(ApiError::unknown_op(other))),
     };
     Ok(ClientFrame { reference, op })

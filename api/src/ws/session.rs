@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 
 use super::protocol::{self, ClientFrame, Op};
-use crate::chat;
+use crate::{calls, chat};
 use crate::error::ApiError;
 use crate::hub::{MAILBOX_CAPACITY, Mailbox, ResumeToken, Router};
 use crate::state::AppState;
@@ -321,6 +321,15 @@ async fn handle(state: AppState, user: UserId, session: Arc<str>, text: Utf8Byte
         Op::Typing(t) => {
             as_json(chat::typing(&state, user, trace, t.conversation_id, t.active).await)
         }
+        Op::CallInvite(invite) => as_json(calls::invite(&state, user, trace, invite).await),
+        Op::CallAccept(c) => as_json(calls::accept(&state, user, trace, c.call_id).await),
+        Op::CallDecline(c) => as_json(calls::decline(&state, user, trace, c.call_id).await),
+        Op::CallEnd(c) | Op::RoomLeave(c) => {
+            as_json(calls::end(&state, user, trace, c.call_id).await)
+        }
+        Op::CallSignal(signal) => as_json(calls::signal(&state, user, trace, signal).await),
+        Op::RoomStart(room) => as_json(calls::start_room(&state, user, trace, room).await),
+        Op::RoomJoin(c) => as_json(calls::join_room(&state, user, trace, c.call_id).await),
     };
     match result {
         Ok(result) => protocol::ack(reference, result),

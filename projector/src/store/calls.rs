@@ -49,6 +49,18 @@ pub enum CallOutcome {
     Cancelled,
 }
 
+impl CallOutcome {
+    pub fn name(self) -> &'static str {
+        match self {
+            CallOutcome::Answered => "answered",
+            CallOutcome::Declined => "declined",
+            CallOutcome::Missed => "missed",
+            CallOutcome::Busy => "busy",
+            CallOutcome::Cancelled => "cancelled",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Call {
     pub id: CallId,
