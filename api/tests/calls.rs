@@ -268,11 +268,12 @@ async fn a_group_room_pushes_its_participants_caps_them_and_closes_when_empty() 
     let (_, active) = api.get("/v1/calls/active", &c).await;
     assert_eq!(active["rooms"][0]["id"], room.as_str(), "{active}");
 
-    for i in 0..2 {
-        let left = sockets[i].request(json!({ "op": "room.leave", "call_id": room })).await;
+    for socket in &mut sockets[..2] {
+        let left = socket.request(json!({ "op": "room.leave", "call_id": room })).await;
         assert_eq!(left["op"], "ack", "{left}");
     }
-    let closed = sockets[2].next_within(Duration::from_secs(10), |f| f["type"] == "call.ended").await;
+    let closed =
+        sockets[2].next_within(Duration::from_secs(10), |f| f["type"] == "call.ended").await;
     assert_eq!(closed["data"]["reason"], "empty");
     let mut open = json!(null);
     for _ in 0..50 {

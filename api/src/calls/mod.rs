@@ -130,7 +130,8 @@ pub async fn invite(
     }
     if state.presence.claim(&line(callee), &call_id.to_string(), ttl).await?.is_some() {
         release_lines(state, &[caller]).await;
-        let busy = CallBusy { call_id, user_id: callee, caller: Some(caller), media: Some(request.media) };
+        let busy =
+            CallBusy { call_id, user_id: callee, caller: Some(caller), media: Some(request.media) };
         // The attempt goes into both histories; the caller is told at once either way.
         if let Err(error) = state.ingest.append(&origin, busy.into()).await {
             tracing::warn!(%error, "busy call not logged");
@@ -169,7 +170,9 @@ pub async fn accept(
     let position = state.ingest.append(&Origin::user(user, session), accepted.into()).await?;
     let held = call_id.to_string();
     for party in &call.involved {
-        if let Err(error) = state.presence.update_claim(&line(*party), &held, TALKING_LINE_TTL).await {
+        if let Err(error) =
+            state.presence.update_claim(&line(*party), &held, TALKING_LINE_TTL).await
+        {
             tracing::warn!(%error, "line of an answered call not extended");
         }
     }
@@ -230,7 +233,9 @@ pub async fn start_room(
     chat::ensure_member(state, user, conversation).await?;
     let call_id = CallId(state.ingest.next_id());
     let room_key = room_of(conversation);
-    if let Some(open) = state.presence.claim(&room_key, &call_id.to_string(), TALKING_LINE_TTL).await? {
+    if let Some(open) =
+        state.presence.claim(&room_key, &call_id.to_string(), TALKING_LINE_TTL).await?
+    {
         // A room whose end the timer has logged but not yet unclaimed does not count.
         let open_room = match open.parse().map(CallId) {
             Ok(id) => fresh_call(state, id, Call::is_live).await?.filter(Call::is_live),
@@ -263,7 +268,8 @@ pub async fn join_room(
 ) -> Result<Accepted, ApiError> {
     // The participant count decides: read it with every join logged so far applied. Joins
     // racing each other to the last place may still both get in.
-    let room = fresh_call(state, call_id, |_| false).await?.ok_or_else(|| ApiError::not_found("call"))?;
+    let room =
+        fresh_call(state, call_id, |_| false).await?.ok_or_else(|| ApiError::not_found("call"))?;
     let Some(conversation) = room.conversation_id.filter(|_| room.kind == CallKind::Room) else {
         return Err(ApiError::not_found("call"));
     };

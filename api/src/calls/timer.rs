@@ -175,7 +175,9 @@ async fn sweep(state: &AppState, live: &Mutex<Live>) {
                     }
                 }
                 Ok(false) => {}
-                Err(error) => tracing::warn!(call = %call.call.id, ?action, %error, "call timer could not act; retrying"),
+                Err(error) => {
+                    tracing::warn!(call = %call.call.id, ?action, %error, "call timer could not act; retrying")
+                }
             }
         }
     }
@@ -248,7 +250,7 @@ async fn due_actions(state: &AppState, live: &Mutex<Live>) -> Vec<(Due, Action)>
 fn watched_users(call: &Call) -> &[UserId] {
     match (call.kind, call.state) {
         (CallKind::Direct, CallState::Ringing) => {
-            call.initiator.as_ref().map(std::slice::from_ref).unwrap_or_default()
+            call.initiator.as_slice()
         }
         _ => call.live_users(),
     }

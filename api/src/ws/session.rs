@@ -20,10 +20,10 @@ use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 
 use super::protocol::{self, ClientFrame, Op};
-use crate::{calls, chat};
 use crate::error::ApiError;
 use crate::hub::{MAILBOX_CAPACITY, Mailbox, ResumeToken, Router};
 use crate::state::AppState;
+use crate::{calls, chat};
 
 /// Ops read ahead of the one being processed before the socket stops reading (backpressure).
 const MAX_PENDING_OPS: usize = 32;
