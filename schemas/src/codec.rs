@@ -4,16 +4,33 @@
 //! integer, then the Avro binary encoding of the topic's envelope record. Decoding looks the id
 //! up in the registry and reads with that exact writer schema, so events written by older schema
 //! versions stay readable.
+//!
+//! Every event is encoded once and decoded a few times (projector, fan-out, replays), so what can
+//! be worked out from the schemas alone is worked out once per process, in [`Prepared`]:
+//!
+//! - encoding serialises the event's structs straight into Avro bytes, guided by the latest
+//!   schema of its topic ([`apache_avro::write_avro_datum_ref`]), instead of building a generic
+//!   Avro value, resolving it against the schema and validating it, which each time re-walked the
+//!   whole schema and was most of the cost of an append. That serialiser looks up named types
+//!   only in the schema it is given, so the schema it gets has every reference to a named type
+//!   replaced by the type itself ([`inline_references`]);
+//! - decoding reads with a [`GenericSingleObjectReader`] per registered version, which resolves
+//!   the schema's names once; its header is the Confluent frame prefix, so it also checks that.
 
-use std::sync::Once;
+use std::collections::HashMap;
+use std::sync::{Once, OnceLock};
 
+use apache_avro::GenericSingleObjectReader;
 use apache_avro::Schema;
-use apache_avro::schema::UnionSchema;
+use apache_avro::headers::HeaderBuilder;
+use apache_avro::schema::{Name, RecordSchema, ResolvedSchema, UnionSchema};
 use apache_avro::types::Value;
+use serde::{Serialize, Serializer};
 
 use crate::events::{Event, EventMeta, Payload};
 use crate::ids::UserId;
 use crate::registry::{Registry, SchemaVersion};
+use crate::topic::Topic;
 
 const MAGIC: u8 = 0;
 
@@ -40,7 +57,7 @@ impl From<apache_avro::Error> for CodecError {
 /// Encodes and decodes [`Event`]s against the [`Registry`].
 #[derive(Clone, Copy)]
 pub struct Codec {
-    registry: &'static Registry,
+    prepared: &'static Prepared,
 }
 
 impl Default for Codec {
@@ -57,49 +74,44 @@ impl Codec {
         BINARY_IDS.call_once(|| {
             apache_avro::util::set_serde_human_readable(false);
         });
-        Codec { registry: Registry::builtin() }
+        static PREPARED: OnceLock<Prepared> = OnceLock::new();
+        let prepared = PREPARED.get_or_init(|| {
+            Prepared::new(Registry::builtin())
+                .expect("the built-in schemas prepare (checked by tests)")
+        });
+        Codec { prepared }
     }
 
     pub fn encode(&self, event: &Event) -> Result<Vec<u8>, CodecError> {
         let topic = event.topic();
-        let writer = self
-            .registry
-            .latest(&topic.subject())
-            .ok_or_else(|| CodecError::NotAnEnvelope(topic.subject()))?;
-        let union = payload_union(writer)?;
+        let writer = &self.prepared.writers[topic as usize];
         let record = event.payload.record_name();
-        let (index, branch) = union
-            .variants()
+        let index = writer
+            .branches
             .iter()
-            .enumerate()
-            .find(|(_, s)| s.name().is_some_and(|n| n.name == record))
+            .position(|name| name == record)
             .ok_or_else(|| CodecError::UnknownRecord(record.to_owned()))?;
-        let payload = event.payload.to_avro()?.resolve_schemata(branch, vec![&writer.schema])?;
-        let meta = &event.meta;
-        let envelope = Value::Record(vec![
-            ("event_id".into(), Value::String(meta.event_id.clone())),
-            ("occurred_at".into(), Value::TimestampMillis(meta.occurred_at)),
-            ("actor".into(), optional_long(meta.actor.map(|a| a.0))),
-            ("trace_id".into(), Value::String(meta.trace_id.clone())),
-            ("payload".into(), Value::Union(index as u32, Box::new(payload))),
-        ]);
-        let mut frame = Vec::with_capacity(64);
+        let envelope = Envelope::new(
+            &event.meta,
+            Branch { index: index as u32, record, payload: &event.payload },
+        );
+        let mut frame = Vec::with_capacity(128);
         frame.push(MAGIC);
         frame.extend_from_slice(&writer.id.to_be_bytes());
-        frame.extend(apache_avro::to_avro_datum(&writer.schema, envelope)?);
+        apache_avro::write_avro_datum_ref(&writer.schema, &envelope, &mut frame)?;
         Ok(frame)
     }
 
     pub fn decode(&self, frame: &[u8]) -> Result<Event, CodecError> {
-        let [MAGIC, a, b, c, d, body @ ..] = frame else {
+        let [MAGIC, a, b, c, d, ..] = frame else {
             return Err(CodecError::NotFramed);
         };
         let id = u32::from_be_bytes([*a, *b, *c, *d]);
-        let writer = self.registry.by_id(id).ok_or(CodecError::UnknownSchema(id))?;
-        let mut body = body;
-        let Value::Record(fields) = apache_avro::from_avro_datum(&writer.schema, &mut body, None)?
-        else {
-            return Err(CodecError::NotAnEnvelope(writer.subject.to_owned()));
+        let reader = self.prepared.readers.get(&id).ok_or(CodecError::UnknownSchema(id))?;
+        let not_envelope = || CodecError::NotAnEnvelope(reader.subject.to_owned());
+        let mut frame = frame;
+        let Value::Record(fields) = reader.reader.read_value(&mut frame)? else {
+            return Err(not_envelope());
         };
         let mut meta = EventMeta {
             event_id: String::new(),
@@ -123,34 +135,175 @@ impl Codec {
                 _ => {}
             }
         }
-        let (index, inner) =
-            payload.ok_or_else(|| CodecError::NotAnEnvelope(writer.subject.to_owned()))?;
-        let record = payload_union(writer)?
-            .variants()
+        let (index, inner) = payload.ok_or_else(not_envelope)?;
+        let record = reader
+            .branches
             .get(index as usize)
-            .and_then(|s| s.name())
-            .map(|n| n.name.clone())
             .ok_or_else(|| CodecError::UnknownRecord(format!("#{index}")))?;
-        let payload =
-            Payload::from_avro(&record, inner).ok_or(CodecError::UnknownRecord(record))??;
+        let payload = Payload::from_avro(record, inner)
+            .ok_or_else(|| CodecError::UnknownRecord(record.clone()))??;
         Ok(Event { meta, payload })
     }
 }
 
-fn payload_union(version: &SchemaVersion) -> Result<&UnionSchema, CodecError> {
+/// What the codec works out once from the registry.
+struct Prepared {
+    /// The latest version of each topic's schema, indexed by `Topic as usize`.
+    writers: Vec<Writer>,
+    /// Every registered version, by id.
+    readers: HashMap<u32, Reader>,
+}
+
+struct Writer {
+    id: u32,
+    /// The schema with its named-type references inlined.
+    schema: Schema,
+    /// The payload union's record names, in union order.
+    branches: Vec<String>,
+}
+
+struct Reader {
+    subject: &'static str,
+    reader: GenericSingleObjectReader,
+    branches: Vec<String>,
+}
+
+impl Prepared {
+    fn new(registry: &Registry) -> Result<Prepared, CodecError> {
+        let writers = Topic::ALL
+            .iter()
+            .map(|topic| {
+                let subject = topic.subject();
+                let version =
+                    registry.latest(&subject).ok_or(CodecError::NotAnEnvelope(subject))?;
+                let names = ResolvedSchema::try_from(&version.schema)?;
+                Ok(Writer {
+                    id: version.id,
+                    schema: inline_references(&version.schema, names.get_names(), &mut Vec::new())?,
+                    branches: payload_branches(version)?,
+                })
+            })
+            .collect::<Result<_, CodecError>>()?;
+        let readers = registry
+            .all()
+            .map(|version| {
+                let header = ConfluentHeader(version.id);
+                let reader = GenericSingleObjectReader::new_with_header_builder(
+                    version.schema.clone(),
+                    header,
+                )?;
+                let branches = payload_branches(version)?;
+                Ok((version.id, Reader { subject: version.subject, reader, branches }))
+            })
+            .collect::<Result<_, CodecError>>()?;
+        Ok(Prepared { writers, readers })
+    }
+}
+
+/// The Confluent frame prefix of one schema id.
+struct ConfluentHeader(u32);
+
+impl HeaderBuilder for ConfluentHeader {
+    fn build_header(&self) -> Vec<u8> {
+        let mut header = vec![MAGIC];
+        header.extend_from_slice(&self.0.to_be_bytes());
+        header
+    }
+}
+
+/// The record names of an envelope's payload union, in union order.
+fn payload_branches(version: &SchemaVersion) -> Result<Vec<String>, CodecError> {
     let not_envelope = || CodecError::NotAnEnvelope(version.subject.to_owned());
     let Schema::Record(record) = &version.schema else {
         return Err(not_envelope());
     };
-    match record.fields.iter().find(|f| f.name == "payload").map(|f| &f.schema) {
-        Some(Schema::Union(union)) => Ok(union),
-        _ => Err(not_envelope()),
+    let Some(Schema::Union(union)) =
+        record.fields.iter().find(|f| f.name == "payload").map(|f| &f.schema)
+    else {
+        return Err(not_envelope());
+    };
+    union
+        .variants()
+        .iter()
+        .map(|s| s.name().map(|n| n.name.clone()).ok_or_else(not_envelope))
+        .collect()
+}
+
+/// `schema` with every reference to a named type replaced by the type's definition. `inlining`
+/// holds the types being inlined, so that a recursive type is refused instead of looping.
+fn inline_references(
+    schema: &Schema,
+    names: &HashMap<Name, &Schema>,
+    inlining: &mut Vec<Name>,
+) -> Result<Schema, CodecError> {
+    let mut inline = |schema: &Schema| inline_references(schema, names, inlining);
+    Ok(match schema {
+        Schema::Ref { name } => {
+            let definition =
+                names.get(name).ok_or_else(|| CodecError::UnknownRecord(name.to_string()))?;
+            if inlining.contains(name) {
+                return Err(CodecError::NotAnEnvelope(format!("recursive type {name}")));
+            }
+            inlining.push(name.clone());
+            let inlined = inline_references(definition, names, inlining);
+            inlining.pop();
+            inlined?
+        }
+        Schema::Record(record) => {
+            let mut fields = record.fields.clone();
+            for field in &mut fields {
+                field.schema = inline(&field.schema)?;
+            }
+            Schema::Record(RecordSchema { fields, ..record.clone() })
+        }
+        Schema::Union(union) => Schema::Union(UnionSchema::new(
+            union.variants().iter().map(inline).collect::<Result<_, _>>()?,
+        )?),
+        Schema::Array(array) => {
+            let mut array = array.clone();
+            array.items = Box::new(inline(&array.items)?);
+            Schema::Array(array)
+        }
+        Schema::Map(map) => {
+            let mut map = map.clone();
+            map.types = Box::new(inline(&map.types)?);
+            Schema::Map(map)
+        }
+        other => other.clone(),
+    })
+}
+
+/// The envelope record, field for field in schema order.
+#[derive(serde::Serialize)]
+struct Envelope<'a> {
+    event_id: &'a str,
+    occurred_at: i64,
+    actor: Option<UserId>,
+    trace_id: &'a str,
+    payload: Branch<'a>,
+}
+
+impl<'a> Envelope<'a> {
+    fn new(meta: &'a EventMeta, payload: Branch<'a>) -> Envelope<'a> {
+        Envelope {
+            event_id: &meta.event_id,
+            occurred_at: meta.occurred_at,
+            actor: meta.actor,
+            trace_id: &meta.trace_id,
+            payload,
+        }
     }
 }
 
-fn optional_long(value: Option<i64>) -> Value {
-    match value {
-        Some(v) => Value::Union(1, Box::new(Value::Long(v))),
-        None => Value::Union(0, Box::new(Value::Null)),
+/// The payload as the branch of the topic's union it belongs in.
+struct Branch<'a> {
+    index: u32,
+    record: &'static str,
+    payload: &'a Payload,
+}
+
+impl Serialize for Branch<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_newtype_variant("payload", self.index, self.record, self.payload)
     }
 }

@@ -108,12 +108,6 @@ macro_rules! events {
                 }
             }
 
-            pub(crate) fn to_avro(&self) -> Result<apache_avro::types::Value, apache_avro::Error> {
-                match self {
-                    $($(Payload::$name(event) => apache_avro::to_value(event),)*)*
-                }
-            }
-
             pub(crate) fn from_avro(
                 record_name: &str,
                 value: apache_avro::types::Value,

@@ -73,6 +73,11 @@ impl Registry {
         self.by_id.get(&id).map(|&i| &self.versions[i])
     }
 
+    /// Every registered version.
+    pub fn all(&self) -> impl Iterator<Item = &SchemaVersion> {
+        self.versions.iter()
+    }
+
     /// All versions of a subject, oldest first.
     pub fn versions(&self, subject: &str) -> impl Iterator<Item = &SchemaVersion> {
         self.versions.iter().filter(move |v| v.subject == subject)

@@ -3,6 +3,8 @@
 use std::collections::BTreeSet;
 
 use apache_avro::Schema;
+use apache_avro::schema::UnionSchema;
+use apache_avro::types::Value;
 use switchboard_schemas::*;
 
 fn samples() -> Vec<Payload> {
@@ -127,16 +129,60 @@ fn every_event_type_round_trips() {
     }
 }
 
+/// The codec serialises the Rust structs straight into Avro, in their field order; the bytes must
+/// be exactly what a generic Avro encoder writes for the schema, or other consumers misread them.
+#[test]
+fn frames_are_what_a_generic_avro_encoder_writes() {
+    let codec = Codec::new();
+    for (i, payload) in samples().into_iter().enumerate() {
+        let actor = (i % 2 == 0).then_some(UserId(i as i64 + 1));
+        let event = event(payload, actor);
+        let writer = Registry::builtin().latest(&event.topic().subject()).unwrap();
+        let union = payload_union(&writer.schema);
+        let (index, branch) = union
+            .variants()
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.name().unwrap().name == event.payload.record_name())
+            .unwrap();
+        let payload = apache_avro::to_value(&event.payload)
+            .unwrap()
+            .resolve_schemata(branch, vec![&writer.schema])
+            .unwrap();
+        let actor = match event.meta.actor {
+            Some(actor) => Value::Union(1, Box::new(Value::Long(actor.0))),
+            None => Value::Union(0, Box::new(Value::Null)),
+        };
+        let envelope = Value::Record(vec![
+            ("event_id".into(), Value::String(event.meta.event_id.clone())),
+            ("occurred_at".into(), Value::TimestampMillis(event.meta.occurred_at)),
+            ("actor".into(), actor),
+            ("trace_id".into(), Value::String(event.meta.trace_id.clone())),
+            ("payload".into(), Value::Union(index as u32, Box::new(payload))),
+        ]);
+        let mut expected = vec![0];
+        expected.extend_from_slice(&writer.id.to_be_bytes());
+        expected.extend(apache_avro::to_avro_datum(&writer.schema, envelope).unwrap());
+        assert_eq!(codec.encode(&event).unwrap(), expected, "{event:?}");
+    }
+}
+
+fn payload_union(schema: &Schema) -> &UnionSchema {
+    let Schema::Record(envelope) = schema else { panic!("{schema:?} is no record") };
+    let payload = envelope.fields.iter().find(|f| f.name == "payload").unwrap();
+    let Schema::Union(union) = &payload.schema else { panic!("the payload is no union") };
+    union
+}
+
 #[test]
 fn samples_cover_every_record_of_every_topic() {
     let sampled: BTreeSet<String> = samples().iter().map(|p| p.record_name().to_owned()).collect();
     let mut declared = BTreeSet::new();
     for topic in Topic::ALL {
         let latest = Registry::builtin().latest(&topic.subject()).unwrap();
-        let Schema::Record(envelope) = &latest.schema else { panic!("{topic} is no record") };
-        let payload = envelope.fields.iter().find(|f| f.name == "payload").unwrap();
-        let Schema::Union(union) = &payload.schema else { panic!("{topic} payload is no union") };
-        declared.extend(union.variants().iter().map(|s| s.name().unwrap().name.clone()));
+        declared.extend(
+            payload_union(&latest.schema).variants().iter().map(|s| s.name().unwrap().name.clone()),
+        );
     }
     assert_eq!(sampled, declared);
 }
