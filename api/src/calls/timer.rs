@@ -249,9 +249,7 @@ async fn due_actions(state: &AppState, live: &Mutex<Live>) -> Vec<(Due, Action)>
 /// caller of a ringing call (a callee with no socket lets it ring out).
 fn watched_users(call: &Call) -> &[UserId] {
     match (call.kind, call.state) {
-        (CallKind::Direct, CallState::Ringing) => {
-            call.initiator.as_slice()
-        }
+        (CallKind::Direct, CallState::Ringing) => call.initiator.as_slice(),
         _ => call.live_users(),
     }
 }
