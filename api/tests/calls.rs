@@ -31,6 +31,14 @@ fn error_code(reply: &Value) -> &str {
     reply["error"]["code"].as_str().expect("code")
 }
 
+/// Two users who share a direct conversation, each on one socket.
+async fn caller_and_callee(server: &Server) -> (User, User, Ws, Ws) {
+    let (ada, bob, _) = server.api().pair().await;
+    let ada_ws = Ws::connect(server, &ada).await;
+    let bob_ws = Ws::connect(server, &bob).await;
+    (ada, bob, ada_ws, bob_ws)
+}
+
 /// The user's call history, newest first.
 async fn history(server: &Server, user: &User) -> Vec<Value> {
     let (status, page) = server.api().get("/v1/calls", user).await;
@@ -54,9 +62,7 @@ async fn settled(server: &Server, user: &User, call: &str, outcome: &str) -> Val
 #[tokio::test]
 async fn a_call_rings_on_every_device_is_answered_on_one_and_ends() {
     let server = Server::start(FAST);
-    let (ada, bob, _) = server.api().pair().await;
-    let mut ada_ws = Ws::connect(&server, &ada).await;
-    let mut phone = Ws::connect(&server, &bob).await;
+    let (ada, bob, mut ada_ws, mut phone) = caller_and_callee(&server).await;
     let mut laptop = Ws::connect(&server, &bob).await;
 
     let call = call_id(&invite(&mut ada_ws, &bob).await);
@@ -96,9 +102,7 @@ async fn a_call_rings_on_every_device_is_answered_on_one_and_ends() {
 #[tokio::test]
 async fn of_two_devices_accepting_at_once_exactly_one_wins() {
     let server = Server::start(FAST);
-    let (ada, bob, _) = server.api().pair().await;
-    let mut ada_ws = Ws::connect(&server, &ada).await;
-    let mut phone = Ws::connect(&server, &bob).await;
+    let (_ada, bob, mut ada_ws, mut phone) = caller_and_callee(&server).await;
     let mut laptop = Ws::connect(&server, &bob).await;
     let call = call_id(&invite(&mut ada_ws, &bob).await);
     phone.next_event("call.invited").await;
@@ -122,9 +126,7 @@ async fn of_two_devices_accepting_at_once_exactly_one_wins() {
 #[tokio::test]
 async fn an_unanswered_call_is_missed_once_and_a_late_accept_is_refused() {
     let server = Server::start(FAST);
-    let (ada, bob, _) = server.api().pair().await;
-    let mut ada_ws = Ws::connect(&server, &ada).await;
-    let mut bob_ws = Ws::connect(&server, &bob).await;
+    let (_ada, bob, mut ada_ws, mut bob_ws) = caller_and_callee(&server).await;
     let call = call_id(&invite(&mut ada_ws, &bob).await);
     bob_ws.next_event("call.invited").await;
 
@@ -227,9 +229,7 @@ async fn only_participants_signal_and_see_a_call() {
 #[tokio::test]
 async fn a_participant_whose_sockets_are_gone_past_the_grace_period_ends_the_call() {
     let server = Server::start(FAST);
-    let (ada, bob, _) = server.api().pair().await;
-    let mut ada_ws = Ws::connect(&server, &ada).await;
-    let mut bob_ws = Ws::connect(&server, &bob).await;
+    let (_ada, bob, mut ada_ws, mut bob_ws) = caller_and_callee(&server).await;
     let call = call_id(&invite(&mut ada_ws, &bob).await);
     assert_eq!(on_call(&mut bob_ws, "call.accept", &call).await["op"], "ack");
     bob_ws.close().await;
@@ -285,4 +285,39 @@ async fn a_group_room_pushes_its_participants_caps_them_and_closes_when_empty() 
     }
     assert_eq!(open, json!([]), "the closed room is no longer listed");
     assert!(sockets[3].drain_events("room.joined", Duration::from_millis(300)).await.is_empty());
+}
+
+#[tokio::test]
+async fn an_accept_at_the_edge_of_the_ring_timeout_either_answers_or_is_told_it_was_missed() {
+    let server = Server::start(&["--ring-timeout", "2s", "--call-grace", "60s"]);
+    let (_ada, bob, mut ada_ws, mut bob_ws) = caller_and_callee(&server).await;
+    // The timer looks every half second: accepting around the deadline lands on either side.
+    for wait_ms in [1_800, 1_950, 2_050, 2_200, 2_400] {
+        let call = call_id(&invite(&mut ada_ws, &bob).await);
+        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        let reply = on_call(&mut bob_ws, "call.accept", &call).await;
+        let outcome = match reply["op"].as_str() {
+            Some("ack") => "answered",
+            _ => {
+                assert_eq!(error_code(&reply), "call_not_ringing");
+                "missed"
+            }
+        };
+        let record = match outcome {
+            "answered" => {
+                assert_eq!(on_call(&mut ada_ws, "call.end", &call).await["op"], "ack");
+                settled(&server, &bob, &call, "answered").await
+            }
+            _ => settled(&server, &bob, &call, "missed").await,
+        };
+        assert_eq!(record["outcome"], outcome, "the answer and the record agree");
+        let endings: Vec<Value> = ada_ws
+            .drain(Duration::from_millis(700))
+            .await
+            .into_iter()
+            .filter(|f| f["data"]["call_id"] == call.as_str())
+            .filter(|f| f["type"] == "call.missed" || f["type"] == "call.accepted")
+            .collect();
+        assert_eq!(endings.len(), 1, "one outcome after {wait_ms} ms: {endings:?}");
+    }
 }

@@ -176,3 +176,54 @@ async fn a_second_projector_takes_over_when_the_first_stops() {
         assert_exactly(&history, &expected);
     }
 }
+
+#[tokio::test]
+async fn a_call_rings_across_nodes_and_two_timers_miss_it_once() {
+    if !on_shared_engines("a_call_rings_across_nodes_and_two_timers_miss_it_once") {
+        return;
+    }
+    let id = new_cluster_id();
+    let timers = ["--ring-timeout", "3s", "--call-grace", "60s"];
+    let mut nodes = cluster(&id, &timers);
+    let mut second = vec!["--role", "projector", "--node-id", "101"];
+    second.extend_from_slice(&timers);
+    nodes.projectors.push(Server::start_in_cluster(&id, &second));
+    let api = nodes.a.api();
+    let (ada, bob, _) = api.pair().await;
+    let mut ada_ws = Ws::connect(&nodes.a, &ada).await;
+    let mut bob_on_b = Ws::connect(&nodes.b, &bob).await;
+    let mut bob_on_a = Ws::connect(&nodes.a, &bob).await;
+
+    // Several calls, so that both timers (each with part of the partitions) get some.
+    let mut calls = Vec::new();
+    for _ in 0..3 {
+        let ack = ada_ws
+            .request(json!({ "op": "call.invite", "callee": bob.id, "media": "audio" }))
+            .await;
+        assert_eq!(ack["op"], "ack", "{ack}");
+        let call = ack["call_id"].as_str().expect("call id").to_owned();
+        for device in [&mut bob_on_b, &mut bob_on_a] {
+            device
+                .next_where(|f| {
+                    f["type"] == "call.invited" && f["data"]["call_id"] == call.as_str()
+                })
+                .await;
+        }
+        let missed = bob_on_b
+            .next_within(std::time::Duration::from_secs(30), |f| {
+                f["type"] == "call.missed" && f["data"]["call_id"] == call.as_str()
+            })
+            .await;
+        assert_eq!(missed["data"]["call"]["outcome"], "missed");
+        calls.push(call);
+    }
+    let missed: Vec<Value> = ada_ws
+        .drain(std::time::Duration::from_secs(3))
+        .await
+        .into_iter()
+        .filter(|f| f["type"] == "call.missed")
+        .collect();
+    let distinct: HashSet<&str> =
+        missed.iter().filter_map(|f| f["data"]["call_id"].as_str()).collect();
+    assert_eq!((missed.len(), distinct.len()), (3, 3), "each call missed once: {missed:?}");
+}

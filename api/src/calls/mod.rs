@@ -33,9 +33,9 @@ use crate::error::ApiError;
 use crate::limits::{self, Limit};
 use crate::state::AppState;
 
-/// How long a line stays claimed for a call that was answered: the call ends (and frees it)
-/// long before, unless the node ending it died in between.
-const TALKING_LINE_TTL: Duration = Duration::from_secs(12 * 60 * 60);
+/// How long a line stays claimed. Whoever logs the end of a call frees its lines (the ring timer
+/// for calls that ring out), so this only matters when that node dies in between.
+const LINE_TTL: Duration = Duration::from_secs(12 * 60 * 60);
 
 /// How long the claims of a call's outcome are kept: past any retry of the same request.
 const OUTCOME_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -92,11 +92,6 @@ fn room_of(conversation: ConversationId) -> String {
     format!("call-room:{conversation}")
 }
 
-/// How long a ringing call holds its users' lines: until the ring timer has settled it.
-fn ringing_line_ttl(state: &AppState) -> Duration {
-    state.config.ring_timeout.0 + timer::SETTLE
-}
-
 pub async fn invite(
     state: &AppState,
     caller: UserId,
@@ -123,7 +118,7 @@ pub async fn invite(
         .map_err(|_| ApiError::not_found("user in that conversation"))?;
 
     let call_id = CallId(state.ingest.next_id());
-    let ttl = ringing_line_ttl(state);
+    let ttl = LINE_TTL;
     let origin = Origin::user(caller, trace);
     if state.presence.claim(&line(caller), &call_id.to_string(), ttl).await?.is_some() {
         return Err(ApiError::already_in_call());
@@ -170,9 +165,7 @@ pub async fn accept(
     let position = state.ingest.append(&Origin::user(user, session), accepted.into()).await?;
     let held = call_id.to_string();
     for party in &call.involved {
-        if let Err(error) =
-            state.presence.update_claim(&line(*party), &held, TALKING_LINE_TTL).await
-        {
+        if let Err(error) = state.presence.update_claim(&line(*party), &held, LINE_TTL).await {
             tracing::warn!(%error, "line of an answered call not extended");
         }
     }
@@ -199,7 +192,12 @@ pub async fn end(
     trace: &str,
     call_id: CallId,
 ) -> Result<Accepted, ApiError> {
-    let call = call_of(state, user, call_id).await?;
+    let mut call = call_of(state, user, call_id).await?;
+    if call.state == CallState::Ringing {
+        // An answer may be logged but not projected yet: hanging up must not cancel it.
+        chat::caught_up_with_partition(state, Topic::Calls, &call_id.to_string()).await?;
+        call = call_of(state, user, call_id).await?;
+    }
     match (call.kind, call.state) {
         (_, CallState::Ended) => Err(ApiError::call_ended()),
         (CallKind::Room, _) => leave(state, user, trace, call_id).await,
@@ -207,19 +205,34 @@ pub async fn end(
             decline(state, user, trace, call_id).await
         }
         (CallKind::Direct, CallState::Ringing) => {
-            settle(state, &call, "cancelled").await?;
-            let ended = CallEnded { call_id, reason: "cancelled".to_owned() };
-            finish(state, &call, Origin::user(user, trace), ended.into()).await
-        }
-        (CallKind::Direct, CallState::Active) => {
-            let key = format!("call-ended:{call_id}");
-            if state.presence.claim(&key, "hangup", OUTCOME_TTL).await?.is_some() {
-                return Err(ApiError::call_ended());
+            match claim_outcome(state, call_id, "cancelled").await? {
+                None => {
+                    let ended = CallEnded { call_id, reason: "cancelled".to_owned() };
+                    finish(state, &call, Origin::user(user, trace), ended.into()).await
+                }
+                // Answered this very moment: the caller hangs up on an answered call.
+                Some(first) if first.starts_with("accepted") => {
+                    hang_up(state, user, trace, &call).await
+                }
+                Some(first) => Err(not_ringing(first.split(' ').next())),
             }
-            let ended = CallEnded { call_id, reason: "hangup".to_owned() };
-            finish(state, &call, Origin::user(user, trace), ended.into()).await
         }
+        (CallKind::Direct, CallState::Active) => hang_up(state, user, trace, &call).await,
     }
+}
+
+async fn hang_up(
+    state: &AppState,
+    user: UserId,
+    trace: &str,
+    call: &Call,
+) -> Result<Accepted, ApiError> {
+    let key = format!("call-ended:{}", call.id);
+    if state.presence.claim(&key, "hangup", OUTCOME_TTL).await?.is_some() {
+        return Err(ApiError::call_ended());
+    }
+    let ended = CallEnded { call_id: call.id, reason: "hangup".to_owned() };
+    finish(state, call, Origin::user(user, trace), ended.into()).await
 }
 
 pub async fn start_room(
@@ -233,9 +246,7 @@ pub async fn start_room(
     chat::ensure_member(state, user, conversation).await?;
     let call_id = CallId(state.ingest.next_id());
     let room_key = room_of(conversation);
-    if let Some(open) =
-        state.presence.claim(&room_key, &call_id.to_string(), TALKING_LINE_TTL).await?
-    {
+    if let Some(open) = state.presence.claim(&room_key, &call_id.to_string(), LINE_TTL).await? {
         // A room whose end the timer has logged but not yet unclaimed does not count.
         let open_room = match open.parse().map(CallId) {
             Ok(id) => fresh_call(state, id, Call::is_live).await?.filter(Call::is_live),
@@ -247,7 +258,7 @@ pub async fn start_room(
                 room.id
             )));
         }
-        state.presence.update_claim(&room_key, &call_id.to_string(), TALKING_LINE_TTL).await?;
+        state.presence.update_claim(&room_key, &call_id.to_string(), LINE_TTL).await?;
     }
     let origin = Origin::user(user, session);
     let started = RoomStarted { call_id, conversation_id: conversation, media: request.media };
@@ -293,7 +304,7 @@ async fn enter_room(
     call_id: CallId,
 ) -> Result<Accepted, ApiError> {
     let ours = call_id.to_string();
-    match state.presence.claim(&line(user), &ours, TALKING_LINE_TTL).await? {
+    match state.presence.claim(&line(user), &ours, LINE_TTL).await? {
         Some(held) if held != ours => return Err(ApiError::already_in_call()),
         _ => {}
     }
@@ -385,10 +396,19 @@ async fn ringing_for(state: &AppState, user: UserId, id: CallId) -> Result<Call,
 
 /// Claims the outcome of a ringing call; a second claimant learns what the first decided.
 async fn settle(state: &AppState, call: &Call, decision: &str) -> Result<(), ApiError> {
-    match state.presence.claim(&outcome(call.id), decision, OUTCOME_TTL).await? {
+    match claim_outcome(state, call.id, decision).await? {
         None => Ok(()),
         Some(first) => Err(not_ringing(first.split(' ').next())),
     }
+}
+
+/// The outcome claimed first, if another claim came before this one.
+async fn claim_outcome(
+    state: &AppState,
+    call: CallId,
+    decision: &str,
+) -> Result<Option<String>, ApiError> {
+    Ok(state.presence.claim(&outcome(call), decision, OUTCOME_TTL).await?)
 }
 
 fn not_ringing(how: Option<&str>) -> ApiError {

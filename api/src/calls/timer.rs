@@ -30,7 +30,7 @@ use crate::state::AppState;
 /// How long an outcome claimed but not logged (its node died in between) stands before the
 /// timer logs one itself; also how long the timer waits to read back what it logged before it
 /// tries again. Longer than an append may take.
-pub const SETTLE: Duration = Duration::from_secs(15);
+const SETTLE: Duration = Duration::from_secs(15);
 
 /// How often live calls are checked.
 const SWEEP: Duration = Duration::from_millis(500);
