@@ -19,7 +19,7 @@ use switchboard_ingest::log::{Cursor, LogReader};
 use switchboard_ingest::{Origin, now_ms};
 use switchboard_projector::store::calls::{self, Call, CallKind, CallState};
 use switchboard_schemas::{
-    CallEnded, CallId, CallMissed, Codec, ParticipantLeft, Payload, Position, Topic, UserId,
+    CallEnded, CallId, CallMissed, Codec, Event, ParticipantLeft, Payload, Position, Topic, UserId,
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -74,11 +74,11 @@ struct Live {
 }
 
 impl Live {
-    fn fold(&mut self, position: Position, payload_event: &switchboard_schemas::Event) {
+    fn fold(&mut self, position: Position, event: &Event) {
         self.read.advance(position);
-        let Some(id) = calls::call_of(&payload_event.payload) else { return };
+        let Some(id) = calls::call_of(&event.payload) else { return };
         let tracked = self.calls.get(&id);
-        let Some(call) = calls::fold(tracked.map(|t| &t.call), payload_event) else { return };
+        let Some(call) = calls::fold(tracked.map(|t| &t.call), event) else { return };
         if !call.is_live() {
             self.calls.remove(&id);
             return;
@@ -192,6 +192,9 @@ struct Due {
 async fn due_actions(state: &AppState, live: &Mutex<Live>) -> Vec<(Due, Action)> {
     let watched: Vec<UserId> = {
         let live = live.lock().expect("timer lock");
+        if live.calls.is_empty() {
+            return Vec::new();
+        }
         let users = live.calls.values().flat_map(|t| watched_users(&t.call).to_vec());
         users.collect::<HashSet<_>>().into_iter().collect()
     };
