@@ -16,12 +16,12 @@ use futures_util::future::try_join_all;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
-use switchboard_schemas::{Event, Payload};
+use switchboard_schemas::Payload;
 
 use super::error::failed;
 use super::fold::Wanted;
-use super::rows::{ConversationRow, Db, MarkerRow, MessageRow, StatsRow, UserRow};
-use crate::store::StoreError;
+use super::rows::{ConversationRow, Db, LocationRow, MarkerRow, MessageRow, StatsRow, UserRow};
+use crate::store::{Logged, StoreError};
 
 /// At most this many events go into one write batch…
 const BATCH_EVENTS: usize = 32;
@@ -173,6 +173,8 @@ pub(super) struct Lane<'a> {
     pub(super) client_ids: Table<(i64, i64, String), i64>,
     pub(super) markers: Table<(i64, i64), MarkerRow>,
     pub(super) last_seen: Table<i64, i64>,
+    /// (conversation, user) → the last location the user shared with the conversation.
+    pub(super) locations: Table<(i64, i64), LocationRow>,
 }
 
 impl<'a> Lane<'a> {
@@ -189,16 +191,17 @@ impl<'a> Lane<'a> {
             client_ids: Table::new("client id"),
             markers: Table::new("read marker"),
             last_seen: Table::new("last seen"),
+            locations: Table::new("location"),
         }
     }
 
-    pub(super) async fn run(mut self, events: Vec<&Event>) -> Result<(), StoreError> {
+    pub(super) async fn run(mut self, events: Vec<&Logged>) -> Result<(), StoreError> {
         self.read(Wanted::of(&events)).await?;
         let (mut pending, mut bytes) = (0, 0);
-        for event in events {
-            self.fold(event)?;
+        for logged in events {
+            self.fold(logged)?;
             pending += 1;
-            bytes += weight(&event.payload);
+            bytes += weight(&logged.event.payload);
             if pending >= BATCH_EVENTS || bytes >= BATCH_BYTES {
                 self.write().await?;
                 (pending, bytes) = (0, 0);
@@ -215,24 +218,37 @@ impl<'a> Lane<'a> {
                 .map(|chunk| (conversation, bucket, chunk.to_vec()))
                 .collect::<Vec<_>>()
         });
-        let (users, handles, conversations, members, stats, messages, client_ids, markers, seen) =
-            tokio::try_join!(
-                read_each(wanted.users.iter().copied(), |user| db.user(user)),
-                read_each(wanted.handles.iter().cloned(), |handle| async move {
-                    db.handle_claims(&handle).await
-                }),
-                read_each(wanted.conversations.iter().copied(), |id| db.conversation(id)),
-                read_each(wanted.members.keys().copied(), |id| db.members(id)),
-                read_each(wanted.stats.iter().copied(), |id| db.stats(id)),
-                read_each(message_lists, |(conversation, bucket, ids)| async move {
-                    db.messages_by_id(conversation, bucket, &ids).await
-                }),
-                read_each(wanted.client_ids.iter().cloned(), |(conversation, sender, id)| {
-                    async move { db.client_msg_id(conversation, sender, &id).await }
-                }),
-                read_each(wanted.markers.keys().copied(), |id| db.markers(id)),
-                read_each(wanted.last_seen.iter().copied(), |user| db.last_seen(user)),
-            )?;
+        let (
+            users,
+            handles,
+            conversations,
+            members,
+            stats,
+            messages,
+            client_ids,
+            markers,
+            seen,
+            locations,
+        ) = tokio::try_join!(
+            read_each(wanted.users.iter().copied(), |user| db.user(user)),
+            read_each(wanted.handles.iter().cloned(), |handle| async move {
+                db.handle_claims(&handle).await
+            }),
+            read_each(wanted.conversations.iter().copied(), |id| db.conversation(id)),
+            read_each(wanted.members.keys().copied(), |id| db.members(id)),
+            read_each(wanted.stats.iter().copied(), |id| db.stats(id)),
+            read_each(message_lists, |(conversation, bucket, ids)| async move {
+                db.messages_by_id(conversation, bucket, &ids).await
+            }),
+            read_each(wanted.client_ids.iter().cloned(), |(conversation, sender, id)| {
+                async move { db.client_msg_id(conversation, sender, &id).await }
+            }),
+            read_each(wanted.markers.keys().copied(), |id| db.markers(id)),
+            read_each(wanted.last_seen.iter().copied(), |user| db.last_seen(user)),
+            read_each(wanted.locations.iter().copied(), |(conversation, user)| {
+                db.location(conversation, user)
+            }),
+        )?;
 
         for (user, row) in users {
             self.users.loaded(user, row);
@@ -273,6 +289,9 @@ impl<'a> Lane<'a> {
         for (user, at) in seen {
             self.last_seen.loaded(user, at);
         }
+        for (key, row) in locations {
+            self.locations.loaded(key, row);
+        }
         Ok(())
     }
 
@@ -289,6 +308,7 @@ impl<'a> Lane<'a> {
         self.client_ids.written();
         self.markers.written();
         self.last_seen.written();
+        self.locations.written();
         Ok(())
     }
 
@@ -343,6 +363,9 @@ impl<'a> Lane<'a> {
             if let Some(seen) = seen {
                 writes.add(&statements.insert_last_seen, (user, seen));
             }
+        }
+        for row in self.locations.upserted() {
+            writes.add(&statements.insert_location, row);
         }
         writes
     }

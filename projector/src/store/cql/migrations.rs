@@ -32,8 +32,10 @@ pub(super) struct Migration {
 }
 
 /// In version order. Applied migrations are never edited: a change is a new migration.
-pub(super) const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "initial", cql: include_str!("migrations/001_initial.cql") }];
+pub(super) const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "initial", cql: include_str!("migrations/001_initial.cql") },
+    Migration { version: 2, name: "locations", cql: include_str!("migrations/002_locations.cql") },
+];
 
 impl Migration {
     /// The file's statements, in order, without comments.

@@ -59,10 +59,12 @@ pub(super) enum Table {
     Reads,
     /// `user` → when their last session closed.
     LastSeen,
+    /// `conversation, user` → the last location the user shared with the conversation.
+    Locations,
 }
 
 impl Table {
-    pub(super) const ALL: [Table; 12] = [
+    pub(super) const ALL: [Table; 13] = [
         Table::Meta,
         Table::Users,
         Table::Handles,
@@ -75,6 +77,7 @@ impl Table {
         Table::Directs,
         Table::Reads,
         Table::LastSeen,
+        Table::Locations,
     ];
 
     /// The keyspace name (also the table's label in dumps).
@@ -92,6 +95,7 @@ impl Table {
             Table::Directs => "directs",
             Table::Reads => "reads",
             Table::LastSeen => "last_seen",
+            Table::Locations => "locations",
         }
     }
 
@@ -105,7 +109,8 @@ impl Table {
             | Table::Messages
             | Table::Directs
             | Table::Reads
-            | Table::ClientIds => 2,
+            | Table::ClientIds
+            | Table::Locations => 2,
         }
     }
 

@@ -40,6 +40,8 @@ conformance! {
     checkpoint_round_trip,
     last_seen,
     messages_before_their_conversation,
+    locations_follow_shares_moves_and_stops,
+    older_location_events_do_not_win,
 }
 
 #[tokio::test]
@@ -57,7 +59,9 @@ async fn the_whole_suite_can_share_one_store() -> Result<(), StoreError> {
     conformance::edit_and_delete(&store).await?;
     conformance::handle_uniqueness(&store).await?;
     conformance::last_seen(&store).await?;
-    conformance::messages_before_their_conversation(&store).await
+    conformance::messages_before_their_conversation(&store).await?;
+    conformance::locations_follow_shares_moves_and_stops(&store).await?;
+    conformance::older_location_events_do_not_win(&store).await
 }
 
 fn logged(offset: u64, at: i64, payload: impl Into<switchboard_schemas::Payload>) -> Logged {
