@@ -70,6 +70,19 @@ pub fn applied_token(state: &AppState, topic: Topic, key: &str) -> String {
     Position { topic, partition, offset: next.saturating_sub(1) }.to_string()
 }
 
+/// Waits (bounded) until the read models hold everything logged so far under `key`: for a check
+/// that must not miss an event that was acknowledged a moment ago, perhaps to another device.
+pub async fn catch_up_with(state: &AppState, topic: Topic, key: &str) -> Result<(), ApiError> {
+    let partition = Topic::partition_for(key.as_bytes(), state.ingest.log().partitions(topic));
+    let end = state.ingest.log().end_offsets(topic).await?;
+    match end.get(partition as usize) {
+        Some(&next) if next > 0 => {
+            wait_for_position(state, Position { topic, partition, offset: next - 1 }).await
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Succeeds if `caller` is a member; to anyone else the conversation does not exist.
 pub async fn ensure_member(
     state: &AppState,
@@ -192,14 +205,7 @@ async fn existing_message(
     if let Some(message) = state.store.message(conversation, id).await? {
         return Ok(message);
     }
-    let key = conversation.to_string();
-    let partitions = state.ingest.log().partitions(Topic::Messages);
-    let partition = Topic::partition_for(key.as_bytes(), partitions);
-    let end = state.ingest.log().end_offsets(Topic::Messages).await?;
-    if let Some(&next) = end.get(partition as usize).filter(|&&next| next > 0) {
-        wait_for_position(state, Position { topic: Topic::Messages, partition, offset: next - 1 })
-            .await?;
-    }
+    catch_up_with(state, Topic::Messages, &conversation.to_string()).await?;
     state.store.message(conversation, id).await?.ok_or_else(|| ApiError::not_found("message"))
 }
 

@@ -16,6 +16,9 @@ pub enum Limit {
     /// Typing indicators: a bucket of their own at the messages rate, so that typing never
     /// uses up the budget for sending.
     Typing,
+    /// Live location shares and moves: a device reports its position often, and that must
+    /// not use up the budget for sending either.
+    Locations,
 }
 
 impl Limit {
@@ -26,6 +29,7 @@ impl Limit {
             Limit::General => "general",
             Limit::Strict => "strict",
             Limit::Typing => "typing",
+            Limit::Locations => "locations",
         }
     }
 
@@ -36,6 +40,7 @@ impl Limit {
             Limit::Messages | Limit::Typing => config.rate_messages,
             Limit::General => config.rate_general,
             Limit::Strict => config.rate_strict,
+            Limit::Locations => config.rate_locations,
         }
     }
 }

@@ -5,6 +5,7 @@ mod auth;
 mod conversations;
 mod extract;
 mod health;
+mod locations;
 mod messages;
 mod presence;
 mod registry;
@@ -40,6 +41,7 @@ pub fn router(state: AppState) -> Router {
             patch(messages::edit).delete(messages::delete),
         )
         .route("/conversations/{id}/read", get(messages::read_markers).post(messages::mark_read))
+        .route("/conversations/{id}/locations", get(locations::list))
         .route("/presence", get(presence::status))
         .route_layer(middleware::from_fn_with_state(state.clone(), general_limit));
     let v1 = Router::new()

@@ -20,10 +20,10 @@ use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 
 use super::protocol::{self, ClientFrame, Op};
-use crate::chat;
 use crate::error::ApiError;
 use crate::hub::{MAILBOX_CAPACITY, Mailbox, ResumeToken, Router};
 use crate::state::AppState;
+use crate::{chat, locations};
 
 /// Ops read ahead of the one being processed before the socket stops reading (backpressure).
 const MAX_PENDING_OPS: usize = 32;
@@ -320,6 +320,13 @@ async fn handle(state: AppState, user: UserId, session: Arc<str>, text: Utf8Byte
         }
         Op::Typing(t) => {
             as_json(chat::typing(&state, user, trace, t.conversation_id, t.active).await)
+        }
+        Op::ShareLocation(request) => as_json(locations::share(&state, user, trace, request).await),
+        Op::UpdateLocation(request) => {
+            as_json(locations::update(&state, user, trace, request).await)
+        }
+        Op::StopLocation(s) => {
+            as_json(locations::stop(&state, user, trace, s.conversation_id).await)
         }
     };
     match result {

@@ -689,7 +689,7 @@ pub async fn older_location_events_do_not_win(store: &dyn ReadModel) -> Result<(
     apply(store, std::slice::from_ref(&first)).await?;
     assert_eq!(latitude(store.location(g, a).await?), Some((20.0, false)));
 
-    apply(store, &[stopped.clone()]).await?;
+    apply(store, std::slice::from_ref(&stopped)).await?;
     apply(store, &[first.clone(), second.clone()]).await?;
     assert_eq!(latitude(store.location(g, a).await?), Some((20.0, true)), "the stop stands");
     let later = share(g, a, (30.0, 30.0), None, expires, t + 4);
