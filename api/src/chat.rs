@@ -70,6 +70,19 @@ pub fn applied_token(state: &AppState, topic: Topic, key: &str) -> String {
     Position { topic, partition, offset: next.saturating_sub(1) }.to_string()
 }
 
+/// Waits (bounded) until the read models hold everything logged so far under `key`: for a check
+/// that must not miss an event that was acknowledged a moment ago, perhaps to another device.
+pub async fn catch_up_with(state: &AppState, topic: Topic, key: &str) -> Result<(), ApiError> {
+    let partition = Topic::partition_for(key.as_bytes(), state.ingest.log().partitions(topic));
+    let end = state.ingest.log().end_offsets(topic).await?;
+    match end.get(partition as usize) {
+        Some(&next) if next > 0 => {
+            wait_for_position(state, Position { topic, partition, offset: next - 1 }).await
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Succeeds if `caller` is a member; to anyone else the conversation does not exist.
 pub async fn ensure_member(
     state: &AppState,
@@ -192,25 +205,8 @@ async fn existing_message(
     if let Some(message) = state.store.message(conversation, id).await? {
         return Ok(message);
     }
-    caught_up_with_partition(state, Topic::Messages, &conversation.to_string()).await?;
+    catch_up_with(state, Topic::Messages, &conversation.to_string()).await?;
     state.store.message(conversation, id).await?.ok_or_else(|| ApiError::not_found("message"))
-}
-
-/// Waits (bounded) until the read models hold everything logged so far to the partition of
-/// `topic` that `key` lives in: for a thing a client heard of (in a push) before its projection.
-pub async fn caught_up_with_partition(
-    state: &AppState,
-    topic: Topic,
-    key: &str,
-) -> Result<(), ApiError> {
-    let partition = Topic::partition_for(key.as_bytes(), state.ingest.log().partitions(topic));
-    let end = state.ingest.log().end_offsets(topic).await?;
-    match end.get(partition as usize) {
-        Some(&next) if next > 0 => {
-            wait_for_position(state, Position { topic, partition, offset: next - 1 }).await
-        }
-        _ => Ok(()),
-    }
 }
 
 /// Only the sender may change a message.

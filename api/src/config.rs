@@ -75,6 +75,18 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_RATE_STRICT", default_value = "10/1h")]
     pub rate_strict: Rate,
 
+    /// Live location shares and moves per user.
+    #[arg(long, env = "SWITCHBOARD_RATE_LOCATIONS", default_value = "60/1m")]
+    pub rate_locations: Rate,
+
+    /// Shortest time a location may be shared for.
+    #[arg(long, env = "SWITCHBOARD_MIN_LOCATION_DURATION", default_value = "1m")]
+    pub min_location_duration: Dur,
+
+    /// Longest time a location may be shared for.
+    #[arg(long, env = "SWITCHBOARD_MAX_LOCATION_DURATION", default_value = "8h")]
+    pub max_location_duration: Dur,
+
     /// Longest time an HTTP request may take.
     #[arg(long, env = "SWITCHBOARD_REQUEST_TIMEOUT", default_value = "30s")]
     pub request_timeout: Dur,
@@ -212,6 +224,17 @@ impl Config {
         }
         if self.max_connections == 0 {
             bail!("max_connections must be at least 1");
+        }
+        // Shares are asked for in whole seconds.
+        if self.min_location_duration.0 < Duration::from_secs(1) {
+            bail!("min_location_duration must be at least 1s, not {}", self.min_location_duration);
+        }
+        if self.min_location_duration.0 > self.max_location_duration.0 {
+            bail!(
+                "min_location_duration ({}) must not be longer than max_location_duration ({})",
+                self.min_location_duration,
+                self.max_location_duration
+            );
         }
         Ok(())
     }
@@ -364,6 +387,8 @@ mod tests {
         assert!(bad_rate.contains("is not a rate"), "{bad_rate}");
         let pings = load(&["--idle-timeout", "10s"], "").unwrap_err().to_string();
         assert!(pings.contains("must be longer than ping_interval"), "{pings}");
+        let shares = load(&["--min-location-duration", "9h"], "").unwrap_err().to_string();
+        assert!(shares.contains("must not be longer than max_location_duration"), "{shares}");
         assert!("0/1m".parse::<Rate>().is_err());
         assert_eq!("off".parse::<Rate>().unwrap(), Rate(None));
     }

@@ -100,6 +100,15 @@ impl ApiError {
         )
     }
 
+    /// A location update with no share running: never started, stopped, or run out.
+    pub fn not_sharing() -> ApiError {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "not_sharing",
+            "you are not sharing your location with this conversation; share it first",
+        )
+    }
+
     pub fn rate_limited(retry_after: Duration) -> ApiError {
         ApiError {
             retry_after: Some(retry_after),
@@ -216,6 +225,7 @@ impl From<IngestError> for ApiError {
     fn from(error: IngestError) -> ApiError {
         match error {
             IngestError::Invalid(message) => ApiError::invalid(message),
+            IngestError::Malformed(message) => ApiError::bad_request(message),
             IngestError::Log(log) => log.into(),
             IngestError::Encode(e) => ApiError::internal(format!("event encoding failed: {e}")),
         }

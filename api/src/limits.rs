@@ -20,6 +20,9 @@ pub enum Limit {
     Calls,
     /// WebRTC signalling, which comes in bursts while a call connects.
     Signals,
+    /// Live location shares and moves: a device reports its position often, and that must
+    /// not use up the budget for sending either.
+    Locations,
 }
 
 impl Limit {
@@ -32,6 +35,7 @@ impl Limit {
             Limit::Typing => "typing",
             Limit::Calls => "calls",
             Limit::Signals => "signals",
+            Limit::Locations => "locations",
         }
     }
 
@@ -43,6 +47,7 @@ impl Limit {
             Limit::Signals => config.rate_signals,
             Limit::General => config.rate_general,
             Limit::Strict => config.rate_strict,
+            Limit::Locations => config.rate_locations,
         }
     }
 }

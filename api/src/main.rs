@@ -8,6 +8,7 @@ mod config;
 mod error;
 mod hub;
 mod limits;
+mod locations;
 mod routes;
 mod server;
 mod state;

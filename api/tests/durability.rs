@@ -110,6 +110,14 @@ async fn read_models_rebuilt_from_the_log_equal_the_live_ones() {
     let read =
         json!({ "op": "read", "conversation_id": group, "message_id": acks[10]["message_id"] });
     assert_eq!(ws.request(read).await["op"], "ack");
+    let share = |conversation: &str, latitude: f64| {
+        json!({ "op": "location.share", "conversation_id": conversation, "latitude": latitude,
+                "longitude": 13.405, "duration_s": 3600 })
+    };
+    assert_eq!(ws.request(share(&group, 52.52)).await["op"], "ack");
+    let stop = json!({ "op": "location.stop", "conversation_id": direct });
+    assert_eq!(ws.request(stop).await["op"], "ack");
+    assert_eq!(ws.request(share(&direct, 48.14)).await["op"], "ack");
     ws.close().await;
     assert!(server.terminate(), "{}", server.log());
 
@@ -136,7 +144,7 @@ async fn read_models_rebuilt_from_the_log_equal_the_live_ones() {
     };
     let live = dump(&store);
     assert!(
-        live.contains("edited") && live.lines().count() > 40,
+        live.contains("edited") && live.contains("52.52") && live.lines().count() > 40,
         "the live dump holds the data:\n{live}"
     );
     assert_eq!(live, dump(&rebuilt));

@@ -14,9 +14,13 @@ use crate::log::{Log, LogError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    /// The command is malformed; nothing was appended.
+    /// A value of the command is not acceptable; nothing was appended.
     #[error("{0}")]
     Invalid(String),
+    /// A value of the command is not what its type allows at all (a latitude of 91°); nothing
+    /// was appended.
+    #[error("{0}")]
+    Malformed(String),
     #[error(transparent)]
     Log(#[from] LogError),
     #[error("encoding: {0}")]
@@ -228,6 +232,45 @@ impl Ingest {
         self.append(origin, ReadUpTo { conversation_id, user_id, message_id }.into()).await
     }
 
+    /// A position on Earth: finite, latitude within ±90°, longitude within ±180°, and accuracy
+    /// (a radius in metres), when given, not negative.
+    pub fn check_location(
+        latitude: f64,
+        longitude: f64,
+        accuracy_m: Option<f64>,
+    ) -> Result<(), IngestError> {
+        let within = |value: f64, bound: f64| value.is_finite() && value.abs() <= bound;
+        if !within(latitude, 90.0) {
+            return Err(malformed("latitude must be a number from -90 to 90"));
+        }
+        if !within(longitude, 180.0) {
+            return Err(malformed("longitude must be a number from -180 to 180"));
+        }
+        if accuracy_m.is_some_and(|accuracy| !(accuracy.is_finite() && accuracy >= 0.0)) {
+            return Err(malformed("accuracy_m must be a number of metres, not negative"));
+        }
+        Ok(())
+    }
+
+    /// Starts, restarts or moves a share; the caller chose `expires_at`.
+    pub async fn share_location(
+        &self,
+        origin: &Origin,
+        location: LocationShared,
+    ) -> Result<Position, IngestError> {
+        Ingest::check_location(location.latitude, location.longitude, location.accuracy_m)?;
+        self.append(origin, location.into()).await
+    }
+
+    pub async fn stop_location(
+        &self,
+        origin: &Origin,
+        user_id: UserId,
+        conversation_id: ConversationId,
+    ) -> Result<Position, IngestError> {
+        self.append(origin, LocationStopped { user_id, conversation_id }.into()).await
+    }
+
     pub async fn typing(
         &self,
         origin: &Origin,
@@ -246,6 +289,10 @@ pub fn now_ms() -> i64 {
 
 fn invalid(message: impl Into<String>) -> IngestError {
     IngestError::Invalid(message.into())
+}
+
+fn malformed(message: impl Into<String>) -> IngestError {
+    IngestError::Malformed(message.into())
 }
 
 /// Handles are 3–32 characters of `a-z`, `0-9`, `_` and `.`, compared without case.
@@ -280,5 +327,29 @@ mod tests {
         assert!(validate_text("title", "   ", 10).is_err());
         assert!(validate_text("title", "a\u{7}b", 10).is_err());
         assert!(validate_text("title", &"é".repeat(11), 10).is_err());
+    }
+
+    #[test]
+    fn locations_are_positions_on_earth() {
+        let ok = [(0.0, 0.0, None), (90.0, -180.0, Some(0.0)), (-90.0, 180.0, Some(1e4))];
+        for (latitude, longitude, accuracy) in ok {
+            assert!(Ingest::check_location(latitude, longitude, accuracy).is_ok());
+        }
+        let bad = [
+            (90.5, 0.0, None),
+            (-91.0, 0.0, None),
+            (0.0, 180.1, None),
+            (f64::NAN, 0.0, None),
+            (0.0, f64::INFINITY, None),
+            (0.0, 0.0, Some(-1.0)),
+            (0.0, 0.0, Some(f64::NAN)),
+        ];
+        for (latitude, longitude, accuracy) in bad {
+            let result = Ingest::check_location(latitude, longitude, accuracy);
+            assert!(
+                matches!(result, Err(IngestError::Malformed(_))),
+                "{latitude}, {longitude}, {accuracy:?}"
+            );
+        }
     }
 }

@@ -195,7 +195,7 @@ pub async fn end(
     let mut call = call_of(state, user, call_id).await?;
     if call.state == CallState::Ringing {
         // An answer may be logged but not projected yet: hanging up must not cancel it.
-        chat::caught_up_with_partition(state, Topic::Calls, &call_id.to_string()).await?;
+        chat::catch_up_with(state, Topic::Calls, &call_id.to_string()).await?;
         call = call_of(state, user, call_id).await?;
     }
     match (call.kind, call.state) {
@@ -369,7 +369,7 @@ async fn fresh_call(
     if let Some(call) = state.store.call(id).await?.filter(|call| ready(call)) {
         return Ok(Some(call));
     }
-    chat::caught_up_with_partition(state, Topic::Calls, &id.to_string()).await?;
+    chat::catch_up_with(state, Topic::Calls, &id.to_string()).await?;
     Ok(state.store.call(id).await?)
 }
 

@@ -1,5 +1,6 @@
 //! Who should see an event: members of its conversation, or everyone who shares a conversation
-//! with a user whose presence changed.
+//! with a user whose presence changed. A shared location reaches the members only while its
+//! sharer is one of them.
 //!
 //! Memberships are cached and kept current from the conversation events the router itself
 //! routes, so a message right after a member joined reaches the new member without a store read.
@@ -96,6 +97,17 @@ impl Router {
                 members.retain(|m| *m != e.user_id);
                 members
             }
+            // To every member, the sharer's other devices included. A share from someone who is
+            // no member (one that raced their removal) is shown to nobody; a stop always goes
+            // out, so that whoever still shows the location stops.
+            LocationShared(e) => {
+                let members = self.members_mut(e.conversation_id).await?;
+                if !members.contains(&e.user_id) {
+                    return Ok(None);
+                }
+                members.clone()
+            }
+            LocationStopped(e) => self.members_mut(e.conversation_id).await?.clone(),
             SessionOpened(e) => {
                 return self.presence_changed(e.user_id, event.meta.occurred_at, true).await;
             }
@@ -207,4 +219,63 @@ impl Router {
 
 fn to_raw<T: Serialize>(value: &T) -> Box<serde_json::value::RawValue> {
     serde_json::value::to_raw_value(value).expect("events serialise to JSON")
+}
+
+#[cfg(test)]
+mod tests {
+    use switchboard_projector::presence::memory::MemoryPresence;
+    use switchboard_projector::store::embedded::EmbeddedStore;
+    use switchboard_schemas::{
+        ConversationCreated, ConversationKind, EventMeta, LocationShared, LocationStopped,
+        MemberRemoved,
+    };
+
+    use super::*;
+
+    fn event(payload: impl Into<Payload>) -> Event {
+        let meta = EventMeta {
+            event_id: "e".to_owned(),
+            occurred_at: 1,
+            actor: None,
+            trace_id: "t".to_owned(),
+        };
+        Event { meta, payload: payload.into() }
+    }
+
+    fn shared(user: UserId, conversation: ConversationId) -> Event {
+        event(LocationShared {
+            user_id: user,
+            conversation_id: conversation,
+            latitude: 1.0,
+            longitude: 2.0,
+            accuracy_m: None,
+            expires_at: 10,
+        })
+    }
+
+    async fn recipients(router: &mut Router, event: &Event) -> Option<Vec<UserId>> {
+        router.route(event).await.expect("routing").map(|routed| routed.recipients)
+    }
+
+    #[tokio::test]
+    async fn locations_reach_members_while_the_sharer_is_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(EmbeddedStore::open(dir.path()).expect("store"));
+        let mut router = Router::live(store, Arc::new(MemoryPresence::new("n")));
+        let (a, b, c) = (UserId(1), UserId(2), UserId(3));
+        let group = ConversationId(10);
+        let created = ConversationCreated {
+            conversation_id: group,
+            kind: ConversationKind::Group,
+            title: Some("t".to_owned()),
+            members: vec![a, b, c],
+        };
+        router.route(&event(created)).await.expect("routing");
+
+        assert_eq!(recipients(&mut router, &shared(a, group)).await, Some(vec![a, b, c]));
+        router.route(&event(MemberRemoved { conversation_id: group, user_id: c })).await.unwrap();
+        assert_eq!(recipients(&mut router, &shared(c, group)).await, None, "c is no member");
+        let stopped = event(LocationStopped { user_id: c, conversation_id: group });
+        assert_eq!(recipients(&mut router, &stopped).await, Some(vec![a, b]));
+    }
 }

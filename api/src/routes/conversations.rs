@@ -9,11 +9,12 @@ use switchboard_ingest::Origin;
 use switchboard_projector::store::{Conversation, InboxEntry};
 use switchboard_schemas::{ConversationId, ConversationKind, Position, Topic, UserId};
 
-use super::extract::{Body, Params, QueryParams};
+use super::extract::{After, Body, Params, QueryParams};
 use crate::auth::Caller;
 use crate::chat::{self, Accepted, member_conversation, wait_for_position};
 use crate::error::ApiError;
 use crate::limits::{self, Limit};
+use crate::locations;
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -33,11 +34,6 @@ pub struct AddMember {
 #[serde(deny_unknown_fields)]
 pub struct Rename {
     title: String,
-}
-
-#[derive(Deserialize)]
-pub struct After {
-    after: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -140,7 +136,8 @@ pub async fn add_member(
 }
 
 /// Any member may remove themselves (leave); removing others is for members too, as in the
-/// groups this replaces — there are no admin roles yet.
+/// groups this replaces — there are no admin roles yet. A location the removed member was
+/// sharing with the group stops with the removal.
 pub async fn remove_member(
     State(state): State<AppState>,
     Caller(me): Caller,
@@ -156,6 +153,11 @@ pub async fn remove_member(
     let origin = Origin::user(me, uuid::Uuid::new_v4().to_string());
     let position = state.ingest.remove_member(&origin, id, user_id).await?;
     wait_for_position(&state, position).await?;
+    // The removal stands either way; the locations query leaves former members out regardless.
+    if let Err(error) = locations::stop_after_removal(&state, &origin, id, user_id).await {
+        let (code, message) = (error.code, &error.message);
+        tracing::warn!(code, %message, "a removed member's location was not stopped");
+    }
     Ok((StatusCode::OK, Json(position.into())))
 }
 

@@ -5,6 +5,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
@@ -43,6 +44,14 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for Params<T> {
             .map(|axum::extract::Path(value)| Params(value))
             .map_err(|rejection| ApiError::bad_request(rejection.body_text()))
     }
+}
+
+/// The query of a read that takes only a consistency token. Other parameters are ignored: the
+/// query string may also carry the access token.
+#[derive(Deserialize)]
+pub struct After {
+    /// Answer once the read models include this write.
+    pub after: Option<String>,
 }
 
 /// Query-string parameters.

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use switchboard_projector::store::{Message, ReadMarker};
 use switchboard_schemas::{ConversationId, MessageId};
 
-use super::extract::{Body, Params, QueryParams};
+use super::extract::{After, Body, Params, QueryParams};
 use crate::auth::Caller;
 use crate::chat::{self, Accepted, SendRequest, Sent};
 use crate::error::ApiError;
@@ -53,11 +53,6 @@ pub struct Edit {
 #[serde(deny_unknown_fields)]
 pub struct MarkRead {
     message_id: MessageId,
-}
-
-#[derive(Deserialize)]
-pub struct After {
-    after: Option<String>,
 }
 
 #[derive(Serialize)]

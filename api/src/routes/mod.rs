@@ -6,6 +6,7 @@ mod calls;
 mod conversations;
 mod extract;
 mod health;
+mod locations;
 mod messages;
 mod presence;
 mod registry;
@@ -41,6 +42,7 @@ pub fn router(state: AppState) -> Router {
             patch(messages::edit).delete(messages::delete),
         )
         .route("/conversations/{id}/read", get(messages::read_markers).post(messages::mark_read))
+        .route("/conversations/{id}/locations", get(locations::list))
         .route("/presence", get(presence::status))
         .route("/calls", get(calls::history))
         .route("/calls/active", get(calls::active))

@@ -9,6 +9,7 @@ use switchboard_schemas::{ConversationId, MessageId, UserId};
 use crate::calls::{CallRef, InviteRequest, RoomRequest, SignalRequest};
 use crate::chat::SendRequest;
 use crate::error::ApiError;
+use crate::locations::{ShareRequest, StopRequest, UpdateRequest};
 
 /// A parsed client frame: its `ref` (echoed in the reply) and what it asks for.
 pub struct ClientFrame {
@@ -22,6 +23,9 @@ pub enum Op {
     Delete(MessageRef),
     Read(MessageRef),
     Typing(TypingRequest),
+    ShareLocation(ShareRequest),
+    UpdateLocation(UpdateRequest),
+    StopLocation(StopRequest),
     Ping,
     CallInvite(InviteRequest),
     CallAccept(CallRef),
@@ -78,6 +82,9 @@ pub fn parse(text: &str) -> Result<ClientFrame, (Value, ApiError)> {
         "delete" => Op::Delete(fields_as(fields).map_err(fail)?),
         "read" => Op::Read(fields_as(fields).map_err(fail)?),
         "typing" => Op::Typing(fields_as(fields).map_err(fail)?),
+        "location.share" => Op::ShareLocation(fields_as(fields).map_err(fail)?),
+        "location.update" => Op::UpdateLocation(fields_as(fields).map_err(fail)?),
+        "location.stop" => Op::StopLocation(fields_as(fields).map_err(fail)?),
         "ping" => Op::Ping,
         "call.invite" => Op::CallInvite(fields_as(fields).map_err(fail)?),
         "call.accept" => Op::CallAccept(fields_as(fields).map_err(fail)?),
@@ -151,5 +158,22 @@ mod tests {
             parse(r#"{"op":"read","ref":"r1","conversation_id":"1"}"#).err().unwrap();
         assert_eq!(reference, json!("r1"));
         assert!(error.message.contains("message_id"), "{}", error.message);
+
+        let share = r#"{"op":"location.share","conversation_id":"3","latitude":1.5,
+                        "longitude":-2,"duration_s":60}"#;
+        assert!(matches!(
+            parse(share).ok().unwrap().op,
+            Op::ShareLocation(ref s) if s.accuracy_m.is_none() && s.longitude == -2.0
+        ));
+        assert_eq!(
+            code(
+                r#"{"op":"location.update","conversation_id":"3","latitude":"north","longitude":0}"#
+            ),
+            "bad_request"
+        );
+        assert_eq!(
+            code(r#"{"op":"location.stop","conversation_id":"3","latitude":1}"#),
+            "bad_request"
+        );
     }
 }

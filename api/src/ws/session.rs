@@ -23,7 +23,7 @@ use super::protocol::{self, ClientFrame, Op};
 use crate::error::ApiError;
 use crate::hub::{MAILBOX_CAPACITY, Mailbox, ResumeToken, Router};
 use crate::state::AppState;
-use crate::{calls, chat};
+use crate::{calls, chat, locations};
 
 /// Ops read ahead of the one being processed before the socket stops reading (backpressure).
 const MAX_PENDING_OPS: usize = 32;
@@ -330,6 +330,13 @@ async fn handle(state: AppState, user: UserId, session: Arc<str>, text: Utf8Byte
         Op::CallSignal(signal) => as_json(calls::signal(&state, user, trace, signal).await),
         Op::RoomStart(room) => as_json(calls::start_room(&state, user, trace, room).await),
         Op::RoomJoin(c) => as_json(calls::join_room(&state, user, trace, c.call_id).await),
+        Op::ShareLocation(request) => as_json(locations::share(&state, user, trace, request).await),
+        Op::UpdateLocation(request) => {
+            as_json(locations::update(&state, user, trace, request).await)
+        }
+        Op::StopLocation(s) => {
+            as_json(locations::stop(&state, user, trace, s.conversation_id).await)
+        }
     };
     match result {
         Ok(result) => protocol::ack(reference, result),

@@ -17,12 +17,13 @@ use switchboard_ingest::log::Cursor;
 use switchboard_schemas::{
     CallAccepted, CallBusy, CallEnded, CallId, CallInvited, CallMedia, CallMissed,
     ConversationCreated, ConversationId, ConversationKind, ConversationRenamed, Delivered, Event,
-    EventMeta, MemberAdded, MemberRemoved, MessageDeleted, MessageEdited, MessageId, MessageSent,
-    ParticipantJoined, ParticipantLeft, Payload, Position, ProfileUpdated, ReadUpTo, RoomStarted,
-    SessionClosed, SessionOpened, Topic, Typing, UserId, UserRegistered,
+    EventMeta, LocationShared, LocationStopped, MemberAdded, MemberRemoved, MessageDeleted,
+    MessageEdited, MessageId, MessageSent, ParticipantJoined, ParticipantLeft, Payload, Position,
+    ProfileUpdated, ReadUpTo, RoomStarted, SessionClosed, SessionOpened, Topic, Typing, UserId,
+    UserRegistered,
 };
 
-use super::{CallKind, CallOutcome, CallState, Logged, ReadModel, StoreError};
+use super::{CallKind, CallOutcome, CallState, Location, Logged, ReadModel, StoreError};
 
 /// Ids (and event times) no earlier run has used: they start from the wall clock in
 /// microseconds and only go up, which also keeps message ids time-ordered as real ones are.
@@ -196,6 +197,41 @@ fn session_closed(user: UserId, at: i64) -> Logged {
     )
 }
 
+/// `user` shares (or moves) a position with `conversation` until `expires_at`.
+fn share(
+    conversation: ConversationId,
+    user: UserId,
+    (latitude, longitude): (f64, f64),
+    accuracy_m: Option<f64>,
+    expires_at: i64,
+    at: i64,
+) -> Logged {
+    logged(
+        at,
+        Some(user),
+        LocationShared {
+            user_id: user,
+            conversation_id: conversation,
+            latitude,
+            longitude,
+            accuracy_m,
+            expires_at,
+        },
+    )
+}
+
+fn stop_sharing(conversation: ConversationId, user: UserId, at: i64) -> Logged {
+    logged(at, Some(user), LocationStopped { user_id: user, conversation_id: conversation })
+}
+
+/// The users whose locations `conversation` lists, in the order listed.
+async fn sharers(
+    store: &dyn ReadModel,
+    conversation: ConversationId,
+) -> Result<Vec<UserId>, StoreError> {
+    Ok(store.locations(conversation).await?.into_iter().map(|l| l.user_id).collect())
+}
+
 /// `user`'s unread count in `conversation`, failing if the inbox does not list it.
 async fn unread(
     store: &dyn ReadModel,
@@ -356,6 +392,10 @@ pub async fn reapplying_changes_nothing(store: &dyn ReadModel) -> Result<(), Sto
         join(k2, a, t + 22),
         join(k2, c, t + 23),
         leave(k2, a, t + 24),
+        share(g, a, (48.85, 2.35), Some(20.0), t + 60_000, t + 18),
+        share(g, c, (40.41, -3.7), None, t + 60_000, t + 19),
+        share(g, a, (48.86, 2.34), None, t + 60_000, t + 20),
+        stop_sharing(g, c, t + 21),
     ];
     apply(store, &batch).await?;
     let dump = store.dump().await?;
@@ -375,6 +415,10 @@ pub async fn reapplying_changes_nothing(store: &dyn ReadModel) -> Result<(), Sto
         store.live_rooms(g).await?.first().map(|room| room.participants.clone()),
         Some(vec![c])
     );
+    let locations = store.locations(g).await?;
+    let summary: Vec<(UserId, f64, bool)> =
+        locations.iter().map(|l| (l.user_id, l.latitude, l.stopped)).collect();
+    assert_eq!(summary, [(a, 48.86, false), (c, 40.41, true)]);
     Ok(())
 }
 
@@ -698,4 +742,87 @@ pub async fn calls_history_and_live_calls(store: &dyn ReadModel) -> Result<(), S
 
 async fn live_ids(store: &dyn ReadModel, user: UserId) -> Result<Vec<CallId>, StoreError> {
     Ok(store.live_calls(user).await?.into_iter().map(|call| call.id).collect())
+}
+
+/// A share sets a location, a move replaces it whole, a stop keeps the last position, sharing
+/// again restarts; the list holds current members only, in join order.
+pub async fn locations_follow_shares_moves_and_stops(
+    store: &dyn ReadModel,
+) -> Result<(), StoreError> {
+    let (a, b, c) = (user(), user(), user());
+    let (g, other) = (conversation(), conversation());
+    let t = fresh();
+    let hour = 3_600_000;
+    // The presence topic may be read before the conversations topic: a location shared with a
+    // conversation the store does not know yet is kept, and listed once its sharer is a member.
+    apply(store, &[share(g, b, (35.68, 139.69), Some(3.0), t + hour, t + 1)]).await?;
+    assert_eq!(sharers(store, g).await?, []);
+    apply(store, &[group(g, &[a, b, c], t), group(other, &[a, b], t)]).await?;
+    apply(store, &[share(g, a, (51.5, -0.12), Some(10.0), t + hour, t + 2)]).await?;
+    assert_eq!(sharers(store, g).await?, [a, b], "members in join order");
+    assert_eq!(sharers(store, other).await?, [], "shared with one conversation only");
+
+    apply(store, &[share(g, a, (51.6, -0.13), None, t + hour, t + 3)]).await?;
+    let moved = store.location(g, a).await?.expect("a shares");
+    let expected = Location {
+        user_id: a,
+        latitude: 51.6,
+        longitude: -0.13,
+        accuracy_m: None,
+        updated_at: t + 3,
+        expires_at: t + hour,
+        stopped: false,
+    };
+    assert_eq!(moved, expected, "a move replaces position and accuracy");
+    assert!(moved.live_at(t + 4));
+    assert!(!moved.live_at(t + hour), "a share runs out by itself at expires_at");
+
+    apply(store, &[stop_sharing(g, a, t + 5)]).await?;
+    let stopped = store.location(g, a).await?.expect("a stopped location is still known");
+    assert_eq!(stopped, Location { stopped: true, ..expected }, "the last position stays");
+    assert!(!stopped.live_at(t + 6));
+
+    apply(store, &[share(g, a, (40.0, 3.0), Some(5.0), t + 2 * hour, t + 7)]).await?;
+    let again = store.location(g, a).await?.expect("a shares again");
+    assert!(again.live_at(t + 8) && (again.latitude, again.expires_at) == (40.0, t + 2 * hour));
+
+    apply(store, &[stop_sharing(g, c, t + 9)]).await?;
+    assert_eq!(store.location(g, c).await?, None, "stopping what was never shared leaves nothing");
+
+    apply(store, &[remove(g, b, t + 10)]).await?;
+    assert_eq!(sharers(store, g).await?, [a], "a former member is not listed");
+    assert!(store.location(g, b).await?.is_some(), "but what they shared is still known");
+    apply(store, &[add(g, b, t + 11)]).await?;
+    assert_eq!(sharers(store, g).await?, [a, b]);
+    Ok(())
+}
+
+/// Location events are ordered by their log offsets: one applied again after later ones (a
+/// redelivery) does not undo them, whether it is a share or a stop.
+pub async fn older_location_events_do_not_win(store: &dyn ReadModel) -> Result<(), StoreError> {
+    let a = user();
+    let g = conversation();
+    let t = fresh();
+    let expires = t + 3_600_000;
+    let first = share(g, a, (10.0, 10.0), None, expires, t + 1);
+    let second = share(g, a, (20.0, 20.0), Some(1.0), expires, t + 2);
+    let stopped = stop_sharing(g, a, t + 3);
+    let latitude = |location: Option<Location>| location.map(|l| (l.latitude, l.stopped));
+    apply(store, &[group(g, &[a], t)]).await?;
+
+    apply(store, std::slice::from_ref(&second)).await?;
+    apply(store, std::slice::from_ref(&first)).await?;
+    assert_eq!(latitude(store.location(g, a).await?), Some((20.0, false)));
+
+    apply(store, std::slice::from_ref(&stopped)).await?;
+    apply(store, &[first.clone(), second.clone()]).await?;
+    assert_eq!(latitude(store.location(g, a).await?), Some((20.0, true)), "the stop stands");
+    let later = share(g, a, (30.0, 30.0), None, expires, t + 4);
+    apply(store, &[later, stopped]).await?;
+    assert_eq!(
+        latitude(store.location(g, a).await?),
+        Some((30.0, false)),
+        "a new share after the stop restarts sharing, and the old stop does not end it"
+    );
+    Ok(())
 }

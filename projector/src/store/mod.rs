@@ -114,6 +114,35 @@ pub struct ReadMarker {
     pub at: i64,
 }
 
+/// The last position a user shared with a conversation.
+///
+/// Sharing ends when the user stops or when `expires_at` passes, whichever comes first; the
+/// position stays as the last known one either way. Whether a share is live depends on the time
+/// of asking, so the store keeps `stopped` and the expiry and leaves the judgement to
+/// [`Location::live_at`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Location {
+    pub user_id: UserId,
+    pub latitude: f64,
+    pub longitude: f64,
+    /// Radius of uncertainty in metres, when the device reported one.
+    pub accuracy_m: Option<f64>,
+    /// When the position was reported.
+    pub updated_at: i64,
+    /// When sharing ends by itself.
+    pub expires_at: i64,
+    /// The user stopped sharing (or left the conversation) before `expires_at`.
+    #[serde(skip)]
+    pub stopped: bool,
+}
+
+impl Location {
+    /// Whether the share is running at `now` (ms): neither stopped nor expired.
+    pub fn live_at(&self, now: i64) -> bool {
+        !self.stopped && now < self.expires_at
+    }
+}
+
 /// The read models. Every query answers from what has been applied so far; a caller that needs
 /// its own write reflected first waits on [`Progress`](crate::Progress).
 #[async_trait]
@@ -171,6 +200,16 @@ pub trait ReadModel: Send + Sync + 'static {
         &self,
         conversation: ConversationId,
     ) -> Result<Vec<ReadMarker>, StoreError>;
+
+    /// The last location `user` shared with `conversation`, stopped or not, member or not.
+    async fn location(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> Result<Option<Location>, StoreError>;
+    /// The last location of every current member who has shared one with `conversation`, in
+    /// join order. Former members are left out: what they shared is no longer the members'.
+    async fn locations(&self, conversation: ConversationId) -> Result<Vec<Location>, StoreError>;
 
     /// When the user's last session closed, if ever.
     async fn last_seen(&self, user: UserId) -> Result<Option<i64>, StoreError>;

@@ -3,10 +3,11 @@
 //! # Lanes
 //!
 //! A batch is split into lanes: one per conversation (its events from the conversations and
-//! messages topics), one for the users topic and one for presence. Lanes touch disjoint rows —
-//! everything a conversation event reads or writes is keyed by its conversation, users and
-//! handles belong to the users lane, last-seen times to the presence lane — so lanes run
-//! concurrently while the events of each apply in log order. The users topic is one lane rather
+//! messages topics, and the locations shared with it from the presence topic), one for the users
+//! topic and one for the rest of presence. Lanes touch disjoint rows — everything a conversation
+//! event reads or writes is keyed by its conversation, users and handles belong to the users
+//! lane, last-seen times to the presence lane — so lanes run concurrently while the events of
+//! each apply in log order. The users topic is one lane rather
 //! than one per user because two users can register the same handle.
 //!
 //! # Read, fold, write
@@ -32,7 +33,7 @@
 //! Delivery is at least once, and a batch that failed halfway is applied again from the start.
 //! Every handler finds the effect of an event already applied and does nothing: the message or
 //! its client id is stored, the conversation or member exists, the read marker or last-seen time
-//! is already as far on. Writes are upserts of values computed in memory, never increments, so
+//! is already as far on, the location was changed by an event at or after its log offset. Writes are upserts of values computed in memory, never increments, so
 //! writing a row twice is writing it once.
 //!
 //! The session stamps writes with client-side monotonic timestamps, which makes a row written by
@@ -60,14 +61,15 @@ use futures_util::{TryStreamExt, stream};
 use scylla::statement::batch::BatchType;
 use switchboard_ingest::log::Cursor;
 use switchboard_schemas::{
-    ConversationCreated, ConversationKind, ConversationRenamed, Event, MemberAdded, MemberRemoved,
-    MessageDeleted, MessageEdited, MessageSent, Payload, ProfileUpdated, ReadUpTo, SessionClosed,
-    UserId, UserRegistered,
+    ConversationCreated, ConversationKind, ConversationRenamed, Event, LocationShared,
+    LocationStopped, MemberAdded, MemberRemoved, MessageDeleted, MessageEdited, MessageSent,
+    Payload, ProfileUpdated, ReadUpTo, SessionClosed, UserId, UserRegistered,
 };
 
 use super::lane::{CallIndex, Lane, Writes};
 use super::rows::{
-    CheckpointRow, ConversationRow, Db, MarkerRow, MessageRow, Sparse, StatsRow, UserRow,
+    CheckpointRow, ConversationRow, Db, LocationRow, MarkerRow, MessageRow, Sparse, StatsRow,
+    UserRow,
 };
 use super::{CHECKPOINT_CONSUMER, bucket, handle_key};
 use crate::store::calls::{self, CallKind};
@@ -84,10 +86,10 @@ pub(super) async fn apply(
     events: &[Logged],
     checkpoint: &Cursor,
 ) -> Result<(), StoreError> {
-    let mut lanes: HashMap<LaneKey, Vec<&Event>> = HashMap::new();
+    let mut lanes: HashMap<LaneKey, Vec<&Logged>> = HashMap::new();
     for logged in events {
         if let Some(lane) = lane_of(&logged.event.payload) {
-            lanes.entry(lane).or_default().push(&logged.event);
+            lanes.entry(lane).or_default().push(logged);
         }
     }
     stream::iter(lanes.into_values().map(Ok))
@@ -125,7 +127,9 @@ fn lane_of(payload: &Payload) -> Option<LaneKey> {
         | Payload::MessageSent(MessageSent { conversation_id, .. })
         | Payload::MessageEdited(MessageEdited { conversation_id, .. })
         | Payload::MessageDeleted(MessageDeleted { conversation_id, .. })
-        | Payload::ReadUpTo(ReadUpTo { conversation_id, .. }) => {
+        | Payload::ReadUpTo(ReadUpTo { conversation_id, .. })
+        | Payload::LocationShared(LocationShared { conversation_id, .. })
+        | Payload::LocationStopped(LocationStopped { conversation_id, .. }) => {
             Some(LaneKey::Conversation(conversation_id.0))
         }
         // Not modelled by these read models (yet). Listed one by one so that a new event type is
@@ -133,8 +137,6 @@ fn lane_of(payload: &Payload) -> Option<LaneKey> {
         Payload::Delivered(_)
         | Payload::SessionOpened(_)
         | Payload::Typing(_)
-        | Payload::LocationShared(_)
-        | Payload::LocationStopped(_)
         | Payload::NodeHeartbeat(_)
         | Payload::CallRinging(_)
         | Payload::SignalRelayed(_) => None,
@@ -160,13 +162,15 @@ pub(super) struct Wanted {
     pub(super) markers: BTreeMap<i64, BTreeSet<i64>>,
     pub(super) last_seen: BTreeSet<i64>,
     pub(super) calls: BTreeSet<i64>,
+    /// (conversation, user).
+    pub(super) locations: BTreeSet<(i64, i64)>,
 }
 
 impl Wanted {
-    pub(super) fn of(events: &[&Event]) -> Wanted {
+    pub(super) fn of(events: &[&Logged]) -> Wanted {
         let mut wanted = Wanted::default();
-        for event in events {
-            match &event.payload {
+        for logged in events {
+            match &logged.event.payload {
                 Payload::UserRegistered(e) => {
                     wanted.users.insert(e.user_id.0);
                     wanted.handles.insert(handle_key(&e.handle));
@@ -204,6 +208,10 @@ impl Wanted {
                 payload if calls::call_of(payload).is_some() => {
                     wanted.calls.extend(calls::call_of(payload).map(|call| call.0));
                 }
+                Payload::LocationShared(LocationShared { conversation_id, user_id, .. })
+                | Payload::LocationStopped(LocationStopped { conversation_id, user_id }) => {
+                    wanted.locations.insert((conversation_id.0, user_id.0));
+                }
                 // Events without a lane never reach one.
                 _ => {}
             }
@@ -218,8 +226,10 @@ impl Wanted {
 
 /// The fold rules, event by event: the embedded store's.
 impl Lane<'_> {
-    pub(super) fn fold(&mut self, event: &Event) -> Result<(), StoreError> {
+    pub(super) fn fold(&mut self, logged: &Logged) -> Result<(), StoreError> {
+        let event = &logged.event;
         let at = event.meta.occurred_at;
+        let offset = log_offset(logged)?;
         match &event.payload {
             Payload::UserRegistered(e) => self.user_registered(e, at),
             Payload::ProfileUpdated(e) => self.profile_updated(e),
@@ -232,6 +242,8 @@ impl Lane<'_> {
             Payload::MessageDeleted(e) => self.message_deleted(e),
             Payload::ReadUpTo(e) => self.read_up_to(e, at),
             Payload::SessionClosed(e) => self.session_closed(e, at),
+            Payload::LocationShared(e) => self.location_shared(e, at, offset),
+            Payload::LocationStopped(e) => self.location_stopped(e, offset),
             payload => match calls::call_of(payload) {
                 Some(call) => self.call_event(call.0, event),
                 // Events without a lane never reach one.
@@ -487,6 +499,55 @@ impl Lane<'_> {
         self.calls.put(call, after);
         Ok(())
     }
+
+    /// A share, or a move of one, replaces the location whole; a replay of an event at or before
+    /// the row's log offset changes nothing (the offsets of one user's presence partition order
+    /// all their location events).
+    fn location_shared(
+        &mut self,
+        e: &LocationShared,
+        at: i64,
+        offset: i64,
+    ) -> Result<(), StoreError> {
+        let key = (e.conversation_id.0, e.user_id.0);
+        if self.locations.get(&key)?.is_some_and(|row| row.log_offset >= offset) {
+            return Ok(());
+        }
+        let row = LocationRow {
+            conversation_id: key.0,
+            user_id: key.1,
+            latitude: e.latitude,
+            longitude: e.longitude,
+            accuracy_m: e.accuracy_m,
+            updated_at: at,
+            expires_at: e.expires_at,
+            stopped: false,
+            log_offset: offset,
+        };
+        self.locations.put(key, row);
+        Ok(())
+    }
+
+    /// The position stays as the last known one. Stopping what was never shared leaves nothing.
+    fn location_stopped(&mut self, e: &LocationStopped, offset: i64) -> Result<(), StoreError> {
+        let key = (e.conversation_id.0, e.user_id.0);
+        let Some(mut row) = self.locations.get(&key)?.cloned() else {
+            return Ok(());
+        };
+        if row.stopped || row.log_offset >= offset {
+            return Ok(());
+        }
+        row.stopped = true;
+        row.log_offset = offset;
+        self.locations.put(key, row);
+        Ok(())
+    }
+}
+
+/// The event's offset in its log partition, as the bigint the tables keep.
+fn log_offset(logged: &Logged) -> Result<i64, StoreError> {
+    i64::try_from(logged.position.offset)
+        .map_err(|_| StoreError::Storage(format!("log offset of {} out of range", logged.position)))
 }
 
 /// Moves the stored checkpoint of every partition `checkpoint` names to the offset it names,

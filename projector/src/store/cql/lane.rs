@@ -16,12 +16,12 @@ use futures_util::future::try_join_all;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
-use switchboard_schemas::{Event, Payload};
+use switchboard_schemas::Payload;
 
 use super::error::failed;
 use super::fold::Wanted;
-use super::rows::{ConversationRow, Db, MarkerRow, MessageRow, StatsRow, UserRow};
-use crate::store::{Call, StoreError};
+use super::rows::{ConversationRow, Db, LocationRow, MarkerRow, MessageRow, StatsRow, UserRow};
+use crate::store::{Call, Logged, StoreError};
 
 /// At most this many events go into one write batch…
 const BATCH_EVENTS: usize = 32;
@@ -178,6 +178,8 @@ pub(super) struct Lane<'a> {
     /// with its latest state, as for every table (an insert and a delete of one row in one
     /// batch would share a timestamp, and the delete would win whichever came last).
     pub(super) call_indexes: HashMap<CallIndex, bool>,
+    /// (conversation, user) → the last location the user shared with the conversation.
+    pub(super) locations: Table<(i64, i64), LocationRow>,
 }
 
 /// A row of the call indexes.
@@ -207,16 +209,17 @@ impl<'a> Lane<'a> {
             last_seen: Table::new("last seen"),
             calls: Table::new("call"),
             call_indexes: HashMap::new(),
+            locations: Table::new("location"),
         }
     }
 
-    pub(super) async fn run(mut self, events: Vec<&Event>) -> Result<(), StoreError> {
+    pub(super) async fn run(mut self, events: Vec<&Logged>) -> Result<(), StoreError> {
         self.read(Wanted::of(&events)).await?;
         let (mut pending, mut bytes) = (0, 0);
-        for event in events {
-            self.fold(event)?;
+        for logged in events {
+            self.fold(logged)?;
             pending += 1;
-            bytes += weight(&event.payload);
+            bytes += weight(&logged.event.payload);
             if pending >= BATCH_EVENTS || bytes >= BATCH_BYTES {
                 self.write().await?;
                 (pending, bytes) = (0, 0);
@@ -244,6 +247,7 @@ impl<'a> Lane<'a> {
             markers,
             seen,
             calls,
+            locations,
         ) = tokio::try_join!(
             read_each(wanted.users.iter().copied(), |user| db.user(user)),
             read_each(wanted.handles.iter().cloned(), |handle| async move {
@@ -261,6 +265,9 @@ impl<'a> Lane<'a> {
             read_each(wanted.markers.keys().copied(), |id| db.markers(id)),
             read_each(wanted.last_seen.iter().copied(), |user| db.last_seen(user)),
             read_each(wanted.calls.iter().copied(), |call| db.call(call)),
+            read_each(wanted.locations.iter().copied(), |(conversation, user)| {
+                db.location(conversation, user)
+            }),
         )?;
 
         for (user, row) in users {
@@ -305,6 +312,9 @@ impl<'a> Lane<'a> {
         for (id, call) in calls {
             self.calls.loaded(id, call);
         }
+        for (key, row) in locations {
+            self.locations.loaded(key, row);
+        }
         Ok(())
     }
 
@@ -323,6 +333,7 @@ impl<'a> Lane<'a> {
         self.markers.written();
         self.last_seen.written();
         self.calls.written();
+        self.locations.written();
         Ok(())
     }
 
@@ -402,6 +413,9 @@ impl<'a> Lane<'a> {
                 }
             };
             writes.add(statement, key);
+        }
+        for row in self.locations.upserted() {
+            writes.add(&statements.insert_location, row);
         }
         Ok(writes)
     }

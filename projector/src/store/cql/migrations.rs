@@ -35,6 +35,7 @@ pub(super) struct Migration {
 pub(super) const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "initial", cql: include_str!("migrations/001_initial.cql") },
     Migration { version: 2, name: "calls", cql: include_str!("migrations/002_calls.cql") },
+    Migration { version: 3, name: "locations", cql: include_str!("migrations/003_locations.cql") },
 ];
 
 impl Migration {

@@ -27,6 +27,7 @@
 //! | `read_markers` | conversation, user | how far the user has read |
 //! | `direct_pairs` | (user_low, user_high), conversation | direct conversations; the smallest is the pair's |
 //! | `last_seen` | user | when the user's last session closed |
+//! | `locations` | conversation, user | the last location the user shared with the conversation |
 //! | `checkpoints` | consumer, topic, partition | the next offset to read in each log partition |
 //!
 //! Every table but `checkpoints` and `schema_migrations` is in [`dump`](ReadModel::dump), one
@@ -34,7 +35,8 @@
 //!
 //! As in the embedded store, what the conversations topic says (`conversations`, `members`) and
 //! what the messages topic says (`conversation_stats`, `messages`) are kept apart, so either may
-//! be folded before the other.
+//! be folded before the other; so are the locations the presence topic brings, which queries
+//! match to the current members when they read them.
 //!
 //! # Messages and buckets
 //!
@@ -72,7 +74,8 @@ use self::error::failed;
 use self::rows::Db;
 use self::statements::Statements;
 use crate::store::{
-    Call, Conversation, InboxEntry, Logged, Message, ReadMarker, ReadModel, StoreError, User,
+    Call, Conversation, InboxEntry, Location, Logged, Message, ReadMarker, ReadModel, StoreError,
+    User,
 };
 
 /// How long opening a connection to a node may take before the node counts as unreachable.
@@ -198,6 +201,18 @@ impl ReadModel for CqlStore {
         conversation: ConversationId,
     ) -> Result<Vec<ReadMarker>, StoreError> {
         query::read_markers(&self.db, conversation).await
+    }
+
+    async fn location(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> Result<Option<Location>, StoreError> {
+        query::location(&self.db, conversation, user).await
+    }
+
+    async fn locations(&self, conversation: ConversationId) -> Result<Vec<Location>, StoreError> {
+        query::locations(&self.db, conversation).await
     }
 
     async fn last_seen(&self, user: UserId) -> Result<Option<i64>, StoreError> {

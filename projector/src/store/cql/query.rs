@@ -14,15 +14,17 @@ use scylla::value::Row;
 use switchboard_schemas::{CallId, ConversationId, MessageId, UserId};
 
 use super::error::failed;
-use super::rows::{Db, MarkerRow, UserRow, count};
+use super::rows::{Db, LocationRow, MarkerRow, UserRow, count};
 use super::{bucket, handle_key};
-use crate::store::{Call, Conversation, InboxEntry, Message, ReadMarker, StoreError, User};
+use crate::store::{
+    Call, Conversation, InboxEntry, Location, Message, ReadMarker, StoreError, User,
+};
 
 /// How many of an inbox's conversations are read at once.
 const INBOX_READS_IN_FLIGHT: usize = 32;
 
 /// Every read-model table, in dump order: all but the checkpoints and the migration record.
-const DUMPED_TABLES: [&str; 15] = [
+const DUMPED_TABLES: [&str; 16] = [
     "users",
     "handles",
     "conversations",
@@ -38,6 +40,7 @@ const DUMPED_TABLES: [&str; 15] = [
     "calls_by_user",
     "live_calls_by_user",
     "live_rooms_by_conversation",
+    "locations",
 ];
 
 pub(super) async fn user(db: &Db, id: UserId) -> Result<Option<User>, StoreError> {
@@ -207,6 +210,29 @@ pub(super) async fn read_markers(
                 at: marker.read_at,
             })
         })
+        .collect())
+}
+
+pub(super) async fn location(
+    db: &Db,
+    conversation: ConversationId,
+    user: UserId,
+) -> Result<Option<Location>, StoreError> {
+    Ok(db.location(conversation.0, user.0).await?.map(LocationRow::into_location))
+}
+
+/// The locations of current members, in join order.
+pub(super) async fn locations(
+    db: &Db,
+    conversation: ConversationId,
+) -> Result<Vec<Location>, StoreError> {
+    let (members, locations) =
+        tokio::try_join!(members(db, conversation), db.locations(conversation.0))?;
+    let mut locations: HashMap<i64, LocationRow> =
+        locations.into_iter().map(|row| (row.user_id, row)).collect();
+    Ok(members
+        .into_iter()
+        .filter_map(|user| locations.remove(&user.0).map(LocationRow::into_location))
         .collect())
 }
 

@@ -25,7 +25,7 @@ use switchboard_schemas::{ConversationId, ConversationKind, MessageId, Topic, Us
 
 use super::error::{corrupt, failed};
 use super::statements::Statements;
-use crate::store::{Call, Message, StoreError, User};
+use crate::store::{Call, Location, Message, StoreError, User};
 
 /// The session, switched to the store's keyspace, and the statements prepared on it.
 pub(super) struct Db {
@@ -182,6 +182,35 @@ pub(super) struct MarkerRow {
     /// The `seq` of `message_id`: unread is the message count minus this.
     pub seq: i64,
     pub read_at: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, DeserializeRow, SerializeRow)]
+pub(super) struct LocationRow {
+    pub conversation_id: i64,
+    pub user_id: i64,
+    pub latitude: f64,
+    pub longitude: f64,
+    /// Null when the device reported none: unlike a [`Sparse`] column, it can go back to empty.
+    pub accuracy_m: Option<f64>,
+    pub updated_at: i64,
+    pub expires_at: i64,
+    pub stopped: bool,
+    /// The log offset of the event that last changed the row, in the user's presence partition.
+    pub log_offset: i64,
+}
+
+impl LocationRow {
+    pub fn into_location(self) -> Location {
+        Location {
+            user_id: UserId(self.user_id),
+            latitude: self.latitude,
+            longitude: self.longitude,
+            accuracy_m: self.accuracy_m,
+            updated_at: self.updated_at,
+            expires_at: self.expires_at,
+            stopped: self.stopped,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, DeserializeRow, SerializeRow)]
@@ -365,6 +394,24 @@ impl Db {
     pub(super) async fn markers(&self, conversation: i64) -> Result<Vec<MarkerRow>, StoreError> {
         let what = || format!("reading the read markers of {conversation}");
         self.paged_rows(&self.statements.markers, (conversation,), what).await
+    }
+
+    pub(super) async fn location(
+        &self,
+        conversation: i64,
+        user: i64,
+    ) -> Result<Option<LocationRow>, StoreError> {
+        let what = || format!("reading the location {user} shares with {conversation}");
+        self.row(&self.statements.location, (conversation, user), what).await
+    }
+
+    /// Every location shared with a conversation, former members' included.
+    pub(super) async fn locations(
+        &self,
+        conversation: i64,
+    ) -> Result<Vec<LocationRow>, StoreError> {
+        let what = || format!("reading the locations shared with {conversation}");
+        self.paged_rows(&self.statements.locations, (conversation,), what).await
     }
 
     pub(super) async fn last_seen(&self, user: i64) -> Result<Option<i64>, StoreError> {

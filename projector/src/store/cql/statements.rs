@@ -22,6 +22,14 @@ macro_rules! message_columns {
     };
 }
 
+/// The columns of a location row, in the order of [`LocationRow`](super::rows::LocationRow).
+macro_rules! location_columns {
+    () => {
+        "conversation_id, user_id, latitude, longitude, accuracy_m, updated_at, expires_at, \
+         stopped, log_offset"
+    };
+}
+
 /// Declares [`Statements`] and prepares all of them concurrently.
 macro_rules! statements {
     ($($(#[$doc:meta])* $name:ident = $cql:expr;)*) => {
@@ -103,6 +111,14 @@ statements! {
                WHERE conversation_id = ?";
     insert_marker = "INSERT INTO read_markers (conversation_id, user_id, message_id, seq, read_at) \
                      VALUES (?, ?, ?, ?, ?)";
+
+    location = concat!(
+        "SELECT ", location_columns!(), " FROM locations WHERE conversation_id = ? AND user_id = ?"
+    );
+    locations = concat!("SELECT ", location_columns!(), " FROM locations WHERE conversation_id = ?");
+    insert_location = concat!(
+        "INSERT INTO locations (", location_columns!(), ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    );
 
     last_seen = "SELECT seen_at FROM last_seen WHERE user_id = ?";
     insert_last_seen = "INSERT INTO last_seen (user_id, seen_at) VALUES (?, ?)";

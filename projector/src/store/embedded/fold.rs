@@ -7,8 +7,8 @@
 //! batch: after a crash the store holds either all of a batch and its checkpoint, or neither.
 //!
 //! Every handler is idempotent, because delivery is at least once: a replayed event finds its
-//! effect already there (the message id stored, the member present, the marker further on) and
-//! changes nothing.
+//! effect already there (the message id stored, the member present, the marker further on, the
+//! location changed by an event at or after its log offset) and changes nothing.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -17,19 +17,21 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use switchboard_ingest::log::Cursor;
 use switchboard_schemas::{
-    ConversationCreated, ConversationId, ConversationKind, ConversationRenamed, Event, MemberAdded,
-    MemberRemoved, MessageDeleted, MessageEdited, MessageId, MessageSent, Payload, ProfileUpdated,
-    ReadUpTo, SessionClosed, UserId, UserRegistered,
+    ConversationCreated, ConversationId, ConversationKind, ConversationRenamed, Event,
+    LocationShared, LocationStopped, MemberAdded, MemberRemoved, MessageDeleted, MessageEdited,
+    MessageId, MessageSent, Payload, ProfileUpdated, ReadUpTo, SessionClosed, UserId,
+    UserRegistered,
 };
 
 use super::keys::{self, Table};
 use super::query::View;
 use super::records::{
-    ConversationRecord, MemberRecord, MessageRecord, ReadRecord, StatsRecord, UserRecord,
+    ConversationRecord, LocationRecord, MemberRecord, MessageRecord, ReadRecord, StatsRecord,
+    UserRecord,
 };
 use super::tables::{Tables, decode, storage};
-use crate::store::StoreError;
 use crate::store::calls::{self, Call, CallKind};
+use crate::store::{Logged, StoreError};
 
 /// One batch on its way into the store.
 pub(super) struct Fold<'a> {
@@ -75,8 +77,10 @@ impl<'a> Fold<'a> {
     }
 
     /// Folds one event into the overlay.
-    pub(super) fn event(&mut self, event: &Event) -> Result<(), StoreError> {
+    pub(super) fn event(&mut self, logged: &Logged) -> Result<(), StoreError> {
+        let event = &logged.event;
         let at = event.meta.occurred_at;
+        let offset = logged.position.offset;
         match &event.payload {
             Payload::UserRegistered(e) => self.user_registered(e, at),
             Payload::ProfileUpdated(e) => self.profile_updated(e),
@@ -98,13 +102,13 @@ impl<'a> Fold<'a> {
             | Payload::RoomStarted(_)
             | Payload::ParticipantJoined(_)
             | Payload::ParticipantLeft(_) => self.call_event(event),
+            Payload::LocationShared(e) => self.location_shared(e, at, offset),
+            Payload::LocationStopped(e) => self.location_stopped(e, offset),
             // Not modelled by these read models (yet). Listed one by one so that a new event
             // type is a compile error here rather than silently dropped.
             Payload::Delivered(_)
             | Payload::SessionOpened(_)
             | Payload::Typing(_)
-            | Payload::LocationShared(_)
-            | Payload::LocationStopped(_)
             | Payload::NodeHeartbeat(_)
             | Payload::CallRinging(_)
             | Payload::SignalRelayed(_) => Ok(()),
@@ -360,5 +364,45 @@ impl<'a> Fold<'a> {
             }
         }
         self.put(Table::Calls, key, &after)
+    }
+
+    /// A share, or a move of one, replaces the location whole. Every location event of a user is
+    /// in the user's presence partition, so log offsets order them; an event at or before the
+    /// offset that last changed the record is a replay and must not undo what came after it.
+    fn location_shared(
+        &mut self,
+        e: &LocationShared,
+        at: i64,
+        offset: u64,
+    ) -> Result<(), StoreError> {
+        let key = keys::ids(&[e.conversation_id.0, e.user_id.0]);
+        let current: Option<LocationRecord> = self.get(Table::Locations, &key)?;
+        if current.is_some_and(|location| location.log_offset >= offset) {
+            return Ok(());
+        }
+        let record = LocationRecord {
+            latitude: e.latitude,
+            longitude: e.longitude,
+            accuracy_m: e.accuracy_m,
+            updated_at: at,
+            expires_at: e.expires_at,
+            stopped: false,
+            log_offset: offset,
+        };
+        self.put(Table::Locations, key, &record)
+    }
+
+    /// The position stays as the last known one. Stopping what was never shared leaves nothing.
+    fn location_stopped(&mut self, e: &LocationStopped, offset: u64) -> Result<(), StoreError> {
+        let key = keys::ids(&[e.conversation_id.0, e.user_id.0]);
+        let Some(mut location) = self.get::<LocationRecord>(Table::Locations, &key)? else {
+            return Ok(());
+        };
+        if location.stopped || location.log_offset >= offset {
+            return Ok(());
+        }
+        location.stopped = true;
+        location.log_offset = offset;
+        self.put(Table::Locations, key, &location)
     }
 }

@@ -67,10 +67,12 @@ pub(super) enum Table {
     LiveCalls,
     /// `conversation, call` → `null`: the rooms open in a conversation now.
     LiveRooms,
+    /// `conversation, user` → the last location the user shared with the conversation.
+    Locations,
 }
 
 impl Table {
-    pub(super) const ALL: [Table; 16] = [
+    pub(super) const ALL: [Table; 17] = [
         Table::Meta,
         Table::Users,
         Table::Handles,
@@ -87,6 +89,7 @@ impl Table {
         Table::CallHistory,
         Table::LiveCalls,
         Table::LiveRooms,
+        Table::Locations,
     ];
 
     /// The keyspace name (also the table's label in dumps).
@@ -108,6 +111,7 @@ impl Table {
             Table::CallHistory => "call_history",
             Table::LiveCalls => "live_calls",
             Table::LiveRooms => "live_rooms",
+            Table::Locations => "locations",
         }
     }
 
@@ -127,6 +131,7 @@ impl Table {
             | Table::CallHistory
             | Table::LiveCalls
             | Table::LiveRooms => 2,
+            Table::Locations => 2,
         }
     }
 

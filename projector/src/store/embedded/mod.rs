@@ -21,7 +21,8 @@ use self::fold::Fold;
 use self::query::View;
 use self::tables::{Tables, storage};
 use crate::store::{
-    Call, Conversation, InboxEntry, Logged, Message, ReadMarker, ReadModel, StoreError, User,
+    Call, Conversation, InboxEntry, Location, Logged, Message, ReadMarker, ReadModel, StoreError,
+    User,
 };
 
 mod fold;
@@ -90,7 +91,7 @@ impl ReadModel for EmbeddedStore {
             let checkpoint = inner.view().checkpoint()?.furthest(&checkpoint);
             let mut fold = Fold::new(inner.view());
             for logged in &events {
-                fold.event(&logged.event)?;
+                fold.event(logged)?;
             }
             fold.commit(&inner.db, &inner.tables, &checkpoint)
         })
@@ -163,6 +164,18 @@ impl ReadModel for EmbeddedStore {
         conversation: ConversationId,
     ) -> Result<Vec<ReadMarker>, StoreError> {
         self.read(move |view| view.read_markers(conversation)).await
+    }
+
+    async fn location(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> Result<Option<Location>, StoreError> {
+        self.read(move |view| view.location(conversation, user)).await
+    }
+
+    async fn locations(&self, conversation: ConversationId) -> Result<Vec<Location>, StoreError> {
+        self.read(move |view| view.locations(conversation)).await
     }
 
     async fn last_seen(&self, user: UserId) -> Result<Option<i64>, StoreError> {

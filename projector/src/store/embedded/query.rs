@@ -3,6 +3,7 @@
 //! many conversations) sees one state of the store even while a batch is being applied.
 
 use std::cmp::Reverse;
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use fjall::{Iter, Readable, Slice, Snapshot};
@@ -12,10 +13,13 @@ use switchboard_schemas::{CallId, ConversationId, MessageId, UserId};
 
 use super::keys::{self, ID_LEN, Table};
 use super::records::{
-    ConversationRecord, MemberRecord, MessageRecord, ReadRecord, StatsRecord, UserRecord,
+    ConversationRecord, LocationRecord, MemberRecord, MessageRecord, ReadRecord, StatsRecord,
+    UserRecord,
 };
 use super::tables::{Tables, decode, storage};
-use crate::store::{Call, Conversation, InboxEntry, Message, ReadMarker, StoreError, User};
+use crate::store::{
+    Call, Conversation, InboxEntry, Location, Message, ReadMarker, StoreError, User,
+};
 
 /// The store as of one instant.
 pub(super) struct View<'a> {
@@ -237,6 +241,38 @@ impl<'a> View<'a> {
             }
         }
         Ok(markers)
+    }
+
+    pub(super) fn location(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> Result<Option<Location>, StoreError> {
+        let record: Option<LocationRecord> =
+            self.get(Table::Locations, &keys::ids(&[conversation.0, user.0]))?;
+        Ok(record.map(|record| record.into_location(user)))
+    }
+
+    /// The locations of current members, in join order. Few members share at once, so the
+    /// conversation's locations are scanned and matched to the members rather than looked up
+    /// member by member.
+    pub(super) fn locations(
+        &self,
+        conversation: ConversationId,
+    ) -> Result<Vec<Location>, StoreError> {
+        let order: HashMap<UserId, usize> =
+            self.members(conversation)?.into_iter().enumerate().map(|(i, u)| (u, i)).collect();
+        let mut locations = Vec::new();
+        for entry in self.prefix(Table::Locations, &keys::id(conversation.0)) {
+            let (key, value) = entry?;
+            let user = UserId(second_id(Table::Locations, &key)?);
+            if let Some(&place) = order.get(&user) {
+                let record: LocationRecord = decode(Table::Locations, &key, &value)?;
+                locations.push((place, record.into_location(user)));
+            }
+        }
+        locations.sort_unstable_by_key(|&(place, _)| place);
+        Ok(locations.into_iter().map(|(_, location)| location).collect())
     }
 
     pub(super) fn last_seen(&self, user: UserId) -> Result<Option<i64>, StoreError> {

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use switchboard_schemas::{ConversationId, ConversationKind, MessageId, UserId};
 
-use crate::store::{Message, User};
+use crate::store::{Location, Message, User};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(super) struct UserRecord {
@@ -97,4 +97,32 @@ pub(super) struct ReadRecord {
     /// The `seq` of `message_id`: unread is the message count minus this.
     pub seq: u64,
     pub at: i64,
+}
+
+/// The last location a user shared with a conversation.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub(super) struct LocationRecord {
+    pub latitude: f64,
+    pub longitude: f64,
+    pub accuracy_m: Option<f64>,
+    pub updated_at: i64,
+    pub expires_at: i64,
+    pub stopped: bool,
+    /// The log offset of the event that last changed the record, in the user's presence
+    /// partition: an event from before it is a replay and changes nothing.
+    pub log_offset: u64,
+}
+
+impl LocationRecord {
+    pub fn into_location(self, user_id: UserId) -> Location {
+        Location {
+            user_id,
+            latitude: self.latitude,
+            longitude: self.longitude,
+            accuracy_m: self.accuracy_m,
+            updated_at: self.updated_at,
+            expires_at: self.expires_at,
+            stopped: self.stopped,
+        }
+    }
 }

@@ -41,6 +41,8 @@ conformance! {
     last_seen,
     messages_before_their_conversation,
     calls_history_and_live_calls,
+    locations_follow_shares_moves_and_stops,
+    older_location_events_do_not_win,
 }
 
 #[tokio::test]
@@ -59,7 +61,9 @@ async fn the_whole_suite_can_share_one_store() -> Result<(), StoreError> {
     conformance::handle_uniqueness(&store).await?;
     conformance::last_seen(&store).await?;
     conformance::messages_before_their_conversation(&store).await?;
-    conformance::calls_history_and_live_calls(&store).await
+    conformance::calls_history_and_live_calls(&store).await?;
+    conformance::locations_follow_shares_moves_and_stops(&store).await?;
+    conformance::older_location_events_do_not_win(&store).await
 }
 
 fn logged(offset: u64, at: i64, payload: impl Into<switchboard_schemas::Payload>) -> Logged {
