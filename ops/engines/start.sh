@@ -12,7 +12,7 @@
 # An engine already answering on its port is left alone. Data kept by `KEEP=1 stop.sh` is reused.
 # Exits non-zero, with the last 50 lines of the engine's log, if one does not answer in time.
 # Timeouts (seconds): SWITCHBOARD_KAFKA_TIMEOUT (120), SWITCHBOARD_CASSANDRA_TIMEOUT (240),
-# SWITCHBOARD_REDIS_TIMEOUT (30). Heaps: SWITCHBOARD_KAFKA_HEAP (512m), SWITCHBOARD_CASSANDRA_HEAP (768m).
+# SWITCHBOARD_REDIS_TIMEOUT (30). Heaps: SWITCHBOARD_KAFKA_HEAP (512m), SWITCHBOARD_CASSANDRA_HEAP (1g).
 # Extra JVM flags (space-separated): SWITCHBOARD_KAFKA_JVM_OPTS, SWITCHBOARD_CASSANDRA_JVM_OPTS.
 set -euo pipefail
 
@@ -20,7 +20,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 KAFKA_HEAP="${SWITCHBOARD_KAFKA_HEAP:-512m}"
-CASSANDRA_HEAP="${SWITCHBOARD_CASSANDRA_HEAP:-768m}"
+CASSANDRA_HEAP="${SWITCHBOARD_CASSANDRA_HEAP:-1g}"
 
 # A Java 17 runtime: Cassandra 5.0 runs on 11 or 17 only, Kafka 4.x needs 17+.
 find_java() {
@@ -181,6 +181,12 @@ commitlog_total_space: 256MiB
 disk_optimization_strategy: ssd
 memtable_heap_space: 64MiB
 memtable_offheap_space: 64MiB
+# Tests create a keyspace of some twenty tables per server; the default slab allocator gives
+# every memtable that is written a 1 MiB region of its own, which ran the heap out after a
+# hundred keyspaces. Unslabbed buffers cost what the data costs.
+memtable_allocation_type: unslabbed_heap_buffers
+# Tests drop their keyspaces; a snapshot of each would only fill the disk.
+auto_snapshot: false
 key_cache_size: 8MiB
 row_cache_size: 0MiB
 counter_cache_size: 4MiB

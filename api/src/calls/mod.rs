@@ -88,6 +88,10 @@ fn outcome(call: CallId) -> String {
     format!("call-outcome:{call}")
 }
 
+fn ended_key(call: CallId) -> String {
+    format!("call-ended:{call}")
+}
+
 fn room_of(conversation: ConversationId) -> String {
     format!("call-room:{conversation}")
 }
@@ -181,7 +185,7 @@ pub async fn decline(
     let call = ringing_for(state, user, call_id).await?;
     settle(state, &call, "declined").await?;
     let declined = CallDeclined { call_id, user_id: user };
-    finish(state, &call, Origin::user(user, trace), declined.into()).await
+    finish(state, &call, Origin::user(user, trace), declined.into(), &outcome(call_id)).await
 }
 
 /// Ends a call for `user`: the caller cancels a ringing call, the callee declines it, either
@@ -208,7 +212,8 @@ pub async fn end(
             match claim_outcome(state, call_id, "cancelled").await? {
                 None => {
                     let ended = CallEnded { call_id, reason: "cancelled".to_owned() };
-                    finish(state, &call, Origin::user(user, trace), ended.into()).await
+                    let origin = Origin::user(user, trace);
+                    finish(state, &call, origin, ended.into(), &outcome(call_id)).await
                 }
                 // Answered this very moment: the caller hangs up on an answered call.
                 Some(first) if first.starts_with("accepted") => {
@@ -227,12 +232,12 @@ async fn hang_up(
     trace: &str,
     call: &Call,
 ) -> Result<Accepted, ApiError> {
-    let key = format!("call-ended:{}", call.id);
+    let key = ended_key(call.id);
     if state.presence.claim(&key, "hangup", OUTCOME_TTL).await?.is_some() {
         return Err(ApiError::call_ended());
     }
     let ended = CallEnded { call_id: call.id, reason: "hangup".to_owned() };
-    finish(state, call, Origin::user(user, trace), ended.into()).await
+    finish(state, call, Origin::user(user, trace), ended.into(), &key).await
 }
 
 pub async fn start_room(
@@ -324,10 +329,9 @@ async fn leave(
     trace: &str,
     call_id: CallId,
 ) -> Result<Accepted, ApiError> {
-    let left = ParticipantLeft { call_id, user_id: user };
-    let position = state.ingest.append(&Origin::user(user, trace), left.into()).await?;
     release_lines(state, &[user]).await;
-    Ok(position.into())
+    let left = ParticipantLeft { call_id, user_id: user };
+    Ok(state.ingest.append(&Origin::user(user, trace), left.into()).await?.into())
 }
 
 /// Relays a WebRTC signal to another participant of a live call.
@@ -421,16 +425,24 @@ fn not_ringing(how: Option<&str>) -> ApiError {
     })
 }
 
-/// Logs the event that ends `call`, then frees its users' lines.
+/// Frees the lines of `call`, then logs the event that ends it. Lines first: the users hear of
+/// the end as soon as it is logged and may call again at once. If it cannot be logged, the claim
+/// `decision` that settled the call is dropped too, so that the request can be tried again.
 async fn finish(
     state: &AppState,
     call: &Call,
     origin: Origin,
     event: Payload,
+    decision: &str,
 ) -> Result<Accepted, ApiError> {
-    let position = state.ingest.append(&origin, event).await?;
     release_lines(state, &call.involved).await;
-    Ok(position.into())
+    match state.ingest.append(&origin, event).await {
+        Ok(position) => Ok(position.into()),
+        Err(error) => {
+            let _ = state.presence.release_claim(decision).await;
+            Err(error.into())
+        }
+    }
 }
 
 async fn release_lines(state: &AppState, users: &[UserId]) {

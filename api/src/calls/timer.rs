@@ -24,7 +24,7 @@ use switchboard_schemas::{
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{OUTCOME_TTL, outcome, release_lines, release_room};
+use super::{OUTCOME_TTL, ended_key, outcome, release_lines, release_room};
 use crate::state::AppState;
 
 /// How long an outcome claimed but not logged (its node died in between) stands before the
@@ -273,15 +273,15 @@ async fn act(state: &AppState, call: &Call, action: Action) -> anyhow::Result<bo
             }
             CallMissed { call_id: id }.into()
         }
+        // The timer's own claims say so: a claim it made before failing to log is retried.
         Action::Cancel => {
-            if presence.claim(&outcome(id), "cancelled", OUTCOME_TTL).await?.is_some() {
+            if !ours(presence.claim(&outcome(id), CANCELLED, OUTCOME_TTL).await?, CANCELLED) {
                 return Ok(false);
             }
             CallEnded { call_id: id, reason: "disconnected".to_owned() }.into()
         }
         Action::Hangup => {
-            let key = format!("call-ended:{id}");
-            if presence.claim(&key, "disconnected", OUTCOME_TTL).await?.is_some() {
+            if !ours(presence.claim(&ended_key(id), HUNG_UP, OUTCOME_TTL).await?, HUNG_UP) {
                 return Ok(false);
             }
             CallEnded { call_id: id, reason: "disconnected".to_owned() }.into()
@@ -289,7 +289,7 @@ async fn act(state: &AppState, call: &Call, action: Action) -> anyhow::Result<bo
         Action::Leave(user) => ParticipantLeft { call_id: id, user_id: user }.into(),
         Action::Close => CallEnded { call_id: id, reason: "empty".to_owned() }.into(),
     };
-    state.ingest.append(&Origin::system(GROUP), event).await?;
+    // Lines first, as the API nodes do: users told of the end may call again at once.
     match action {
         Action::Leave(user) => release_lines(state, &[user]).await,
         Action::Close => {
@@ -299,7 +299,17 @@ async fn act(state: &AppState, call: &Call, action: Action) -> anyhow::Result<bo
         }
         _ => release_lines(state, &call.involved).await,
     }
+    state.ingest.append(&Origin::system(GROUP), event).await?;
     Ok(true)
+}
+
+/// What the timer claims when it ends a call; the first word is what callers are told.
+const CANCELLED: &str = "cancelled by-timer";
+const HUNG_UP: &str = "disconnected by-timer";
+
+/// Whether a claim attempt found the claim free, or held by the timer itself already.
+fn ours(held: Option<String>, value: &str) -> bool {
+    held.is_none_or(|held| held == value)
 }
 
 /// Milliseconds after a call started past which a claimed outcome that never got logged no

@@ -30,6 +30,8 @@ pub struct Server {
     child: Child,
     pub url: String,
     pub data_dir: PathBuf,
+    /// Whether this node alone uses its topics, keyspace and keys, so they go when it does.
+    owns_backend: bool,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -39,6 +41,7 @@ impl Server {
         let temp = tempfile::tempdir().expect("temp dir");
         let mut server = Server::start_in(temp.path(), extra);
         server._temp = Some(temp);
+        server.owns_backend = true;
         server
     }
 
@@ -92,7 +95,7 @@ impl Server {
             let log = std::fs::read_to_string(data_dir.join("server.log")).unwrap_or_default();
             panic!("switchboard did not start:\n{log}")
         });
-        Server { child, url, data_dir: data_dir.to_owned(), _temp: None }
+        Server { child, url, data_dir: data_dir.to_owned(), owns_backend: false, _temp: None }
     }
 
     pub fn api(&self) -> Api {
@@ -181,7 +184,32 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if self.owns_backend {
+            drop_keyspace(&self.data_dir);
+        }
     }
+}
+
+/// Drops the keyspace of a node that ran on shared engines. Cassandra keeps every table it has
+/// in its heap, and a suite's worth of test keyspaces would run the engine's small heap out.
+fn drop_keyspace(data_dir: &Path) {
+    let (_, store) = backend_urls(data_dir);
+    let Some((node, keyspace)) = store.strip_prefix("scylla://").and_then(|s| s.split_once('/'))
+    else {
+        return;
+    };
+    let keyspace = keyspace.split('?').next().unwrap_or_default().to_owned();
+    let node = node.to_owned();
+    // Drop may run on a test's runtime, which must not be blocked: this gets a thread of its own.
+    let dropping = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+        runtime.block_on(async {
+            let builder = scylla::client::session_builder::SessionBuilder::new().known_node(&node);
+            let session = builder.build().await.ok()?;
+            session.query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), ()).await.ok()
+        })
+    });
+    let _ = dropping.join();
 }
 
 /// A registered user with an access token.
