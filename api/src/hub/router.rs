@@ -95,7 +95,10 @@ impl Router {
             SessionClosed(e) => {
                 return self.presence_changed(e.user_id, event.meta.occurred_at, false).await;
             }
-            UserRegistered(_) | ProfileUpdated(_) | NodeHeartbeat(_) => return Ok(None),
+            // An upload is not news to anyone until a message carries it.
+            UserRegistered(_) | ProfileUpdated(_) | NodeHeartbeat(_) | MediaUploaded(_) => {
+                return Ok(None);
+            }
             payload => match payload.conversation_id() {
                 Some(conversation) => self.members_mut(conversation).await?.clone(),
                 None => return Ok(None),

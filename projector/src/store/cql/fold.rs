@@ -60,14 +60,14 @@ use futures_util::{TryStreamExt, stream};
 use scylla::statement::batch::BatchType;
 use switchboard_ingest::log::Cursor;
 use switchboard_schemas::{
-    ConversationCreated, ConversationKind, ConversationRenamed, Event, MemberAdded, MemberRemoved,
-    MessageDeleted, MessageEdited, MessageSent, Payload, ProfileUpdated, ReadUpTo, SessionClosed,
-    UserId, UserRegistered,
+    ConversationCreated, ConversationKind, ConversationRenamed, Event, MediaUploaded, MemberAdded,
+    MemberRemoved, MessageDeleted, MessageEdited, MessageSent, Payload, ProfileUpdated, ReadUpTo,
+    SessionClosed, UserId, UserRegistered,
 };
 
 use super::lane::{Lane, Writes};
 use super::rows::{
-    CheckpointRow, ConversationRow, Db, MarkerRow, MessageRow, Sparse, StatsRow, UserRow,
+    CheckpointRow, ConversationRow, Db, MarkerRow, MediaRow, MessageRow, Sparse, StatsRow, UserRow,
 };
 use super::{CHECKPOINT_CONSUMER, bucket, handle_key};
 use crate::store::{Logged, StoreError};
@@ -114,7 +114,8 @@ fn lane_of(payload: &Payload) -> Option<LaneKey> {
         | Payload::MessageSent(MessageSent { conversation_id, .. })
         | Payload::MessageEdited(MessageEdited { conversation_id, .. })
         | Payload::MessageDeleted(MessageDeleted { conversation_id, .. })
-        | Payload::ReadUpTo(ReadUpTo { conversation_id, .. }) => {
+        | Payload::ReadUpTo(ReadUpTo { conversation_id, .. })
+        | Payload::MediaUploaded(MediaUploaded { conversation_id, .. }) => {
             Some(LaneKey::Conversation(conversation_id.0))
         }
         // Not modelled by these read models (yet). Listed one by one so that a new event type is
@@ -225,6 +226,7 @@ impl Lane<'_> {
             Payload::MessageEdited(e) => self.message_edited(e, at),
             Payload::MessageDeleted(e) => self.message_deleted(e),
             Payload::ReadUpTo(e) => self.read_up_to(e, at),
+            Payload::MediaUploaded(e) => self.media_uploaded(e, at),
             Payload::SessionClosed(e) => self.session_closed(e, at),
             // Events without a lane never reach one.
             _ => Ok(()),
@@ -378,6 +380,10 @@ impl Lane<'_> {
             edited_at: Sparse(None),
             deleted: false,
             seq,
+            attachments: Sparse(
+                Some(e.attachments.iter().map(|media| media.0).collect::<Vec<_>>())
+                    .filter(|ids| !ids.is_empty()),
+            ),
         };
         self.messages.put((conversation, message), row);
         self.client_ids.put(client_key, message);
@@ -402,7 +408,9 @@ impl Lane<'_> {
         Ok(())
     }
 
-    /// The message keeps its place and `seq` (counts and paging stay stable); only its body goes.
+    /// The message keeps its place and `seq` (counts and paging stay stable); what it said, its
+    /// body and attachments, goes. The attachments become an empty list rather than unset, which
+    /// would leave the stored ones in place.
     fn message_deleted(&mut self, e: &MessageDeleted) -> Result<(), StoreError> {
         let key = (e.conversation_id.0, e.message_id.0);
         let Some(mut message) = self.messages.get(&key)?.cloned() else {
@@ -412,6 +420,9 @@ impl Lane<'_> {
             return Ok(());
         }
         message.body.clear();
+        if message.attachments.0.is_some() {
+            message.attachments = Sparse(Some(Vec::new()));
+        }
         message.deleted = true;
         self.messages.put(key, message);
         Ok(())
@@ -445,6 +456,23 @@ impl Lane<'_> {
             read_at: at,
         };
         self.markers.put((conversation, user), row);
+        Ok(())
+    }
+
+    /// The row is the event's alone (media ids are never reused), so it is written without
+    /// being read: writing it again writes the same.
+    fn media_uploaded(&mut self, e: &MediaUploaded, at: i64) -> Result<(), StoreError> {
+        let row = MediaRow {
+            media_id: e.media_id.0,
+            conversation_id: e.conversation_id.0,
+            uploader: e.uploader.0,
+            content_type: e.content_type.clone(),
+            size: e.size,
+            file_name: Sparse(e.file_name.clone()),
+            created_at: at,
+            object_key: e.object_key.clone(),
+        };
+        self.media.put(e.media_id.0, row);
         Ok(())
     }
 

@@ -20,7 +20,7 @@ use switchboard_schemas::{Event, Payload};
 
 use super::error::failed;
 use super::fold::Wanted;
-use super::rows::{ConversationRow, Db, MarkerRow, MessageRow, StatsRow, UserRow};
+use super::rows::{ConversationRow, Db, MarkerRow, MediaRow, MessageRow, StatsRow, UserRow};
 use crate::store::StoreError;
 
 /// At most this many events go into one write batch…
@@ -44,6 +44,12 @@ fn weight(payload: &Payload) -> usize {
         Payload::MessageSent(e) => e.body.len() + 2 * e.client_msg_id.len() + 4 * ROW,
         Payload::MessageEdited(e) => e.body.len() + 2 * ROW,
         Payload::ConversationCreated(e) => (2 * e.members.len() + 2) * ROW,
+        Payload::MediaUploaded(e) => {
+            e.content_type.len()
+                + e.object_key.len()
+                + e.file_name.as_ref().map_or(0, String::len)
+                + ROW
+        }
         _ => 2 * ROW,
     }
 }
@@ -173,6 +179,8 @@ pub(super) struct Lane<'a> {
     pub(super) client_ids: Table<(i64, i64, String), i64>,
     pub(super) markers: Table<(i64, i64), MarkerRow>,
     pub(super) last_seen: Table<i64, i64>,
+    /// Written, never read: an upload's row is its event's alone.
+    pub(super) media: Table<i64, MediaRow>,
 }
 
 impl<'a> Lane<'a> {
@@ -189,6 +197,7 @@ impl<'a> Lane<'a> {
             client_ids: Table::new("client id"),
             markers: Table::new("read marker"),
             last_seen: Table::new("last seen"),
+            media: Table::new("media"),
         }
     }
 
@@ -289,6 +298,7 @@ impl<'a> Lane<'a> {
         self.client_ids.written();
         self.markers.written();
         self.last_seen.written();
+        self.media.written();
         Ok(())
     }
 
@@ -343,6 +353,9 @@ impl<'a> Lane<'a> {
             if let Some(seen) = seen {
                 writes.add(&statements.insert_last_seen, (user, seen));
             }
+        }
+        for row in self.media.upserted() {
+            writes.add(&statements.insert_media, row);
         }
         writes
     }

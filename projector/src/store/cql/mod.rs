@@ -22,11 +22,12 @@
 //! | `members` | conversation, user | current members and their join order |
 //! | `conversations_by_user` | user, conversation | the inbox index |
 //! | `conversation_stats` | conversation | message count, last message, first and last bucket |
-//! | `messages` | (conversation, bucket), message desc | the messages |
+//! | `messages` | (conversation, bucket), message desc | the messages and their attachments |
 //! | `client_msg_ids` | (conversation, sender, client_msg_id) | the message a send was stored as |
 //! | `read_markers` | conversation, user | how far the user has read |
 //! | `direct_pairs` | (user_low, user_high), conversation | direct conversations; the smallest is the pair's |
 //! | `last_seen` | user | when the user's last session closed |
+//! | `media` | media | an upload: conversation, uploader, type, size, name, object key |
 //! | `checkpoints` | consumer, topic, partition | the next offset to read in each log partition |
 //!
 //! Every table but `checkpoints` and `schema_migrations` is in [`dump`](ReadModel::dump), one
@@ -65,14 +66,14 @@ use scylla::client::session_builder::SessionBuilder;
 use scylla::policies::timestamp_generator::MonotonicTimestampGenerator;
 use switchboard_ingest::ids::timestamp_ms;
 use switchboard_ingest::log::Cursor;
-use switchboard_schemas::{ConversationId, MessageId, UserId};
+use switchboard_schemas::{ConversationId, MediaId, MessageId, UserId};
 
 pub use self::config::{CqlConfig, DEFAULT_PORT, Replication, UrlError};
 use self::error::failed;
 use self::rows::Db;
 use self::statements::Statements;
 use crate::store::{
-    Conversation, InboxEntry, Logged, Message, ReadMarker, ReadModel, StoreError, User,
+    Conversation, InboxEntry, Logged, Media, Message, ReadMarker, ReadModel, StoreError, User,
 };
 
 /// How long opening a connection to a node may take before the node counts as unreachable.
@@ -198,6 +199,10 @@ impl ReadModel for CqlStore {
         conversation: ConversationId,
     ) -> Result<Vec<ReadMarker>, StoreError> {
         query::read_markers(&self.db, conversation).await
+    }
+
+    async fn media(&self, id: MediaId) -> Result<Option<Media>, StoreError> {
+        query::media(&self.db, id).await
     }
 
     async fn last_seen(&self, user: UserId) -> Result<Option<i64>, StoreError> {

@@ -11,18 +11,18 @@ use std::fmt::Write as _;
 
 use futures_util::{StreamExt, TryStreamExt, stream};
 use scylla::value::Row;
-use switchboard_schemas::{ConversationId, MessageId, UserId};
+use switchboard_schemas::{ConversationId, MediaId, MessageId, UserId};
 
 use super::error::failed;
-use super::rows::{Db, MarkerRow, UserRow, count};
+use super::rows::{Db, MarkerRow, MediaRow, UserRow, count};
 use super::{bucket, handle_key};
-use crate::store::{Conversation, InboxEntry, Message, ReadMarker, StoreError, User};
+use crate::store::{Conversation, InboxEntry, Media, Message, ReadMarker, StoreError, User};
 
 /// How many of an inbox's conversations are read at once.
 const INBOX_READS_IN_FLIGHT: usize = 32;
 
 /// Every read-model table, in dump order: all but the checkpoints and the migration record.
-const DUMPED_TABLES: [&str; 11] = [
+const DUMPED_TABLES: [&str; 12] = [
     "users",
     "handles",
     "conversations",
@@ -34,6 +34,7 @@ const DUMPED_TABLES: [&str; 11] = [
     "read_markers",
     "direct_pairs",
     "last_seen",
+    "media",
 ];
 
 pub(super) async fn user(db: &Db, id: UserId) -> Result<Option<User>, StoreError> {
@@ -204,6 +205,10 @@ pub(super) async fn read_markers(
             })
         })
         .collect())
+}
+
+pub(super) async fn media(db: &Db, id: MediaId) -> Result<Option<Media>, StoreError> {
+    db.media(id.0).await?.map(MediaRow::into_media).transpose()
 }
 
 pub(super) async fn last_seen(db: &Db, user: UserId) -> Result<Option<i64>, StoreError> {

@@ -59,10 +59,12 @@ pub(super) enum Table {
     Reads,
     /// `user` → when their last session closed.
     LastSeen,
+    /// `media` → the upload: its conversation, uploader, type, size, name and object key.
+    Media,
 }
 
 impl Table {
-    pub(super) const ALL: [Table; 12] = [
+    pub(super) const ALL: [Table; 13] = [
         Table::Meta,
         Table::Users,
         Table::Handles,
@@ -75,6 +77,7 @@ impl Table {
         Table::Directs,
         Table::Reads,
         Table::LastSeen,
+        Table::Media,
     ];
 
     /// The keyspace name (also the table's label in dumps).
@@ -92,6 +95,7 @@ impl Table {
             Table::Directs => "directs",
             Table::Reads => "reads",
             Table::LastSeen => "last_seen",
+            Table::Media => "media",
         }
     }
 
@@ -99,7 +103,9 @@ impl Table {
     fn id_count(self) -> usize {
         match self {
             Table::Meta | Table::Handles => 0,
-            Table::Users | Table::Conversations | Table::Stats | Table::LastSeen => 1,
+            Table::Users | Table::Conversations | Table::Stats | Table::LastSeen | Table::Media => {
+                1
+            }
             Table::Members
             | Table::Memberships
             | Table::Messages

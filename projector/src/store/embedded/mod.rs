@@ -15,13 +15,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_trait::async_trait;
 use fjall::Database;
 use switchboard_ingest::log::Cursor;
-use switchboard_schemas::{ConversationId, MessageId, UserId};
+use switchboard_schemas::{ConversationId, MediaId, MessageId, UserId};
 
 use self::fold::Fold;
 use self::query::View;
 use self::tables::{Tables, storage};
 use crate::store::{
-    Conversation, InboxEntry, Logged, Message, ReadMarker, ReadModel, StoreError, User,
+    Conversation, InboxEntry, Logged, Media, Message, ReadMarker, ReadModel, StoreError, User,
 };
 
 mod fold;
@@ -163,6 +163,10 @@ impl ReadModel for EmbeddedStore {
         conversation: ConversationId,
     ) -> Result<Vec<ReadMarker>, StoreError> {
         self.read(move |view| view.read_markers(conversation)).await
+    }
+
+    async fn media(&self, id: MediaId) -> Result<Option<Media>, StoreError> {
+        self.read(move |view| view.media(id)).await
     }
 
     async fn last_seen(&self, user: UserId) -> Result<Option<i64>, StoreError> {

@@ -8,14 +8,15 @@ use std::fmt::Write as _;
 use fjall::{Iter, Readable, Slice, Snapshot};
 use serde::de::DeserializeOwned;
 use switchboard_ingest::log::Cursor;
-use switchboard_schemas::{ConversationId, MessageId, UserId};
+use switchboard_schemas::{ConversationId, MediaId, MessageId, UserId};
 
 use super::keys::{self, ID_LEN, Table};
 use super::records::{
-    ConversationRecord, MemberRecord, MessageRecord, ReadRecord, StatsRecord, UserRecord,
+    ConversationRecord, MediaRecord, MemberRecord, MessageRecord, ReadRecord, StatsRecord,
+    UserRecord,
 };
 use super::tables::{Tables, decode, storage};
-use crate::store::{Conversation, InboxEntry, Message, ReadMarker, StoreError, User};
+use crate::store::{Conversation, InboxEntry, Media, Message, ReadMarker, StoreError, User};
 
 /// The store as of one instant.
 pub(super) struct View<'a> {
@@ -237,6 +238,11 @@ impl<'a> View<'a> {
             }
         }
         Ok(markers)
+    }
+
+    pub(super) fn media(&self, id: MediaId) -> Result<Option<Media>, StoreError> {
+        let record: Option<MediaRecord> = self.get(Table::Media, &keys::id(id.0))?;
+        Ok(record.map(|record| record.into_media(id)))
     }
 
     pub(super) fn last_seen(&self, user: UserId) -> Result<Option<i64>, StoreError> {

@@ -40,6 +40,7 @@ conformance! {
     checkpoint_round_trip,
     last_seen,
     messages_before_their_conversation,
+    media_and_attachments,
 }
 
 #[tokio::test]
@@ -57,7 +58,8 @@ async fn the_whole_suite_can_share_one_store() -> Result<(), StoreError> {
     conformance::edit_and_delete(&store).await?;
     conformance::handle_uniqueness(&store).await?;
     conformance::last_seen(&store).await?;
-    conformance::messages_before_their_conversation(&store).await
+    conformance::messages_before_their_conversation(&store).await?;
+    conformance::media_and_attachments(&store).await
 }
 
 fn logged(offset: u64, at: i64, payload: impl Into<switchboard_schemas::Payload>) -> Logged {
@@ -109,6 +111,7 @@ fn history() -> Vec<Logged> {
                 client_msg_id: format!("c{i}"),
                 body: format!("hello {i}"),
                 reply_to: None,
+                attachments: Vec::new(),
             },
         ));
     }
