@@ -7,6 +7,7 @@ mod config;
 mod error;
 mod hub;
 mod limits;
+mod media;
 mod routes;
 mod server;
 mod state;
