@@ -13,7 +13,7 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates libcurl4 libsasl2-2 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home /data switchboard \
-    && mkdir -p /data && chown switchboard /data
+    && mkdir -p /data /media && chown switchboard /data /media
 COPY --from=build /src/target/release/switchboard /usr/local/bin/switchboard
 USER switchboard
 ENV SWITCHBOARD_DATA_DIR=/data

@@ -6,7 +6,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use switchboard_ingest::Origin;
 use switchboard_projector::store::{Conversation, Message};
-use switchboard_schemas::{ConversationId, MessageId, MessageSent, Position, Topic, UserId};
+use switchboard_schemas::{
+    ConversationId, MediaId, MessageId, MessageSent, Position, Topic, UserId,
+};
 
 use crate::error::ApiError;
 use crate::limits::{self, Limit};
@@ -23,6 +25,9 @@ pub struct SendRequest {
     pub body: String,
     #[serde(default)]
     pub reply_to: Option<MessageId>,
+    /// Uploads of the same conversation to carry, in order.
+    #[serde(default)]
+    pub attachments: Vec<MediaId>,
 }
 
 /// What a send is answered with; a retried send gets the first send's answer.
@@ -115,10 +120,12 @@ pub async fn send(
 ) -> Result<Sent, ApiError> {
     limits::check(state, Limit::Messages, &caller.to_string()).await?;
     state.ingest.check_message(&request.client_msg_id, &request.body)?;
+    state.ingest.check_attachments(&request.attachments)?;
     ensure_member(state, caller, request.conversation_id).await?;
     if let Some(original) = request.reply_to {
         existing_message(state, request.conversation_id, original).await?;
     }
+    ensure_uploads(state, request.conversation_id, &request.attachments).await?;
 
     // A retry of a send the read models already hold (even from before a restart) gets the
     // first answer; the claim covers retries that arrive before the first send is projected.
@@ -148,6 +155,7 @@ pub async fn send(
         client_msg_id: request.client_msg_id,
         body: request.body,
         reply_to: request.reply_to,
+        attachments: request.attachments,
     };
     match state.ingest.send_message(&Origin::user(caller, trace), event).await {
         Ok(position) => {
@@ -207,6 +215,39 @@ async fn existing_message(
     }
     catch_up_with(state, Topic::Messages, &conversation.to_string()).await?;
     state.store.message(conversation, id).await?.ok_or_else(|| ApiError::not_found("message"))
+}
+
+/// Succeeds if every one of `ids` is a completed upload of `conversation`, waiting (bounded) for
+/// the projection as [`existing_message`] does: a client attaches what it has just uploaded.
+async fn ensure_uploads(
+    state: &AppState,
+    conversation: ConversationId,
+    ids: &[MediaId],
+) -> Result<(), ApiError> {
+    let mut missing = Vec::new();
+    for &id in ids {
+        if !is_upload_of(state, conversation, id).await? {
+            missing.push(id);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    catch_up_with(state, Topic::Messages, &conversation.to_string()).await?;
+    for id in missing {
+        if !is_upload_of(state, conversation, id).await? {
+            return Err(ApiError::not_found(format!("media {id} of this conversation")));
+        }
+    }
+    Ok(())
+}
+
+async fn is_upload_of(
+    state: &AppState,
+    conversation: ConversationId,
+    id: MediaId,
+) -> Result<bool, ApiError> {
+    Ok(state.store.media(id).await?.is_some_and(|media| media.conversation_id == conversation))
 }
 
 /// Only the sender may change a message.

@@ -13,6 +13,8 @@ use clap::parser::ValueSource;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use switchboard_projector::presence::Quota;
 
+use crate::media::{BlobUrl, MediaTypes};
+
 #[derive(clap::Args, Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -94,6 +96,30 @@ pub struct Config {
     /// Largest JSON request body, in bytes.
     #[arg(long, env = "SWITCHBOARD_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
+
+    /// Where uploaded files are kept: `file://DIR`, or `s3://BUCKET[?endpoint=URL&region=NAME]`
+    /// for an S3-compatible store (credentials from the usual AWS_* environment variables).
+    /// Several API nodes must share one: S3, or a directory on a shared filesystem
+    /// [default: file://<data-dir>/media].
+    #[arg(long, env = "SWITCHBOARD_MEDIA_STORE")]
+    pub media_store: Option<String>,
+
+    /// Largest upload, in bytes (500 MiB).
+    #[arg(long, env = "SWITCHBOARD_MAX_UPLOAD_BYTES", default_value_t = 500 * 1024 * 1024)]
+    pub max_upload_bytes: usize,
+
+    /// Content types an upload may have: comma-separated `type/subtype` or `type/*`.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_UPLOAD_TYPES",
+        default_value = "image/*,video/*,audio/*,application/pdf,text/plain,application/octet-stream"
+    )]
+    pub upload_types: MediaTypes,
+
+    /// An upload that sends nothing for this long is abandoned. Uploads are not bound by
+    /// `request_timeout`: a large file on a slow link takes as long as it takes.
+    #[arg(long, env = "SWITCHBOARD_UPLOAD_IDLE_TIMEOUT", default_value = "30s")]
+    pub upload_idle_timeout: Dur,
 
     /// Largest WebSocket frame a client may send, in bytes; larger ones get a `frame_too_large`
     /// error (and past 64 times this, the connection is closed with code 1009).
@@ -236,6 +262,12 @@ impl Config {
                 self.max_location_duration
             );
         }
+        if let Err(problem) = BlobUrl::parse(&self.media_store_url()) {
+            bail!("media_store: {problem}");
+        }
+        if self.upload_idle_timeout.0.is_zero() {
+            bail!("upload_idle_timeout must be longer than 0s");
+        }
         Ok(())
     }
 
@@ -249,6 +281,12 @@ impl Config {
         self.store
             .clone()
             .unwrap_or_else(|| format!("file://{}", self.data_dir.join("store").display()))
+    }
+
+    pub fn media_store_url(&self) -> String {
+        self.media_store
+            .clone()
+            .unwrap_or_else(|| format!("file://{}", self.data_dir.join("media").display()))
     }
 }
 
@@ -327,7 +365,7 @@ impl fmt::Display for Rate {
     }
 }
 
-/// Both types travel through TOML and JSON in their text form.
+/// These types travel through TOML and JSON in their text form.
 macro_rules! serde_as_text {
     ($($t:ty),*) => {$(
         impl Serialize for $t {
@@ -342,7 +380,7 @@ macro_rules! serde_as_text {
         }
     )*};
 }
-serde_as_text!(Dur, Rate);
+serde_as_text!(Dur, Rate, MediaTypes);
 
 #[cfg(test)]
 mod tests {
@@ -377,6 +415,11 @@ mod tests {
         assert_eq!(config.listen.port(), 9000);
         assert_eq!(config.request_timeout.0, Duration::from_secs(30));
         assert_eq!(config.rate_auth.0, Some(Quota { limit: 5, period: Duration::from_secs(900) }));
+        assert_eq!(config.max_upload_bytes, 524_288_000, "the seed's 500 MB, as Express counts");
+        assert_eq!(
+            config.media_store_url(),
+            format!("file://{}", Path::new("./data/media").display())
+        );
     }
 
     #[test]
@@ -389,6 +432,10 @@ mod tests {
         assert!(pings.contains("must be longer than ping_interval"), "{pings}");
         let shares = load(&["--min-location-duration", "9h"], "").unwrap_err().to_string();
         assert!(shares.contains("must not be longer than max_location_duration"), "{shares}");
+        let store = format!("{:#}", load(&["--media-store", "ftp://files"], "").unwrap_err());
+        assert!(store.contains("media_store: `ftp://files` names no media store"), "{store}");
+        let types = format!("{:#}", load(&[], "upload_types = \"images\"\n").unwrap_err());
+        assert!(types.contains("`images` is not a content type"), "{types}");
         assert!("0/1m".parse::<Rate>().is_err());
         assert_eq!("off".parse::<Rate>().unwrap(), Rate(None));
     }

@@ -128,6 +128,37 @@ impl ApiError {
         )
     }
 
+    pub fn unsupported_media_type(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message)
+    }
+
+    /// A download's range lies past the end of the file; the response also says how long the
+    /// file is (`Content-Range: bytes */size`).
+    pub fn range_not_satisfiable(size: u64) -> ApiError {
+        ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "range_not_satisfiable",
+            format!("the range lies past the end of the {size}-byte file"),
+        )
+    }
+
+    /// An upload whose body ended before it was complete (the client went away or broke off).
+    pub fn upload_cut_off() -> ApiError {
+        ApiError::bad_request("the upload was cut off before its end; nothing was stored")
+    }
+
+    /// An upload that sent nothing for the idle timeout.
+    pub fn upload_stalled(idle: Duration) -> ApiError {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!(
+                "the upload sent nothing for {} s; nothing was stored",
+                idle.as_secs_f64().ceil() as u64
+            ),
+        )
+    }
+
     pub fn method_not_allowed() -> ApiError {
         ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -248,6 +279,18 @@ impl From<StoreError> for ApiError {
         match error {
             StoreError::Unavailable(_) => ApiError::unavailable(error.to_string()),
             StoreError::Storage(_) => ApiError::internal(error.to_string()),
+        }
+    }
+}
+
+/// The blob store failing: whatever was being written was not stored, and a retry may work.
+impl From<object_store::Error> for ApiError {
+    fn from(error: object_store::Error) -> ApiError {
+        match error {
+            object_store::Error::NotFound { .. } => ApiError::internal(format!(
+                "a recorded upload is missing from the media store: {error}"
+            )),
+            _ => ApiError::unavailable(format!("the media store failed: {error}")),
         }
     }
 }

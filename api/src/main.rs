@@ -9,6 +9,7 @@ mod error;
 mod hub;
 mod limits;
 mod locations;
+mod media;
 mod routes;
 mod server;
 mod state;

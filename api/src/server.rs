@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backends;
 use crate::config::{Config, Role};
 use crate::hub::Hub;
+use crate::media::Blobs;
 use crate::routes;
 use crate::state::{AppState, Services};
 use crate::telemetry;
@@ -39,6 +40,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let log = backends::open_log(&config).await?;
     let store = backends::open_store(&config).await?;
     let presence = backends::open_presence(&config, &node_id).await?;
+    let blobs = Blobs::open(&config.media_store_url())
+        .with_context(|| format!("opening the media store at {}", config.media_store_url()))?;
     let ids = IdGenerator::new(config.node_id).context("node id")?;
     let limits = Limits {
         max_body_bytes: config.max_message_bytes,
@@ -55,6 +58,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         store: store.clone(),
         presence: presence.clone(),
         progress: Progress::new(Cursor::default()),
+        blobs,
         hub: Hub::default(),
         tokens: crate::auth::Tokens::new(
             config.jwt_secret.as_deref(),
@@ -141,6 +145,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         log = %state.config.log_url(),
         store = %state.config.store_url(),
         presence = %state.config.presence,
+        media = %state.blobs,
         "switchboard serving"
     );
     // A machine-readable line for scripts and tests that start a node on port 0.

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Tokens;
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::media::Blobs;
 
 #[derive(Clone)]
 pub struct AppState(Arc<Services>);
@@ -26,6 +27,8 @@ pub struct Services {
     pub store: Arc<dyn ReadModel>,
     pub presence: Arc<dyn Presence>,
     pub progress: Progress,
+    /// Where uploaded files are kept.
+    pub blobs: Blobs,
     pub hub: Hub,
     pub tokens: Tokens,
     /// One permit per WebSocket connection this node may still take.

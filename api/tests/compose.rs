@@ -102,3 +102,26 @@ fn compose_agrees_with_switchboards_configuration() {
     roles.sort();
     assert_eq!(roles, ["api", "api", "projector"]);
 }
+
+/// Any API node serves any upload only when they all keep uploads in one place: here, one volume
+/// that every API node mounts where its media store points.
+#[test]
+fn api_nodes_share_one_media_store() {
+    let services = compose();
+    let api_nodes: Vec<(&String, &Value)> = services
+        .iter()
+        .filter(|(_, service)| {
+            environment(service).get("SWITCHBOARD_ROLE").map(String::as_str) == Some("api")
+        })
+        .collect();
+    assert!(api_nodes.len() >= 2, "two API nodes at least");
+    for (name, service) in api_nodes {
+        let env = environment(service);
+        let store = env.get("SWITCHBOARD_MEDIA_STORE").map(String::as_str);
+        assert_eq!(store, Some("file:///media"), "{name} keeps uploads on the shared volume");
+        let volumes: Vec<String> =
+            serde_yaml_ng::from_value(service.get("volumes").cloned().unwrap_or(Value::Null))
+                .unwrap_or_default();
+        assert!(volumes.contains(&"media:/media".to_owned()), "{name} mounts it: {volumes:?}");
+    }
+}

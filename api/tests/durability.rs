@@ -118,6 +118,11 @@ async fn read_models_rebuilt_from_the_log_equal_the_live_ones() {
     let stop = json!({ "op": "location.stop", "conversation_id": direct });
     assert_eq!(ws.request(stop).await["op"], "ack");
     assert_eq!(ws.request(share(&direct, 48.14)).await["op"], "ack");
+    let (status, uploaded) =
+        api.upload(&users[1], &group, Some("image/png"), "?name=cat.png", vec![7; 1000]).await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{uploaded}");
+    let attached = json!({ "op": "send", "conversation_id": group, "client_msg_id": "file", "body": "a file", "attachments": [uploaded["media"]["id"]] });
+    assert_eq!(ws.request(attached).await["op"], "ack");
     ws.close().await;
     assert!(server.terminate(), "{}", server.log());
 
@@ -144,7 +149,10 @@ async fn read_models_rebuilt_from_the_log_equal_the_live_ones() {
     };
     let live = dump(&store);
     assert!(
-        live.contains("edited") && live.contains("52.52") && live.lines().count() > 40,
+        live.contains("edited")
+            && live.contains("52.52")
+            && live.contains("cat.png")
+            && live.lines().count() > 40,
         "the live dump holds the data:\n{live}"
     );
     assert_eq!(live, dump(&rebuilt));

@@ -81,6 +81,16 @@ impl Ingest {
 
     /// Appends one event and returns its position once it is durable.
     pub async fn append(&self, origin: &Origin, payload: Payload) -> Result<Position, IngestError> {
+        self.append_stamped(origin, payload).await.map(|(position, _)| position)
+    }
+
+    /// Like [`Ingest::append`], and also says when the event happened (its `occurred_at`), for
+    /// answers that show the time the read models will show.
+    pub async fn append_stamped(
+        &self,
+        origin: &Origin,
+        payload: Payload,
+    ) -> Result<(Position, i64), IngestError> {
         let event = Event {
             meta: EventMeta {
                 event_id: uuid::Uuid::now_v7().to_string(),
@@ -96,7 +106,7 @@ impl Ingest {
             self.log.append(event.topic(), event.payload.key().as_bytes(), value).await?;
         metrics::histogram!("log_append_seconds").record(started.elapsed());
         metrics::counter!("events_appended_total", "topic" => event.topic().name()).increment(1);
-        Ok(position)
+        Ok((position, event.meta.occurred_at))
     }
 
     pub async fn register_user(
@@ -192,13 +202,49 @@ impl Ingest {
         Ok(())
     }
 
+    /// A message carries at most ten uploads, each once.
+    pub fn check_attachments(&self, attachments: &[MediaId]) -> Result<(), IngestError> {
+        if attachments.len() > MAX_ATTACHMENTS {
+            return Err(invalid(format!(
+                "a message carries at most {MAX_ATTACHMENTS} attachments, not {}",
+                attachments.len()
+            )));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(twice) = attachments.iter().find(|id| !seen.insert(**id)) {
+            return Err(invalid(format!("attachment {twice} is listed twice")));
+        }
+        Ok(())
+    }
+
     pub async fn send_message(
         &self,
         origin: &Origin,
         message: MessageSent,
     ) -> Result<Position, IngestError> {
         self.check_message(&message.client_msg_id, &message.body)?;
+        self.check_attachments(&message.attachments)?;
         self.append(origin, message.into()).await
+    }
+
+    /// The name an uploader gives a file, trimmed: 1 to 255 printable characters. It is only
+    /// shown, never used as a path.
+    pub fn check_file_name(&self, name: &str) -> Result<String, IngestError> {
+        validate_text("name", name, MAX_FILE_NAME_CHARS)
+    }
+
+    /// Records a file that is complete in the media store; returns its position and the time
+    /// the read models give the upload.
+    pub async fn record_upload(
+        &self,
+        origin: &Origin,
+        mut upload: MediaUploaded,
+    ) -> Result<(Position, i64), IngestError> {
+        upload.file_name = upload.file_name.map(|name| self.check_file_name(&name)).transpose()?;
+        if upload.content_type.is_empty() || upload.size < 0 || upload.object_key.is_empty() {
+            return Err(invalid("an upload needs a content type, a size and an object key"));
+        }
+        self.append_stamped(origin, upload.into()).await
     }
 
     pub async fn edit_message(
@@ -281,6 +327,12 @@ impl Ingest {
         self.append(origin, Typing { user_id, conversation_id, active }.into()).await
     }
 }
+
+/// Most uploads one message may carry.
+const MAX_ATTACHMENTS: usize = 10;
+
+/// Longest name an upload may be given, in characters.
+const MAX_FILE_NAME_CHARS: usize = 255;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {

@@ -132,6 +132,7 @@ mod tests {
                 client_msg_id: format!("m{i}"),
                 body: format!("hello {i}"),
                 reply_to: None,
+                attachments: Vec::new(),
             };
             ingest.send_message(&Origin::user(ada, "test"), message).await.unwrap();
         }

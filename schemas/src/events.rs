@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::Topic;
-use crate::ids::{CallId, ConversationId, MessageId, UserId};
+use crate::ids::{CallId, ConversationId, MediaId, MessageId, UserId};
 
 /// What every event carries besides its payload.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -159,6 +159,10 @@ events! {
             client_msg_id: String,
             body: String,
             reply_to: Option<MessageId>,
+            /// Uploads of the same conversation the message carries; none in events written
+            /// before the field existed.
+            #[serde(default)]
+            attachments: Vec<MediaId>,
         }
         /// The sender changed a message's body.
         MessageEdited as "message.edited" { conversation_id: ConversationId, message_id: MessageId, body: String }
@@ -168,6 +172,20 @@ events! {
         ReadUpTo as "message.read" { conversation_id: ConversationId, user_id: UserId, message_id: MessageId }
         /// A member's device has received every message up to and including this one.
         Delivered as "message.delivered" { conversation_id: ConversationId, user_id: UserId, message_id: MessageId }
+        /// A file was uploaded to a conversation and is complete in the media store.
+        MediaUploaded as "media.uploaded" {
+            conversation_id: ConversationId,
+            media_id: MediaId,
+            uploader: UserId,
+            /// The `Content-Type` it was uploaded with.
+            content_type: String,
+            /// Length in bytes.
+            size: i64,
+            /// The name the uploader gave it, if any.
+            file_name: Option<String>,
+            /// Where the file is in the media store.
+            object_key: String,
+        }
     }
     Presence {
         /// A device connected.
@@ -257,6 +275,7 @@ impl Payload {
             MessageDeleted(e) => e.conversation_id.to_string(),
             ReadUpTo(e) => e.conversation_id.to_string(),
             Delivered(e) => e.conversation_id.to_string(),
+            MediaUploaded(e) => e.conversation_id.to_string(),
             SessionOpened(e) => e.user_id.to_string(),
             SessionClosed(e) => e.user_id.to_string(),
             Typing(e) => e.user_id.to_string(),
@@ -290,6 +309,7 @@ impl Payload {
             MessageDeleted(e) => Some(e.conversation_id),
             ReadUpTo(e) => Some(e.conversation_id),
             Delivered(e) => Some(e.conversation_id),
+            MediaUploaded(e) => Some(e.conversation_id),
             Typing(e) => Some(e.conversation_id),
             LocationShared(e) => Some(e.conversation_id),
             LocationStopped(e) => Some(e.conversation_id),

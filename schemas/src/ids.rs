@@ -56,6 +56,8 @@ id_type! {
     MessageId;
     /// A 1:1 call or a group call room.
     CallId;
+    /// An uploaded file.
+    MediaId;
 }
 
 /// Accepts an id as a JSON string or as any integer form a format offers.

@@ -17,6 +17,6 @@ mod topic;
 
 pub use codec::{Codec, CodecError};
 pub use events::*;
-pub use ids::{CallId, ConversationId, MessageId, UserId};
+pub use ids::{CallId, ConversationId, MediaId, MessageId, UserId};
 pub use registry::{Registry, RegistryError, SchemaVersion};
 pub use topic::{Position, Topic};

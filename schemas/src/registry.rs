@@ -15,6 +15,7 @@ const REGISTERED: &[(&str, u32, u32, &str)] = &[
     ("users-value", 1, 1, include_str!("../avro/versions/users-value.v1.avsc")),
     ("conversations-value", 1, 2, include_str!("../avro/versions/conversations-value.v1.avsc")),
     ("messages-value", 1, 3, include_str!("../avro/versions/messages-value.v1.avsc")),
+    ("messages-value", 2, 7, include_str!("../avro/versions/messages-value.v2.avsc")),
     ("presence-value", 1, 4, include_str!("../avro/versions/presence-value.v1.avsc")),
     ("calls-value", 1, 5, include_str!("../avro/versions/calls-value.v1.avsc")),
     ("signals-value", 1, 6, include_str!("../avro/versions/signals-value.v1.avsc")),

@@ -12,6 +12,7 @@ fn samples() -> Vec<Payload> {
     let conv = ConversationId(7_000_000_000_000_000_001);
     let msg = MessageId(7_100_000_000_000_000_002);
     let call = CallId(7_200_000_000_000_000_003);
+    let media = MediaId(7_300_000_000_000_000_004);
     vec![
         UserRegistered {
             user_id: u1,
@@ -45,12 +46,33 @@ fn samples() -> Vec<Payload> {
             client_msg_id: "c-1".into(),
             body: "hello, ünïcode ✓".into(),
             reply_to: Some(MessageId(5)),
+            attachments: vec![media, MediaId(7_300_000_000_000_000_005)],
         }
         .into(),
         MessageEdited { conversation_id: conv, message_id: msg, body: "hi".into() }.into(),
         MessageDeleted { conversation_id: conv, message_id: msg }.into(),
         ReadUpTo { conversation_id: conv, user_id: u2, message_id: msg }.into(),
         Delivered { conversation_id: conv, user_id: u2, message_id: msg }.into(),
+        MediaUploaded {
+            conversation_id: conv,
+            media_id: media,
+            uploader: u1,
+            content_type: "image/png".into(),
+            size: 524_288_000,
+            file_name: Some("tea party.png".into()),
+            object_key: format!("{conv}/{media}"),
+        }
+        .into(),
+        MediaUploaded {
+            conversation_id: conv,
+            media_id: media,
+            uploader: u2,
+            content_type: "application/octet-stream".into(),
+            size: 0,
+            file_name: None,
+            object_key: format!("{conv}/{media}"),
+        }
+        .into(),
         SessionOpened {
             user_id: u1,
             session_id: "s-1".into(),
@@ -185,6 +207,24 @@ fn samples_cover_every_record_of_every_topic() {
         );
     }
     assert_eq!(sampled, declared);
+}
+
+/// A send framed with `messages-value` v1 (schema id 3), before messages could carry attachments,
+/// as the codec of that version wrote it: it still decodes, with no attachments.
+#[test]
+fn a_message_written_before_attachments_still_decodes() {
+    const V1_FRAME: &str =
+        "000000000306652d31f6a1bfe9d66602540274000e105406632d311a7772697474656e206279207631020a";
+    let frame: Vec<u8> = (0..V1_FRAME.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&V1_FRAME[i..i + 2], 16).unwrap())
+        .collect();
+    assert_eq!(u32::from_be_bytes(frame[1..5].try_into().unwrap()), 3, "framed with v1");
+    let event = Codec::new().decode(&frame).expect("v1 frames decode");
+    let Payload::MessageSent(sent) = event.payload else { panic!("{event:?}") };
+    assert_eq!(sent.body, "written by v1");
+    assert_eq!(sent.reply_to, Some(MessageId(5)));
+    assert_eq!(sent.attachments, []);
 }
 
 #[test]

@@ -116,7 +116,10 @@ impl Router {
             }
             SignalRelayed(e) => vec![e.to_user],
             payload if calls::call_of(payload).is_some() => return self.call_changed(event).await,
-            UserRegistered(_) | ProfileUpdated(_) | NodeHeartbeat(_) => return Ok(None),
+            // An upload is not news to anyone until a message carries it.
+            UserRegistered(_) | ProfileUpdated(_) | NodeHeartbeat(_) | MediaUploaded(_) => {
+                return Ok(None);
+            }
             payload => match payload.conversation_id() {
                 Some(conversation) => self.members_mut(conversation).await?.clone(),
                 None => return Ok(None),

@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use switchboard_projector::store::{Message, ReadMarker};
-use switchboard_schemas::{ConversationId, MessageId};
+use switchboard_schemas::{ConversationId, MediaId, MessageId};
 
 use super::extract::{After, Body, Params, QueryParams};
 use crate::auth::Caller;
@@ -41,6 +41,8 @@ pub struct NewMessage {
     body: String,
     #[serde(default)]
     reply_to: Option<MessageId>,
+    #[serde(default)]
+    attachments: Vec<MediaId>,
 }
 
 #[derive(Deserialize)]
@@ -92,6 +94,7 @@ pub async fn send(
         client_msg_id: message.client_msg_id,
         body: message.body,
         reply_to: message.reply_to,
+        attachments: message.attachments,
     };
     let trace = uuid::Uuid::new_v4().to_string();
     let sent = chat::send(&state, me, &trace, request).await?;

@@ -7,6 +7,7 @@ mod conversations;
 mod extract;
 mod health;
 mod locations;
+mod media;
 mod messages;
 mod presence;
 mod registry;
@@ -48,18 +49,32 @@ pub fn router(state: AppState) -> Router {
         .route("/calls/active", get(calls::active))
         .route("/calls/{id}", get(calls::get))
         .route_layer(middleware::from_fn_with_state(state.clone(), general_limit));
+    // Downloads are not rate-limited: a video player asks for a range at every seek.
     let v1 = Router::new()
         .route("/auth/register", post(auth::register))
         .route("/auth/login", post(auth::login))
         .route("/ws", get(ws::upgrade))
+        .route("/media/{id}", get(media::download))
+        .route("/media/{id}/info", get(media::info))
         .merge(api);
-    with_common_layers(Router::new().nest("/v1", v1).merge(operations_routes()), state)
+    let timed = Router::new()
+        .nest("/v1", v1)
+        .merge(operations_routes())
+        .layer(middleware::from_fn_with_state(state.clone(), timeout));
+    // An upload takes as long as its body does: instead of the request timeout it has an idle
+    // timeout of its own (see `media::upload`), and its body is a stream, not a JSON document
+    // under `max_body_bytes`.
+    let uploads = Router::new()
+        .route("/v1/conversations/{id}/media", post(media::upload))
+        .route_layer(middleware::from_fn_with_state(state.clone(), general_limit));
+    with_common_layers(timed.merge(uploads), state)
 }
 
 /// What a node that serves no clients (a projector) still answers: health, readiness, metrics
 /// and the schema registry.
 pub fn operations(state: AppState) -> Router {
-    with_common_layers(operations_routes(), state)
+    let timed = operations_routes().layer(middleware::from_fn_with_state(state.clone(), timeout));
+    with_common_layers(timed, state)
 }
 
 fn operations_routes() -> Router<AppState> {
@@ -75,7 +90,6 @@ fn with_common_layers(routes: Router<AppState>, state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        .layer(middleware::from_fn_with_state(state.clone(), timeout))
         .layer(middleware::from_fn(measure))
         .with_state(state)
 }

@@ -98,6 +98,16 @@ impl Server {
         Server { child, url, data_dir: data_dir.to_owned(), owns_backend: false, _temp: None }
     }
 
+    /// The server's process id, for looking at it from outside (`/proc/<pid>`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The address it listens on, as `host:port`.
+    pub fn address(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+
     pub fn api(&self) -> Api {
         Api { url: self.url.clone(), http: reqwest::Client::new() }
     }
@@ -261,6 +271,26 @@ impl Api {
 
     pub async fn post(&self, path: &str, user: &User, body: Value) -> (StatusCode, Value) {
         self.call(Method::POST, path, Some(&user.token), Some(body)).await
+    }
+
+    /// Uploads `bytes` into a conversation; `query` is appended to the path as it is.
+    pub async fn upload(
+        &self,
+        user: &User,
+        conversation: &str,
+        content_type: Option<&str>,
+        query: &str,
+        bytes: Vec<u8>,
+    ) -> (StatusCode, Value) {
+        let url = format!("{}/v1/conversations/{conversation}/media{query}", self.url);
+        let mut request = self.http.post(url).bearer_auth(&user.token).body(bytes);
+        if let Some(content_type) = content_type {
+            request = request.header(reqwest::header::CONTENT_TYPE, content_type);
+        }
+        let response = request.send().await.expect("upload request");
+        let status = response.status();
+        let text = response.text().await.expect("upload response");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
     pub async fn register(&self, prefix: &str) -> User {

@@ -17,13 +17,13 @@ use switchboard_ingest::log::Cursor;
 use switchboard_schemas::{
     CallAccepted, CallBusy, CallEnded, CallId, CallInvited, CallMedia, CallMissed,
     ConversationCreated, ConversationId, ConversationKind, ConversationRenamed, Delivered, Event,
-    EventMeta, LocationShared, LocationStopped, MemberAdded, MemberRemoved, MessageDeleted,
-    MessageEdited, MessageId, MessageSent, ParticipantJoined, ParticipantLeft, Payload, Position,
-    ProfileUpdated, ReadUpTo, RoomStarted, SessionClosed, SessionOpened, Topic, Typing, UserId,
-    UserRegistered,
+    EventMeta, LocationShared, LocationStopped, MediaId, MediaUploaded, MemberAdded, MemberRemoved,
+    MessageDeleted, MessageEdited, MessageId, MessageSent, ParticipantJoined, ParticipantLeft,
+    Payload, Position, ProfileUpdated, ReadUpTo, RoomStarted, SessionClosed, SessionOpened, Topic,
+    Typing, UserId, UserRegistered,
 };
 
-use super::{CallKind, CallOutcome, CallState, Location, Logged, ReadModel, StoreError};
+use super::{CallKind, CallOutcome, CallState, Location, Logged, Media, ReadModel, StoreError};
 
 /// Ids (and event times) no earlier run has used: they start from the wall clock in
 /// microseconds and only go up, which also keeps message ids time-ordered as real ones are.
@@ -50,6 +50,10 @@ fn message() -> MessageId {
 
 fn call() -> CallId {
     CallId(fresh())
+}
+
+fn media() -> MediaId {
+    MediaId(fresh())
 }
 
 /// An event as the projector would hand it over, at a made-up but unique log position.
@@ -141,6 +145,17 @@ fn send(
     client_msg_id: &str,
     at: i64,
 ) -> Logged {
+    send_with(conversation, id, sender, client_msg_id, &[], at)
+}
+
+fn send_with(
+    conversation: ConversationId,
+    id: MessageId,
+    sender: UserId,
+    client_msg_id: &str,
+    attachments: &[MediaId],
+    at: i64,
+) -> Logged {
     logged(
         at,
         Some(sender),
@@ -151,6 +166,29 @@ fn send(
             client_msg_id: client_msg_id.to_owned(),
             body: format!("body of {id}"),
             reply_to: None,
+            attachments: attachments.to_vec(),
+        },
+    )
+}
+
+fn upload(
+    conversation: ConversationId,
+    id: MediaId,
+    uploader: UserId,
+    name: Option<&str>,
+    at: i64,
+) -> Logged {
+    logged(
+        at,
+        Some(uploader),
+        MediaUploaded {
+            conversation_id: conversation,
+            media_id: id,
+            uploader,
+            content_type: "image/png".to_owned(),
+            size: 1000 + at % 1000,
+            file_name: name.map(str::to_owned),
+            object_key: format!("{conversation}/{id}"),
         },
     )
 }
@@ -350,8 +388,9 @@ pub async fn paging_has_no_gaps_or_repeats(store: &dyn ReadModel) -> Result<(), 
 pub async fn reapplying_changes_nothing(store: &dyn ReadModel) -> Result<(), StoreError> {
     let (a, b, c) = (user(), user(), user());
     let (g, d) = (conversation(), conversation());
-    let (m1, m2, m3) = (message(), message(), message());
+    let (m1, m2, m3, m4) = (message(), message(), message(), message());
     let (k1, k2) = (call(), call());
+    let picture = media();
     let t = fresh();
     let batch = [
         register(a, &format!("alice{a}"), t),
@@ -396,6 +435,8 @@ pub async fn reapplying_changes_nothing(store: &dyn ReadModel) -> Result<(), Sto
         share(g, c, (40.41, -3.7), None, t + 60_000, t + 19),
         share(g, a, (48.86, 2.34), None, t + 60_000, t + 20),
         stop_sharing(g, c, t + 21),
+        upload(g, picture, a, Some("tea.png"), t + 25),
+        send_with(g, m4, a, "4", &[picture], t + 26),
     ];
     apply(store, &batch).await?;
     let dump = store.dump().await?;
@@ -410,7 +451,7 @@ pub async fn reapplying_changes_nothing(store: &dyn ReadModel) -> Result<(), Sto
     assert_eq!((store.inbox(a).await?, store.inbox(c).await?), inboxes);
     let group = store.conversation(g).await?.expect("group exists");
     assert_eq!(group.members, [a, c]);
-    assert_eq!(group.message_count, 2);
+    assert_eq!(group.message_count, 3);
     assert_eq!(
         store.live_rooms(g).await?.first().map(|room| room.participants.clone()),
         Some(vec![c])
@@ -419,6 +460,7 @@ pub async fn reapplying_changes_nothing(store: &dyn ReadModel) -> Result<(), Sto
     let summary: Vec<(UserId, f64, bool)> =
         locations.iter().map(|l| (l.user_id, l.latitude, l.stopped)).collect();
     assert_eq!(summary, [(a, 48.86, false), (c, 40.41, true)]);
+    assert_eq!(store.message(g, m4).await?.map(|m| m.attachments), Some(vec![picture]));
     Ok(())
 }
 
@@ -824,5 +866,63 @@ pub async fn older_location_events_do_not_win(store: &dyn ReadModel) -> Result<(
         Some((30.0, false)),
         "a new share after the stop restarts sharing, and the old stop does not end it"
     );
+    Ok(())
+}
+
+/// Uploads are found by id with everything the event said; a message keeps the uploads it
+/// carries, in order, through an edit, and loses them with its body when deleted.
+pub async fn media_and_attachments(store: &dyn ReadModel) -> Result<(), StoreError> {
+    let (a, b) = (user(), user());
+    let (c, other) = (conversation(), conversation());
+    let (photo, unnamed, elsewhere) = (media(), media(), media());
+    let (with, without) = (message(), message());
+    let t = fresh();
+    assert_eq!(store.media(photo).await?, None);
+    apply(
+        store,
+        &[
+            group(c, &[a, b], t),
+            group(other, &[a], t),
+            upload(c, photo, a, Some("tea party.png"), t + 1),
+            upload(c, unnamed, b, None, t + 2),
+            upload(other, elsewhere, a, None, t + 3),
+        ],
+    )
+    .await?;
+    let found = store.media(photo).await?.expect("the upload is recorded");
+    let expected = Media {
+        id: photo,
+        conversation_id: c,
+        uploader: a,
+        content_type: "image/png".to_owned(),
+        size: (1000 + (t + 1) % 1000) as u64,
+        name: Some("tea party.png".to_owned()),
+        created_at: t + 1,
+        object_key: format!("{c}/{photo}"),
+    };
+    assert_eq!(found, expected);
+    let unnamed_found = store.media(unnamed).await?.expect("the second upload");
+    assert_eq!((unnamed_found.uploader, unnamed_found.name), (b, None));
+    assert_eq!(store.media(elsewhere).await?.map(|m| m.conversation_id), Some(other));
+    assert_eq!(store.media(media()).await?, None, "no upload is invented");
+
+    apply(
+        store,
+        &[send_with(c, with, b, "w", &[unnamed, photo], t + 4), send(c, without, a, "o", t + 5)],
+    )
+    .await?;
+    let page = store.messages(c, None, 10).await?;
+    let attachments: Vec<Vec<MediaId>> = page.iter().map(|m| m.attachments.clone()).collect();
+    assert_eq!(attachments, [vec![], vec![unnamed, photo]], "in the order the sender gave");
+    apply(store, &[edit(c, with, b, "edited", t + 6)]).await?;
+    assert_eq!(
+        store.message(c, with).await?.map(|m| m.attachments),
+        Some(vec![unnamed, photo]),
+        "an edit keeps the attachments"
+    );
+    apply(store, &[delete(c, with, b, t + 7)]).await?;
+    let deleted = store.message(c, with).await?.expect("a tombstone");
+    assert!(deleted.deleted && deleted.attachments.is_empty(), "{deleted:?}");
+    assert_eq!(store.media(photo).await?, Some(expected), "the upload itself stays");
     Ok(())
 }

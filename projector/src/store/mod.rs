@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 use switchboard_ingest::log::Cursor;
 use switchboard_schemas::{
-    CallId, ConversationId, ConversationKind, Event, MessageId, Position, UserId,
+    CallId, ConversationId, ConversationKind, Event, MediaId, MessageId, Position, UserId,
 };
 
 pub mod calls;
@@ -96,6 +96,25 @@ pub struct Message {
     pub deleted: bool,
     /// 1 for the first message of the conversation, 2 for the next, …
     pub seq: u64,
+    /// Uploads the message carries, in the order the sender gave them.
+    pub attachments: Vec<MediaId>,
+}
+
+/// A file uploaded to a conversation, complete in the media store.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Media {
+    pub id: MediaId,
+    pub conversation_id: ConversationId,
+    pub uploader: UserId,
+    pub content_type: String,
+    /// Length in bytes.
+    pub size: u64,
+    /// The name the uploader gave it, if any.
+    pub name: Option<String>,
+    pub created_at: i64,
+    /// Where the file is in the media store: the server's business, never serialised.
+    #[serde(skip)]
+    pub object_key: String,
 }
 
 /// A conversation as one member sees it in their list.
@@ -210,6 +229,8 @@ pub trait ReadModel: Send + Sync + 'static {
     /// The last location of every current member who has shared one with `conversation`, in
     /// join order. Former members are left out: what they shared is no longer the members'.
     async fn locations(&self, conversation: ConversationId) -> Result<Vec<Location>, StoreError>;
+    /// An upload, whichever conversation it belongs to.
+    async fn media(&self, id: MediaId) -> Result<Option<Media>, StoreError>;
 
     /// When the user's last session closed, if ever.
     async fn last_seen(&self, user: UserId) -> Result<Option<i64>, StoreError>;

@@ -62,14 +62,14 @@ use scylla::statement::batch::BatchType;
 use switchboard_ingest::log::Cursor;
 use switchboard_schemas::{
     ConversationCreated, ConversationKind, ConversationRenamed, Event, LocationShared,
-    LocationStopped, MemberAdded, MemberRemoved, MessageDeleted, MessageEdited, MessageSent,
-    Payload, ProfileUpdated, ReadUpTo, SessionClosed, UserId, UserRegistered,
+    LocationStopped, MediaUploaded, MemberAdded, MemberRemoved, MessageDeleted, MessageEdited,
+    MessageSent, Payload, ProfileUpdated, ReadUpTo, SessionClosed, UserId, UserRegistered,
 };
 
 use super::lane::{CallIndex, Lane, Writes};
 use super::rows::{
-    CheckpointRow, ConversationRow, Db, LocationRow, MarkerRow, MessageRow, Sparse, StatsRow,
-    UserRow,
+    CheckpointRow, ConversationRow, Db, LocationRow, MarkerRow, MediaRow, MessageRow, Sparse,
+    StatsRow, UserRow,
 };
 use super::{CHECKPOINT_CONSUMER, bucket, handle_key};
 use crate::store::calls::{self, CallKind};
@@ -128,6 +128,7 @@ fn lane_of(payload: &Payload) -> Option<LaneKey> {
         | Payload::MessageEdited(MessageEdited { conversation_id, .. })
         | Payload::MessageDeleted(MessageDeleted { conversation_id, .. })
         | Payload::ReadUpTo(ReadUpTo { conversation_id, .. })
+        | Payload::MediaUploaded(MediaUploaded { conversation_id, .. })
         | Payload::LocationShared(LocationShared { conversation_id, .. })
         | Payload::LocationStopped(LocationStopped { conversation_id, .. }) => {
             Some(LaneKey::Conversation(conversation_id.0))
@@ -241,6 +242,7 @@ impl Lane<'_> {
             Payload::MessageEdited(e) => self.message_edited(e, at),
             Payload::MessageDeleted(e) => self.message_deleted(e),
             Payload::ReadUpTo(e) => self.read_up_to(e, at),
+            Payload::MediaUploaded(e) => self.media_uploaded(e, at),
             Payload::SessionClosed(e) => self.session_closed(e, at),
             Payload::LocationShared(e) => self.location_shared(e, at, offset),
             Payload::LocationStopped(e) => self.location_stopped(e, offset),
@@ -399,6 +401,10 @@ impl Lane<'_> {
             edited_at: Sparse(None),
             deleted: false,
             seq,
+            attachments: Sparse(
+                Some(e.attachments.iter().map(|media| media.0).collect::<Vec<_>>())
+                    .filter(|ids| !ids.is_empty()),
+            ),
         };
         self.messages.put((conversation, message), row);
         self.client_ids.put(client_key, message);
@@ -423,7 +429,9 @@ impl Lane<'_> {
         Ok(())
     }
 
-    /// The message keeps its place and `seq` (counts and paging stay stable); only its body goes.
+    /// The message keeps its place and `seq` (counts and paging stay stable); what it said, its
+    /// body and attachments, goes. The attachments become an empty list rather than unset, which
+    /// would leave the stored ones in place.
     fn message_deleted(&mut self, e: &MessageDeleted) -> Result<(), StoreError> {
         let key = (e.conversation_id.0, e.message_id.0);
         let Some(mut message) = self.messages.get(&key)?.cloned() else {
@@ -433,6 +441,9 @@ impl Lane<'_> {
             return Ok(());
         }
         message.body.clear();
+        if message.attachments.0.is_some() {
+            message.attachments = Sparse(Some(Vec::new()));
+        }
         message.deleted = true;
         self.messages.put(key, message);
         Ok(())
@@ -466,6 +477,23 @@ impl Lane<'_> {
             read_at: at,
         };
         self.markers.put((conversation, user), row);
+        Ok(())
+    }
+
+    /// The row is the event's alone (media ids are never reused), so it is written without
+    /// being read: writing it again writes the same.
+    fn media_uploaded(&mut self, e: &MediaUploaded, at: i64) -> Result<(), StoreError> {
+        let row = MediaRow {
+            media_id: e.media_id.0,
+            conversation_id: e.conversation_id.0,
+            uploader: e.uploader.0,
+            content_type: e.content_type.clone(),
+            size: e.size,
+            file_name: Sparse(e.file_name.clone()),
+            created_at: at,
+            object_key: e.object_key.clone(),
+        };
+        self.media.put(e.media_id.0, row);
         Ok(())
     }
 

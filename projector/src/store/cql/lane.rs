@@ -20,7 +20,9 @@ use switchboard_schemas::Payload;
 
 use super::error::failed;
 use super::fold::Wanted;
-use super::rows::{ConversationRow, Db, LocationRow, MarkerRow, MessageRow, StatsRow, UserRow};
+use super::rows::{
+    ConversationRow, Db, LocationRow, MarkerRow, MediaRow, MessageRow, StatsRow, UserRow,
+};
 use crate::store::{Call, Logged, StoreError};
 
 /// At most this many events go into one write batch…
@@ -44,6 +46,12 @@ fn weight(payload: &Payload) -> usize {
         Payload::MessageSent(e) => e.body.len() + 2 * e.client_msg_id.len() + 4 * ROW,
         Payload::MessageEdited(e) => e.body.len() + 2 * ROW,
         Payload::ConversationCreated(e) => (2 * e.members.len() + 2) * ROW,
+        Payload::MediaUploaded(e) => {
+            e.content_type.len()
+                + e.object_key.len()
+                + e.file_name.as_ref().map_or(0, String::len)
+                + ROW
+        }
         _ => 2 * ROW,
     }
 }
@@ -180,6 +188,8 @@ pub(super) struct Lane<'a> {
     pub(super) call_indexes: HashMap<CallIndex, bool>,
     /// (conversation, user) → the last location the user shared with the conversation.
     pub(super) locations: Table<(i64, i64), LocationRow>,
+    /// Written, never read: an upload's row is its event's alone.
+    pub(super) media: Table<i64, MediaRow>,
 }
 
 /// A row of the call indexes.
@@ -210,6 +220,7 @@ impl<'a> Lane<'a> {
             calls: Table::new("call"),
             call_indexes: HashMap::new(),
             locations: Table::new("location"),
+            media: Table::new("media"),
         }
     }
 
@@ -334,6 +345,7 @@ impl<'a> Lane<'a> {
         self.last_seen.written();
         self.calls.written();
         self.locations.written();
+        self.media.written();
         Ok(())
     }
 
@@ -416,6 +428,9 @@ impl<'a> Lane<'a> {
         }
         for row in self.locations.upserted() {
             writes.add(&statements.insert_location, row);
+        }
+        for row in self.media.upserted() {
+            writes.add(&statements.insert_media, row);
         }
         Ok(writes)
     }

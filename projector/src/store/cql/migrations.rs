@@ -11,6 +11,11 @@
 //! halfway through a migration runs all of it again on its next start. Recording is a plain
 //! upsert for the same reason; a version recorded twice is recorded once.
 //!
+//! Adding a column is the exception: `ALTER TABLE … ADD IF NOT EXISTS` is Cassandra's alone, not
+//! ScyllaDB's. So a statement of the form `ALTER TABLE table ADD column type` is run only when
+//! `system_schema.columns` (which both engines have) lacks the column, and when it fails, it
+//! counts as done if the column is there by then (another process added it meanwhile).
+//!
 //! The driver waits for schema agreement after each DDL statement (its default), so the next
 //! statement, and the statements prepared once the migrations are done, see the new schema on
 //! every node.
@@ -36,6 +41,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "initial", cql: include_str!("migrations/001_initial.cql") },
     Migration { version: 2, name: "calls", cql: include_str!("migrations/002_calls.cql") },
     Migration { version: 3, name: "locations", cql: include_str!("migrations/003_locations.cql") },
+    Migration { version: 4, name: "media", cql: include_str!("migrations/004_media.cql") },
 ];
 
 impl Migration {
@@ -79,7 +85,10 @@ pub(super) async fn run(session: &Session, config: &CqlConfig) -> Result<Vec<i32
     let mut applied = Vec::new();
     for migration in MIGRATIONS.iter().filter(|m| !recorded.contains(&m.version)) {
         for statement in migration.statements() {
-            execute(session, &statement).await?;
+            match AddColumn::parse(&statement) {
+                Some(added) => added.run(session, keyspace, &statement).await?,
+                None => execute(session, &statement).await?,
+            }
         }
         session
             .query_unpaged(
@@ -111,6 +120,61 @@ pub(super) async fn applied_versions(session: &Session) -> Result<Vec<i32>, Stor
         .map_err(|e| failed(what, e))?;
     let rows = result.rows::<(i32,)>().map_err(|e| failed(what, e))?;
     rows.map(|row| row.map(|(version,)| version).map_err(|e| failed(what, e))).collect()
+}
+
+/// An `ALTER TABLE table ADD column type` statement, made repeatable by looking first.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct AddColumn {
+    table: String,
+    column: String,
+}
+
+impl AddColumn {
+    /// The table and column a statement adds, if it is such a statement. Unquoted CQL names are
+    /// case-insensitive and stored in lower case.
+    pub(super) fn parse(statement: &str) -> Option<AddColumn> {
+        let words: Vec<&str> = statement.split_whitespace().collect();
+        match words.as_slice() {
+            [alter, table_kw, table, add, column, _type, ..]
+                if alter.eq_ignore_ascii_case("alter")
+                    && table_kw.eq_ignore_ascii_case("table")
+                    && add.eq_ignore_ascii_case("add") =>
+            {
+                Some(AddColumn { table: table.to_lowercase(), column: column.to_lowercase() })
+            }
+            _ => None,
+        }
+    }
+
+    async fn run(
+        &self,
+        session: &Session,
+        keyspace: &str,
+        statement: &str,
+    ) -> Result<(), StoreError> {
+        if self.exists(session, keyspace).await? {
+            return Ok(());
+        }
+        match execute(session, statement).await {
+            Err(_) if self.exists(session, keyspace).await? => Ok(()),
+            result => result,
+        }
+    }
+
+    async fn exists(&self, session: &Session, keyspace: &str) -> Result<bool, StoreError> {
+        let what = format!("looking for column {}.{}", self.table, self.column);
+        let result = session
+            .query_unpaged(
+                "SELECT column_name FROM system_schema.columns \
+                 WHERE keyspace_name = ? AND table_name = ? AND column_name = ?",
+                (keyspace, &self.table, &self.column),
+            )
+            .await
+            .map_err(|e| failed(&what, e))?
+            .into_rows_result()
+            .map_err(|e| failed(&what, e))?;
+        Ok(result.rows_num() > 0)
+    }
 }
 
 async fn execute(session: &Session, statement: &str) -> Result<(), StoreError> {

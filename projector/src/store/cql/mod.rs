@@ -22,12 +22,13 @@
 //! | `members` | conversation, user | current members and their join order |
 //! | `conversations_by_user` | user, conversation | the inbox index |
 //! | `conversation_stats` | conversation | message count, last message, first and last bucket |
-//! | `messages` | (conversation, bucket), message desc | the messages |
+//! | `messages` | (conversation, bucket), message desc | the messages and their attachments |
 //! | `client_msg_ids` | (conversation, sender, client_msg_id) | the message a send was stored as |
 //! | `read_markers` | conversation, user | how far the user has read |
 //! | `direct_pairs` | (user_low, user_high), conversation | direct conversations; the smallest is the pair's |
 //! | `last_seen` | user | when the user's last session closed |
 //! | `locations` | conversation, user | the last location the user shared with the conversation |
+//! | `media` | media | an upload: conversation, uploader, type, size, name, object key |
 //! | `checkpoints` | consumer, topic, partition | the next offset to read in each log partition |
 //!
 //! Every table but `checkpoints` and `schema_migrations` is in [`dump`](ReadModel::dump), one
@@ -67,15 +68,15 @@ use scylla::client::session_builder::SessionBuilder;
 use scylla::policies::timestamp_generator::MonotonicTimestampGenerator;
 use switchboard_ingest::ids::timestamp_ms;
 use switchboard_ingest::log::Cursor;
-use switchboard_schemas::{CallId, ConversationId, MessageId, UserId};
+use switchboard_schemas::{CallId, ConversationId, MediaId, MessageId, UserId};
 
 pub use self::config::{CqlConfig, DEFAULT_PORT, Replication, UrlError};
 use self::error::failed;
 use self::rows::Db;
 use self::statements::Statements;
 use crate::store::{
-    Call, Conversation, InboxEntry, Location, Logged, Message, ReadMarker, ReadModel, StoreError,
-    User,
+    Call, Conversation, InboxEntry, Location, Logged, Media, Message, ReadMarker, ReadModel,
+    StoreError, User,
 };
 
 /// How long opening a connection to a node may take before the node counts as unreachable.
@@ -213,6 +214,10 @@ impl ReadModel for CqlStore {
 
     async fn locations(&self, conversation: ConversationId) -> Result<Vec<Location>, StoreError> {
         query::locations(&self.db, conversation).await
+    }
+
+    async fn media(&self, id: MediaId) -> Result<Option<Media>, StoreError> {
+        query::media(&self.db, id).await
     }
 
     async fn last_seen(&self, user: UserId) -> Result<Option<i64>, StoreError> {

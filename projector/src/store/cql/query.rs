@@ -11,20 +11,20 @@ use std::fmt::Write as _;
 
 use futures_util::{StreamExt, TryStreamExt, stream};
 use scylla::value::Row;
-use switchboard_schemas::{CallId, ConversationId, MessageId, UserId};
+use switchboard_schemas::{CallId, ConversationId, MediaId, MessageId, UserId};
 
 use super::error::failed;
-use super::rows::{Db, LocationRow, MarkerRow, UserRow, count};
+use super::rows::{Db, LocationRow, MarkerRow, MediaRow, UserRow, count};
 use super::{bucket, handle_key};
 use crate::store::{
-    Call, Conversation, InboxEntry, Location, Message, ReadMarker, StoreError, User,
+    Call, Conversation, InboxEntry, Location, Media, Message, ReadMarker, StoreError, User,
 };
 
 /// How many of an inbox's conversations are read at once.
 const INBOX_READS_IN_FLIGHT: usize = 32;
 
 /// Every read-model table, in dump order: all but the checkpoints and the migration record.
-const DUMPED_TABLES: [&str; 16] = [
+const DUMPED_TABLES: [&str; 17] = [
     "users",
     "handles",
     "conversations",
@@ -41,6 +41,7 @@ const DUMPED_TABLES: [&str; 16] = [
     "live_calls_by_user",
     "live_rooms_by_conversation",
     "locations",
+    "media",
 ];
 
 pub(super) async fn user(db: &Db, id: UserId) -> Result<Option<User>, StoreError> {
@@ -234,6 +235,10 @@ pub(super) async fn locations(
         .into_iter()
         .filter_map(|user| locations.remove(&user.0).map(LocationRow::into_location))
         .collect())
+}
+
+pub(super) async fn media(db: &Db, id: MediaId) -> Result<Option<Media>, StoreError> {
+    db.media(id.0).await?.map(MediaRow::into_media).transpose()
 }
 
 pub(super) async fn last_seen(db: &Db, user: UserId) -> Result<Option<i64>, StoreError> {

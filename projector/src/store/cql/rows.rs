@@ -21,11 +21,11 @@ use scylla::serialize::writers::{CellWriter, WrittenCellProof};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::{DeserializeRow, SerializeRow}; // The derives of the traits above.
 use switchboard_ingest::log::Cursor;
-use switchboard_schemas::{ConversationId, ConversationKind, MessageId, Topic, UserId};
+use switchboard_schemas::{ConversationId, ConversationKind, MediaId, MessageId, Topic, UserId};
 
 use super::error::{corrupt, failed};
 use super::statements::Statements;
-use crate::store::{Call, Location, Message, StoreError, User};
+use crate::store::{Call, Location, Media, Message, StoreError, User};
 
 /// The session, switched to the store's keyspace, and the statements prepared on it.
 pub(super) struct Db {
@@ -37,8 +37,9 @@ pub(super) struct Db {
 ///
 /// A null written to a CQL column is a tombstone, and tombstones slow every later read of their
 /// partition until compaction purges them. No column of this type ever goes from a value back to
-/// empty (a title is only ever renamed, `edited_at` only ever set), so leaving it unset gives the
-/// same rows without the tombstones.
+/// empty (a title is only ever renamed, `edited_at` only ever set, and a deleted message's
+/// attachments become an empty list, which is a value), so leaving it unset gives the same rows
+/// without the tombstones.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) struct Sparse<T>(pub Option<T>);
 
@@ -155,6 +156,8 @@ pub(super) struct MessageRow {
     pub edited_at: Sparse<i64>,
     pub deleted: bool,
     pub seq: i64,
+    /// Unset when the message carries none.
+    pub attachments: Sparse<Vec<i64>>,
 }
 
 impl MessageRow {
@@ -170,6 +173,34 @@ impl MessageRow {
             sent_at: self.sent_at,
             edited_at: self.edited_at.0,
             deleted: self.deleted,
+            attachments: self.attachments.0.unwrap_or_default().into_iter().map(MediaId).collect(),
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, DeserializeRow, SerializeRow)]
+pub(super) struct MediaRow {
+    pub media_id: i64,
+    pub conversation_id: i64,
+    pub uploader: i64,
+    pub content_type: String,
+    pub size: i64,
+    pub file_name: Sparse<String>,
+    pub created_at: i64,
+    pub object_key: String,
+}
+
+impl MediaRow {
+    pub fn into_media(self) -> Result<Media, StoreError> {
+        Ok(Media {
+            id: MediaId(self.media_id),
+            conversation_id: ConversationId(self.conversation_id),
+            uploader: UserId(self.uploader),
+            size: count(self.size, format_args!("size of media {}", self.media_id))?,
+            content_type: self.content_type,
+            name: self.file_name.0,
+            created_at: self.created_at,
+            object_key: self.object_key,
         })
     }
 }
@@ -412,6 +443,11 @@ impl Db {
     ) -> Result<Vec<LocationRow>, StoreError> {
         let what = || format!("reading the locations shared with {conversation}");
         self.paged_rows(&self.statements.locations, (conversation,), what).await
+    }
+
+    pub(super) async fn media(&self, media: i64) -> Result<Option<MediaRow>, StoreError> {
+        let what = || format!("reading media {media}");
+        self.row(&self.statements.media, (media,), what).await
     }
 
     pub(super) async fn last_seen(&self, user: i64) -> Result<Option<i64>, StoreError> {

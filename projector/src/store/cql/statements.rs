@@ -18,7 +18,7 @@ use crate::store::StoreError;
 macro_rules! message_columns {
     () => {
         "conversation_id, bucket, message_id, sender, client_msg_id, body, reply_to, sent_at, \
-         edited_at, deleted, seq"
+         edited_at, deleted, seq, attachments"
     };
 }
 
@@ -96,7 +96,7 @@ statements! {
          WHERE conversation_id = ? AND bucket = ? AND message_id <= ? LIMIT ?"
     );
     insert_message = concat!(
-        "INSERT INTO messages (", message_columns!(), ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        "INSERT INTO messages (", message_columns!(), ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     );
 
     client_msg_id = "SELECT message_id FROM client_msg_ids \
@@ -119,6 +119,10 @@ statements! {
     insert_location = concat!(
         "INSERT INTO locations (", location_columns!(), ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
     );
+    media = "SELECT media_id, conversation_id, uploader, content_type, size, file_name, \
+             created_at, object_key FROM media WHERE media_id = ?";
+    insert_media = "INSERT INTO media (media_id, conversation_id, uploader, content_type, size, \
+                    file_name, created_at, object_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)";
 
     last_seen = "SELECT seen_at FROM last_seen WHERE user_id = ?";
     insert_last_seen = "INSERT INTO last_seen (user_id, seen_at) VALUES (?, ?)";

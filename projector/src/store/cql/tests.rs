@@ -110,6 +110,7 @@ conformance! {
     calls_history_and_live_calls,
     locations_follow_shares_moves_and_stops,
     older_location_events_do_not_win,
+    media_and_attachments,
 }
 
 /// A long-lived keyspace sees the functions one after another, each with fresh ids. The
@@ -130,7 +131,8 @@ async fn the_whole_suite_can_share_one_store() -> Result<(), StoreError> {
         conformance::messages_before_their_conversation(&store).await?;
         conformance::calls_history_and_live_calls(&store).await?;
         conformance::locations_follow_shares_moves_and_stops(&store).await?;
-        conformance::older_location_events_do_not_win(&store).await
+        conformance::older_location_events_do_not_win(&store).await?;
+        conformance::media_and_attachments(&store).await
     })
     .await
 }
@@ -204,12 +206,24 @@ fn every_migration_statement_can_run_twice() {
         let statements = migration.statements();
         assert!(!statements.is_empty(), "migration {} is empty", migration.version);
         for statement in statements {
-            assert!(statement.contains("IF NOT EXISTS"), "not repeatable: {statement}");
+            let repeatable = statement.contains("IF NOT EXISTS")
+                || migrations::AddColumn::parse(&statement).is_some();
+            assert!(repeatable, "not repeatable: {statement}");
             assert!(!statement.contains("--"), "a comment survived: {statement}");
         }
     }
     let versions: Vec<i32> = MIGRATIONS.iter().map(|m| m.version).collect();
     assert!(versions.windows(2).all(|pair| pair[0] < pair[1]), "out of order: {versions:?}");
+}
+
+#[test]
+fn column_additions_are_recognised() {
+    let parse = migrations::AddColumn::parse;
+    assert!(parse("ALTER TABLE messages ADD attachments frozen<list<bigint>>").is_some());
+    assert!(parse("alter table Messages\n  add Extra int").is_some());
+    assert!(parse("ALTER TABLE messages WITH gc_grace_seconds = 1").is_none());
+    assert!(parse("ALTER TABLE messages ADD").is_none());
+    assert!(parse("CREATE TABLE IF NOT EXISTS t (a int PRIMARY KEY)").is_none());
 }
 
 #[tokio::test]
@@ -235,6 +249,13 @@ async fn migrations_apply_once() -> Result<(), StoreError> {
         let session = session(&address).await;
         assert_eq!(migrations::run(&session, &config).await?, all_versions());
         assert_eq!(migrations::run(&session, &config).await?, Vec::<i32>::new(), "nothing left");
+        // A process that died after running a migration but before recording it runs all of it
+        // again, column additions included.
+        session
+            .query_unpaged("DELETE FROM schema_migrations WHERE version = 2", ())
+            .await
+            .expect("forgetting migration 2");
+        assert_eq!(migrations::run(&session, &config).await?, vec![2], "run again in full");
         drop(session);
 
         // Every later start, through the store itself, finds the schema as it is.
@@ -307,6 +328,7 @@ fn send(offset: u64, conversation: ConversationId, id: MessageId, sender: UserId
             client_msg_id: format!("c{}", id.0),
             body: format!("body {}", id.0),
             reply_to: None,
+            attachments: Vec::new(),
         },
     )
 }

@@ -18,16 +18,16 @@ use serde::de::DeserializeOwned;
 use switchboard_ingest::log::Cursor;
 use switchboard_schemas::{
     ConversationCreated, ConversationId, ConversationKind, ConversationRenamed, Event,
-    LocationShared, LocationStopped, MemberAdded, MemberRemoved, MessageDeleted, MessageEdited,
-    MessageId, MessageSent, Payload, ProfileUpdated, ReadUpTo, SessionClosed, UserId,
-    UserRegistered,
+    LocationShared, LocationStopped, MediaUploaded, MemberAdded, MemberRemoved, MessageDeleted,
+    MessageEdited, MessageId, MessageSent, Payload, ProfileUpdated, ReadUpTo, SessionClosed,
+    UserId, UserRegistered,
 };
 
 use super::keys::{self, Table};
 use super::query::View;
 use super::records::{
-    ConversationRecord, LocationRecord, MemberRecord, MessageRecord, ReadRecord, StatsRecord,
-    UserRecord,
+    ConversationRecord, LocationRecord, MediaRecord, MemberRecord, MessageRecord, ReadRecord,
+    StatsRecord, UserRecord,
 };
 use super::tables::{Tables, decode, storage};
 use crate::store::calls::{self, Call, CallKind};
@@ -92,6 +92,7 @@ impl<'a> Fold<'a> {
             Payload::MessageEdited(e) => self.message_edited(e, at),
             Payload::MessageDeleted(e) => self.message_deleted(e),
             Payload::ReadUpTo(e) => self.read_up_to(e, at),
+            Payload::MediaUploaded(e) => self.media_uploaded(e, at),
             Payload::SessionClosed(e) => self.session_closed(e, at),
             Payload::CallInvited(_)
             | Payload::CallAccepted(_)
@@ -268,6 +269,7 @@ impl<'a> Fold<'a> {
             edited_at: None,
             deleted: false,
             seq,
+            attachments: e.attachments.clone(),
         };
         self.put(Table::Messages, message_key, &record)?;
         self.put(Table::ClientIds, client_key, &e.message_id)?;
@@ -291,7 +293,8 @@ impl<'a> Fold<'a> {
         self.put(Table::Messages, key, &message)
     }
 
-    /// The message keeps its place and `seq` (counts and paging stay stable); only its body goes.
+    /// The message keeps its place and `seq` (counts and paging stay stable); what it said, its
+    /// body and attachments, goes.
     fn message_deleted(&mut self, e: &MessageDeleted) -> Result<(), StoreError> {
         let key = keys::ids(&[e.conversation_id.0, e.message_id.0]);
         let Some(mut message) = self.get::<MessageRecord>(Table::Messages, &key)? else {
@@ -301,6 +304,7 @@ impl<'a> Fold<'a> {
             return Ok(());
         }
         message.body.clear();
+        message.attachments.clear();
         message.deleted = true;
         self.put(Table::Messages, key, &message)
     }
@@ -328,6 +332,21 @@ impl<'a> Fold<'a> {
             return Ok(());
         }
         self.put(Table::Reads, key, &ReadRecord { message_id, seq, at })
+    }
+
+    /// The record is the event's alone (media ids are never reused), so writing it again
+    /// writes the same.
+    fn media_uploaded(&mut self, e: &MediaUploaded, at: i64) -> Result<(), StoreError> {
+        let record = MediaRecord {
+            conversation_id: e.conversation_id,
+            uploader: e.uploader,
+            content_type: e.content_type.clone(),
+            size: u64::try_from(e.size).unwrap_or_default(),
+            name: e.file_name.clone(),
+            created_at: at,
+            object_key: e.object_key.clone(),
+        };
+        self.put(Table::Media, keys::id(e.media_id.0).to_vec(), &record)
     }
 
     fn session_closed(&mut self, e: &SessionClosed, at: i64) -> Result<(), StoreError> {

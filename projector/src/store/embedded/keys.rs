@@ -69,10 +69,12 @@ pub(super) enum Table {
     LiveRooms,
     /// `conversation, user` → the last location the user shared with the conversation.
     Locations,
+    /// `media` → the upload: its conversation, uploader, type, size, name and object key.
+    Media,
 }
 
 impl Table {
-    pub(super) const ALL: [Table; 17] = [
+    pub(super) const ALL: [Table; 18] = [
         Table::Meta,
         Table::Users,
         Table::Handles,
@@ -90,6 +92,7 @@ impl Table {
         Table::LiveCalls,
         Table::LiveRooms,
         Table::Locations,
+        Table::Media,
     ];
 
     /// The keyspace name (also the table's label in dumps).
@@ -112,6 +115,7 @@ impl Table {
             Table::LiveCalls => "live_calls",
             Table::LiveRooms => "live_rooms",
             Table::Locations => "locations",
+            Table::Media => "media",
         }
     }
 
@@ -119,9 +123,12 @@ impl Table {
     fn id_count(self) -> usize {
         match self {
             Table::Meta | Table::Handles => 0,
-            Table::Users | Table::Conversations | Table::Stats | Table::LastSeen | Table::Calls => {
-                1
-            }
+            Table::Users
+            | Table::Conversations
+            | Table::Stats
+            | Table::LastSeen
+            | Table::Calls
+            | Table::Media => 1,
             Table::Members
             | Table::Memberships
             | Table::Messages
@@ -130,8 +137,8 @@ impl Table {
             | Table::ClientIds
             | Table::CallHistory
             | Table::LiveCalls
-            | Table::LiveRooms => 2,
-            Table::Locations => 2,
+            | Table::LiveRooms
+            | Table::Locations => 2,
         }
     }
 

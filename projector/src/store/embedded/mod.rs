@@ -15,14 +15,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_trait::async_trait;
 use fjall::Database;
 use switchboard_ingest::log::Cursor;
-use switchboard_schemas::{CallId, ConversationId, MessageId, UserId};
+use switchboard_schemas::{CallId, ConversationId, MediaId, MessageId, UserId};
 
 use self::fold::Fold;
 use self::query::View;
 use self::tables::{Tables, storage};
 use crate::store::{
-    Call, Conversation, InboxEntry, Location, Logged, Message, ReadMarker, ReadModel, StoreError,
-    User,
+    Call, Conversation, InboxEntry, Location, Logged, Media, Message, ReadMarker, ReadModel,
+    StoreError, User,
 };
 
 mod fold;
@@ -176,6 +176,10 @@ impl ReadModel for EmbeddedStore {
 
     async fn locations(&self, conversation: ConversationId) -> Result<Vec<Location>, StoreError> {
         self.read(move |view| view.locations(conversation)).await
+    }
+
+    async fn media(&self, id: MediaId) -> Result<Option<Media>, StoreError> {
+        self.read(move |view| view.media(id)).await
     }
 
     async fn last_seen(&self, user: UserId) -> Result<Option<i64>, StoreError> {

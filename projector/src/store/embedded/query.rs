@@ -9,16 +9,16 @@ use std::fmt::Write as _;
 use fjall::{Iter, Readable, Slice, Snapshot};
 use serde::de::DeserializeOwned;
 use switchboard_ingest::log::Cursor;
-use switchboard_schemas::{CallId, ConversationId, MessageId, UserId};
+use switchboard_schemas::{CallId, ConversationId, MediaId, MessageId, UserId};
 
 use super::keys::{self, ID_LEN, Table};
 use super::records::{
-    ConversationRecord, LocationRecord, MemberRecord, MessageRecord, ReadRecord, StatsRecord,
-    UserRecord,
+    ConversationRecord, LocationRecord, MediaRecord, MemberRecord, MessageRecord, ReadRecord,
+    StatsRecord, UserRecord,
 };
 use super::tables::{Tables, decode, storage};
 use crate::store::{
-    Call, Conversation, InboxEntry, Location, Message, ReadMarker, StoreError, User,
+    Call, Conversation, InboxEntry, Location, Media, Message, ReadMarker, StoreError, User,
 };
 
 /// The store as of one instant.
@@ -273,6 +273,11 @@ impl<'a> View<'a> {
         }
         locations.sort_unstable_by_key(|&(place, _)| place);
         Ok(locations.into_iter().map(|(_, location)| location).collect())
+    }
+
+    pub(super) fn media(&self, id: MediaId) -> Result<Option<Media>, StoreError> {
+        let record: Option<MediaRecord> = self.get(Table::Media, &keys::id(id.0))?;
+        Ok(record.map(|record| record.into_media(id)))
     }
 
     pub(super) fn last_seen(&self, user: UserId) -> Result<Option<i64>, StoreError> {

@@ -6,9 +6,9 @@
 //! one event touches few keys, and they round-trip through JSON (which also keeps dumps readable).
 
 use serde::{Deserialize, Serialize};
-use switchboard_schemas::{ConversationId, ConversationKind, MessageId, UserId};
+use switchboard_schemas::{ConversationId, ConversationKind, MediaId, MessageId, UserId};
 
-use crate::store::{Location, Message, User};
+use crate::store::{Location, Media, Message, User};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(super) struct UserRecord {
@@ -71,6 +71,10 @@ pub(super) struct MessageRecord {
     pub edited_at: Option<i64>,
     pub deleted: bool,
     pub seq: u64,
+    /// Left out when empty, so that messages without attachments are stored (and dumped) as
+    /// they were before messages could have any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<MediaId>,
 }
 
 impl MessageRecord {
@@ -86,6 +90,33 @@ impl MessageRecord {
             edited_at: self.edited_at,
             deleted: self.deleted,
             seq: self.seq,
+            attachments: self.attachments,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(super) struct MediaRecord {
+    pub conversation_id: ConversationId,
+    pub uploader: UserId,
+    pub content_type: String,
+    pub size: u64,
+    pub name: Option<String>,
+    pub created_at: i64,
+    pub object_key: String,
+}
+
+impl MediaRecord {
+    pub fn into_media(self, id: MediaId) -> Media {
+        Media {
+            id,
+            conversation_id: self.conversation_id,
+            uploader: self.uploader,
+            content_type: self.content_type,
+            size: self.size,
+            name: self.name,
+            created_at: self.created_at,
+            object_key: self.object_key,
         }
     }
 }

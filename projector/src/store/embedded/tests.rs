@@ -43,6 +43,7 @@ conformance! {
     calls_history_and_live_calls,
     locations_follow_shares_moves_and_stops,
     older_location_events_do_not_win,
+    media_and_attachments,
 }
 
 #[tokio::test]
@@ -63,7 +64,8 @@ async fn the_whole_suite_can_share_one_store() -> Result<(), StoreError> {
     conformance::messages_before_their_conversation(&store).await?;
     conformance::calls_history_and_live_calls(&store).await?;
     conformance::locations_follow_shares_moves_and_stops(&store).await?;
-    conformance::older_location_events_do_not_win(&store).await
+    conformance::older_location_events_do_not_win(&store).await?;
+    conformance::media_and_attachments(&store).await
 }
 
 fn logged(offset: u64, at: i64, payload: impl Into<switchboard_schemas::Payload>) -> Logged {
@@ -115,6 +117,7 @@ fn history() -> Vec<Logged> {
                 client_msg_id: format!("c{i}"),
                 body: format!("hello {i}"),
                 reply_to: None,
+                attachments: Vec::new(),
             },
         ));
     }
