@@ -106,10 +106,20 @@ pub(super) async fn run(session: &Session, config: &CqlConfig) -> Result<Vec<i32
         );
         applied.push(migration.version);
     }
+    // Two processes migrating one keyspace at once can lose a column one of them added: the
+    // other's `CREATE TABLE IF NOT EXISTS` of the same table, landing at the same moment,
+    // replaces the table (Cassandra does not serialise schema changes from different clients).
+    // Adding every migration's columns again, where missing, makes the end state whole.
+    for statement in MIGRATIONS.iter().flat_map(Migration::statements) {
+        if let Some(added) = AddColumn::parse(&statement) {
+            added.run(session, keyspace, &statement).await?;
+        }
+    }
     Ok(applied)
 }
 
 /// The versions recorded in the session's keyspace.
+/// The recorded versions, ascending (the table returns them in partition order).
 pub(super) async fn applied_versions(session: &Session) -> Result<Vec<i32>, StoreError> {
     let what = "reading schema_migrations";
     let result = session
@@ -119,7 +129,11 @@ pub(super) async fn applied_versions(session: &Session) -> Result<Vec<i32>, Stor
         .into_rows_result()
         .map_err(|e| failed(what, e))?;
     let rows = result.rows::<(i32,)>().map_err(|e| failed(what, e))?;
-    rows.map(|row| row.map(|(version,)| version).map_err(|e| failed(what, e))).collect()
+    let mut versions = rows
+        .map(|row| row.map(|(version,)| version).map_err(|e| failed(what, e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    versions.sort_unstable();
+    Ok(versions)
 }
 
 /// An `ALTER TABLE table ADD column type` statement, made repeatable by looking first.

@@ -123,11 +123,27 @@ impl CqlStore {
             .build()
             .await
             .map_err(|e| failed(format_args!("connecting to {}", config.nodes.join(",")), e))?;
-        migrations::run(&session, &config).await?;
-        let statements = Statements::prepare(&session).await?;
+        // Another process migrating the same keyspace at this moment can replace a table after
+        // this one has checked it (see `migrations::run`): migrating again heals that.
+        let mut attempts = 0;
+        let statements = loop {
+            migrations::run(&session, &config).await?;
+            match Statements::prepare(&session).await {
+                Ok(statements) => break statements,
+                Err(error) if attempts < SCHEMA_RACE_RETRIES => {
+                    attempts += 1;
+                    tracing::warn!(%error, "schema changed under the statements; migrating again");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(error) => return Err(error),
+            }
+        };
         Ok(CqlStore { db: Db { session, statements } })
     }
 }
+
+/// How often connecting migrates again when the statements do not fit the schema it found.
+const SCHEMA_RACE_RETRIES: u32 = 5;
 
 #[async_trait]
 impl ReadModel for CqlStore {
