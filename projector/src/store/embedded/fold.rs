@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use fjall::{Database, PersistMode};
+use fjall::{Database, OwnedWriteBatch, PersistMode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use switchboard_ingest::log::Cursor;
@@ -118,7 +118,10 @@ impl<'a> Fold<'a> {
         tables: &Tables,
         checkpoint: &Cursor,
     ) -> Result<(), StoreError> {
-        let mut batch = db.batch().durability(Some(PersistMode::SyncAll));
+        // Sized up front: growing a batch of thousands of items by doubling copied it over and
+        // over, into memory fresh from the OS each time.
+        let mut batch = OwnedWriteBatch::with_capacity(db.clone(), self.overlay.len() + 1)
+            .durability(Some(PersistMode::SyncAll));
         for ((table, key), value) in self.overlay {
             match value {
                 Some(value) => batch.insert(tables.get(table), key, value),
