@@ -3,6 +3,7 @@
 mod auth;
 mod backends;
 mod chat;
+mod claims;
 mod config;
 mod error;
 mod hub;

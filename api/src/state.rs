@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Tokens;
+use crate::claims::Settling;
 use crate::config::Config;
 use crate::hub::Hub;
 
@@ -27,6 +28,8 @@ pub struct Services {
     pub presence: Arc<dyn Presence>,
     pub progress: Progress,
     pub hub: Hub,
+    /// Claims of finished sends, released once projected.
+    pub claims: Settling,
     pub tokens: Tokens,
     /// One permit per WebSocket connection this node may still take.
     pub connections: Arc<Semaphore>,
