@@ -3,6 +3,7 @@
 //! - `keys` lays out one keyspace per table with order-preserving id keys;
 //! - `records` is what each table stores, `tables` the fjall keyspaces holding them;
 //! - `fold` applies a batch of events, atomically with the checkpoint;
+//! - `filter` keeps the client ids in memory, for the retry check of every send;
 //! - `query` answers reads, each from one snapshot.
 //!
 //! fjall is synchronous and a batch ends in an fsync, so every call runs on tokio's blocking
@@ -17,13 +18,16 @@ use fjall::Database;
 use switchboard_ingest::log::Cursor;
 use switchboard_schemas::{ConversationId, MessageId, UserId};
 
+use self::filter::KeyFilter;
 use self::fold::Fold;
+use self::keys::Table;
 use self::query::View;
 use self::tables::{Tables, storage};
 use crate::store::{
     Conversation, InboxEntry, Logged, Message, ReadMarker, ReadModel, StoreError, User,
 };
 
+mod filter;
 mod fold;
 mod keys;
 mod query;
@@ -40,6 +44,8 @@ pub struct EmbeddedStore {
 struct Inner {
     db: Database,
     tables: Tables,
+    /// Every key of [`Table::ClientIds`]: the retry check of every send is nearly always a miss.
+    client_ids: KeyFilter,
     /// Held while a batch is folded and committed; guards no data, only the order of writers.
     writer: Mutex<()>,
 }
@@ -58,7 +64,10 @@ impl EmbeddedStore {
             .open()
             .map_err(|e| storage(format_args!("opening {}", dir.display()), e))?;
         let tables = Tables::open(&db)?;
-        Ok(EmbeddedStore { inner: Arc::new(Inner { db, tables, writer: Mutex::new(()) }) })
+        let client_ids = load_filter(&tables, Table::ClientIds)?;
+        Ok(EmbeddedStore {
+            inner: Arc::new(Inner { db, tables, client_ids, writer: Mutex::new(()) }),
+        })
     }
 
     /// Runs `query` against a fresh snapshot, on the calling task. Queries are point lookups and
@@ -71,6 +80,18 @@ impl EmbeddedStore {
     {
         query(&self.inner.view())
     }
+}
+
+/// A filter holding every key `table` holds now. Opening a store therefore reads all of the
+/// table's keys once (a few million a second).
+fn load_filter(tables: &Tables, table: Table) -> Result<KeyFilter, StoreError> {
+    let keyspace = tables.get(table);
+    let filter = KeyFilter::new(keyspace.approximate_len() * 2);
+    for entry in keyspace.iter() {
+        let key = entry.key().map_err(|e| storage(format_args!("loading {}", table.name()), e))?;
+        filter.insert(&key);
+    }
+    Ok(filter)
 }
 
 #[async_trait]
@@ -88,7 +109,7 @@ impl ReadModel for EmbeddedStore {
             // the commit), so a poisoned lock is safe to take over.
             let _writer = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
             let checkpoint = inner.view().checkpoint()?.furthest(&checkpoint);
-            let mut fold = Fold::new(inner.view());
+            let mut fold = Fold::new(inner.view(), &inner.client_ids);
             for logged in &events {
                 fold.event(&logged.event)?;
             }
@@ -154,6 +175,13 @@ impl ReadModel for EmbeddedStore {
         sender: UserId,
         client_msg_id: &str,
     ) -> Result<Option<Message>, StoreError> {
+        if !self.inner.client_ids.may_contain(&keys::client_id(
+            conversation.0,
+            sender.0,
+            client_msg_id,
+        )) {
+            return Ok(None);
+        }
         let client_msg_id = client_msg_id.to_owned();
         self.read(move |view| view.message_by_client_id(conversation, sender, &client_msg_id)).await
     }
