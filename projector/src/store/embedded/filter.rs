@@ -8,15 +8,16 @@
 //! it may have been given is looked up as before.
 //!
 //! It is exact in one direction only, so every key written to the table must reach it before
-//! the write commits, and every key already stored when the store opens is loaded into it then.
-//! It is never persisted, and nothing is ever removed from it (the table only grows).
+//! the write commits, and every key already stored when the store opens must be loaded into it
+//! before it may answer "no". It is never persisted, and nothing is ever removed from it (the
+//! table only grows).
 //!
 //! Full filters are not resized: a new layer twice the size takes the inserts from then on, and
 //! a lookup asks every layer. At [`BITS_PER_KEY`] bits and [`PROBES`] probes per key, a layer
 //! full to capacity answers "maybe" for about 1% of absent keys.
 
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{PoisonError, RwLock};
 
 /// Memory per key of capacity.
@@ -32,6 +33,9 @@ const MIN_CAPACITY: usize = 1 << 20;
 pub(super) struct KeyFilter {
     layers: RwLock<Vec<Layer>>,
     hasher: RandomState,
+    /// Set once every key stored before the filter existed has been inserted; until then every
+    /// key may be present.
+    loaded: AtomicBool,
 }
 
 struct Layer {
@@ -73,12 +77,21 @@ impl Layer {
 }
 
 impl KeyFilter {
-    /// An empty filter sized for about `expected` keys.
+    /// An empty filter sized for about `expected` keys, which answers "maybe" to everything
+    /// until [`KeyFilter::loaded`] says that the keys stored earlier are in.
     pub(super) fn new(expected: usize) -> KeyFilter {
         KeyFilter {
             layers: RwLock::new(vec![Layer::new(expected.max(MIN_CAPACITY))]),
             hasher: RandomState::new(),
+            loaded: AtomicBool::new(false),
         }
+    }
+
+    /// Every key stored before the filter was made has been inserted.
+    pub(super) fn loaded(&self) {
+        // Release, with the Acquire in `may_contain`: whoever sees the filter loaded sees the
+        // keys the loading inserted.
+        self.loaded.store(true, Ordering::Release);
     }
 
     pub(super) fn insert(&self, key: &[u8]) {
@@ -100,8 +113,16 @@ impl KeyFilter {
         layers.last().expect("a filter has a layer").insert(hash);
     }
 
-    /// False only if `key` was never inserted.
+    #[cfg(test)]
+    pub(super) fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    /// False only if `key` was never inserted and the filter is loaded.
     pub(super) fn may_contain(&self, key: &[u8]) -> bool {
+        if !self.loaded.load(Ordering::Acquire) {
+            return true;
+        }
         let hash = self.hasher.hash_one(key);
         let layers = self.layers.read().unwrap_or_else(PoisonError::into_inner);
         layers.iter().any(|layer| layer.may_contain(hash))
@@ -116,6 +137,9 @@ mod tests {
     fn inserted_keys_are_always_found_and_others_mostly_not() {
         let filter = KeyFilter::new(0);
         let key = |i: usize| format!("conversation/sender/{i}").into_bytes();
+        assert!(filter.may_contain(&key(0)), "anything may be there until the filter is loaded");
+        filter.loaded();
+        assert!(!filter.may_contain(&key(0)));
         // Past the first layer's capacity, so that lookups span two layers.
         let inserted = MIN_CAPACITY + MIN_CAPACITY / 2;
         for i in 0..inserted {

@@ -11,10 +11,12 @@
 //! reads the current state, and two folds interleaving would each miss the other's writes.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
 
 use async_trait::async_trait;
-use fjall::Database;
+use fjall::{Database, Readable};
 use switchboard_ingest::log::Cursor;
 use switchboard_schemas::{ConversationId, MessageId, UserId};
 
@@ -39,6 +41,8 @@ mod tests;
 /// The read models kept in a directory on local disk. Cheap to share behind an `Arc`.
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
+    /// Loads the client ids stored before this open into [`Inner::client_ids`].
+    loader: Option<JoinHandle<()>>,
 }
 
 struct Inner {
@@ -46,6 +50,8 @@ struct Inner {
     tables: Tables,
     /// Every key of [`Table::ClientIds`]: the retry check of every send is nearly always a miss.
     client_ids: KeyFilter,
+    /// Tells the loader to stop: the store is being dropped.
+    closing: AtomicBool,
     /// Held while a batch is folded and committed; guards no data, only the order of writers.
     writer: Mutex<()>,
 }
@@ -64,10 +70,29 @@ impl EmbeddedStore {
             .open()
             .map_err(|e| storage(format_args!("opening {}", dir.display()), e))?;
         let tables = Tables::open(&db)?;
-        let client_ids = load_filter(&tables, Table::ClientIds)?;
-        Ok(EmbeddedStore {
-            inner: Arc::new(Inner { db, tables, client_ids, writer: Mutex::new(()) }),
-        })
+        let expected = tables.get(Table::ClientIds).approximate_len() * 2;
+        let inner = Arc::new(Inner {
+            db,
+            tables,
+            client_ids: KeyFilter::new(expected),
+            closing: AtomicBool::new(false),
+            writer: Mutex::new(()),
+        });
+        // In the background: a large store holds millions of client ids, and reading them all
+        // (about a million a second) would hold up the start. Batches applied meanwhile insert
+        // theirs themselves; the filter answers "maybe" until the loader is done.
+        let loader = std::thread::Builder::new()
+            .name("client-id-filter".into())
+            .spawn({
+                let inner = Arc::clone(&inner);
+                move || {
+                    if let Err(error) = load_client_ids(&inner) {
+                        tracing::error!(%error, "client ids not loaded; every send checks the store");
+                    }
+                }
+            })
+            .map_err(|e| storage("starting the client id loader", e))?;
+        Ok(EmbeddedStore { inner, loader: Some(loader) })
     }
 
     /// Runs `query` against a fresh snapshot, on the calling task. Queries are point lookups and
@@ -82,16 +107,30 @@ impl EmbeddedStore {
     }
 }
 
-/// A filter holding every key `table` holds now. Opening a store therefore reads all of the
-/// table's keys once (a few million a second).
-fn load_filter(tables: &Tables, table: Table) -> Result<KeyFilter, StoreError> {
-    let keyspace = tables.get(table);
-    let filter = KeyFilter::new(keyspace.approximate_len() * 2);
-    for entry in keyspace.iter() {
-        let key = entry.key().map_err(|e| storage(format_args!("loading {}", table.name()), e))?;
-        filter.insert(&key);
+/// Inserts every client id stored before the filter existed, then marks the filter loaded. The
+/// snapshot is taken after the filter exists, so a key is either in it or was inserted by the
+/// batch that stored it.
+fn load_client_ids(inner: &Inner) -> Result<(), StoreError> {
+    let snapshot = inner.db.snapshot();
+    for (i, entry) in snapshot.iter(inner.tables.get(Table::ClientIds)).enumerate() {
+        if i % 4096 == 0 && inner.closing.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let key = entry.key().map_err(|e| storage("loading client ids", e))?;
+        inner.client_ids.insert(&key);
     }
-    Ok(filter)
+    inner.client_ids.loaded();
+    Ok(())
+}
+
+impl Drop for EmbeddedStore {
+    /// Waits for the loader, so that the directory is free to open again once this returns.
+    fn drop(&mut self) {
+        self.inner.closing.store(true, Ordering::Relaxed);
+        if let Some(loader) = self.loader.take() {
+            let _ = loader.join();
+        }
+    }
 }
 
 #[async_trait]
