@@ -10,12 +10,10 @@ use switchboard_schemas::{
     ConversationId, MediaId, MessageId, MessageSent, Position, Topic, UserId,
 };
 
+use crate::claims::{self, RETRY_WINDOW};
 use crate::error::ApiError;
 use crate::limits::{self, Limit};
 use crate::state::AppState;
-
-/// How long a claimed `client_msg_id` answers retries.
-const RETRY_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -127,25 +125,39 @@ pub async fn send(
     }
     ensure_uploads(state, request.conversation_id, &request.attachments).await?;
 
-    // A retry of a send the read models already hold (even from before a restart) gets the
-    // first answer; the claim covers retries that arrive before the first send is projected.
-    let stored = state
-        .store
-        .message_by_client_id(request.conversation_id, caller, &request.client_msg_id)
-        .await?;
-    if let Some(message) = stored {
-        let token = applied_token(state, Topic::Messages, &request.conversation_id.to_string());
-        return Ok(Sent { message_id: message.id, token, duplicate: true });
-    }
-    let claim_key =
-        format!("send:{}:{}:{}", caller, request.conversation_id, request.client_msg_id);
+    // The claim first: a retry of a send in flight finds it, and a claim is let go only once the
+    // read models hold its message (see `claims`), so a retry that takes the claim afresh finds
+    // any earlier send in the read models — including one from before a restart.
+    let claim_key = claims::key(caller, request.conversation_id, &request.client_msg_id);
     let message_id = MessageId(state.ingest.next_id());
-    match state.presence.claim(&claim_key, &message_id.to_string(), RETRY_WINDOW).await {
+    let claimed =
+        match state.presence.claim(&claim_key, &message_id.to_string(), RETRY_WINDOW).await {
+            Ok(None) => true,
+            Ok(Some(existing)) => {
+                return first_send(state, caller, &request, &claim_key, &existing).await;
+            }
+            // Without shared state, the read-model check below is the only guard; the projector
+            // still drops a duplicate, so at worst a retry is answered with an id never stored.
+            Err(error) => {
+                tracing::warn!(%error, "send claim unavailable");
+                false
+            }
+        };
+    let release = async || {
+        if claimed {
+            let _ = state.presence.release_claims(&[&claim_key]).await;
+        }
+    };
+    match stored_send(state, caller, &request).await {
         Ok(None) => {}
-        Ok(Some(existing)) => return first_send(state, &claim_key, &existing).await,
-        // Without shared state, the read-model check above is the only guard; the projector
-        // still drops a duplicate, so at worst a retry is answered with an id never stored.
-        Err(error) => tracing::warn!(%error, "send claim unavailable"),
+        Ok(Some(sent)) => {
+            release().await;
+            return Ok(sent);
+        }
+        Err(error) => {
+            release().await;
+            return Err(error);
+        }
     }
 
     let event = MessageSent {
@@ -160,23 +172,49 @@ pub async fn send(
     match state.ingest.send_message(&Origin::user(caller, trace), event).await {
         Ok(position) => {
             let token = position.to_string();
-            let done = format!("{message_id} {token}");
-            if let Err(error) = state.presence.update_claim(&claim_key, &done, RETRY_WINDOW).await {
-                tracing::warn!(%error, "could not record the finished send for retries");
+            if claimed {
+                let done = format!("{message_id} {token}");
+                if let Err(error) =
+                    state.presence.update_claim(&claim_key, &done, RETRY_WINDOW).await
+                {
+                    tracing::warn!(%error, "could not record the finished send for retries");
+                }
+                state.claims.hold(position, claim_key);
             }
             metrics::counter!("messages_sent_total").increment(1);
             Ok(Sent { message_id, token, duplicate: false })
         }
         Err(error) => {
             // Nothing was stored: let a retry try again.
-            let _ = state.presence.release_claim(&claim_key).await;
+            release().await;
             Err(error.into())
         }
     }
 }
 
+/// The answer to a retry of a send the read models already hold.
+async fn stored_send(
+    state: &AppState,
+    caller: UserId,
+    request: &SendRequest,
+) -> Result<Option<Sent>, ApiError> {
+    let conversation = request.conversation_id;
+    let stored = state.store.message_by_client_id(conversation, caller, &request.client_msg_id);
+    Ok(stored.await?.map(|message| Sent {
+        message_id: message.id,
+        token: applied_token(state, Topic::Messages, &conversation.to_string()),
+        duplicate: true,
+    }))
+}
+
 /// Answers a retry from the first send's claim, waiting briefly if that send is still in flight.
-async fn first_send(state: &AppState, claim_key: &str, claimed: &str) -> Result<Sent, ApiError> {
+async fn first_send(
+    state: &AppState,
+    caller: UserId,
+    request: &SendRequest,
+    claim_key: &str,
+    claimed: &str,
+) -> Result<Sent, ApiError> {
     let mut claimed = claimed.to_owned();
     let deadline = tokio::time::Instant::now() + state.config.consistency_timeout.0;
     loop {
@@ -192,12 +230,14 @@ async fn first_send(state: &AppState, claim_key: &str, claimed: &str) -> Result<
         tokio::time::sleep(Duration::from_millis(20)).await;
         match state.presence.claim(claim_key, "", RETRY_WINDOW).await? {
             Some(value) => claimed = value,
-            // The first send failed and released its claim; ours now holds it, empty.
+            // Released: the first send failed, or it is projected and the read models answer.
+            // Ours now holds the claim, empty.
             None => {
-                let _ = state.presence.release_claim(claim_key).await;
-                return Err(ApiError::conflict(
-                    "the first send with this client_msg_id failed; send again",
-                ));
+                let stored = stored_send(state, caller, request).await;
+                let _ = state.presence.release_claims(&[claim_key]).await;
+                return stored?.ok_or_else(|| {
+                    ApiError::conflict("the first send with this client_msg_id failed; send again")
+                });
             }
         }
     }

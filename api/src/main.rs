@@ -4,6 +4,7 @@ mod auth;
 mod backends;
 mod calls;
 mod chat;
+mod claims;
 mod config;
 mod error;
 mod hub;

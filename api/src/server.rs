@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::backends;
+use crate::claims::{self, Settling};
 use crate::config::{Config, Role};
 use crate::hub::Hub;
 use crate::media::Blobs;
@@ -60,6 +61,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         progress: Progress::new(Cursor::default()),
         blobs,
         hub: Hub::default(),
+        claims: Settling::default(),
         tokens: crate::auth::Tokens::new(
             config.jwt_secret.as_deref(),
             &config.data_dir,
@@ -120,6 +122,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             }
         }));
         tasks.spawn(renew_lease(state.clone(), stop.clone()));
+        tasks.spawn(claims::release_projected(state.clone(), stop.clone()));
     }
 
     // Serve clients only once the read models hold everything logged before this start, so that

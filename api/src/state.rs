@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Tokens;
+use crate::claims::Settling;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::media::Blobs;
@@ -30,6 +31,8 @@ pub struct Services {
     /// Where uploaded files are kept.
     pub blobs: Blobs,
     pub hub: Hub,
+    /// Claims of finished sends, released once projected.
+    pub claims: Settling,
     pub tokens: Tokens,
     /// One permit per WebSocket connection this node may still take.
     pub connections: Arc<Semaphore>,

@@ -207,6 +207,14 @@ async fn a_retried_send_returns_the_same_message_and_stores_one() {
 
     let history = api.history(&bob, &conversation, first["token"].as_str()).await;
     assert_eq!(history.len(), 1, "{history:?}");
+
+    // Once the read models hold the message, its claim is let go; a retry then is answered
+    // from the read models, still with the first message.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let late = ws.send_message(&conversation, "same-id", "only once").await;
+    assert_eq!((&late["message_id"], &late["duplicate"]), (&first["message_id"], &json!(true)));
+    let history = api.history(&bob, &conversation, late["token"].as_str()).await;
+    assert_eq!(history.len(), 1, "{history:?}");
 }
 
 #[tokio::test]

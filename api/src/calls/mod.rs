@@ -268,7 +268,7 @@ pub async fn start_room(
     let origin = Origin::user(user, session);
     let started = RoomStarted { call_id, conversation_id: conversation, media: request.media };
     if let Err(error) = state.ingest.append(&origin, started.into()).await {
-        let _ = state.presence.release_claim(&room_key).await;
+        let _ = state.presence.release_claims(&[&room_key]).await;
         return Err(error.into());
     }
     metrics::counter!("calls_started_total", "kind" => "room").increment(1);
@@ -439,23 +439,23 @@ async fn finish(
     match state.ingest.append(&origin, event).await {
         Ok(position) => Ok(position.into()),
         Err(error) => {
-            let _ = state.presence.release_claim(decision).await;
+            let _ = state.presence.release_claims(&[decision]).await;
             Err(error.into())
         }
     }
 }
 
 async fn release_lines(state: &AppState, users: &[UserId]) {
-    for &user in users {
-        if let Err(error) = state.presence.release_claim(&line(user)).await {
-            tracing::warn!(%error, %user, "call line not released; it expires by itself");
-        }
+    let lines: Vec<String> = users.iter().map(|&user| line(user)).collect();
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    if let Err(error) = state.presence.release_claims(&lines).await {
+        tracing::warn!(%error, ?users, "call lines not released; they expire by themselves");
     }
 }
 
 /// The open room of a conversation is no longer held once it closed.
 pub async fn release_room(state: &AppState, conversation: ConversationId) {
-    if let Err(error) = state.presence.release_claim(&room_of(conversation)).await {
+    if let Err(error) = state.presence.release_claims(&[&room_of(conversation)]).await {
         tracing::warn!(%error, "room claim not released; it expires by itself");
     }
 }

@@ -70,7 +70,7 @@ pub async fn register(
     let (user_id, position) = match registered {
         Ok(registered) => registered,
         Err(error) => {
-            let _ = state.presence.release_claim(&claim).await;
+            let _ = state.presence.release_claims(&[&claim]).await;
             return Err(error.into());
         }
     };

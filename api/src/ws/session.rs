@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, StreamExt};
-use futures_util::{Future, SinkExt};
+use futures_util::{Future, FutureExt, SinkExt};
 use serde_json::Value;
 use switchboard_ingest::Origin;
 use switchboard_ingest::log::Cursor;
@@ -76,7 +76,7 @@ impl Session {
 
     pub async fn run(mut self, socket: WebSocket, resume: Option<Cursor>) {
         let (sink, stream) = socket.split();
-        let mut writer = Writer { sink };
+        let mut writer = Writer::new(sink);
         // A resume too far behind to replay starts the client afresh from now.
         let (replay, refusal) = match resume.map(|from| self.plan_replay(from)) {
             Some(Ok(plan)) => (Some(plan), None),
@@ -143,7 +143,10 @@ impl Session {
                     }
                 }
                 for frame in frames.drain(..) {
-                    writer.push(frame).await.map_err(|_| ApiError::internal("socket gone"))?;
+                    writer
+                        .queue(Message::Text(frame))
+                        .await
+                        .map_err(|_| ApiError::internal("socket gone"))?;
                 }
                 writer.flush().await.map_err(|_| ApiError::internal("socket gone"))?;
             }
@@ -176,24 +179,26 @@ impl Session {
                 in_flight =
                     Some(Box::pin(handle(self.state.clone(), self.user, self.id.clone(), text)));
             }
-            let written = tokio::select! {
+            // Each branch only queues what it writes; the flush below sends it together with
+            // whatever else is ready by then.
+            let queued = tokio::select! {
                 _ = self.state.shutdown.cancelled() => break Some((CLOSE_GOING_AWAY, "server shutting down")),
                 _ = self.evicted.cancelled() => break Some((CLOSE_TOO_SLOW, "too slow to keep up; reconnect and resume")),
                 _ = &mut idle => break Some((CLOSE_IDLE, "no activity")),
-                _ = ping.tick() => writer.send(Message::Ping(Default::default())).await,
+                _ = ping.tick() => writer.queue(Message::Ping(Default::default())).await,
                 frame = self.frames.recv() => match frame {
-                    Some(frame) => writer.pushes(frame, &mut self.frames).await,
+                    Some(frame) => writer.queue(Message::Text(frame)).await,
                     None => break None,
                 },
                 reply = async { in_flight.as_mut().expect("guarded").await }, if in_flight.is_some() => {
                     in_flight = None;
-                    writer.text(reply).await
+                    writer.queue(Message::Text(reply.into())).await
                 }
                 message = stream.next(), if pending.len() < MAX_PENDING_OPS => {
                     idle.as_mut().reset(Instant::now() + config.idle_timeout.0);
                     match message {
                         Some(Ok(Message::Text(text))) if text.len() > config.max_frame_bytes => {
-                            writer.text(protocol::error(Value::Null, &ApiError::frame_too_large(config.max_frame_bytes))).await
+                            writer.queue_text(protocol::error(Value::Null, &ApiError::frame_too_large(config.max_frame_bytes))).await
                         }
                         Some(Ok(Message::Text(text))) => {
                             pending.push_back(text);
@@ -201,7 +206,7 @@ impl Session {
                         }
                         Some(Ok(Message::Binary(_))) => {
                             let error = ApiError::bad_request("binary frames are not part of the protocol; send JSON text");
-                            writer.text(protocol::error(Value::Null, &error)).await
+                            writer.queue_text(protocol::error(Value::Null, &error)).await
                         }
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
                         // The client closed: flushing sends the close reply the protocol queued.
@@ -217,6 +222,10 @@ impl Session {
                         }
                     }
                 }
+            };
+            let written = match queued {
+                Ok(()) => writer.flush_with(&mut self.frames, &mut in_flight).await,
+                Err(gone) => Err(gone),
             };
             if written.is_err() {
                 break None;
@@ -253,11 +262,26 @@ struct Gone;
 
 /// The sending half of a socket. Every write is bounded in time: a client that stops reading
 /// must not keep its session (and its eviction) waiting forever.
+///
+/// Frames are queued and go out on the next flush. Every flush is a system call and, with
+/// `TCP_NODELAY`, a packet the client must wake up for, so a flush takes along everything else
+/// that is ready by then: under load, an ack, the pushes queued meanwhile and the sender's own
+/// copy of its message leave in one write rather than one each.
 struct Writer {
     sink: Sink,
+    /// Whether frames were queued since the last flush.
+    unflushed: bool,
 }
 
+/// The most pushes one flush takes from the mailbox, so that a busy mailbox cannot hold the
+/// session away from its other duties (reading, pings) for long.
+const MAX_PUSHES_PER_FLUSH: usize = 64;
+
 impl Writer {
+    fn new(sink: Sink) -> Writer {
+        Writer { sink, unflushed: false }
+    }
+
     async fn bounded<F: Future<Output = Result<(), axum::Error>>>(write: F) -> Result<(), Gone> {
         match tokio::time::timeout(WRITE_TIMEOUT, write).await {
             Ok(Ok(())) => Ok(()),
@@ -265,33 +289,50 @@ impl Writer {
         }
     }
 
+    /// Writes one frame now.
     async fn send(&mut self, message: Message) -> Result<(), Gone> {
-        Self::bounded(self.sink.send(message)).await
+        self.queue(message).await?;
+        self.flush().await
     }
 
     async fn text(&mut self, text: impl Into<Utf8Bytes>) -> Result<(), Gone> {
         self.send(Message::Text(text.into())).await
     }
 
-    /// Queues a frame without flushing.
-    async fn push(&mut self, frame: Utf8Bytes) -> Result<(), Gone> {
-        Self::bounded(self.sink.feed(Message::Text(frame))).await
+    /// Queues a frame for the next flush.
+    async fn queue(&mut self, message: Message) -> Result<(), Gone> {
+        self.unflushed = true;
+        Self::bounded(self.sink.feed(message)).await
+    }
+
+    async fn queue_text(&mut self, text: String) -> Result<(), Gone> {
+        self.queue(Message::Text(text.into())).await
     }
 
     async fn flush(&mut self) -> Result<(), Gone> {
+        self.unflushed = false;
         Self::bounded(self.sink.flush()).await
     }
 
-    /// Writes one push and whatever else is already queued, then flushes once.
-    async fn pushes(
+    /// Flushes what is queued, if anything, together with the reply to the op in flight when it
+    /// is already done and the pushes already waiting in the mailbox.
+    async fn flush_with(
         &mut self,
-        first: Utf8Bytes,
-        queue: &mut mpsc::Receiver<Utf8Bytes>,
+        mailbox: &mut mpsc::Receiver<Utf8Bytes>,
+        in_flight: &mut Option<Reply>,
     ) -> Result<(), Gone> {
-        self.push(first).await?;
-        for _ in 0..64 {
-            match queue.try_recv() {
-                Ok(frame) => self.push(frame).await?,
+        if !self.unflushed {
+            return Ok(());
+        }
+        // Polling the reply here, with a waker that does nothing, loses no wake-up: the session
+        // loop polls it again, with its own waker, before it waits.
+        if let Some(reply) = in_flight.as_mut().and_then(|reply| reply.now_or_never()) {
+            *in_flight = None;
+            self.queue_text(reply).await?;
+        }
+        for _ in 0..MAX_PUSHES_PER_FLUSH {
+            match mailbox.try_recv() {
+                Ok(frame) => self.queue(Message::Text(frame)).await?,
                 Err(_) => break,
             }
         }

@@ -110,10 +110,20 @@ pub async fn claims_hold_until_released_or_expired(
     presence.update_claim(&k, "done", LONG).await?;
     assert_eq!(presence.claim(&k, "third", LONG).await?, Some("done".to_owned()));
 
-    presence.release_claim(&k).await?;
+    presence.release_claims(&[&k]).await?;
     assert_eq!(presence.claim(&k, "fourth", LONG).await?, None, "released keys are free");
     assert_eq!(presence.claim(&k, "fifth", LONG).await?, Some("fourth".to_owned()));
-    presence.release_claim(&key("never-claimed")).await?;
+    presence.release_claims(&[&key("never-claimed")]).await?;
+    presence.release_claims(&[]).await?;
+
+    let (a, b, kept) = (key("claim"), key("claim"), key("claim"));
+    for claimed in [&a, &b, &kept] {
+        assert_eq!(presence.claim(claimed, "held", LONG).await?, None);
+    }
+    presence.release_claims(&[&a, &b]).await?;
+    assert_eq!(presence.claim(&a, "again", LONG).await?, None, "every key released at once");
+    assert_eq!(presence.claim(&b, "again", LONG).await?, None, "every key released at once");
+    assert_eq!(presence.claim(&kept, "again", LONG).await?, Some("held".to_owned()));
 
     let short = key("claim");
     assert_eq!(presence.claim(&short, "brief", Duration::from_millis(100)).await?, None);

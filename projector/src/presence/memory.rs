@@ -194,8 +194,11 @@ impl Presence for MemoryPresence {
         Ok(())
     }
 
-    async fn release_claim(&self, key: &str) -> Result<(), PresenceError> {
-        self.state().claims.entries.remove(key);
+    async fn release_claims(&self, keys: &[&str]) -> Result<(), PresenceError> {
+        let mut state = self.state();
+        for key in keys {
+            state.claims.entries.remove(*key);
+        }
         Ok(())
     }
 }

@@ -95,6 +95,6 @@ pub trait Presence: Send + Sync + 'static {
         ttl: Duration,
     ) -> Result<(), PresenceError>;
 
-    /// Drops a claim so the work may be tried again.
-    async fn release_claim(&self, key: &str) -> Result<(), PresenceError>;
+    /// Drops claims, so that their work may be tried again or because it is settled elsewhere.
+    async fn release_claims(&self, keys: &[&str]) -> Result<(), PresenceError>;
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use fjall::PersistMode;
+use fjall::{OwnedWriteBatch, PersistMode};
 use switchboard_schemas::{Position, Topic};
 use tokio::sync::{mpsc, oneshot};
 
@@ -79,7 +79,8 @@ enum Waiting {
 /// and moves only once the batch is durable.
 fn write(store: &Store, next: &mut Vec<u64>, requests: impl ExactSizeIterator<Item = Request>) {
     let timestamp_ms = now_ms();
-    let mut batch = store.db.batch();
+    // One item per request: sized up front rather than grown (and copied) by doubling.
+    let mut batch = OwnedWriteBatch::with_capacity(store.db.clone(), requests.len());
     let mut ends = next.clone();
     let mut waiting = Vec::with_capacity(requests.len());
     for request in requests {

@@ -329,9 +329,15 @@ impl Presence for RedisPresence {
         self.run(&format!("updating claim {key}"), &set).await
     }
 
-    async fn release_claim(&self, key: &str) -> Result<(), PresenceError> {
+    async fn release_claims(&self, keys: &[&str]) -> Result<(), PresenceError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        // One command however many: releasing is done in bulk as sends settle.
         let mut del = redis::cmd("DEL");
-        del.arg(self.key("claim", key));
-        self.run(&format!("releasing claim {key}"), &del).await
+        for key in keys {
+            del.arg(self.key("claim", key));
+        }
+        self.run(&format!("releasing {} claims", keys.len()), &del).await
     }
 }

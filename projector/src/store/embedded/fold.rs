@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use fjall::{Database, PersistMode};
+use fjall::{Database, OwnedWriteBatch, PersistMode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use switchboard_ingest::log::Cursor;
@@ -23,6 +23,7 @@ use switchboard_schemas::{
     UserId, UserRegistered,
 };
 
+use super::filter::KeyFilter;
 use super::keys::{self, Table};
 use super::query::View;
 use super::records::{
@@ -36,6 +37,8 @@ use crate::store::{Logged, StoreError};
 /// One batch on its way into the store.
 pub(super) struct Fold<'a> {
     base: View<'a>,
+    /// Knows every stored client id; told of new ones before they are committed.
+    client_ids: &'a KeyFilter,
     /// Every key the batch wrote: `Some` for a new value, `None` for a removal. Ordered, so the
     /// batch written to fjall is the same for the same events.
     overlay: BTreeMap<(Table, Vec<u8>), Option<Vec<u8>>>,
@@ -43,8 +46,8 @@ pub(super) struct Fold<'a> {
 
 impl<'a> Fold<'a> {
     /// Starts a batch on top of `base`, which must be the store's latest state.
-    pub(super) fn new(base: View<'a>) -> Fold<'a> {
-        Fold { base, overlay: BTreeMap::new() }
+    pub(super) fn new(base: View<'a>, client_ids: &'a KeyFilter) -> Fold<'a> {
+        Fold { base, client_ids, overlay: BTreeMap::new() }
     }
 
     fn get<T: DeserializeOwned>(&self, table: Table, key: &[u8]) -> Result<Option<T>, StoreError> {
@@ -56,7 +59,10 @@ impl<'a> Fold<'a> {
     }
 
     fn contains(&self, table: Table, key: &[u8]) -> Result<bool, StoreError> {
-        Ok(self.get::<serde::de::IgnoredAny>(table, key)?.is_some())
+        let surely_absent = table == Table::ClientIds
+            && !self.overlay.contains_key(&(table, key.to_vec()))
+            && !self.client_ids.may_contain(key);
+        Ok(!surely_absent && self.get::<serde::de::IgnoredAny>(table, key)?.is_some())
     }
 
     fn put<T: Serialize>(
@@ -124,8 +130,14 @@ impl<'a> Fold<'a> {
         tables: &Tables,
         checkpoint: &Cursor,
     ) -> Result<(), StoreError> {
-        let mut batch = db.batch().durability(Some(PersistMode::SyncAll));
+        // Sized up front: growing a batch of thousands of items by doubling copied it over and
+        // over, into memory fresh from the OS each time.
+        let mut batch = OwnedWriteBatch::with_capacity(db.clone(), self.overlay.len() + 1)
+            .durability(Some(PersistMode::SyncAll));
         for ((table, key), value) in self.overlay {
+            if let (Table::ClientIds, Some(_)) = (table, &value) {
+                self.client_ids.insert(&key);
+            }
             match value {
                 Some(value) => batch.insert(tables.get(table), key, value),
                 None => batch.remove(tables.get(table), key),

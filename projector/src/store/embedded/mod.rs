@@ -3,6 +3,7 @@
 //! - `keys` lays out one keyspace per table with order-preserving id keys;
 //! - `records` is what each table stores, `tables` the fjall keyspaces holding them;
 //! - `fold` applies a batch of events, atomically with the checkpoint;
+//! - `filter` keeps the client ids in memory, for the retry check of every send;
 //! - `query` answers reads, each from one snapshot.
 //!
 //! fjall is synchronous and a batch ends in an fsync, so every call runs on tokio's blocking
@@ -10,14 +11,18 @@
 //! reads the current state, and two folds interleaving would each miss the other's writes.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
 
 use async_trait::async_trait;
-use fjall::Database;
+use fjall::{Database, Readable};
 use switchboard_ingest::log::Cursor;
 use switchboard_schemas::{CallId, ConversationId, MediaId, MessageId, UserId};
 
+use self::filter::KeyFilter;
 use self::fold::Fold;
+use self::keys::Table;
 use self::query::View;
 use self::tables::{Tables, storage};
 use crate::store::{
@@ -25,6 +30,7 @@ use crate::store::{
     StoreError, User,
 };
 
+mod filter;
 mod fold;
 mod keys;
 mod query;
@@ -36,11 +42,17 @@ mod tests;
 /// The read models kept in a directory on local disk. Cheap to share behind an `Arc`.
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
+    /// Loads the client ids stored before this open into [`Inner::client_ids`].
+    loader: Option<JoinHandle<()>>,
 }
 
 struct Inner {
     db: Database,
     tables: Tables,
+    /// Every key of [`Table::ClientIds`]: the retry check of every send is nearly always a miss.
+    client_ids: KeyFilter,
+    /// Tells the loader to stop: the store is being dropped.
+    closing: AtomicBool,
     /// Held while a batch is folded and committed; guards no data, only the order of writers.
     writer: Mutex<()>,
 }
@@ -59,7 +71,29 @@ impl EmbeddedStore {
             .open()
             .map_err(|e| storage(format_args!("opening {}", dir.display()), e))?;
         let tables = Tables::open(&db)?;
-        Ok(EmbeddedStore { inner: Arc::new(Inner { db, tables, writer: Mutex::new(()) }) })
+        let expected = tables.get(Table::ClientIds).approximate_len() * 2;
+        let inner = Arc::new(Inner {
+            db,
+            tables,
+            client_ids: KeyFilter::new(expected),
+            closing: AtomicBool::new(false),
+            writer: Mutex::new(()),
+        });
+        // In the background: a large store holds millions of client ids, and reading them all
+        // (about a million a second) would hold up the start. Batches applied meanwhile insert
+        // theirs themselves; the filter answers "maybe" until the loader is done.
+        let loader = std::thread::Builder::new()
+            .name("client-id-filter".into())
+            .spawn({
+                let inner = Arc::clone(&inner);
+                move || {
+                    if let Err(error) = load_client_ids(&inner) {
+                        tracing::error!(%error, "client ids not loaded; every send checks the store");
+                    }
+                }
+            })
+            .map_err(|e| storage("starting the client id loader", e))?;
+        Ok(EmbeddedStore { inner, loader: Some(loader) })
     }
 
     /// Runs `query` against a fresh snapshot, on the calling task. Queries are point lookups and
@@ -71,6 +105,32 @@ impl EmbeddedStore {
         F: FnOnce(&View<'_>) -> Result<T, StoreError>,
     {
         query(&self.inner.view())
+    }
+}
+
+/// Inserts every client id stored before the filter existed, then marks the filter loaded. The
+/// snapshot is taken after the filter exists, so a key is either in it or was inserted by the
+/// batch that stored it.
+fn load_client_ids(inner: &Inner) -> Result<(), StoreError> {
+    let snapshot = inner.db.snapshot();
+    for (i, entry) in snapshot.iter(inner.tables.get(Table::ClientIds)).enumerate() {
+        if i % 4096 == 0 && inner.closing.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let key = entry.key().map_err(|e| storage("loading client ids", e))?;
+        inner.client_ids.insert(&key);
+    }
+    inner.client_ids.loaded();
+    Ok(())
+}
+
+impl Drop for EmbeddedStore {
+    /// Waits for the loader, so that the directory is free to open again once this returns.
+    fn drop(&mut self) {
+        self.inner.closing.store(true, Ordering::Relaxed);
+        if let Some(loader) = self.loader.take() {
+            let _ = loader.join();
+        }
     }
 }
 
@@ -89,7 +149,7 @@ impl ReadModel for EmbeddedStore {
             // the commit), so a poisoned lock is safe to take over.
             let _writer = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
             let checkpoint = inner.view().checkpoint()?.furthest(&checkpoint);
-            let mut fold = Fold::new(inner.view());
+            let mut fold = Fold::new(inner.view(), &inner.client_ids);
             for logged in &events {
                 fold.event(logged)?;
             }
@@ -155,6 +215,13 @@ impl ReadModel for EmbeddedStore {
         sender: UserId,
         client_msg_id: &str,
     ) -> Result<Option<Message>, StoreError> {
+        if !self.inner.client_ids.may_contain(&keys::client_id(
+            conversation.0,
+            sender.0,
+            client_msg_id,
+        )) {
+            return Ok(None);
+        }
         let client_msg_id = client_msg_id.to_owned();
         self.read(move |view| view.message_by_client_id(conversation, sender, &client_msg_id)).await
     }

@@ -150,6 +150,25 @@ async fn reopening_keeps_data_and_checkpoint() -> Result<(), StoreError> {
     let page = store.messages(ConversationId(10), None, 10).await?;
     assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [3, 2, 1]);
     assert_eq!(store.direct_conversation(UserId(2), UserId(1)).await?, Some(ConversationId(10)));
+    // Client ids stored before the reopen are known to the retry check and to the fold, once
+    // they are loaded into the filter that answers for the absent ones.
+    while !store.inner.client_ids.is_loaded() {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(!store.inner.client_ids.may_contain(b"never stored"));
+    let stored = store.message_by_client_id(ConversationId(10), UserId(1), "c1").await?;
+    assert_eq!(stored.map(|m| m.id), Some(MessageId(101)));
+    let retry = MessageSent {
+        conversation_id: ConversationId(10),
+        message_id: MessageId(999),
+        sender: UserId(1),
+        client_msg_id: "c1".to_owned(),
+        body: "hello again".to_owned(),
+        reply_to: None,
+        attachments: Vec::new(),
+    };
+    store.apply(&[logged(99, 2_000, retry)], &checkpoint).await?;
+    assert_eq!(store.message(ConversationId(10), MessageId(999)).await?, None);
     Ok(())
 }
 

@@ -1,0 +1,105 @@
+//! Claims on `client_msg_id`s, and when they are let go.
+//!
+//! A send claims its sender, conversation and `client_msg_id` in the presence backend before
+//! anything else, so that a retry arriving while the first send is in flight gets the first
+//! send's answer rather than a second message. Once the read models hold the message, a retry
+//! finds it there instead, and the claim has done its job: [`Settling`] keeps each finished
+//! send's claim until the projection has passed its log position, then releases it.
+//!
+//! Claims therefore number the sends in flight or not yet projected. Kept for the whole retry
+//! window instead, they piled up a day's sends — in process memory, or in Redis — and every
+//! doubling of the in-memory map rehashed and swept all of them while sends waited on its lock.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use switchboard_ingest::log::Cursor;
+use switchboard_schemas::{ConversationId, Position, UserId};
+use tokio_util::sync::CancellationToken;
+
+use crate::state::AppState;
+
+/// How long a claim lives at most: the backstop for claims whose node stopped before it could
+/// release them.
+pub const RETRY_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How often projected sends have their claims released.
+const RELEASE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The claim of one sender's `client_msg_id` in one conversation.
+pub fn key(sender: UserId, conversation: ConversationId, client_msg_id: &str) -> String {
+    format!("send:{sender}:{conversation}:{client_msg_id}")
+}
+
+/// Claims of finished sends, in the order they were logged, waiting for the projection.
+#[derive(Default)]
+pub struct Settling {
+    pending: Mutex<VecDeque<(Position, String)>>,
+}
+
+impl Settling {
+    /// Keeps `claim` until the read models hold the event at `position`.
+    pub fn hold(&self, position: Position, claim: String) {
+        self.pending().push_back((position, claim));
+    }
+
+    /// The claims whose events `projected` has passed. Taken from the front only: partitions
+    /// move along together, and a claim left a little longer behind a slower one is harmless.
+    fn take_projected(&self, projected: &Cursor) -> Vec<String> {
+        let mut pending = self.pending();
+        let settled = pending.iter().take_while(|(at, _)| projected.has_passed(*at)).count();
+        pending.drain(..settled).map(|(_, claim)| claim).collect()
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, VecDeque<(Position, String)>> {
+        // Every change leaves the queue whole, so one a panicking holder left is still valid.
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Releases the claims of sends the read models have caught up with, until `stop`.
+pub async fn release_projected(state: AppState, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(RELEASE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let settled = state.claims.take_projected(&state.progress.current());
+        if settled.is_empty() {
+            continue;
+        }
+        let keys: Vec<&str> = settled.iter().map(String::as_str).collect();
+        if let Err(error) = state.presence.release_claims(&keys).await {
+            // Harmless: they expire at the end of the retry window.
+            tracing::debug!(%error, claims = keys.len(), "could not release settled claims");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_schemas::Topic;
+
+    fn at(partition: u32, offset: u64) -> Position {
+        Position { topic: Topic::Messages, partition, offset }
+    }
+
+    #[test]
+    fn claims_are_released_once_projected_in_log_order() {
+        let settling = Settling::default();
+        settling.hold(at(0, 4), "a".into());
+        settling.hold(at(1, 9), "b".into());
+        settling.hold(at(0, 5), "c".into());
+        let mut projected = Cursor::default();
+        assert!(settling.take_projected(&projected).is_empty());
+        projected.set(Topic::Messages, 0, 6);
+        assert_eq!(settling.take_projected(&projected), ["a"], "b's partition is behind");
+        projected.set(Topic::Messages, 1, 10);
+        assert_eq!(settling.take_projected(&projected), ["b", "c"]);
+        assert!(settling.take_projected(&projected).is_empty());
+    }
+}
