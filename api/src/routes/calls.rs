@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use switchboard_projector::store::{Call, CallKind};
 use switchboard_schemas::CallId;
 
-use super::extract::{Params, QueryParams};
+use super::extract::{After, Params, QueryParams};
 use crate::auth::Caller;
 use crate::chat;
 use crate::error::ApiError;
@@ -31,11 +31,6 @@ pub struct History {
     /// Pass as `before` for the next (older) page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     next_before: Option<CallId>,
-}
-
-#[derive(Deserialize)]
-pub struct After {
-    after: Option<String>,
 }
 
 #[derive(Serialize)]

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use switchboard_projector::store::Media;
 use switchboard_schemas::{ConversationId, MediaId};
 
-use super::extract::{Params, QueryParams};
+use super::extract::{After, Params, QueryParams};
 use crate::auth::Caller;
 use crate::chat;
 use crate::error::ApiError;
@@ -26,11 +26,6 @@ use crate::state::AppState;
 pub struct UploadQuery {
     /// The file's name, shown to members and offered when they save it.
     name: Option<String>,
-}
-
-#[derive(Deserialize)]
-pub struct After {
-    after: Option<String>,
 }
 
 #[derive(Serialize)]
