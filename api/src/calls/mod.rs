@@ -122,12 +122,11 @@ pub async fn invite(
         .map_err(|_| ApiError::not_found("user in that conversation"))?;
 
     let call_id = CallId(state.ingest.next_id());
-    let ttl = LINE_TTL;
     let origin = Origin::user(caller, trace);
-    if state.presence.claim(&line(caller), &call_id.to_string(), ttl).await?.is_some() {
+    if state.presence.claim(&line(caller), &call_id.to_string(), LINE_TTL).await?.is_some() {
         return Err(ApiError::already_in_call());
     }
-    if state.presence.claim(&line(callee), &call_id.to_string(), ttl).await?.is_some() {
+    if state.presence.claim(&line(callee), &call_id.to_string(), LINE_TTL).await?.is_some() {
         release_lines(state, &[caller]).await;
         let busy =
             CallBusy { call_id, user_id: callee, caller: Some(caller), media: Some(request.media) };
