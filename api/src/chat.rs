@@ -92,7 +92,12 @@ pub async fn ensure_member(
     caller: UserId,
     id: ConversationId,
 ) -> Result<(), ApiError> {
-    match state.store.is_member(id, caller).await? {
+    let known = state.hub.memberships().is_member(id, caller, &state.progress);
+    let member = match known {
+        Some(member) => member,
+        None => state.store.is_member(id, caller).await?,
+    };
+    match member {
         true => Ok(()),
         false => Err(ApiError::not_found("conversation")),
     }
@@ -130,66 +135,65 @@ pub async fn send(
     // any earlier send in the read models — including one from before a restart.
     let claim_key = claims::key(caller, request.conversation_id, &request.client_msg_id);
     let message_id = MessageId(state.ingest.next_id());
-    let claimed =
-        match state.presence.claim(&claim_key, &message_id.to_string(), RETRY_WINDOW).await {
-            Ok(None) => true,
-            Ok(Some(existing)) => {
-                return first_send(state, caller, &request, &claim_key, &existing).await;
+    let in_flight = message_id.to_string();
+    let claimed = match state.presence.claim(&claim_key, &in_flight, claims::IN_FLIGHT).await {
+        Ok(None) => true,
+        Ok(Some(existing)) => {
+            match first_send(state, &request, &claim_key, &in_flight, existing).await? {
+                Some(sent) => return Ok(sent),
+                None => true,
             }
-            // Without shared state, the read-model check below is the only guard; the projector
-            // still drops a duplicate, so at worst a retry is answered with an id never stored.
-            Err(error) => {
-                tracing::warn!(%error, "send claim unavailable");
-                false
-            }
-        };
-    let release = async || {
-        if claimed {
-            let _ = state.presence.release_claims(&[&claim_key]).await;
+        }
+        // Without shared state, the read-model check below is the only guard; the projector
+        // still drops a duplicate, so at worst a retry is answered with an id never stored.
+        Err(error) => {
+            tracing::warn!(%error, "send claim unavailable");
+            false
         }
     };
-    match stored_send(state, caller, &request).await {
-        Ok(None) => {}
-        Ok(Some(sent)) => {
-            release().await;
-            return Ok(sent);
-        }
-        Err(error) => {
-            release().await;
-            return Err(error);
-        }
+    let attempt =
+        claims::keep_in_flight(state, claimed.then_some(&claim_key), &in_flight, async move {
+            if let Some(sent) = stored_send(state, caller, &request).await? {
+                return Ok(Attempt::Stored(sent));
+            }
+            let event = MessageSent {
+                conversation_id: request.conversation_id,
+                message_id,
+                sender: caller,
+                client_msg_id: request.client_msg_id,
+                body: request.body,
+                reply_to: request.reply_to,
+                attachments: request.attachments,
+            };
+            let position = state.ingest.send_message(&Origin::user(caller, trace), event).await?;
+            Ok(Attempt::Logged(position))
+        });
+    let attempt: Result<Attempt, ApiError> = attempt.await;
+    if claimed && !matches!(attempt, Ok(Attempt::Logged(_))) {
+        // Nothing new was logged: let a retry try again.
+        let _ = state.presence.release_claims(&[&claim_key]).await;
     }
+    let position = match attempt? {
+        Attempt::Stored(sent) => return Ok(sent),
+        Attempt::Logged(position) => position,
+    };
+    let token = position.to_string();
+    if claimed {
+        let done = format!("{message_id} {token}");
+        if let Err(error) = state.presence.update_claim(&claim_key, &done, RETRY_WINDOW).await {
+            tracing::warn!(%error, "could not record the finished send for retries");
+        }
+        state.claims.hold(position, claim_key);
+    }
+    metrics::counter!("messages_sent_total").increment(1);
+    Ok(Sent { message_id, token, duplicate: false })
+}
 
-    let event = MessageSent {
-        conversation_id: request.conversation_id,
-        message_id,
-        sender: caller,
-        client_msg_id: request.client_msg_id,
-        body: request.body,
-        reply_to: request.reply_to,
-        attachments: request.attachments,
-    };
-    match state.ingest.send_message(&Origin::user(caller, trace), event).await {
-        Ok(position) => {
-            let token = position.to_string();
-            if claimed {
-                let done = format!("{message_id} {token}");
-                if let Err(error) =
-                    state.presence.update_claim(&claim_key, &done, RETRY_WINDOW).await
-                {
-                    tracing::warn!(%error, "could not record the finished send for retries");
-                }
-                state.claims.hold(position, claim_key);
-            }
-            metrics::counter!("messages_sent_total").increment(1);
-            Ok(Sent { message_id, token, duplicate: false })
-        }
-        Err(error) => {
-            // Nothing was stored: let a retry try again.
-            release().await;
-            Err(error.into())
-        }
-    }
+/// How a send that holds its claim ended.
+enum Attempt {
+    /// An earlier send of the same `client_msg_id` is in the read models.
+    Stored(Sent),
+    Logged(Position),
 }
 
 /// The answer to a retry of a send the read models already hold.
@@ -207,20 +211,20 @@ async fn stored_send(
     }))
 }
 
-/// Answers a retry from the first send's claim, waiting briefly if that send is still in flight.
+/// Answers a retry from the first send's claim, waiting (bounded) while that send is in flight.
+/// `None` once the claim was let go without an answer, and this send holds it, as `in_flight`.
 async fn first_send(
     state: &AppState,
-    caller: UserId,
     request: &SendRequest,
     claim_key: &str,
-    claimed: &str,
-) -> Result<Sent, ApiError> {
-    let mut claimed = claimed.to_owned();
+    in_flight: &str,
+    mut claimed: String,
+) -> Result<Option<Sent>, ApiError> {
     let deadline = tokio::time::Instant::now() + state.config.consistency_timeout.0;
     loop {
         if let Some((id, token)) = claimed.split_once(' ') {
             let message_id = id.parse().map_err(|_| ApiError::internal("corrupt send claim"))?;
-            return Ok(Sent { message_id, token: token.to_owned(), duplicate: true });
+            return Ok(Some(Sent { message_id, token: token.to_owned(), duplicate: true }));
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(ApiError::conflict(
@@ -228,19 +232,20 @@ async fn first_send(
             ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-        match state.presence.claim(claim_key, "", RETRY_WINDOW).await? {
+        match state.presence.claim(claim_key, in_flight, claims::IN_FLIGHT).await? {
             Some(value) => claimed = value,
-            // Released: the first send failed, or it is projected and the read models answer.
-            // Ours now holds the claim, empty.
-            None => {
-                let stored = stored_send(state, caller, request).await;
-                let _ = state.presence.release_claims(&[claim_key]).await;
-                return stored?.ok_or_else(|| {
-                    ApiError::conflict("the first send with this client_msg_id failed; send again")
-                });
-            }
+            None => break,
         }
     }
+    // Let go without an answer: the first send failed, or it is projected and the read models
+    // answer, or its node died mid-send and the claim expired. Whatever that node logged is in
+    // the log by now; once the read models hold it too, the check that follows finds it.
+    let conversation = request.conversation_id.to_string();
+    if let Err(error) = catch_up_with(state, Topic::Messages, &conversation).await {
+        let _ = state.presence.release_claims(&[claim_key]).await;
+        return Err(error);
+    }
+    Ok(None)
 }
 
 /// The message, waiting (bounded) for the projection to catch up with the log when it is not

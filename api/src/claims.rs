@@ -20,9 +20,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::state::AppState;
 
-/// How long a claim lives at most: the backstop for claims whose node stopped before it could
-/// release them.
+/// How long a finished send's claim lives at most: the backstop for claims whose node stopped
+/// before it could release them.
 pub const RETRY_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How long the claim of a send in flight outlives its node. The sending node renews it while
+/// the send lasts; if the node dies mid-send, retries wait this long at most, not the whole
+/// retry window, before they take the claim over.
+pub const IN_FLIGHT: Duration = Duration::from_secs(5);
 
 /// How often projected sends have their claims released.
 const RELEASE_INTERVAL: Duration = Duration::from_millis(100);
@@ -30,6 +35,28 @@ const RELEASE_INTERVAL: Duration = Duration::from_millis(100);
 /// The claim of one sender's `client_msg_id` in one conversation.
 pub fn key(sender: UserId, conversation: ConversationId, client_msg_id: &str) -> String {
     format!("send:{sender}:{conversation}:{client_msg_id}")
+}
+
+/// Runs `send`, renewing `claim` (when it is held) every third of [`IN_FLIGHT`] until `send`
+/// ends, so that a slow send keeps its claim and a dead node's claim soon expires.
+pub async fn keep_in_flight<T>(
+    state: &AppState,
+    claim: Option<&str>,
+    value: &str,
+    send: impl Future<Output = T>,
+) -> T {
+    let Some(claim) = claim else { return send.await };
+    let mut send = std::pin::pin!(send);
+    loop {
+        tokio::select! {
+            done = &mut send => return done,
+            () = tokio::time::sleep(IN_FLIGHT / 3) => {
+                if let Err(error) = state.presence.update_claim(claim, value, IN_FLIGHT).await {
+                    tracing::warn!(%error, "could not renew the claim of a send in flight");
+                }
+            }
+        }
+    }
 }
 
 /// Claims of finished sends, in the order they were logged, waiting for the projection.

@@ -179,7 +179,10 @@ commitlog_sync_period: 10000ms
 commitlog_segment_size: 32MiB
 commitlog_total_space: 256MiB
 disk_optimization_strategy: ssd
-memtable_heap_space: 64MiB
+# A quarter of the heap, Cassandra's own default. At 64 MiB a benchmark at 5,000 messages/s
+# flushed a memtable about every second and kept a compaction running all along (4,401 flushes
+# logged in one run; 240 at this size).
+memtable_heap_space: 256MiB
 memtable_offheap_space: 64MiB
 # Tests create a keyspace of some twenty tables per server; the default slab allocator gives
 # every memtable that is written a 1 MiB region of its own, which ran the heap out after a

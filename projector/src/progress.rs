@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard_ingest::log::Cursor;
-use switchboard_schemas::Position;
+use switchboard_schemas::{Position, Topic};
 use tokio::sync::watch;
 
 /// A shared, watchable checkpoint. The projector advances it after each applied batch; readers
@@ -37,6 +37,16 @@ impl Progress {
 
     pub fn current(&self) -> Cursor {
         self.cursor.borrow().clone()
+    }
+
+    /// Whether `cursor` has read every partition of `topic` at least as far as the projection
+    /// has applied it.
+    pub fn is_covered_by(&self, cursor: &Cursor, topic: Topic) -> bool {
+        self.cursor
+            .borrow()
+            .iter()
+            .filter(|(t, ..)| *t == topic)
+            .all(|(topic, partition, next)| cursor.get(topic, partition).unwrap_or(0) >= next)
     }
 
     pub fn has_reached(&self, position: Position) -> bool {

@@ -6,6 +6,7 @@
 //! event. A socket registered at position `S` receives every routed event after `S` through its
 //! mailbox; a reconnecting client replays from its token up to `S`, so it sees each event once.
 
+mod members;
 mod router;
 mod token;
 
@@ -22,6 +23,7 @@ use switchboard_schemas::{Codec, Topic, UserId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use members::Memberships;
 pub use router::{Routed, Router};
 pub use token::ResumeToken;
 
@@ -50,6 +52,7 @@ struct Sockets {
 #[derive(Clone, Default)]
 pub struct Hub {
     sockets: Arc<Mutex<Sockets>>,
+    members: Arc<Memberships>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +99,11 @@ impl Hub {
         }
     }
 
+    /// Conversation members as this node's fan-out knows them.
+    pub fn memberships(&self) -> &Memberships {
+        &self.members
+    }
+
     /// Disconnects every socket; each reconnects and resumes from its last token.
     pub fn evict_all(&self) {
         let mut sockets = self.sockets.lock().expect("hub lock");
@@ -119,7 +127,7 @@ impl Hub {
         // everything before the point the fan-out starts from.
         progress.wait_for_cursor(&start).await;
         let mut reader = log.reader(start).await?;
-        let mut router = Router::live(store, presence);
+        let mut router = Router::live(store, presence, self.members.clone());
         let codec = Codec::new();
         loop {
             let records = tokio::select! {
@@ -164,5 +172,6 @@ impl Hub {
             }
         }
         by_user.retain(|_, mailboxes| !mailboxes.is_empty());
+        self.members.routed_up_to(cursor);
     }
 }

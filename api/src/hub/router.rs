@@ -3,7 +3,8 @@
 //! sharer is one of them.
 //!
 //! Memberships are cached and kept current from the conversation events the router itself
-//! routes, so a message right after a member joined reaches the new member without a store read.
+//! routes, so a message right after a member joined reaches the new member without a store read
+//! (see `members` for who else reads them).
 //! Live calls are cached the same way, folded by the read models' own rules: a call's events go
 //! to its caller and callee, a room's to every member of its conversation, each with the call as
 //! it stands after the event; a signal goes to its recipient alone.
@@ -16,6 +17,8 @@ use switchboard_projector::presence::Presence;
 use switchboard_projector::store::calls::{self, Call, CallKind};
 use switchboard_projector::store::{ReadModel, StoreError};
 use switchboard_schemas::{CallId, ConversationId, Event, Payload, UserId};
+
+use super::members::Memberships;
 
 /// An event ready to push: to whom, and what.
 pub struct Routed {
@@ -37,7 +40,8 @@ struct PresenceChanged {
 pub struct Router {
     store: Arc<dyn ReadModel>,
     presence: Arc<dyn Presence>,
-    members: HashMap<ConversationId, Vec<UserId>>,
+    /// Shared with the membership checks of commands when live; the replay's own otherwise.
+    members: Arc<Memberships>,
     contacts: HashMap<UserId, Arc<Vec<UserId>>>,
     /// The online state last pushed per user, so contacts hear of changes only.
     pushed_online: HashMap<UserId, bool>,
@@ -47,12 +51,16 @@ pub struct Router {
 }
 
 impl Router {
-    /// A router for the live fan-out.
-    pub fn live(store: Arc<dyn ReadModel>, presence: Arc<dyn Presence>) -> Router {
+    /// A router for the live fan-out, keeping `members` current.
+    pub fn live(
+        store: Arc<dyn ReadModel>,
+        presence: Arc<dyn Presence>,
+        members: Arc<Memberships>,
+    ) -> Router {
         Router {
             store,
             presence,
-            members: HashMap::new(),
+            members,
             contacts: HashMap::new(),
             pushed_online: HashMap::new(),
             calls: HashMap::new(),
@@ -62,38 +70,38 @@ impl Router {
 
     /// A router for replaying what a resuming socket missed.
     pub fn replay(store: Arc<dyn ReadModel>, presence: Arc<dyn Presence>) -> Router {
-        Router { replaying: true, ..Router::live(store, presence) }
+        Router { replaying: true, ..Router::live(store, presence, Arc::default()) }
     }
 
     pub async fn route(&mut self, event: &Event) -> Result<Option<Routed>, StoreError> {
         use Payload::*;
         let recipients = match &event.payload {
             ConversationCreated(e) => {
-                self.members.insert(e.conversation_id, e.members.clone());
+                self.members.set(e.conversation_id, e.members.clone());
                 self.contacts.clear();
                 e.members.clone()
             }
             MemberAdded(e) => {
-                let members = self.members_mut(e.conversation_id).await?;
+                let mut members = self.members(e.conversation_id).await?;
                 if !members.contains(&e.user_id) {
                     members.push(e.user_id);
                 }
-                let recipients = members.clone();
+                self.members.set(e.conversation_id, members.clone());
                 self.contacts.clear();
-                recipients
+                members
             }
             MemberRemoved(e) => {
-                let members = self.members_mut(e.conversation_id).await?;
-                let recipients = members.clone();
-                members.retain(|m| *m != e.user_id);
+                let recipients = self.members(e.conversation_id).await?;
                 if !recipients.contains(&e.user_id) {
                     return Ok(None);
                 }
+                let remaining = recipients.iter().copied().filter(|m| *m != e.user_id).collect();
+                self.members.set(e.conversation_id, remaining);
                 self.contacts.clear();
                 recipients
             }
             Typing(e) => {
-                let mut members = self.members_mut(e.conversation_id).await?.clone();
+                let mut members = self.members(e.conversation_id).await?;
                 members.retain(|m| *m != e.user_id);
                 members
             }
@@ -101,13 +109,13 @@ impl Router {
             // no member (one that raced their removal) is shown to nobody; a stop always goes
             // out, so that whoever still shows the location stops.
             LocationShared(e) => {
-                let members = self.members_mut(e.conversation_id).await?;
+                let members = self.members(e.conversation_id).await?;
                 if !members.contains(&e.user_id) {
                     return Ok(None);
                 }
-                members.clone()
+                members
             }
-            LocationStopped(e) => self.members_mut(e.conversation_id).await?.clone(),
+            LocationStopped(e) => self.members(e.conversation_id).await?,
             SessionOpened(e) => {
                 return self.presence_changed(e.user_id, event.meta.occurred_at, true).await;
             }
@@ -121,7 +129,7 @@ impl Router {
                 return Ok(None);
             }
             payload => match payload.conversation_id() {
-                Some(conversation) => self.members_mut(conversation).await?.clone(),
+                Some(conversation) => self.members(conversation).await?,
                 None => return Ok(None),
             },
         };
@@ -133,12 +141,13 @@ impl Router {
         }))
     }
 
-    async fn members_mut(&mut self, id: ConversationId) -> Result<&mut Vec<UserId>, StoreError> {
-        if !self.members.contains_key(&id) {
-            let members = self.store.conversation(id).await?.map(|c| c.members).unwrap_or_default();
-            self.members.insert(id, members);
+    async fn members(&mut self, id: ConversationId) -> Result<Vec<UserId>, StoreError> {
+        if let Some(members) = self.members.get(id) {
+            return Ok(members);
         }
-        Ok(self.members.get_mut(&id).expect("inserted above"))
+        let members = self.store.conversation(id).await?.map(|c| c.members).unwrap_or_default();
+        self.members.set(id, members.clone());
+        Ok(members)
     }
 
     /// A call's event, with the call as it stands after it.
@@ -156,7 +165,7 @@ impl Router {
             return Ok(None);
         };
         let recipients = match (call.kind, call.conversation_id) {
-            (CallKind::Room, Some(conversation)) => self.members_mut(conversation).await?.clone(),
+            (CallKind::Room, Some(conversation)) => self.members(conversation).await?,
             _ => call.involved.clone(),
         };
         let mut data = serde_json::to_value(&event.payload).expect("events serialise to JSON");
@@ -264,7 +273,8 @@ mod tests {
     async fn locations_reach_members_while_the_sharer_is_one() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Arc::new(EmbeddedStore::open(dir.path()).expect("store"));
-        let mut router = Router::live(store, Arc::new(MemoryPresence::new("n")));
+        let presence = Arc::new(MemoryPresence::new("n"));
+        let mut router = Router::live(store, presence, Arc::default());
         let (a, b, c) = (UserId(1), UserId(2), UserId(3));
         let group = ConversationId(10);
         let created = ConversationCreated {

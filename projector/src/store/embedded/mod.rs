@@ -4,15 +4,15 @@
 //! - `records` is what each table stores, `tables` the fjall keyspaces holding them;
 //! - `fold` applies a batch of events, atomically with the checkpoint;
 //! - `filter` keeps the client ids in memory, for the retry check of every send;
-//! - `query` answers reads, each from one snapshot.
+//! - `query` answers reads, each from one snapshot;
+//! - `background` is the thread that applies batches, one at a time and at a low priority.
 //!
-//! fjall is synchronous and a batch ends in an fsync, so every call runs on tokio's blocking
-//! pool rather than on the thread that polls it. Batches are applied one at a time: folding
-//! reads the current state, and two folds interleaving would each miss the other's writes.
+//! fjall is synchronous and a batch ends in an fsync, so batches are applied on that thread
+//! rather than on the one that polls `apply`.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
@@ -20,6 +20,7 @@ use fjall::{Database, Readable};
 use switchboard_ingest::log::Cursor;
 use switchboard_schemas::{CallId, ConversationId, MediaId, MessageId, UserId};
 
+use self::background::Background;
 use self::filter::KeyFilter;
 use self::fold::Fold;
 use self::keys::Table;
@@ -30,6 +31,7 @@ use crate::store::{
     StoreError, User,
 };
 
+mod background;
 mod filter;
 mod fold;
 mod keys;
@@ -44,6 +46,7 @@ pub struct EmbeddedStore {
     inner: Arc<Inner>,
     /// Loads the client ids stored before this open into [`Inner::client_ids`].
     loader: Option<JoinHandle<()>>,
+    background: Background,
 }
 
 struct Inner {
@@ -53,8 +56,6 @@ struct Inner {
     client_ids: KeyFilter,
     /// Tells the loader to stop: the store is being dropped.
     closing: AtomicBool,
-    /// Held while a batch is folded and committed; guards no data, only the order of writers.
-    writer: Mutex<()>,
 }
 
 impl Inner {
@@ -67,9 +68,7 @@ impl EmbeddedStore {
     /// Opens the store in `dir`, creating it if needed and recovering whatever the journal holds
     /// after a crash.
     pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
-        let db = Database::builder(dir)
-            .open()
-            .map_err(|e| storage(format_args!("opening {}", dir.display()), e))?;
+        let (background, db) = Background::start(dir.to_owned())?;
         let tables = Tables::open(&db)?;
         let expected = tables.get(Table::ClientIds).approximate_len() * 2;
         let inner = Arc::new(Inner {
@@ -77,7 +76,6 @@ impl EmbeddedStore {
             tables,
             client_ids: KeyFilter::new(expected),
             closing: AtomicBool::new(false),
-            writer: Mutex::new(()),
         });
         // In the background: a large store holds millions of client ids, and reading them all
         // (about a million a second) would hold up the start. Batches applied meanwhile insert
@@ -87,13 +85,14 @@ impl EmbeddedStore {
             .spawn({
                 let inner = Arc::clone(&inner);
                 move || {
+                    background::lower_priority();
                     if let Err(error) = load_client_ids(&inner) {
                         tracing::error!(%error, "client ids not loaded; every send checks the store");
                     }
                 }
             })
             .map_err(|e| storage("starting the client id loader", e))?;
-        Ok(EmbeddedStore { inner, loader: Some(loader) })
+        Ok(EmbeddedStore { inner, loader: Some(loader), background })
     }
 
     /// Runs `query` against a fresh snapshot, on the calling task. Queries are point lookups and
@@ -125,7 +124,8 @@ fn load_client_ids(inner: &Inner) -> Result<(), StoreError> {
 }
 
 impl Drop for EmbeddedStore {
-    /// Waits for the loader, so that the directory is free to open again once this returns.
+    /// Waits for the loader (and, as the fields drop, for the store thread), so that the
+    /// directory is free to open again once this returns.
     fn drop(&mut self) {
         self.inner.closing.store(true, Ordering::Relaxed);
         if let Some(loader) = self.loader.take() {
@@ -144,19 +144,17 @@ impl ReadModel for EmbeddedStore {
         let inner = Arc::clone(&self.inner);
         let events = events.to_vec();
         let checkpoint = checkpoint.clone();
-        tokio::task::spawn_blocking(move || {
-            // A panic in an earlier fold left nothing half-written (nothing is written before
-            // the commit), so a poisoned lock is safe to take over.
-            let _writer = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
-            let checkpoint = inner.view().checkpoint()?.furthest(&checkpoint);
-            let mut fold = Fold::new(inner.view(), &inner.client_ids);
-            for logged in &events {
-                fold.event(logged)?;
-            }
-            fold.commit(&inner.db, &inner.tables, &checkpoint)
-        })
-        .await
-        .map_err(|e| storage("read-model apply task", e))?
+        // A fold that panicked left nothing half-written: nothing is written before the commit.
+        self.background
+            .run(move || {
+                let checkpoint = inner.view().checkpoint()?.furthest(&checkpoint);
+                let mut fold = Fold::new(inner.view(), &inner.client_ids);
+                for logged in &events {
+                    fold.event(logged)?;
+                }
+                fold.commit(&inner.db, &inner.tables, &checkpoint)
+            })
+            .await
     }
 
     async fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {
