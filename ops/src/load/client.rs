@@ -434,8 +434,8 @@ impl Client {
                         tally.delivered += 1;
                     }
                 }
-                if measures(sent_at) {
-                    tally.delivery_latency.record(now - sent_at);
+                if let Some(second) = schedule.and_then(|s| s.second_of(sent_at)) {
+                    tally.record_delivery(second, now - sent_at);
                 }
             }
             _ => {}

@@ -46,6 +46,11 @@ impl Schedule {
         (self.measure_from..self.measure_until).contains(&at)
     }
 
+    /// The whole seconds from the start of the measured window to `at`, if `at` is measured.
+    pub fn second_of(&self, at: Instant) -> Option<usize> {
+        self.measures(at).then(|| (at - self.measure_from).as_secs() as usize)
+    }
+
     /// Whether sockets should still send at `at`.
     pub fn sending(&self, at: Instant) -> bool {
         at < self.measure_until
@@ -88,6 +93,8 @@ mod tests {
         let start = Instant::now();
         let schedule = Schedule::new(start, Duration::from_secs(5), Duration::from_secs(30));
         assert!(!schedule.measures(start + Duration::from_secs(4)));
+        assert_eq!(schedule.second_of(start + Duration::from_secs(4)), None);
+        assert_eq!(schedule.second_of(start + Duration::from_millis(7_500)), Some(2));
         assert!(schedule.measures(start + Duration::from_secs(5)));
         assert!(schedule.measures(start + Duration::from_secs(34)));
         assert!(!schedule.measures(start + Duration::from_secs(35)));

@@ -79,6 +79,8 @@ pub struct LatencyFigures {
     pub ack: Percentiles,
     /// Send → arrival at a recipient's socket.
     pub delivery: Percentiles,
+    /// The p99 of send → arrival for the messages sent in each second of the window.
+    pub delivery_p99_by_second_ms: Vec<f64>,
 }
 
 impl Summary {
@@ -126,6 +128,11 @@ impl Summary {
             latency: LatencyFigures {
                 ack: tally.ack_latency.percentiles(),
                 delivery: tally.delivery_latency.percentiles(),
+                delivery_p99_by_second_ms: tally
+                    .delivery_latency_by_second
+                    .iter()
+                    .map(|second| second.percentiles().p99_ms)
+                    .collect(),
             },
             errors: tally.errors.clone(),
             dropped: tally.dropped.clone(),
@@ -202,6 +209,9 @@ impl Summary {
             latency_row("send -> ack", &latency.ack),
             latency_row("send -> delivered", &latency.delivery),
         ]));
+        let by_second: Vec<String> =
+            latency.delivery_p99_by_second_ms.iter().map(|ms| format!("{ms:.0}")).collect();
+        let _ = writeln!(out, "p99 delivered, by second sent (ms): {}", by_second.join(" "));
         let _ = writeln!(out);
         let _ = writeln!(out, "error frames     {}", counts(&self.errors));
         let _ = write!(out, "sockets dropped  {}", counts(&self.dropped));
@@ -375,10 +385,8 @@ mod tests {
     fn summary() -> Summary {
         let args = Cli::parse_from(["load", "--duration", "10s"]).args;
         let mut ack_latency = Latencies::default();
-        let mut delivery_latency = Latencies::default();
         for ms in 1..=100 {
             ack_latency.record(Duration::from_millis(ms));
-            delivery_latency.record(Duration::from_millis(2 * ms));
         }
         let mut tally = Tally {
             connected: 1000,
@@ -387,9 +395,12 @@ mod tests {
             deliveries: 199_980,
             delivered: 199_980,
             ack_latency,
-            delivery_latency,
             ..Tally::default()
         };
+        // 2–100 ms for the messages sent in the first second, 102–200 ms in the next.
+        for ms in 1..=100 {
+            tally.record_delivery((ms as usize - 1) / 50, Duration::from_millis(2 * ms));
+        }
         tally.count_drop("closed by the server (4008 too slow)".into());
         tally.count_error("rate_limited");
         let memory = Memory { before_bytes: 40 << 20, after_bytes: (40 << 20) + 1000 * 24 * 1024 };
@@ -416,6 +427,7 @@ mod tests {
             "messages fully delivered 19,998",
             "rate_limited: 1",
             "4008 too slow",
+            "p99 delivered, by second sent (ms): 100 200",
         ] {
             assert!(table.contains(expected), "missing `{expected}` in\n{table}");
         }

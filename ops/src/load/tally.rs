@@ -40,6 +40,9 @@ pub struct Tally {
     pub ack_latency: Latencies,
     /// Send → arrival at each recipient, for messages sent inside the window.
     pub delivery_latency: Latencies,
+    /// The same, by the second of the window each message was sent in: whether the slow
+    /// deliveries came in bursts or all along.
+    pub delivery_latency_by_second: Vec<Latencies>,
 }
 
 impl Tally {
@@ -57,6 +60,22 @@ impl Tally {
         self.undelivered += other.undelivered;
         self.ack_latency.merge(&other.ack_latency);
         self.delivery_latency.merge(&other.delivery_latency);
+        for (second, latencies) in other.delivery_latency_by_second.iter().enumerate() {
+            self.second(second).merge(latencies);
+        }
+    }
+
+    /// Records the delivery of a message sent in `second` of the window.
+    pub fn record_delivery(&mut self, second: usize, latency: Duration) {
+        self.delivery_latency.record(latency);
+        self.second(second).record(latency);
+    }
+
+    fn second(&mut self, second: usize) -> &mut Latencies {
+        if self.delivery_latency_by_second.len() <= second {
+            self.delivery_latency_by_second.resize_with(second + 1, Latencies::default);
+        }
+        &mut self.delivery_latency_by_second[second]
     }
 
     pub fn count_error(&mut self, code: &str) {
@@ -196,13 +215,27 @@ mod tests {
     }
 
     #[test]
+    fn deliveries_are_kept_by_second_and_merge_second_by_second() {
+        let mut a = Tally::default();
+        a.record_delivery(0, Duration::from_millis(2));
+        a.record_delivery(2, Duration::from_millis(300));
+        let mut b = Tally::default();
+        b.record_delivery(0, Duration::from_millis(4));
+        a.merge(b);
+        let seconds = &a.delivery_latency_by_second;
+        assert_eq!(seconds.len(), 3);
+        assert_eq!(seconds[0].percentiles().count, 2);
+        assert_eq!(seconds[1].percentiles().count, 0, "nothing was sent in second 1");
+        assert!((seconds[2].percentiles().max_ms - 300.0).abs() < 0.5);
+        assert_eq!(a.delivery_latency.percentiles().count, 3);
+    }
+
+    #[test]
     fn a_tally_survives_the_trip_from_a_child_process() {
-        let mut tally = Tally {
-            connected: 3,
-            delivered: 7,
-            delivery_latency: latencies([1, 2, 3, 250, 9_000]),
-            ..Tally::default()
-        };
+        let mut tally = Tally { connected: 3, delivered: 7, ..Tally::default() };
+        for (second, ms) in [(0, 1), (0, 2), (1, 3), (1, 250), (2, 9_000)] {
+            tally.record_delivery(second, Duration::from_millis(ms));
+        }
         tally.count_error("conflict");
         let line = serde_json::to_string(&tally).unwrap();
         assert!(!line.contains('\n'));
