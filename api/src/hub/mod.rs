@@ -122,6 +122,7 @@ impl Hub {
         stop: CancellationToken,
     ) -> Result<(), FanoutError> {
         let start = Cursor::end(log.as_ref(), &FANOUT_TOPICS).await?;
+        self.members.reset();
         self.sockets.lock().expect("hub lock").cursor = start.clone();
         // Memberships are read from the store on first use; it must have caught up with
         // everything before the point the fan-out starts from.
