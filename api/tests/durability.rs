@@ -52,11 +52,13 @@ async fn acknowledged_messages_survive_kill_9_exactly_once() {
     assert!(stored.len() <= SENT);
 
     // Retrying every send after the restart stores nothing twice and answers acknowledged ones
-    // with their original ids.
+    // with their original ids. A send that was in flight at the kill keeps its claim until the
+    // claim expires, and its retry waits for that: the bound is only there to catch a hang.
     let mut ws = Ws::connect(&server, &ada).await;
     for i in 0..SENT {
         let client_msg_id = format!("k{i}");
-        let ack = ws.send_message(&conversation, &client_msg_id, &format!("durable {i}")).await;
+        let send = json!({ "op": "send", "conversation_id": conversation, "client_msg_id": client_msg_id, "body": format!("durable {i}") });
+        let ack = ws.request_within(Duration::from_secs(120), send).await;
         assert_eq!(ack["op"], "ack", "{ack}");
         if let Some(id) = acked.get(&client_msg_id) {
             assert_eq!(ack["message_id"], json!(id), "{client_msg_id}");

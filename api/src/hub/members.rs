@@ -62,8 +62,7 @@ impl Memberships {
 
     /// Records that every event before `cursor` has been routed.
     pub(super) fn routed_up_to(&self, cursor: &Cursor) {
-        let mut known = self.write();
-        known.routed = std::mem::take(&mut known.routed).furthest(cursor);
+        self.write().routed.clone_from(cursor);
     }
 
     // Every change leaves the map whole, so one a panicking holder left is still valid.

@@ -477,12 +477,17 @@ impl Ws {
     }
 
     /// Sends an op with a fresh `ref` and returns the reply (`ack`, `error` or `pong`).
-    pub async fn request(&mut self, mut frame: Value) -> Value {
+    pub async fn request(&mut self, frame: Value) -> Value {
+        self.request_within(WAIT, frame).await
+    }
+
+    /// Like [`Ws::request`], for a reply that may take up to `wait` by design.
+    pub async fn request_within(&mut self, wait: Duration, mut frame: Value) -> Value {
         self.next_ref += 1;
         let reference = format!("r{}", self.next_ref);
         frame["ref"] = json!(reference);
         self.send_json(frame).await;
-        self.next_where(|f| f["ref"] == json!(reference)).await
+        self.next_within(wait, |f| f["ref"] == json!(reference)).await
     }
 
     pub async fn send_message(
