@@ -1,15 +1,23 @@
-//! The store's own thread, where batches are folded into the read models, at a lower CPU priority
-//! than the threads that serve clients.
+//! The store's own thread, where batches are folded into the read models, scheduled to run only
+//! when no thread serving clients wants a core.
 //!
 //! No client waits on the read models while chatting live: an ack waits for the log, and pushes
 //! are read from the log. On a busy node the projector still competes with both for the same
-//! cores, and each time it wins a slice, a push waits. Run at [`NICE`], it yields to them: at
-//! 20,000 messages/s on 2 cores, p99 send → delivered fell from 67–120 ms (5 runs) to 50–52 ms
-//! (3 runs), and the projector kept up, since the cores were not quite saturated. When they are,
-//! it catches up in the gaps, and queries that carry a consistency token wait for it.
+//! cores, and each time it wins a slice, a push waits. So this thread runs under Linux's
+//! `SCHED_IDLE` policy: the scheduler gives it a core only when nothing else wants one.
+//!
+//! Measured at 20,000 messages/s and 1,000 sockets on 2 cores (`ops/bench.sh embedded`,
+//! alternating runs of one sitting), p99 send → delivered was 32 / 72 / 107 ms at nice 8,
+//! 48 / 55 / 49 ms at nice 19 and 13–34 ms (six runs, median 17 ms) under `SCHED_IDLE`. A nice
+//! value only weights the share: fjall's compactions, which take most of a core for seconds,
+//! still took a third of it from the sockets at nice 8.
+//!
+//! The projector kept up all the same: the cores were not quite saturated. When they are, it
+//! falls behind until they are not, and queries that carry a consistency token wait for it,
+//! within their bound. Live delivery comes first on an overloaded node.
 //!
 //! The database is opened on this thread too: fjall starts its flush and compaction workers
-//! there, and threads inherit the priority of the thread that starts them.
+//! there, and threads inherit the scheduling policy of the thread that starts them.
 //!
 //! Batches are applied one at a time, in order, by this one thread: folding reads the current
 //! state, and two folds interleaving would each miss the other's writes.
@@ -23,10 +31,6 @@ use fjall::Database;
 
 use super::tables::storage;
 use crate::store::StoreError;
-
-/// The nice value of the thread: 0 is the default, 19 the lowest priority. At 8 it gets about
-/// a sixth of a core's time while a default thread wants the core.
-const NICE: i32 = 8;
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -43,7 +47,7 @@ impl Background {
         let thread = std::thread::Builder::new()
             .name("store-apply".into())
             .spawn(move || {
-                lower_priority();
+                yield_to_clients();
                 let open = Database::builder(&dir)
                     .open()
                     .map_err(|e| storage(format_args!("opening {}", dir.display()), e));
@@ -88,15 +92,14 @@ impl Drop for Background {
     }
 }
 
-/// Lowers the calling thread's priority to [`NICE`]. Linux keeps a nice value per thread; elsewhere
-/// `setpriority` would lower the whole process, so this does nothing there.
-pub(super) fn lower_priority() {
+/// Moves the calling thread to `SCHED_IDLE`, so that it runs only on a core nothing else wants.
+/// Linux schedules each thread on its own; elsewhere this does nothing.
+pub(super) fn yield_to_clients() {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: plain system calls on this thread's own id; they touch no memory.
-        let result =
-            unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, NICE) };
-        if result != 0 {
+        let idle = libc::sched_param { sched_priority: 0 };
+        // SAFETY: a system call on the calling thread (pid 0), reading only `idle`.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle) } != 0 {
             tracing::debug!(error = %std::io::Error::last_os_error(), "store thread keeps its priority");
         }
     }

@@ -85,7 +85,7 @@ impl EmbeddedStore {
             .spawn({
                 let inner = Arc::clone(&inner);
                 move || {
-                    background::lower_priority();
+                    background::yield_to_clients();
                     if let Err(error) = load_client_ids(&inner) {
                         tracing::error!(%error, "client ids not loaded; every send checks the store");
                     }
