@@ -14,6 +14,8 @@
 # Timeouts (seconds): SWITCHBOARD_KAFKA_TIMEOUT (120), SWITCHBOARD_CASSANDRA_TIMEOUT (240),
 # SWITCHBOARD_REDIS_TIMEOUT (30). Heaps: SWITCHBOARD_KAFKA_HEAP (512m), SWITCHBOARD_CASSANDRA_HEAP (1g).
 # Extra JVM flags (space-separated): SWITCHBOARD_KAFKA_JVM_OPTS, SWITCHBOARD_CASSANDRA_JVM_OPTS.
+# Cassandra runs under SCHED_IDLE (SWITCHBOARD_CASSANDRA_SCHED=idle, the default) or at the
+# default priority (normal); see ops/engines/README.md.
 set -euo pipefail
 
 # shellcheck source-path=SCRIPTDIR source=common.sh
@@ -21,6 +23,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 KAFKA_HEAP="${SWITCHBOARD_KAFKA_HEAP:-512m}"
 CASSANDRA_HEAP="${SWITCHBOARD_CASSANDRA_HEAP:-1g}"
+CASSANDRA_SCHED="${SWITCHBOARD_CASSANDRA_SCHED:-idle}"
 
 # A Java 17 runtime: Cassandra 5.0 runs on 11 or 17 only, Kafka 4.x needs 17+.
 find_java() {
@@ -267,8 +270,16 @@ XML
   )
   local extra=()
   read -r -a extra <<<"${SWITCHBOARD_CASSANDRA_JVM_OPTS:-}"
+  local sched=()
+  case "$CASSANDRA_SCHED" in
+    # The engines share this machine's cores with the log and the nodes, and Cassandra holds only
+    # read models: no live message waits on its writes. It gets the cores they leave idle.
+    idle) sched=(chrt --idle 0) ;;
+    normal) ;;
+    *) die "SWITCHBOARD_CASSANDRA_SCHED is '$CASSANDRA_SCHED'; use idle or normal" ;;
+  esac
   # As cassandra-env.sh does: few malloc arenas keep the native footprint small.
-  MALLOC_ARENA_MAX=4 launch cassandra "$java" "${jvm[@]}" ${extra[@]+"${extra[@]}"} org.apache.cassandra.service.CassandraDaemon
+  MALLOC_ARENA_MAX=4 launch cassandra ${sched[@]+"${sched[@]}"} "$java" "${jvm[@]}" ${extra[@]+"${extra[@]}"} org.apache.cassandra.service.CassandraDaemon
 }
 
 start_redis() {
