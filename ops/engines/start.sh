@@ -272,8 +272,9 @@ XML
   read -r -a extra <<<"${SWITCHBOARD_CASSANDRA_JVM_OPTS:-}"
   local sched=()
   case "$CASSANDRA_SCHED" in
-    # The engines share this machine's cores with the log and the nodes, and Cassandra holds only
-    # read models: no live message waits on its writes. It gets the cores they leave idle.
+    # Cassandra shares this machine's cores with Kafka, Redis and the nodes, and it holds only
+    # read models: nothing on the way from a send to its delivery waits on its writes. It gets
+    # the cores the others leave idle.
     idle) sched=(chrt --idle 0) ;;
     normal) ;;
     *) die "SWITCHBOARD_CASSANDRA_SCHED is '$CASSANDRA_SCHED'; use idle or normal" ;;
