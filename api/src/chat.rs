@@ -136,7 +136,7 @@ pub async fn send(
     let claim_key = claims::key(caller, request.conversation_id, &request.client_msg_id);
     let message_id = MessageId(state.ingest.next_id());
     let in_flight = message_id.to_string();
-    let claimed = match state.presence.claim(&claim_key, &in_flight, claims::IN_FLIGHT).await {
+    let claimed = match state.presence.claim(&claim_key, &in_flight, RETRY_WINDOW).await {
         Ok(None) => true,
         Ok(Some(existing)) => {
             match first_send(state, &request, &claim_key, &in_flight, existing).await? {
@@ -212,7 +212,8 @@ async fn stored_send(
 }
 
 /// Answers a retry from the first send's claim, waiting (bounded) while that send is in flight.
-/// `None` once the claim was let go without an answer, and this send holds it, as `in_flight`.
+/// `None` once this send holds the claim, as `in_flight`: the first send let it go without an
+/// answer, or left it unchanged for [`claims::IN_FLIGHT`], so its node died mid-send.
 async fn first_send(
     state: &AppState,
     request: &SendRequest,
@@ -220,26 +221,35 @@ async fn first_send(
     in_flight: &str,
     mut claimed: String,
 ) -> Result<Option<Sent>, ApiError> {
-    let deadline = tokio::time::Instant::now() + state.config.consistency_timeout.0;
+    let started = tokio::time::Instant::now();
+    let mut changed = started;
     loop {
         if let Some((id, token)) = claimed.split_once(' ') {
             let message_id = id.parse().map_err(|_| ApiError::internal("corrupt send claim"))?;
             return Ok(Some(Sent { message_id, token: token.to_owned(), duplicate: true }));
         }
-        if tokio::time::Instant::now() >= deadline {
+        if changed.elapsed() >= claims::IN_FLIGHT {
+            if state.presence.replace_claim(claim_key, &claimed, in_flight, RETRY_WINDOW).await? {
+                break;
+            }
+        } else if started.elapsed() >= state.config.consistency_timeout.0 {
             return Err(ApiError::conflict(
                 "a send with this client_msg_id is still in progress; retry shortly",
             ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-        match state.presence.claim(claim_key, in_flight, claims::IN_FLIGHT).await? {
-            Some(value) => claimed = value,
+        match state.presence.claim(claim_key, in_flight, RETRY_WINDOW).await? {
+            Some(value) if value == claimed => {}
+            Some(value) => {
+                claimed = value;
+                changed = tokio::time::Instant::now();
+            }
             None => break,
         }
     }
-    // Let go without an answer: the first send failed, or it is projected and the read models
-    // answer, or its node died mid-send and the claim expired. Whatever that node logged is in
-    // the log by now; once the read models hold it too, the check that follows finds it.
+    // Whatever the first send logged is in the log by now: it failed and let go, or it was
+    // projected and let go (the read models answer), or its node died. Once the read models hold
+    // everything logged, the check that follows finds it.
     let conversation = request.conversation_id.to_string();
     if let Err(error) = catch_up_with(state, Topic::Messages, &conversation).await {
         let _ = state.presence.release_claims(&[claim_key]).await;

@@ -6,6 +6,10 @@
 //! finds it there instead, and the claim has done its job: [`Settling`] keeps each finished
 //! send's claim until the projection has passed its log position, then releases it.
 //!
+//! A send whose node dies mid-send leaves its claim in flight; the first retry to see it unchanged
+//! for [`IN_FLIGHT`] takes it over, and waits for the read models to hold whatever that node
+//! logged before it checks them.
+//!
 //! Claims therefore number the sends in flight or not yet projected. Kept for the whole retry
 //! window instead, they piled up a day's sends — in process memory, or in Redis — and every
 //! doubling of the in-memory map rehashed and swept all of them while sends waited on its lock.
@@ -24,9 +28,13 @@ use crate::state::AppState;
 /// before it could release them.
 pub const RETRY_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// How long the claim of a send in flight outlives its node. The sending node renews it while
-/// the send lasts; if the node dies mid-send, retries wait this long at most, not the whole
-/// retry window, before they take the claim over.
+/// How long a send in flight may leave its claim unchanged before a retry takes it for abandoned:
+/// its node died mid-send. The sending node writes a new value every third of this while the
+/// send lasts, so a retry that sees one value for this long takes the claim over.
+///
+/// The claim itself lives the whole retry window from the start. One that merely expired would
+/// leave nothing behind, and a retry arriving after that could not tell a send that died after
+/// logging (so whose message the read models may not hold yet) from one never sent.
 pub const IN_FLIGHT: Duration = Duration::from_secs(5);
 
 /// How often projected sends have their claims released.
@@ -38,7 +46,7 @@ pub fn key(sender: UserId, conversation: ConversationId, client_msg_id: &str) ->
 }
 
 /// Runs `send`, renewing `claim` (when it is held) every third of [`IN_FLIGHT`] until `send`
-/// ends, so that a slow send keeps its claim and a dead node's claim soon expires.
+/// ends, so that retries see a slow send alive and a dead node's send abandoned.
 pub async fn keep_in_flight<T>(
     state: &AppState,
     claim: Option<&str>,
@@ -47,16 +55,25 @@ pub async fn keep_in_flight<T>(
 ) -> T {
     let Some(claim) = claim else { return send.await };
     let mut send = std::pin::pin!(send);
+    let mut renewals = 0;
     loop {
         tokio::select! {
             done = &mut send => return done,
             () = tokio::time::sleep(IN_FLIGHT / 3) => {
-                if let Err(error) = state.presence.update_claim(claim, value, IN_FLIGHT).await {
+                renewals += 1;
+                let renewed = in_flight(value, renewals);
+                if let Err(error) = state.presence.update_claim(claim, &renewed, RETRY_WINDOW).await {
                     tracing::warn!(%error, "could not renew the claim of a send in flight");
                 }
             }
         }
     }
+}
+
+/// The value of an in-flight claim at its `renewal`th renewal: a new value each time, and never
+/// a finished send's, which holds a space.
+fn in_flight(value: &str, renewal: u64) -> String {
+    format!("{value}+{renewal}")
 }
 
 /// Claims of finished sends, in the order they were logged, waiting for the projection.

@@ -99,7 +99,8 @@ pub async fn rate_limits_follow_gcra(presence: &dyn Presence) -> Result<(), Pres
     Ok(())
 }
 
-/// A claim returns the value already there until it is released or expires.
+/// A claim returns the value already there until it is released or expires, and is replaced only
+/// by a caller that saw its current value.
 pub async fn claims_hold_until_released_or_expired(
     presence: &dyn Presence,
 ) -> Result<(), PresenceError> {
@@ -109,6 +110,12 @@ pub async fn claims_hold_until_released_or_expired(
 
     presence.update_claim(&k, "done", LONG).await?;
     assert_eq!(presence.claim(&k, "third", LONG).await?, Some("done".to_owned()));
+
+    assert!(!presence.replace_claim(&k, "first", "mine", LONG).await?, "not what is there now");
+    assert!(presence.replace_claim(&k, "done", "mine", LONG).await?, "what the caller saw");
+    assert!(!presence.replace_claim(&k, "done", "yours", LONG).await?, "taken over once only");
+    assert_eq!(presence.claim(&k, "third", LONG).await?, Some("mine".to_owned()));
+    assert!(!presence.replace_claim(&key("never-claimed"), "", "mine", LONG).await?);
 
     presence.release_claims(&[&k]).await?;
     assert_eq!(presence.claim(&k, "fourth", LONG).await?, None, "released keys are free");

@@ -194,6 +194,24 @@ impl Presence for MemoryPresence {
         Ok(())
     }
 
+    async fn replace_claim(
+        &self,
+        key: &str,
+        seen: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<bool, PresenceError> {
+        let now = Instant::now();
+        let mut state = self.state();
+        let held = state.claims.entries.get(key).filter(|c| !claim_expired(c, now));
+        if held.is_none_or(|claim| claim.value != seen) {
+            return Ok(false);
+        }
+        let claim = Claim { value: value.to_owned(), expires: now + ttl };
+        state.claims.insert(key, claim, now, claim_expired);
+        Ok(true)
+    }
+
     async fn release_claims(&self, keys: &[&str]) -> Result<(), PresenceError> {
         let mut state = self.state();
         for key in keys {

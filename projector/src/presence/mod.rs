@@ -95,6 +95,16 @@ pub trait Presence: Send + Sync + 'static {
         ttl: Duration,
     ) -> Result<(), PresenceError>;
 
+    /// Overwrites a claim's value only if it is still `seen`: of several callers taking over one
+    /// abandoned claim, one succeeds. `false` if the claim holds another value or none.
+    async fn replace_claim(
+        &self,
+        key: &str,
+        seen: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<bool, PresenceError>;
+
     /// Drops claims, so that their work may be tried again or because it is settled elsewhere.
     async fn release_claims(&self, keys: &[&str]) -> Result<(), PresenceError>;
 }

@@ -84,6 +84,7 @@ struct Scripts {
     renew_lease: Script,
     node_sessions: Script,
     check_rate: Script,
+    replace_claim: Script,
 }
 
 /// A script that works on sessions: the shared prelude, then the script's own body.
@@ -105,6 +106,7 @@ impl Scripts {
             renew_lease: session_script!("renew_lease.lua"),
             node_sessions: session_script!("node_sessions.lua"),
             check_rate: Script::new(include_str!("scripts/check_rate.lua")),
+            replace_claim: Script::new(include_str!("scripts/replace_claim.lua")),
         }
     }
 }
@@ -327,6 +329,18 @@ impl Presence for RedisPresence {
         let mut set = redis::cmd("SET");
         set.arg(self.key("claim", key)).arg(value).arg("PX").arg(millis(ttl));
         self.run(&format!("updating claim {key}"), &set).await
+    }
+
+    async fn replace_claim(
+        &self,
+        key: &str,
+        seen: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<bool, PresenceError> {
+        let mut script = self.scripts.replace_claim.key(self.key("claim", key));
+        script.arg(seen).arg(value).arg(millis(ttl));
+        self.run(&format!("taking over claim {key}"), &script).await
     }
 
     async fn release_claims(&self, keys: &[&str]) -> Result<(), PresenceError> {
