@@ -104,3 +104,18 @@ pub(super) fn yield_to_clients() {
         }
     }
 }
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn folds_run_only_on_idle_cores() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| storage("temporary directory", e))?;
+        let (background, _db) = Background::start(dir.path().to_owned())?;
+        // SAFETY: queries the calling thread's own policy; touches no memory.
+        let policy = background.run(|| Ok(unsafe { libc::sched_getscheduler(0) })).await?;
+        assert_eq!(policy, libc::SCHED_IDLE, "the store thread");
+        Ok(())
+    }
+}
