@@ -52,8 +52,9 @@ async fn acknowledged_messages_survive_kill_9_exactly_once() {
     assert!(stored.len() <= SENT);
 
     // Retrying every send after the restart stores nothing twice and answers acknowledged ones
-    // with their original ids. A send that was in flight at the kill keeps its claim until the
-    // claim expires, and its retry waits for that: the bound is only there to catch a hang.
+    // with their original ids. The retry of a send that was in flight at the kill waits, by
+    // design, until that send's claim has gone unrenewed for a while, then for the read models:
+    // the bound is no speed target, only there to catch a hang.
     let mut ws = Ws::connect(&server, &ada).await;
     for i in 0..SENT {
         let client_msg_id = format!("k{i}");
