@@ -34,6 +34,8 @@ echo "== tests on the embedded backends"
 cargo test --workspace --locked 2>&1 | tee -a "$results"
 
 echo "== engines"
+# Kafka's storage format takes every shape of cluster id a start may draw.
+ops/engines/check-cluster-ids.sh
 ops/engines/start.sh all
 source ops/engines/common.sh
 # On a failure, the engines' own last words come before they are stopped.

@@ -104,20 +104,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             move |stop| {
                 let state = state.clone();
                 async move {
-                    let result = state
-                        .hub
-                        .clone()
-                        .run(
-                            state.ingest.log().clone(),
-                            state.store.clone(),
-                            state.presence.clone(),
-                            state.progress.clone(),
-                            stop,
-                        )
-                        .await;
-                    // Sockets may have missed pushes: make them reconnect and resume.
-                    state.hub.evict_all();
-                    result.map_err(anyhow::Error::from)
+                    let log = state.ingest.log().clone();
+                    let (store, presence) = (state.store.clone(), state.presence.clone());
+                    let run =
+                        state.hub.clone().run(log, store, presence, state.progress.clone(), stop);
+                    run.await.map_err(anyhow::Error::from)
                 }
             }
         }));
@@ -126,8 +117,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
 
     // Serve clients only once the read models hold everything logged before this start, so that
-    // membership checks and retried sends see the state clients last saw. When another process
-    // does the projecting, wait only so long: readiness reports the lag from then on.
+    // membership checks and retried sends see the state clients last saw, and once the fan-out
+    // pushes. When another process does the projecting, wait only so long: readiness says what
+    // is missing from then on.
     if role.serves_clients() {
         let backlog =
             Cursor::end(state.ingest.log().as_ref(), &switchboard_projector::PROJECTED_TOPICS)
@@ -138,6 +130,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             caught_up.await;
         } else if tokio::time::timeout(BACKLOG_WAIT, caught_up).await.is_err() {
             tracing::warn!("the read models are still behind the log; serving anyway");
+        }
+        if tokio::time::timeout(BACKLOG_WAIT, state.hub.live()).await.is_err() {
+            tracing::warn!(
+                "the fan-out delivers nothing yet ({}); serving anyway",
+                state.hub.state()
+            );
         }
     }
 

@@ -54,6 +54,35 @@ engine_pid() {
   printf '%s\n' "$pid"
 }
 
+# A Java 17 runtime: Cassandra 5.0 runs on 11 or 17 only, Kafka 4.x needs 17+.
+find_java() {
+  local c major
+  for c in "${SWITCHBOARD_JAVA:-}" "${JAVA_HOME:+$JAVA_HOME/bin/java}" "$(command -v java || true)" \
+    /usr/lib/jvm/java-17-openjdk-*/bin/java /usr/lib/jvm/*17*/bin/java; do
+    [[ -n "$c" && -x "$c" ]] || continue
+    major="$("$c" -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = //p')"
+    if [[ "$major" == "17" ]]; then
+      printf '%s\n' "$c"
+      return
+    fi
+  done
+  die "no Java 17 runtime found (set SWITCHBOARD_JAVA)"
+}
+
+# A random KRaft cluster id: 16 random bytes in URL-safe base64, as Kafka draws them.
+kafka_cluster_id() {
+  python3 -c 'import base64,uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))'
+}
+
+# kafka_format_storage JAVA PROPERTIES CLUSTER_ID: formats the KRaft storage that PROPERTIES
+# names. The id goes as --cluster-id=ID, in one argument: about one id in 64 starts with '-',
+# which as an argument of its own the tool would take for an option.
+kafka_format_storage() {
+  local java="$1" properties="$2" cid="$3"
+  "$java" -Xmx256m -Djava.awt.headless=true -cp "$KAFKA_HOME/lib/*" kafka.tools.StorageTool format \
+    --cluster-id="$cid" --config="$properties"
+}
+
 # Readiness probes: exit 0 only when the engine really answers.
 kafka_answers() {
   python3 "$ENGINES_DIR/probe.py" kafka 127.0.0.1 "$KAFKA_PORT" >/dev/null 2>&1

@@ -25,21 +25,6 @@ KAFKA_HEAP="${SWITCHBOARD_KAFKA_HEAP:-512m}"
 CASSANDRA_HEAP="${SWITCHBOARD_CASSANDRA_HEAP:-1g}"
 CASSANDRA_SCHED="${SWITCHBOARD_CASSANDRA_SCHED:-idle}"
 
-# A Java 17 runtime: Cassandra 5.0 runs on 11 or 17 only, Kafka 4.x needs 17+.
-find_java() {
-  local c major
-  for c in "${SWITCHBOARD_JAVA:-}" "${JAVA_HOME:+$JAVA_HOME/bin/java}" "$(command -v java || true)" \
-    /usr/lib/jvm/java-17-openjdk-*/bin/java /usr/lib/jvm/*17*/bin/java; do
-    [[ -n "$c" && -x "$c" ]] || continue
-    major="$("$c" -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = //p')"
-    if [[ "$major" == "17" ]]; then
-      printf '%s\n' "$c"
-      return
-    fi
-  done
-  die "no Java 17 runtime found (set SWITCHBOARD_JAVA)"
-}
-
 port_in_use() { # port
   python3 -c 'import socket,sys; s=socket.socket(); s.settimeout(1); sys.exit(0 if s.connect_ex(("127.0.0.1", int(sys.argv[1]))) == 0 else 1)' "$1"
 }
@@ -133,10 +118,9 @@ PROPS
     -Dkafka.logs.dir="$dir/logs" -Dlog4j2.configurationFile="file:$dir/log4j2.properties"
     -cp "$KAFKA_HOME/lib/*")
   if [[ ! -f "$dir/data/meta.properties" ]]; then
-    cid="$(python3 -c 'import base64,uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')"
+    cid="$(kafka_cluster_id)"
     log "kafka: formatting storage (cluster id $cid)"
-    "$java" -Xmx256m "${jvm[@]}" kafka.tools.StorageTool format \
-      -t "$cid" -c "$dir/server.properties" >"$dir/format.out" 2>&1 ||
+    kafka_format_storage "$java" "$dir/server.properties" "$cid" >"$dir/format.out" 2>&1 ||
       { cat "$dir/format.out" >&2; die "kafka storage format failed"; }
   fi
   local extra=()

@@ -9,5 +9,5 @@ mod progress;
 mod projector;
 pub mod store;
 
-pub use progress::Progress;
+pub use progress::{Behind, Progress};
 pub use projector::{PROJECTED_TOPICS, Projector};

@@ -5,22 +5,29 @@
 //! Every pushed frame carries a resume token: the node's position in the log just after that
 //! event. A socket registered at position `S` receives every routed event after `S` through its
 //! mailbox; a reconnecting client replays from its token up to `S`, so it sees each event once.
+//!
+//! Before it pushes anything, the fan-out waits for the read models to hold everything logged
+//! before its start, since it reads memberships from them. While it waits, or after it failed,
+//! the node cannot deliver: [`Hub::state`] says why, for `/readyz`, the `fanout_ready` gauge and
+//! a warning in the log, so that a node is never silently mute.
 
 mod members;
 mod router;
 mod token;
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
 use switchboard_ingest::log::{Cursor, Log, LogError};
-use switchboard_projector::Progress;
 use switchboard_projector::presence::Presence;
 use switchboard_projector::store::{ReadModel, StoreError};
+use switchboard_projector::{Behind, Progress};
 use switchboard_schemas::{Codec, Topic, UserId};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use members::Memberships;
@@ -33,6 +40,9 @@ pub const FANOUT_TOPICS: [Topic; 5] =
 
 /// How many pushes may wait for one socket before it counts as too slow.
 pub const MAILBOX_CAPACITY: usize = 1024;
+
+/// How often a fan-out still waiting for the read models says so in the log.
+const WAITING_REPORT: Duration = Duration::from_secs(10);
 
 /// The sending end of one socket's queue of pushes.
 pub struct Mailbox {
@@ -49,10 +59,58 @@ struct Sockets {
     by_user: HashMap<UserId, Vec<Mailbox>>,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Hub {
     sockets: Arc<Mutex<Sockets>>,
     members: Arc<Memberships>,
+    state: Arc<watch::Sender<FanoutState>>,
+}
+
+impl Default for Hub {
+    fn default() -> Hub {
+        Hub {
+            sockets: Arc::default(),
+            members: Arc::default(),
+            state: Arc::new(watch::Sender::new(FanoutState::Starting)),
+        }
+    }
+}
+
+/// What the fan-out is doing: only a live one delivers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FanoutState {
+    /// Not started yet.
+    Starting,
+    /// Waiting for the read models to reach the log position the fan-out starts from.
+    WaitingForReadModels(Vec<Behind>),
+    /// Pushing events as they are logged.
+    Live,
+    /// Stopped by an error; it restarts shortly, and its sockets reconnect and resume.
+    Failed(String),
+}
+
+impl FanoutState {
+    pub fn is_live(&self) -> bool {
+        *self == FanoutState::Live
+    }
+}
+
+impl fmt::Display for FanoutState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FanoutState::Starting => f.write_str("starting"),
+            FanoutState::WaitingForReadModels(behind) => {
+                f.write_str("waiting for the read models to reach where the fan-out starts:")?;
+                for (i, partition) in behind.iter().enumerate() {
+                    f.write_str(if i == 0 { " " } else { ", " })?;
+                    write!(f, "{partition}")?;
+                }
+                Ok(())
+            }
+            FanoutState::Live => f.write_str("ok"),
+            FanoutState::Failed(error) => write!(f, "failed, restarting: {error}"),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,16 +163,49 @@ impl Hub {
     }
 
     /// Disconnects every socket; each reconnects and resumes from its last token.
-    pub fn evict_all(&self) {
+    fn evict_all(&self) {
         let mut sockets = self.sockets.lock().expect("hub lock");
         for mailbox in sockets.by_user.drain().flat_map(|(_, m)| m) {
             mailbox.evicted.cancel();
         }
     }
 
-    /// Follows the log from its current end and pushes events until `stop` is cancelled.
+    /// What the fan-out is doing now.
+    pub fn state(&self) -> FanoutState {
+        self.state.borrow().clone()
+    }
+
+    /// Resolves once the fan-out pushes events.
+    pub async fn live(&self) {
+        // The sender lives as long as `self`, so the wait ends only by going live.
+        let _ = self.state.subscribe().wait_for(FanoutState::is_live).await;
+    }
+
+    fn set_state(&self, state: FanoutState) {
+        metrics::gauge!("fanout_ready").set(if state.is_live() { 1.0 } else { 0.0 });
+        self.state.send_replace(state);
+    }
+
+    /// Follows the log from its current end and pushes events until `stop` is cancelled. After
+    /// a failure every socket is disconnected, to reconnect and resume what it may have missed.
     pub async fn run(
         self,
+        log: Arc<dyn Log>,
+        store: Arc<dyn ReadModel>,
+        presence: Arc<dyn Presence>,
+        progress: Progress,
+        stop: CancellationToken,
+    ) -> Result<(), FanoutError> {
+        let result = self.follow(log, store, presence, progress, stop).await;
+        if let Err(error) = &result {
+            self.set_state(FanoutState::Failed(error.to_string()));
+            self.evict_all();
+        }
+        result
+    }
+
+    async fn follow(
+        &self,
         log: Arc<dyn Log>,
         store: Arc<dyn ReadModel>,
         presence: Arc<dyn Presence>,
@@ -126,10 +217,14 @@ impl Hub {
         self.sockets.lock().expect("hub lock").cursor = start.clone();
         // Memberships are read from the store on first use; it must have caught up with
         // everything before the point the fan-out starts from.
-        progress.wait_for_cursor(&start).await;
-        let mut reader = log.reader(start).await?;
+        if !self.wait_for_read_models(&progress, &start, &stop).await {
+            return Ok(());
+        }
+        let mut reader = log.reader(start.clone()).await?;
         let mut router = Router::live(store, presence, self.members.clone());
         let codec = Codec::new();
+        tracing::info!(from = %start, "fan-out live");
+        self.set_state(FanoutState::Live);
         loop {
             let records = tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
@@ -147,6 +242,37 @@ impl Hub {
                 routed.push((record.position, route));
             }
             self.push(routed);
+        }
+    }
+
+    /// Waits until the read models hold everything before `start`, saying what it waits for
+    /// while it does. Returns `false` if stopped first.
+    async fn wait_for_read_models(
+        &self,
+        progress: &Progress,
+        start: &Cursor,
+        stop: &CancellationToken,
+    ) -> bool {
+        let caught_up = progress.wait_for_cursor(start);
+        tokio::pin!(caught_up);
+        let mut report = tokio::time::interval(WAITING_REPORT);
+        report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate: readiness says at once what the fan-out waits for.
+        let mut reported_before = false;
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return false,
+                _ = &mut caught_up => return true,
+                _ = report.tick() => {
+                    let waiting = FanoutState::WaitingForReadModels(progress.behind(start));
+                    if reported_before {
+                        tracing::warn!("fan-out delivers nothing yet: {waiting}");
+                    }
+                    reported_before = true;
+                    self.set_state(waiting);
+                }
+            }
         }
     }
 

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use switchboard_ingest::log::Cursor;
 use switchboard_projector::PROJECTED_TOPICS;
 
+use crate::hub::FanoutState;
 use crate::state::AppState;
 
 /// The process is up.
@@ -14,7 +15,8 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// The node can serve: the log and the store answer. Reports how far the projector lags.
+/// The node can serve: the log and the store answer, and (on a node that serves clients) the
+/// fan-out pushes events. Reports how far the projector lags.
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let log = state.ingest.log();
     let end = Cursor::end(log.as_ref(), &PROJECTED_TOPICS).await;
@@ -23,11 +25,13 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     if let Some(lag) = lag {
         metrics::gauge!("projector_lag_events").set(lag as f64);
     }
-    let ready = end.is_ok() && store.is_ok();
+    let fanout = state.config.role.serves_clients().then(|| state.hub.state());
+    let ready = end.is_ok() && store.is_ok() && fanout.as_ref().is_none_or(FanoutState::is_live);
     let body = json!({
         "ready": ready,
         "log": end.err().map_or("ok".to_owned(), |e| e.to_string()),
         "store": store.err().map_or("ok".to_owned(), |e| e.to_string()),
+        "fanout": fanout.map(|state| state.to_string()),
         "projector_lag_events": lag,
     });
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
