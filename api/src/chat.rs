@@ -305,7 +305,9 @@ async fn is_upload_of(
     Ok(state.store.media(id).await?.is_some_and(|media| media.conversation_id == conversation))
 }
 
-/// Only the sender may change a message.
+/// Only the sender may change a message, and nobody once it is deleted. The check waits
+/// (bounded) for the read models to hold every change logged to the conversation so far: a
+/// delete acknowledged a moment ago, perhaps to another device, refuses an edit after it.
 async fn own_message(
     state: &AppState,
     caller: UserId,
@@ -313,10 +315,12 @@ async fn own_message(
     message: MessageId,
 ) -> Result<(), ApiError> {
     ensure_member(state, caller, conversation).await?;
-    match existing_message(state, conversation, message).await? {
-        m if m.deleted => Err(ApiError::not_found("message")),
-        m if m.sender == caller => Ok(()),
-        _ => Err(ApiError::forbidden("only the sender may change a message")),
+    catch_up_with(state, Topic::Messages, &conversation.to_string()).await?;
+    match state.store.message(conversation, message).await? {
+        Some(m) if m.deleted => Err(ApiError::not_found("message")),
+        Some(m) if m.sender == caller => Ok(()),
+        Some(_) => Err(ApiError::forbidden("only the sender may change a message")),
+        None => Err(ApiError::not_found("message")),
     }
 }
 

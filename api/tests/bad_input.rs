@@ -1,5 +1,6 @@
 //! Bad input gets a typed JSON error and disturbs nothing: malformed frames, unknown ops,
-//! missing fields, oversized frames and bodies, wrong and expired tokens, strangers, floods.
+//! missing fields, oversized frames and bodies, wrong and expired tokens, strangers, floods,
+//! and one connection too many.
 
 mod common;
 
@@ -249,4 +250,20 @@ async fn a_client_that_closes_gets_a_close_frame_back() {
     let ada = server.api().register("ada").await;
     let ws = Ws::connect(&server, &ada).await;
     assert_eq!(ws.close_handshake().await, Some(1000));
+}
+
+#[tokio::test]
+async fn a_connection_past_the_node_cap_is_refused_before_the_upgrade() {
+    let server = Server::start(&["--max-connections", "1"]);
+    let (ada, bob, _) = server.api().pair().await;
+    let held = Ws::connect(&server, &ada).await;
+    let Err(Refused::Http(status, body)) =
+        Ws::connect_with(&server, &format!("token={}", bob.token)).await
+    else {
+        panic!("a second connection was taken by a node capped at one")
+    };
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["error"]["code"], "too_many_connections", "{body}");
+    assert_eq!(body["error"]["retry_after_ms"], 5000);
+    drop(held);
 }

@@ -218,6 +218,23 @@ async fn a_retried_send_returns_the_same_message_and_stores_one() {
 }
 
 #[tokio::test]
+async fn a_message_deleted_on_one_device_cannot_be_edited_from_another_right_after() {
+    let server = Server::start(&[]);
+    let (ada, _bob, conversation) = server.api().pair().await;
+    let mut phone = Ws::connect(&server, &ada).await;
+    let mut laptop = Ws::connect(&server, &ada).await;
+    for i in 0..20 {
+        let sent = phone.send_message(&conversation, &format!("gone-{i}"), "oops").await;
+        let id = &sent["message_id"];
+        let delete = json!({ "op": "delete", "conversation_id": conversation, "message_id": id });
+        assert_eq!(phone.request(delete).await["op"], "ack");
+        let edit = json!({ "op": "edit", "conversation_id": conversation, "message_id": id, "body": "back" });
+        let refused = laptop.request(edit).await;
+        assert_eq!(refused["error"]["code"], "not_found", "edit {i} after its delete: {refused}");
+    }
+}
+
+#[tokio::test]
 async fn resume_delivers_exactly_what_was_missed_in_order() {
     let server = Server::start(&[]);
     let api = server.api();
@@ -252,6 +269,31 @@ async fn resume_delivers_exactly_what_was_missed_in_order() {
     let mut again = Ws::resume(&server, &bob, &newest).await;
     let replayed = again.drain_events("message.sent", Duration::from_millis(300)).await;
     assert!(replayed.is_empty(), "{replayed:?}");
+}
+
+#[tokio::test]
+async fn a_resume_too_far_behind_is_refused_plainly_and_the_socket_goes_on_live() {
+    let server = Server::start(&["--resume-max-events", "3"]);
+    let api = server.api();
+    let (ada, bob, conversation) = api.pair().await;
+    let mut ada_ws = Ws::connect(&server, &ada).await;
+    let first = Ws::connect(&server, &bob).await;
+    let stale = first.ready["token"].as_str().unwrap().to_owned();
+    first.close().await;
+    for i in 0..5 {
+        ada_ws.send_message(&conversation, &format!("far{i}"), "while away").await;
+    }
+
+    let mut bob_ws = Ws::resume(&server, &bob, &stale).await;
+    let refused = bob_ws.next_where(|f| f["op"] == "error").await;
+    assert_eq!(refused["error"]["code"], "resume_too_old", "{refused}");
+    assert_eq!(refused["ref"], Value::Null);
+    // The ready token is where the live stream starts, not the stale token passed.
+    assert_ne!(bob_ws.ready["token"], json!(stale));
+    let live = ada_ws.send_message(&conversation, "now", "live again").await;
+    let pushed = bob_ws.next_event("message.sent").await;
+    assert_eq!(pushed["data"]["message_id"], live["message_id"], "no replay, live events only");
+    bob_ws.assert_usable().await;
 }
 
 #[tokio::test]

@@ -407,6 +407,16 @@ impl Ws {
         self.stream.send(Message::Text(text.into())).await.expect("WebSocket send");
     }
 
+    /// Sends a text frame the server may refuse by closing the socket while it is still being
+    /// written (one past the hard cap): how that ends is for the next read to tell.
+    pub async fn send_oversized_text(&mut self, text: String) {
+        let _ = self.stream.send(Message::Text(text.into())).await;
+    }
+
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) {
+        self.stream.send(Message::Binary(bytes.into())).await.expect("WebSocket send");
+    }
+
     /// The next frame from the server (not from the backlog), or `None` if the socket closed.
     async fn read(&mut self, within: Duration) -> Option<Value> {
         loop {
