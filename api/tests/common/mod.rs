@@ -480,6 +480,11 @@ impl Ws {
         frames
     }
 
+    /// Puts frames back, for [`Ws::next_where`] and [`Ws::drain`] to find again.
+    pub fn keep(&mut self, frames: Vec<Value>) {
+        self.backlog.extend(frames);
+    }
+
     /// The pushed events of one type among the frames [`Ws::drain`] collects.
     pub async fn drain_events(&mut self, kind: &str, quiet: Duration) -> Vec<Value> {
         let frames = self.drain(quiet).await;

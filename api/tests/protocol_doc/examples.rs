@@ -131,6 +131,24 @@ pub fn transcripts(document: &str) -> Vec<Transcript> {
     transcripts
 }
 
+/// The lines of the `json` blocks under `heading` that are whole JSON values: frames the
+/// document shows as captured, apart from any exchange.
+pub fn captured_frames(document: &str, heading: &str) -> Vec<(usize, String)> {
+    let mut frames = Vec::new();
+    let mut current = String::new();
+    let mut in_json = false;
+    for (i, line) in document.lines().enumerate() {
+        if let Some(title) = line.strip_prefix("### ").or_else(|| line.strip_prefix("## ")) {
+            current = title.to_owned();
+        } else if line.starts_with("```") {
+            in_json = line == "```json" && current == heading;
+        } else if in_json && serde_json::from_str::<serde_json::Value>(line).is_ok() {
+            frames.push((i + 1, line.to_owned()));
+        }
+    }
+    frames
+}
+
 const METHODS: [&str; 6] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"];
 
 /// Splits `text (note)` into the text and the note.

@@ -97,6 +97,8 @@ enum Step {
     Block(&'static str, usize),
     /// The WebSocket transcripts under a heading.
     Transcripts(&'static str),
+    /// The frames shown under a heading as captured: each must be like one the listener got.
+    Captured(&'static str),
     /// State the document takes for granted.
     Prelude(Prelude),
 }
@@ -104,6 +106,8 @@ enum Step {
 enum Prelude {
     /// carol and dave, as the table at the top of the document names them.
     CarolAndDave,
+    /// bob keeps a socket open from here on: the pushed events the document shows are his.
+    BobListens,
     /// The whole cast of the table at the top, with its two conversations, on a server a note
     /// asks for (`--rate-messages 2/1m`).
     Cast,
@@ -122,6 +126,7 @@ const TEA_PARTY: &[Step] = &[
     Step::Heading("Using the token"),
     Step::Heading("Users"),
     Step::Prelude(Prelude::CarolAndDave),
+    Step::Prelude(Prelude::BobListens),
     Step::Heading("`POST /v1/conversations`"),
     Step::Heading("`PATCH /v1/conversations/{id}` — rename a group"),
     Step::Heading("`POST /v1/conversations/{id}/members` — add a member"),
@@ -147,6 +152,8 @@ const TEA_PARTY: &[Step] = &[
     Step::Heading("Rate limits"),
     Step::Heading("`DELETE /v1/conversations/{id}/members/{user_id}` — remove a member or leave"),
     Step::Heading("Connecting"),
+    Step::Captured("The `ready` frame"),
+    Step::Captured("Pushed events"),
     Step::Heading("`GET /healthz`"),
     Step::Heading("`GET /readyz`"),
     Step::Heading("`GET /metrics`"),
@@ -179,6 +186,8 @@ struct Replica {
     latest: HashMap<String, String>,
     /// Sockets the document's state needs open (a room's participant).
     held: Vec<Ws>,
+    /// bob's socket, open since [`Prelude::BobListens`].
+    listener: Option<Ws>,
     /// Whether the story is told on this server, or only single exchanges a note asks for.
     telling: bool,
 }
@@ -266,6 +275,7 @@ impl World {
                 users: HashMap::new(),
                 latest: HashMap::new(),
                 held: Vec::new(),
+                listener: None,
                 telling: flags.is_empty(),
             }
         })
@@ -282,6 +292,15 @@ impl World {
                     for transcript in under.into_iter().filter(|t| !not_replayed(&t.name())) {
                         let result = self.replica(Vec::new()).transcript(transcript).await;
                         done.record(transcript.line, &transcript.name(), result);
+                    }
+                }
+                Step::Captured(heading) => {
+                    let frames = examples::captured_frames(DOCUMENT, heading);
+                    assert!(!frames.is_empty(), "no captured frames under {heading}");
+                    let replica = self.replica(Vec::new());
+                    for (line, frame) in frames {
+                        let result = replica.captured(&frame).await;
+                        done.record(line, &format!("{heading}: {frame}"), result);
                     }
                 }
                 Step::Heading(heading) => self.exchanges(document, heading, None, done).await,
@@ -433,6 +452,9 @@ impl Replica {
                 let group = api.group(alice, "Mad tea party", &[bob, carol]).await;
                 self.names.bind_id("252886320165158912", &direct).unwrap();
                 self.names.bind_id("252886320320348160", &group).unwrap();
+            }
+            Prelude::BobListens => {
+                self.listener = Some(Ws::connect(&self.server, self.user("bob")).await);
             }
             Prelude::AliceSharesHerLocation => {
                 let mut alice = Ws::connect(&self.server, self.user("alice")).await;
@@ -605,6 +627,27 @@ impl Replica {
             }
         }
         Ok(())
+    }
+
+    /// Whether the listener got a frame like `text`, a frame the document shows as captured.
+    async fn captured(&mut self, text: &str) -> Result<(), String> {
+        let captured = parse_captured(text).expect("captured frames are JSON");
+        let listener = self.listener.as_mut().expect("bob listens");
+        let candidates = match captured["op"].as_str() {
+            Some("ready") => vec![listener.ready.clone()],
+            _ => listener.drain(std::time::Duration::from_millis(300)).await,
+        };
+        let matching = |got: &Value| compare(&captured, got, &mut Names::default(), false, "$");
+        let kind = &captured["type"];
+        let mut of_kind = candidates.iter().filter(|got| got["type"] == *kind).peekable();
+        let found = of_kind.clone().any(|got| matching(got).is_ok());
+        // What was drained stays for the next frame to look at.
+        listener.keep(candidates.clone());
+        match (found, of_kind.peek()) {
+            (true, _) => Ok(()),
+            (false, Some(nearest)) => Err(matching(nearest).unwrap_err()),
+            (false, None) => Err(format!("bob got no {kind} frame")),
+        }
     }
 
     /// Waits until the read models hold every write made so far: the document shows reads
