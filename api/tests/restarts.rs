@@ -28,14 +28,15 @@ enum History {
     Chat,
 }
 
+/// Every kind, the call still going with its signals last: its callers are busy from then on.
 const EVERY_KIND: [History; 7] = [
-    History::Signals,
     History::Calls,
     History::Rooms,
     History::Locations,
     History::Media,
     History::Typing,
     History::Chat,
+    History::Signals,
 ];
 
 /// How a node goes down before it starts again.

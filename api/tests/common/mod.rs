@@ -62,6 +62,13 @@ impl Server {
         let backend_args = std::env::var("SWITCHBOARD_TEST_BACKEND_ARGS")
             .unwrap_or_default()
             .replace("{unique}", &backend_id(data_dir));
+        // The suite's flags come as flag and value; one the test gives itself wins (a
+        // consistency timeout, say).
+        let backend_args: Vec<&str> = backend_args.split_whitespace().collect();
+        let backend_args = backend_args
+            .chunks(2)
+            .filter(|flag_and_value| !extra.contains(&flag_and_value[0]))
+            .flatten();
         let log = std::fs::File::options()
             .create(true)
             .append(true)
@@ -75,7 +82,7 @@ impl Server {
             )
             .arg("--data-dir")
             .arg(data_dir)
-            .args(backend_args.split_whitespace())
+            .args(backend_args)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
