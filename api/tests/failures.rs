@@ -162,3 +162,67 @@ async fn with_cassandra_down_queries_fail_clearly_and_the_projector_catches_up_a
     assert_eq!(stored.len(), history.len(), "nothing projected twice");
     assert!(acked.is_subset(&stored), "every acknowledged message was projected after the outage");
 }
+
+#[tokio::test]
+async fn a_fan_out_held_up_by_the_store_keeps_its_sockets_and_delivers_everything_after() {
+    if !on_shared_engines(
+        "a_fan_out_held_up_by_the_store_keeps_its_sockets_and_delivers_everything_after",
+    ) {
+        return;
+    }
+    let _one_at_a_time = ENGINES.lock().await;
+    let server = Server::start(&["--rate-messages", "off"]);
+    let api = server.api();
+    let (ada, bob, conversation) = api.pair().await;
+    let carol = api.register("carol").await;
+    api.group(&carol, "holdup", &[&ada, &bob]).await;
+    let mut ada_ws = Ws::connect(&server, &ada).await;
+    let mut bob_ws = Ws::connect(&server, &bob).await;
+    bob_ws.drain(Duration::from_millis(300)).await;
+
+    let outage = Outage::begin("cassandra");
+    // carol coming online is news to her contacts, whom the fan-out reads from the store: it
+    // cannot route that event now, nor anything logged after it.
+    let _carol_ws = Ws::connect(&server, &carol).await;
+    let mut acked = Vec::new();
+    for i in 0..5 {
+        let reply = ada_ws.request(send_frame(&conversation, &format!("held{i}"))).await;
+        if reply["op"] == "ack" {
+            acked.push(reply["message_id"].clone());
+        }
+    }
+    let (_, ready) = api.call(reqwest::Method::GET, "/readyz", None, None).await;
+    let fanout = ready["fanout"].as_str().unwrap_or_default();
+    assert!(fanout.starts_with("failed, retrying"), "a held-up fan-out says so: {ready}");
+    drop(outage);
+
+    // Sends refused while the store was down are retried, as clients do.
+    for i in acked.len()..5 {
+        let frame = send_frame(&conversation, &format!("held{i}"));
+        let mut reply = ada_ws.request(frame.clone()).await;
+        for _ in 0..30 {
+            if reply["op"] == "ack" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            reply = ada_ws.request(frame.clone()).await;
+        }
+        assert_eq!(reply["op"], "ack", "{reply}");
+        acked.push(reply["message_id"].clone());
+    }
+    let carol_online = bob_ws
+        .next_within(OUTAGE_WAIT, |f| {
+            f["type"] == "presence.changed" && f["data"]["user_id"] == carol.id.as_str()
+        })
+        .await;
+    assert_eq!(carol_online["data"]["online"], true);
+    let frames = bob_ws.drain(Duration::from_secs(2)).await;
+    assert!(frames.iter().all(|f| f["op"] != "closed"), "bob's socket was closed: {frames:?}");
+    let pushed: Vec<&Value> = frames
+        .iter()
+        .filter(|f| f["type"] == "message.sent")
+        .map(|f| &f["data"]["message_id"])
+        .collect();
+    let acked: Vec<&Value> = acked.iter().collect();
+    assert_eq!(pushed, acked, "every acknowledged message pushed once, in order");
+}

@@ -54,12 +54,6 @@ impl Memberships {
         self.write().members.insert(conversation, members);
     }
 
-    /// Forgets every conversation: the fan-out starts over from the log's end, and the events it
-    /// skips may change members.
-    pub(super) fn reset(&self) {
-        *self.write() = Known::default();
-    }
-
     /// Records that every event before `cursor` has been routed.
     pub(super) fn routed_up_to(&self, cursor: &Cursor) {
         self.write().routed.clone_from(cursor);
@@ -98,8 +92,5 @@ mod tests {
         memberships.routed_up_to(&projected);
         memberships.set(group, vec![bob]);
         assert_eq!(memberships.is_member(group, ada, &progress), Some(false));
-
-        memberships.reset();
-        assert_eq!(memberships.is_member(group, bob, &progress), None, "a restarted fan-out");
     }
 }

@@ -7,9 +7,11 @@
 //! mailbox; a reconnecting client replays from its token up to `S`, so it sees each event once.
 //!
 //! Before it pushes anything, the fan-out waits for the read models to hold everything logged
-//! before its start, since it reads memberships from them. While it waits, or after it failed,
-//! the node cannot deliver: [`Hub::state`] says why, for `/readyz`, the `fanout_ready` gauge and
-//! a warning in the log, so that a node is never silently mute.
+//! before its start, since it reads memberships from them. An event it cannot route (the store
+//! does not answer) is retried, with backoff, until it can: the events behind it wait, and no
+//! socket loses any. A fan-out that stopped (the log failed) starts again where it stood. While
+//! it waits or retries the node cannot deliver: [`Hub::state`] says why, for `/readyz`, the
+//! `fanout_ready` gauge and a warning in the log, so that a node is never silently mute.
 
 mod members;
 mod router;
@@ -24,9 +26,9 @@ use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
 use switchboard_ingest::log::{Cursor, Log, LogError};
 use switchboard_projector::presence::Presence;
-use switchboard_projector::store::{ReadModel, StoreError};
+use switchboard_projector::store::ReadModel;
 use switchboard_projector::{Behind, Progress};
-use switchboard_schemas::{Codec, Topic, UserId};
+use switchboard_schemas::{Codec, Event, Topic, UserId};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -43,6 +45,9 @@ pub const MAILBOX_CAPACITY: usize = 1024;
 
 /// How often a fan-out still waiting for the read models says so in the log.
 const WAITING_REPORT: Duration = Duration::from_secs(10);
+/// The first and the longest wait before an event that could not be routed is tried again.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_LONGEST: Duration = Duration::from_secs(5);
 
 /// The sending end of one socket's queue of pushes.
 pub struct Mailbox {
@@ -85,7 +90,7 @@ pub enum FanoutState {
     WaitingForReadModels(Vec<Behind>),
     /// Pushing events as they are logged.
     Live,
-    /// Stopped by an error; it restarts shortly, and its sockets reconnect and resume.
+    /// Held up by an error; it tries again shortly, and its sockets get what they missed then.
     Failed(String),
 }
 
@@ -108,17 +113,9 @@ impl fmt::Display for FanoutState {
                 Ok(())
             }
             FanoutState::Live => f.write_str("ok"),
-            FanoutState::Failed(error) => write!(f, "failed, restarting: {error}"),
+            FanoutState::Failed(error) => write!(f, "failed, retrying: {error}"),
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum FanoutError {
-    #[error(transparent)]
-    Log(#[from] LogError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 #[derive(Serialize)]
@@ -162,14 +159,6 @@ impl Hub {
         &self.members
     }
 
-    /// Disconnects every socket; each reconnects and resumes from its last token.
-    fn evict_all(&self) {
-        let mut sockets = self.sockets.lock().expect("hub lock");
-        for mailbox in sockets.by_user.drain().flat_map(|(_, m)| m) {
-            mailbox.evicted.cancel();
-        }
-    }
-
     /// What the fan-out is doing now.
     pub fn state(&self) -> FanoutState {
         self.state.borrow().clone()
@@ -186,8 +175,9 @@ impl Hub {
         self.state.send_replace(state);
     }
 
-    /// Follows the log from its current end and pushes events until `stop` is cancelled. After
-    /// a failure every socket is disconnected, to reconnect and resume what it may have missed.
+    /// Follows the log and pushes events until `stop` is cancelled: from the log's end on the
+    /// first start, and from where it stood on a start after a failure, so that no socket
+    /// misses what was logged in between.
     pub async fn run(
         self,
         log: Arc<dyn Log>,
@@ -195,11 +185,10 @@ impl Hub {
         presence: Arc<dyn Presence>,
         progress: Progress,
         stop: CancellationToken,
-    ) -> Result<(), FanoutError> {
+    ) -> Result<(), LogError> {
         let result = self.follow(log, store, presence, progress, stop).await;
         if let Err(error) = &result {
             self.set_state(FanoutState::Failed(error.to_string()));
-            self.evict_all();
         }
         result
     }
@@ -211,9 +200,12 @@ impl Hub {
         presence: Arc<dyn Presence>,
         progress: Progress,
         stop: CancellationToken,
-    ) -> Result<(), FanoutError> {
-        let start = Cursor::end(log.as_ref(), &FANOUT_TOPICS).await?;
-        self.members.reset();
+    ) -> Result<(), LogError> {
+        let stood = self.sockets.lock().expect("hub lock").cursor.clone();
+        let start = match stood.is_empty() {
+            true => Cursor::end(log.as_ref(), &FANOUT_TOPICS).await?,
+            false => stood,
+        };
         self.sockets.lock().expect("hub lock").cursor = start.clone();
         // Memberships are read from the store on first use; it must have caught up with
         // everything before the point the fan-out starts from.
@@ -233,7 +225,10 @@ impl Hub {
             let mut routed = Vec::with_capacity(records.len());
             for record in records {
                 let route = match codec.decode(&record.value) {
-                    Ok(event) => router.route(&event).await?,
+                    Ok(event) => match self.route_patiently(&mut router, &event, &stop).await {
+                        Some(route) => route,
+                        None => return Ok(()),
+                    },
                     Err(error) => {
                         tracing::error!(position = %record.position, %error, "fan-out skips undecodable record");
                         None
@@ -242,6 +237,40 @@ impl Hub {
                 routed.push((record.position, route));
             }
             self.push(routed);
+        }
+    }
+
+    /// Routes `event`, trying again with backoff while the store fails: the events behind it
+    /// wait for it rather than anyone losing it. `None` if stopped first.
+    async fn route_patiently(
+        &self,
+        router: &mut Router,
+        event: &Event,
+        stop: &CancellationToken,
+    ) -> Option<Option<Routed>> {
+        let mut backoff = RETRY_FIRST;
+        let mut failed = false;
+        loop {
+            match router.route(event).await {
+                Ok(route) => {
+                    if failed {
+                        tracing::info!("fan-out routes again");
+                        self.set_state(FanoutState::Live);
+                    }
+                    return Some(route);
+                }
+                Err(error) => {
+                    failed = true;
+                    metrics::counter!("fanout_retries_total").increment(1);
+                    tracing::warn!(%error, retry_in = ?backoff, "fan-out cannot route an event; delivery waits");
+                    self.set_state(FanoutState::Failed(error.to_string()));
+                    tokio::select! {
+                        _ = stop.cancelled() => return None,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(RETRY_LONGEST);
+                }
+            }
         }
     }
 

@@ -73,6 +73,8 @@ impl Router {
         Router { replaying: true, ..Router::live(store, presence, Arc::default()) }
     }
 
+    /// Who should see `event`, and what. A failed routing changes nothing: the event may be
+    /// routed again.
     pub async fn route(&mut self, event: &Event) -> Result<Option<Routed>, StoreError> {
         use Payload::*;
         let recipients = match &event.payload {
@@ -216,12 +218,16 @@ impl Router {
             // Without the presence backend the event itself is the best guess.
             Err(_) => opened,
         };
-        if self.pushed_online.insert(user, online) == Some(online) {
+        if self.pushed_online.get(&user) == Some(&online) {
             return Ok(None);
         }
+        // Contacts first: an event whose routing fails is routed again, and must find the
+        // change still unpushed.
+        let recipients = self.contacts_of(user).await?.to_vec();
+        self.pushed_online.insert(user, online);
         let last_seen = (!online).then_some(at);
         Ok(Some(Routed {
-            recipients: self.contacts_of(user).await?.to_vec(),
+            recipients,
             kind: "presence.changed",
             at,
             data: to_raw(&PresenceChanged { user_id: user, online, last_seen }),

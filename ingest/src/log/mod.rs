@@ -144,6 +144,11 @@ impl Cursor {
         Ok(cursor)
     }
 
+    /// Whether the cursor names no partition at all.
+    pub fn is_empty(&self) -> bool {
+        self.next.is_empty()
+    }
+
     pub fn get(&self, topic: Topic, partition: u32) -> Option<u64> {
         self.next.get(&(topic, partition)).copied()
     }
