@@ -170,6 +170,12 @@ impl Hub {
         let _ = self.state.subscribe().wait_for(FanoutState::is_live).await;
     }
 
+    /// Records that the log failed the fan-out, which is started again.
+    fn failed(&self, error: LogError) -> LogError {
+        self.set_state(FanoutState::Failed(error.to_string()));
+        error
+    }
+
     fn set_state(&self, state: FanoutState) {
         metrics::gauge!("fanout_ready").set(if state.is_live() { 1.0 } else { 0.0 });
         self.state.send_replace(state);
@@ -186,24 +192,9 @@ impl Hub {
         progress: Progress,
         stop: CancellationToken,
     ) -> Result<(), LogError> {
-        let result = self.follow(log, store, presence, progress, stop).await;
-        if let Err(error) = &result {
-            self.set_state(FanoutState::Failed(error.to_string()));
-        }
-        result
-    }
-
-    async fn follow(
-        &self,
-        log: Arc<dyn Log>,
-        store: Arc<dyn ReadModel>,
-        presence: Arc<dyn Presence>,
-        progress: Progress,
-        stop: CancellationToken,
-    ) -> Result<(), LogError> {
         let stood = self.sockets.lock().expect("hub lock").cursor.clone();
         let start = match stood.is_empty() {
-            true => Cursor::end(log.as_ref(), &FANOUT_TOPICS).await?,
+            true => Cursor::end(log.as_ref(), &FANOUT_TOPICS).await.map_err(|e| self.failed(e))?,
             false => stood,
         };
         self.sockets.lock().expect("hub lock").cursor = start.clone();
@@ -212,7 +203,7 @@ impl Hub {
         if !self.wait_for_read_models(&progress, &start, &stop).await {
             return Ok(());
         }
-        let mut reader = log.reader(start.clone()).await?;
+        let mut reader = log.reader(start.clone()).await.map_err(|e| self.failed(e))?;
         let mut router = Router::live(store, presence, self.members.clone());
         let codec = Codec::new();
         tracing::info!(from = %start, "fan-out live");
@@ -220,7 +211,7 @@ impl Hub {
         loop {
             let records = tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
-                records = reader.next_batch(1024) => records?,
+                records = reader.next_batch(1024) => records.map_err(|e| self.failed(e))?,
             };
             let mut routed = Vec::with_capacity(records.len());
             for record in records {
