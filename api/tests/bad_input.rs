@@ -1,6 +1,6 @@
 //! Bad input gets a typed JSON error and disturbs nothing: malformed frames, unknown ops,
 //! missing fields, oversized frames and bodies, wrong and expired tokens, strangers, floods,
-//! and one connection too many.
+//! silent clients and one connection too many.
 
 mod common;
 
@@ -250,6 +250,18 @@ async fn a_client_that_closes_gets_a_close_frame_back() {
     let ada = server.api().register("ada").await;
     let ws = Ws::connect(&server, &ada).await;
     assert_eq!(ws.close_handshake().await, Some(1000));
+}
+
+#[tokio::test]
+async fn a_client_silent_past_the_idle_timeout_gets_the_4000_close_frame() {
+    let server = Server::start(&["--ping-interval", "1s", "--idle-timeout", "3s"]);
+    let ada = server.api().register("ada").await;
+    let mut ws = Ws::connect(&server, &ada).await;
+    // Not reading answers none of the server's pings. Reading again answers them (the client
+    // does so by itself) while the server's close is already under way.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let closed = ws.next_where(|f| f["op"] == "closed").await;
+    assert_eq!(closed["code"], 4000, "{closed}");
 }
 
 #[tokio::test]

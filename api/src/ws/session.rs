@@ -31,6 +31,9 @@ const MAX_PENDING_OPS: usize = 32;
 /// The longest a single write to a socket may take before the client counts as gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a socket the server closes is kept open for the client's answering close frame.
+const CLOSE_HANDSHAKE: Duration = Duration::from_secs(5);
+
 /// Close codes: 1001 going away, 1008 policy, 1009 too big, 4000 idle, 4008 too slow.
 const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_TOO_BIG: u16 = 1009;
@@ -232,8 +235,10 @@ impl Session {
             }
         };
         if let Some((code, reason)) = close {
-            let _ =
-                writer.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+            let frame = CloseFrame { code, reason: reason.into() };
+            if writer.send(Message::Close(Some(frame))).await.is_ok() {
+                finish_close_handshake(&mut stream).await;
+            }
         }
     }
 
@@ -255,6 +260,20 @@ impl Session {
             tracing::warn!(%error, "session-closed event not logged");
         }
     }
+}
+
+/// Waits (bounded) for the client to answer the server's close frame. Dropping the connection
+/// at once would reset it under any frame the client had under way, an automatic pong say, and
+/// the client would lose the close frame, and its code, to the reset.
+async fn finish_close_handshake(stream: &mut futures_util::stream::SplitStream<WebSocket>) {
+    let answered = async {
+        while let Some(Ok(message)) = stream.next().await {
+            if matches!(message, Message::Close(_)) {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_HANDSHAKE, answered).await;
 }
 
 /// The socket went away, or stopped reading for longer than a write may take.

@@ -45,7 +45,7 @@ pub const NOT_REPLAYED: &[(&str, &str)] = &[
     ),
     (
         "Heartbeat: {\"heartbeat_ms\":1000,\"op\":\"ready\",…}",
-        "needs a client that never answers pings, which the test client does by itself; not played anywhere yet",
+        "needs a client that stops reading, on a server of its own; bad_input.rs plays it",
     ),
     (
         "Close codes: {\"op\":\"event\",\"type\":\"typing\",\"at\":1795982606318",
