@@ -241,6 +241,7 @@ async fn resume_delivers_exactly_what_was_missed_in_order() {
     let (ada, bob, conversation) = api.pair().await;
     let mut ada_ws = Ws::connect(&server, &ada).await;
     let mut bob_ws = Ws::connect(&server, &bob).await;
+    assert_eq!(bob_ws.ready.get("resumed"), None, "a fresh connection resumes nothing");
 
     let seen = ada_ws.send_message(&conversation, "before", "seen live").await;
     let live = bob_ws
@@ -256,6 +257,7 @@ async fn resume_delivers_exactly_what_was_missed_in_order() {
         missed.push(ada_ws.send_message(&conversation, &format!("gap{i}"), &format!("missed {i}")).await["message_id"].clone());
     }
     let mut bob_ws = Ws::resume(&server, &bob, &token).await;
+    assert_eq!(bob_ws.ready["resumed"], true);
     let after = ada_ws.send_message(&conversation, "after", "live again").await;
 
     let frames = bob_ws.drain_events("message.sent", Duration::from_millis(500)).await;
@@ -285,6 +287,7 @@ async fn a_resume_too_far_behind_is_refused_plainly_and_the_socket_goes_on_live(
     }
 
     let mut bob_ws = Ws::resume(&server, &bob, &stale).await;
+    assert_eq!(bob_ws.ready["resumed"], false, "the connection itself says it did not resume");
     let refused = bob_ws.next_where(|f| f["op"] == "error").await;
     assert_eq!(refused["error"]["code"], "resume_too_old", "{refused}");
     assert_eq!(refused["ref"], Value::Null);

@@ -165,15 +165,26 @@ pub fn pong(reference: Value) -> String {
     json!({ "op": "pong", "ref": reference }).to_string()
 }
 
-pub fn ready(user_id: UserId, session_id: &str, token: &str, heartbeat_ms: u128) -> String {
-    json!({
+/// The first frame of a connection. `resumed` says, for a connection that asked to resume,
+/// whether it did: `false` means what was missed is not coming and must be reloaded.
+pub fn ready(
+    user_id: UserId,
+    session_id: &str,
+    token: &str,
+    heartbeat_ms: u128,
+    resumed: Option<bool>,
+) -> String {
+    let mut frame = json!({
         "op": "ready",
         "user_id": user_id,
         "session_id": session_id,
         "token": token,
         "heartbeat_ms": heartbeat_ms,
-    })
-    .to_string()
+    });
+    if let Some(resumed) = resumed {
+        frame["resumed"] = json!(resumed);
+    }
+    frame.to_string()
 }
 
 #[cfg(test)]

@@ -88,7 +88,13 @@ impl Session {
         };
         let start = replay.as_ref().map_or(&self.registered_at, |(from, _)| from);
         let heartbeat = self.state.config.ping_interval.0.as_millis();
-        let ready = protocol::ready(self.user, &self.id, &ResumeToken::encode(start), heartbeat);
+        let resumed = match (&replay, &refusal) {
+            (_, Some(_)) => Some(false),
+            (Some(_), None) => Some(true),
+            (None, None) => None,
+        };
+        let token = ResumeToken::encode(start);
+        let ready = protocol::ready(self.user, &self.id, &token, heartbeat, resumed);
         let mut ok = writer.text(ready).await.is_ok();
         if let (true, Some(refusal)) = (ok, refusal) {
             ok = writer.text(protocol::error(Value::Null, &refusal)).await.is_ok();

@@ -20,7 +20,7 @@ pub const NOT_REPLAYED: &[(&str, &str)] = &[
         "needs a socket held open on a server of its own; bad_input.rs plays it",
     ),
     (
-        "POST /v1/conversations/254881081684131840/messages",
+        "POST /v1/conversations/254903739071070208/messages",
         "a step of the resume transcript, on a server of its own",
     ),
     (
@@ -28,7 +28,7 @@ pub const NOT_REPLAYED: &[(&str, &str)] = &[
         "reconnects between frames, with an HTTP send between; messaging.rs plays the same resume",
     ),
     (
-        "Resuming after a reconnect: {\"heartbeat_ms\":1000,\"op\":\"ready\",\"session_id\":\"",
+        "Resuming after a reconnect: {\"heartbeat_ms\":1000,\"op\":\"ready\",\"resumed\":fals",
         "a reconnect with a stale token on a server of its own; messaging.rs plays the same refusal",
     ),
     (
