@@ -49,6 +49,22 @@ fn send_frame(conversation: &str, client_msg_id: &str) -> Value {
     json!({ "op": "send", "ref": client_msg_id, "conversation_id": conversation, "client_msg_id": client_msg_id, "body": client_msg_id })
 }
 
+/// Sends `frame` until it is acknowledged, a second apart, as a client retries what was refused
+/// as unavailable while an engine comes back; insists on the acknowledgement in the end.
+async fn acked_after_retries(ws: &mut Ws, frame: Value) -> Value {
+    let mut reply = ws.request(frame.clone()).await;
+    for _ in 0..30 {
+        if reply["op"] == "ack" {
+            break;
+        }
+        assert_eq!(reply["error"]["code"], "unavailable", "{reply}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        reply = ws.request(frame.clone()).await;
+    }
+    assert_eq!(reply["op"], "ack", "{reply}");
+    reply
+}
+
 #[tokio::test]
 async fn with_kafka_down_sends_fail_retryably_and_nothing_unlogged_is_acknowledged() {
     if !on_shared_engines(
@@ -146,15 +162,7 @@ async fn with_cassandra_down_queries_fail_clearly_and_the_projector_catches_up_a
     drop(outage);
 
     // The driver reconnects in the background: a client retries what was refused as unavailable.
-    let mut final_ack = ws.send_message(&conversation, "after", "after").await;
-    for _ in 0..30 {
-        if final_ack["error"]["code"] != "unavailable" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        final_ack = ws.send_message(&conversation, "after", "after").await;
-    }
-    assert_eq!(final_ack["op"], "ack", "{final_ack}");
+    let final_ack = acked_after_retries(&mut ws, send_frame(&conversation, "after")).await;
     acked.insert(final_ack["message_id"].as_str().unwrap().to_owned());
     let history = api.history(&bob, &conversation, final_ack["token"].as_str()).await;
     let stored: HashSet<String> =
@@ -199,16 +207,7 @@ async fn a_fan_out_held_up_by_the_store_keeps_its_sockets_and_delivers_everythin
     // Sends refused while the store was down are retried, as clients do.
     for i in acked.len()..5 {
         let frame = send_frame(&conversation, &format!("held{i}"));
-        let mut reply = ada_ws.request(frame.clone()).await;
-        for _ in 0..30 {
-            if reply["op"] == "ack" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            reply = ada_ws.request(frame.clone()).await;
-        }
-        assert_eq!(reply["op"], "ack", "{reply}");
-        acked.push(reply["message_id"].clone());
+        acked.push(acked_after_retries(&mut ada_ws, frame).await["message_id"].clone());
     }
     let carol_online = bob_ws
         .next_within(OUTAGE_WAIT, |f| {
