@@ -1,10 +1,11 @@
-//! Turns the backend URLs of the configuration into implementations of the log, read-model and
-//! presence abstractions; each crate knows the URLs of its own backends.
+//! Turns the backend URLs of the configuration into implementations of the log, read-model,
+//! presence and feed abstractions; each crate knows the URLs of its own backends.
 
 use std::sync::Arc;
 
 use anyhow::Context;
 use switchboard_ingest::log::{self, Log};
+use switchboard_projector::feed::{self, Feeds};
 use switchboard_projector::presence::{self, Presence};
 use switchboard_projector::store::{self, ReadModel};
 
@@ -23,4 +24,20 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn ReadModel>> {
 pub async fn open_presence(config: &Config, node_id: &str) -> anyhow::Result<Arc<dyn Presence>> {
     let url = &config.presence;
     presence::open(url, node_id).await.with_context(|| format!("opening presence at {url}"))
+}
+
+pub async fn open_feeds(config: &Config) -> anyhow::Result<Arc<dyn Feeds>> {
+    let url = config.feeds_url();
+    let described = redacted(&url);
+    feed::open(&url, config.retention())
+        .await
+        .with_context(|| format!("opening the feeds at {described}"))
+}
+
+/// `url` without the password it may hold.
+pub fn redacted(url: &str) -> String {
+    match (url.split_once("://"), url.rsplit_once('@')) {
+        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://…@{host}"),
+        _ => url.to_owned(),
+    }
 }

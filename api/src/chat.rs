@@ -134,6 +134,7 @@ pub async fn send(
     // read models hold its message (see `claims`), so a retry that takes the claim afresh finds
     // any earlier send in the read models — including one from before a restart.
     let claim_key = claims::key(caller, request.conversation_id, &request.client_msg_id);
+    let request_key = (request.conversation_id, request.client_msg_id.clone());
     let message_id = MessageId(state.ingest.next_id());
     let in_flight = message_id.to_string();
     let claimed = match state.presence.claim(&claim_key, &in_flight, RETRY_WINDOW).await {
@@ -144,8 +145,9 @@ pub async fn send(
                 None => true,
             }
         }
-        // Without shared state, the read-model check below is the only guard; the projector
-        // still drops a duplicate, so at worst a retry is answered with an id never stored.
+        // Without shared state, the read-model checks before and after the append are the guard:
+        // the projector keeps the first of two sends of one client id, delivery pushes only
+        // that one, and the answer names it (see `settled`).
         Err(error) => {
             tracing::warn!(%error, "send claim unavailable");
             false
@@ -165,20 +167,38 @@ pub async fn send(
                 reply_to: request.reply_to,
                 attachments: request.attachments,
             };
-            let position = state.ingest.send_message(&Origin::user(caller, trace), event).await?;
-            Ok(Attempt::Logged(position))
+            match state.ingest.send_message(&Origin::user(caller, trace), event).await {
+                Ok(position) => Ok(Attempt::Logged(position)),
+                Err(error) => Ok(Attempt::Unsettled(error.into())),
+            }
         });
     let attempt: Result<Attempt, ApiError> = attempt.await;
-    if claimed && !matches!(attempt, Ok(Attempt::Logged(_))) {
+    let position = match attempt {
+        Ok(Attempt::Logged(position)) => position,
+        Ok(Attempt::Unsettled(error)) => {
+            if claimed
+                && let Err(claim_error) =
+                    state.presence.update_claim(&claim_key, UNSETTLED, RETRY_WINDOW).await
+            {
+                tracing::warn!(error = %claim_error, "could not mark a failed send unsettled");
+            }
+            return Err(error);
+        }
         // Nothing new was logged: let a retry try again.
-        let _ = state.presence.release_claims(&[&claim_key]).await;
-    }
-    let position = match attempt? {
-        Attempt::Stored(sent) => return Ok(sent),
-        Attempt::Logged(position) => position,
+        Ok(Attempt::Stored(sent)) => {
+            release_if(state, claimed, &claim_key).await;
+            return Ok(sent);
+        }
+        Err(error) => {
+            release_if(state, claimed, &claim_key).await;
+            return Err(error);
+        }
     };
+    if !claimed {
+        return settled(state, caller, &request_key, message_id, position).await;
+    }
     let token = position.to_string();
-    if claimed {
+    {
         let done = format!("{message_id} {token}");
         if let Err(error) = state.presence.update_claim(&claim_key, &done, RETRY_WINDOW).await {
             tracing::warn!(%error, "could not record the finished send for retries");
@@ -189,11 +209,52 @@ pub async fn send(
     Ok(Sent { message_id, token, duplicate: false })
 }
 
+async fn release_if(state: &AppState, claimed: bool, claim_key: &str) {
+    if claimed {
+        let _ = state.presence.release_claims(&[claim_key]).await;
+    }
+}
+
 /// How a send that holds its claim ended.
 enum Attempt {
     /// An earlier send of the same `client_msg_id` is in the read models.
     Stored(Sent),
     Logged(Position),
+    /// The append failed, perhaps after the log took it (a timeout): a retry must look in the
+    /// log before it sends again.
+    Unsettled(ApiError),
+}
+
+/// The claim of a send whose append failed without saying whether the log took it.
+const UNSETTLED: &str = "unsettled";
+
+/// The answer to a send made without a claim (the presence backend is down): once the read
+/// models hold it, the message they kept for its client id, which is an earlier send's when this
+/// one was a retry. Sends are slower so while claims are unavailable, and answer truly.
+async fn settled(
+    state: &AppState,
+    caller: UserId,
+    request: &(ConversationId, String),
+    message_id: MessageId,
+    position: Position,
+) -> Result<Sent, ApiError> {
+    let token = position.to_string();
+    let fresh = Sent { message_id, token: token.clone(), duplicate: false };
+    if let Err(error) = wait_for_position(state, position).await {
+        tracing::warn!(message = %error.message, "a send without a claim answered unchecked");
+        metrics::counter!("messages_sent_total").increment(1);
+        return Ok(fresh);
+    }
+    let (conversation, client_msg_id) = request;
+    match state.store.message_by_client_id(*conversation, caller, client_msg_id).await? {
+        Some(kept) if kept.id != message_id => {
+            Ok(Sent { message_id: kept.id, token, duplicate: true })
+        }
+        _ => {
+            metrics::counter!("messages_sent_total").increment(1);
+            Ok(fresh)
+        }
+    }
 }
 
 /// The answer to a retry of a send the read models already hold.
@@ -228,7 +289,10 @@ async fn first_send(
             let message_id = id.parse().map_err(|_| ApiError::internal("corrupt send claim"))?;
             return Ok(Some(Sent { message_id, token: token.to_owned(), duplicate: true }));
         }
-        if changed.elapsed() >= claims::IN_FLIGHT {
+        // The first send's append failed, so the log holds its message or never will: no need
+        // to wait for it.
+        let settled = claimed == UNSETTLED;
+        if settled || changed.elapsed() >= claims::IN_FLIGHT {
             if state.presence.replace_claim(claim_key, &claimed, in_flight, RETRY_WINDOW).await? {
                 break;
             }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::parser::ValueSource;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use switchboard_projector::feed::Retention;
 use switchboard_projector::presence::Quota;
 
 use crate::media::{BlobUrl, MediaTypes};
@@ -43,6 +44,12 @@ pub struct Config {
     /// Presence, rate limits and idempotency claims: `memory://` keeps them in this process.
     #[arg(long, env = "SWITCHBOARD_PRESENCE", default_value = "memory://")]
     pub presence: String,
+
+    /// Users' feeds, which deliver every event in order and serve resumes: `file://DIR` keeps
+    /// them in this process, `redis://…` shares them between nodes [default: the presence URL
+    /// when it is redis://, else file://<data-dir>/feeds].
+    #[arg(long, env = "SWITCHBOARD_FEEDS")]
+    pub feeds: Option<String>,
 
     /// Partitions per topic, used when the log is created.
     #[arg(long, env = "SWITCHBOARD_PARTITIONS", default_value_t = 8)]
@@ -167,9 +174,14 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_CONSISTENCY_TIMEOUT", default_value = "5s")]
     pub consistency_timeout: Dur,
 
-    /// Most events a `resume` replays; an older token gets `resume_too_old`.
-    #[arg(long, env = "SWITCHBOARD_RESUME_MAX_EVENTS", default_value_t = 10_000)]
-    pub resume_max_events: usize,
+    /// How long each user's feed keeps every event pushed to them: a client that reconnects
+    /// within it resumes with exactly what it missed.
+    #[arg(long, env = "SWITCHBOARD_RESUME_WINDOW", default_value = "24h")]
+    pub resume_window: Dur,
+
+    /// How many of each user's newest events their feed keeps beyond `resume_window`.
+    #[arg(long, env = "SWITCHBOARD_RESUME_MIN_EVENTS", default_value_t = 10_000)]
+    pub resume_min_events: u64,
 
     /// On shutdown, how long open requests may take to finish.
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE", default_value = "10s")]
@@ -281,6 +293,18 @@ impl Config {
         self.store
             .clone()
             .unwrap_or_else(|| format!("file://{}", self.data_dir.join("store").display()))
+    }
+
+    pub fn feeds_url(&self) -> String {
+        match &self.feeds {
+            Some(url) => url.clone(),
+            None if self.presence.starts_with("redis") => self.presence.clone(),
+            None => format!("file://{}", self.data_dir.join("feeds").display()),
+        }
+    }
+
+    pub fn retention(&self) -> Retention {
+        Retention { window: self.resume_window.0, min_events: self.resume_min_events }
     }
 
     pub fn media_store_url(&self) -> String {

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use switchboard_ingest::IngestError;
 use switchboard_ingest::log::LogError;
+use switchboard_projector::feed::FeedError;
 use switchboard_projector::presence::PresenceError;
 use switchboard_projector::store::StoreError;
 
@@ -181,13 +182,13 @@ impl ApiError {
     }
 
     /// A resume token so old that replaying from it would mean reading too much of the log.
-    pub fn resume_too_old(behind: u64, limit: usize) -> ApiError {
+    /// A resume that cannot be served from the user's feed: what was missed must be synced.
+    pub fn sync_required(why: impl std::fmt::Display) -> ApiError {
         ApiError::new(
             StatusCode::GONE,
-            "resume_too_old",
+            "sync_required",
             format!(
-                "the token is {behind} log events behind, more than the {limit} a resume reads; \
-                 reload history over HTTP and continue from this connection's ready token"
+                "{why}; reload what was missed over HTTP, then continue from this connection's ready token"
             ),
         )
     }
@@ -291,6 +292,15 @@ impl From<object_store::Error> for ApiError {
                 "a recorded upload is missing from the media store: {error}"
             )),
             _ => ApiError::unavailable(format!("the media store failed: {error}")),
+        }
+    }
+}
+
+impl From<FeedError> for ApiError {
+    fn from(error: FeedError) -> ApiError {
+        match error {
+            FeedError::Unavailable(_) => ApiError::unavailable(error.to_string()),
+            FeedError::Storage(_) => ApiError::internal(error.to_string()),
         }
     }
 }

@@ -21,6 +21,7 @@ use crate::backends;
 use crate::claims::{self, Settling};
 use crate::config::{Config, Role};
 use crate::hub::Hub;
+use crate::hub::deliver::{self, Stage};
 use crate::media::Blobs;
 use crate::routes;
 use crate::state::{AppState, Services};
@@ -41,6 +42,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let log = backends::open_log(&config).await?;
     let store = backends::open_store(&config).await?;
     let presence = backends::open_presence(&config, &node_id).await?;
+    let feeds = backends::open_feeds(&config).await?;
     let blobs = Blobs::open(&config.media_store_url())
         .with_context(|| format!("opening the media store at {}", config.media_store_url()))?;
     let ids = IdGenerator::new(config.node_id).context("node id")?;
@@ -53,14 +55,37 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", config.listen))?;
 
     let stop = CancellationToken::new();
+    let hub = Hub::new(feeds.clone());
+    let progress = Progress::new(Cursor::default());
+    let delivery = match config.role.projects() {
+        true => [deliver::HISTORY, deliver::PRESENCE]
+            .into_iter()
+            .map(|lane| {
+                let (store, presence) = (store.clone(), presence.clone());
+                let members = hub.memberships().clone();
+                Stage::new(
+                    lane,
+                    log.clone(),
+                    store,
+                    presence,
+                    feeds.clone(),
+                    members,
+                    progress.clone(),
+                )
+            })
+            .collect(),
+        false => Vec::new(),
+    };
     let state = AppState::new(Services {
         node_id,
         ingest: Ingest::new(log.clone(), ids, limits),
         store: store.clone(),
         presence: presence.clone(),
-        progress: Progress::new(Cursor::default()),
+        progress,
         blobs,
-        hub: Hub::default(),
+        hub,
+        feeds,
+        delivery,
         claims: Settling::default(),
         tokens: crate::auth::Tokens::new(
             config.jwt_secret.as_deref(),
@@ -98,18 +123,21 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         // Other processes project (part of) the log: learn their progress from the store.
         tasks.spawn(follow_store_checkpoint(state.clone(), stop.clone()));
     }
+    for stage in &state.delivery {
+        tasks.spawn(supervise(stage.lane.group, stop.clone(), {
+            let stage = stage.clone();
+            move |stop| {
+                let stage = stage.clone();
+                async move { stage.run(stop).await.map_err(anyhow::Error::from) }
+            }
+        }));
+    }
     if role.serves_clients() {
         tasks.spawn(supervise("fan-out", stop.clone(), {
-            let state = state.clone();
+            let hub = state.hub.clone();
             move |stop| {
-                let state = state.clone();
-                async move {
-                    let log = state.ingest.log().clone();
-                    let (store, presence) = (state.store.clone(), state.presence.clone());
-                    let run =
-                        state.hub.clone().run(log, store, presence, state.progress.clone(), stop);
-                    run.await.map_err(anyhow::Error::from)
-                }
+                let hub = hub.clone();
+                async move { hub.run(stop).await.map_err(anyhow::Error::from) }
             }
         }));
         tasks.spawn(renew_lease(state.clone(), stop.clone()));
@@ -137,6 +165,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 state.hub.state()
             );
         }
+        for stage in &state.delivery {
+            if tokio::time::timeout(BACKLOG_WAIT, stage.live()).await.is_err() {
+                tracing::warn!(
+                    lane = stage.lane.group,
+                    "delivery routes nothing yet ({}); serving anyway",
+                    stage.state()
+                );
+            }
+        }
     }
 
     let address = listener.local_addr().context("listening address")?;
@@ -145,7 +182,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         node = %state.node_id,
         log = %state.config.log_url(),
         store = %state.config.store_url(),
-        presence = %state.config.presence,
+        presence = %backends::redacted(&state.config.presence),
+        feeds = %backends::redacted(&state.config.feeds_url()),
         media = %state.blobs,
         "switchboard serving"
     );

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use metrics_exporter_prometheus::PrometheusHandle;
 use switchboard_ingest::Ingest;
 use switchboard_projector::Progress;
+use switchboard_projector::feed::Feeds;
 use switchboard_projector::presence::Presence;
 use switchboard_projector::store::ReadModel;
 use tokio::sync::Semaphore;
@@ -15,6 +16,7 @@ use crate::auth::Tokens;
 use crate::claims::Settling;
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::hub::deliver::Stage;
 use crate::media::Blobs;
 
 #[derive(Clone)]
@@ -31,6 +33,10 @@ pub struct Services {
     /// Where uploaded files are kept.
     pub blobs: Blobs,
     pub hub: Hub,
+    /// Users' feeds: what the delivery stage appends and the hub pushes and replays.
+    pub feeds: Arc<dyn Feeds>,
+    /// The delivery stage's lanes, on a node that projects.
+    pub delivery: Vec<Stage>,
     /// Claims of finished sends, released once projected.
     pub claims: Settling,
     pub tokens: Tokens,

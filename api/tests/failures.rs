@@ -1,7 +1,8 @@
 //! What a node does when an engine goes away: Kafka down means sends fail with a retryable
-//! error and nothing unlogged is acknowledged; Redis down means messaging goes on while presence
-//! says it is degraded; Cassandra down means queries fail clearly and the projector pauses, then
-//! catches up without loss.
+//! error and nothing unlogged is acknowledged; Redis down means sends are acknowledged (a retry
+//! with the first send's id) while presence says it is degraded and pushes wait for the feeds;
+//! Cassandra down means queries fail clearly, presence waits and the projector pauses, then
+//! everything catches up without loss.
 //!
 //! These stop and start the shared engines (`ops/engines`), one test at a time; on the embedded
 //! backends they skip.
@@ -96,8 +97,10 @@ async fn with_kafka_down_sends_fail_retryably_and_nothing_unlogged_is_acknowledg
 }
 
 #[tokio::test]
-async fn with_redis_down_messaging_goes_on_and_presence_says_it_is_degraded() {
-    if !on_shared_engines("with_redis_down_messaging_goes_on_and_presence_says_it_is_degraded") {
+async fn with_redis_down_sends_are_acknowledged_once_and_pushed_once_redis_is_back() {
+    if !on_shared_engines(
+        "with_redis_down_sends_are_acknowledged_once_and_pushed_once_redis_is_back",
+    ) {
         return;
     }
     let _one_at_a_time = ENGINES.lock().await;
@@ -106,20 +109,48 @@ async fn with_redis_down_messaging_goes_on_and_presence_says_it_is_degraded() {
     let api = server.api();
     let mut ada_ws = Ws::connect(&server, &ada).await;
     let mut bob_ws = Ws::connect(&server, &bob).await;
+    bob_ws.drain(Duration::from_millis(300)).await;
 
     let outage = Outage::begin("redis");
     let sent = ada_ws.send_message(&conversation, "no-redis", "still here").await;
     assert_eq!(sent["op"], "ack", "{sent}");
-    let got = bob_ws.next_event("message.sent").await;
-    assert_eq!(got["data"]["message_id"], sent["message_id"]);
+    // A retry, with no claim to find: answered with the message the store kept.
+    let retried = ada_ws.send_message(&conversation, "no-redis", "still here").await;
+    assert_eq!(retried["message_id"], sent["message_id"], "{retried}");
+    assert_eq!(retried["duplicate"], true, "{retried}");
     let (status, report) = api.get(&format!("/v1/presence?users={}", bob.id), &ada).await;
     assert_eq!(status, StatusCode::OK, "{report}");
     assert_eq!(report["degraded"], true);
     assert_eq!(report["presence"][0]["online"], Value::Null);
+    // Pushes wait for the feeds, and the node says so.
+    let waiting = ready_when(&server, |ready| {
+        ready["delivery"]["delivery"]
+            .as_str()
+            .is_some_and(|lane| lane.starts_with("failed, retrying: feeds"))
+    })
+    .await;
+    assert_eq!(waiting["ready"], false, "{waiting}");
     drop(outage);
 
+    let got = bob_ws.next_within(OUTAGE_WAIT, |f| f["type"] == "message.sent").await;
+    assert_eq!(got["data"]["message_id"], sent["message_id"]);
+    let again = bob_ws.drain(Duration::from_secs(2)).await;
+    assert!(again.iter().all(|f| f["type"] != "message.sent"), "pushed once: {again:?}");
     let (_, report) = api.get(&format!("/v1/presence?users={}", bob.id), &ada).await;
     assert_eq!(report["degraded"], false, "{report}");
+}
+
+/// Polls `/readyz` until `check` holds, for as long as an engine may take to fail a request.
+async fn ready_when(server: &Server, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + OUTAGE_WAIT;
+    loop {
+        let (_, ready) = server.api().call(reqwest::Method::GET, "/readyz", None, None).await;
+        if check(&ready) {
+            return ready;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "readiness never said so: {ready}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test]
@@ -172,9 +203,9 @@ async fn with_cassandra_down_queries_fail_clearly_and_the_projector_catches_up_a
 }
 
 #[tokio::test]
-async fn a_fan_out_held_up_by_the_store_keeps_its_sockets_and_delivers_everything_after() {
+async fn a_store_outage_holds_up_presence_only_and_every_event_is_pushed_once_in_order() {
     if !on_shared_engines(
-        "a_fan_out_held_up_by_the_store_keeps_its_sockets_and_delivers_everything_after",
+        "a_store_outage_holds_up_presence_only_and_every_event_is_pushed_once_in_order",
     ) {
         return;
     }
@@ -189,8 +220,8 @@ async fn a_fan_out_held_up_by_the_store_keeps_its_sockets_and_delivers_everythin
     bob_ws.drain(Duration::from_millis(300)).await;
 
     let outage = Outage::begin("cassandra");
-    // carol coming online is news to her contacts, whom the fan-out reads from the store: it
-    // cannot route that event now, nor anything logged after it.
+    // carol coming online is news to her contacts, whom delivery reads from the store: it cannot
+    // route that now. Messages, in a lane of their own, do not wait for it.
     let _carol_ws = Ws::connect(&server, &carol).await;
     let mut acked = Vec::new();
     for i in 0..5 {
@@ -199,9 +230,19 @@ async fn a_fan_out_held_up_by_the_store_keeps_its_sockets_and_delivers_everythin
             acked.push(reply["message_id"].clone());
         }
     }
-    let (_, ready) = api.call(reqwest::Method::GET, "/readyz", None, None).await;
-    let fanout = ready["fanout"].as_str().unwrap_or_default();
-    assert!(fanout.starts_with("failed, retrying"), "a held-up fan-out says so: {ready}");
+    let held = ready_when(&server, |ready| {
+        ready["delivery"]["delivery-presence"]
+            .as_str()
+            .is_some_and(|lane| lane.starts_with("failed, retrying: store"))
+    })
+    .await;
+    assert_eq!(held["delivery"]["delivery"], "ok", "messages are not held up: {held}");
+    let mut pushed = Vec::new();
+    for id in &acked {
+        let frame = bob_ws.next_within(OUTAGE_WAIT, |f| f["type"] == "message.sent").await;
+        assert_eq!(&frame["data"]["message_id"], id, "pushed during the outage, in order");
+        pushed.push(frame["data"]["message_id"].clone());
+    }
     drop(outage);
 
     // Sends refused while the store was down are retried, as clients do.
@@ -217,11 +258,11 @@ async fn a_fan_out_held_up_by_the_store_keeps_its_sockets_and_delivers_everythin
     assert_eq!(carol_online["data"]["online"], true);
     let frames = bob_ws.drain(Duration::from_secs(2)).await;
     assert!(frames.iter().all(|f| f["op"] != "closed"), "bob's socket was closed: {frames:?}");
-    let pushed: Vec<&Value> = frames
-        .iter()
-        .filter(|f| f["type"] == "message.sent")
-        .map(|f| &f["data"]["message_id"])
-        .collect();
-    let acked: Vec<&Value> = acked.iter().collect();
+    pushed.extend(
+        frames
+            .iter()
+            .filter(|f| f["type"] == "message.sent")
+            .map(|f| f["data"]["message_id"].clone()),
+    );
     assert_eq!(pushed, acked, "every acknowledged message pushed once, in order");
 }

@@ -274,27 +274,31 @@ async fn resume_delivers_exactly_what_was_missed_in_order() {
 }
 
 #[tokio::test]
-async fn a_resume_too_far_behind_is_refused_plainly_and_the_socket_goes_on_live() {
-    let server = Server::start(&["--resume-max-events", "3"]);
+async fn a_resume_past_the_feeds_window_says_sync_is_required_and_the_socket_goes_on_live() {
+    let server = Server::start(&["--resume-window", "1s", "--resume-min-events", "3"]);
     let api = server.api();
     let (ada, bob, conversation) = api.pair().await;
     let mut ada_ws = Ws::connect(&server, &ada).await;
     let first = Ws::connect(&server, &bob).await;
     let stale = first.ready["token"].as_str().unwrap().to_owned();
     first.close().await;
+    let mut laptop = Ws::connect(&server, &bob).await;
     for i in 0..5 {
         ada_ws.send_message(&conversation, &format!("far{i}"), "while away").await;
     }
+    // Older than the window now, and more than the newest three: the next append lets them go.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let last = ada_ws.send_message(&conversation, "far5", "while away").await;
+    laptop.next_where(|f| f["data"]["message_id"] == last["message_id"]).await;
 
     let mut bob_ws = Ws::resume(&server, &bob, &stale).await;
     assert_eq!(bob_ws.ready["resumed"], false, "the connection itself says it did not resume");
+    assert_eq!(bob_ws.ready["sync_required"], true, "{}", bob_ws.ready);
     let refused = bob_ws.next_where(|f| f["op"] == "error").await;
-    assert_eq!(refused["error"]["code"], "resume_too_old", "{refused}");
+    assert_eq!(refused["error"]["code"], "sync_required", "{refused}");
     assert_eq!(refused["ref"], Value::Null);
     // The ready token is where the live stream starts, not the stale token passed.
     assert_ne!(bob_ws.ready["token"], json!(stale));
-    // Live events follow from the ready token on (messages sent while away that the fan-out
-    // had not routed yet among them, on a busy node).
     let live = ada_ws.send_message(&conversation, "now", "live again").await;
     bob_ws
         .next_where(|f| {

@@ -271,8 +271,10 @@ start_redis() {
   local dir="$RUN_ROOT/redis"
   command -v redis-server >/dev/null 2>&1 || die "redis-server is missing (run ops/engines/fetch.sh redis)"
   mkdir -p "$dir"
-  launch redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-    --daemonize no --dir "$dir" --logfile "$dir/redis.log"
+  # Users' feeds live here when the nodes share them through Redis: an append-only file, synced
+  # every second, lets them outlast a restart of Redis, as a production Redis holding them would.
+  launch redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly yes \
+    --appendfsync everysec --daemonize no --dir "$dir" --logfile "$dir/redis.log"
 }
 
 engine_timeout() {

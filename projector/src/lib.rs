@@ -4,6 +4,7 @@
 //! batch to a [`ReadModel`](store::ReadModel), which applies it idempotently and moves its
 //! checkpoint. [`Progress`] tells anyone waiting on a consistency token how far it has got.
 
+pub mod feed;
 pub mod presence;
 mod progress;
 mod projector;

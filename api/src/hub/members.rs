@@ -12,6 +12,7 @@
 //! command therefore never sees membership older than the read models would have shown it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use switchboard_ingest::log::Cursor;
@@ -21,6 +22,9 @@ use switchboard_schemas::{ConversationId, Topic, UserId};
 #[derive(Default)]
 pub struct Memberships {
     known: RwLock<Known>,
+    /// Counts the changes: whoever derives something from memberships (a user's contacts)
+    /// knows when to derive it again.
+    changes: AtomicU64,
 }
 
 #[derive(Default)]
@@ -52,6 +56,12 @@ impl Memberships {
 
     pub(super) fn set(&self, conversation: ConversationId, members: Vec<UserId>) {
         self.write().members.insert(conversation, members);
+        self.changes.fetch_add(1, Ordering::Release);
+    }
+
+    /// How many changes there have been: equal counts mean nothing changed in between.
+    pub(super) fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
     }
 
     /// Records that every event before `cursor` has been routed.

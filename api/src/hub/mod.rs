@@ -1,324 +1,379 @@
-//! Fan-out: this node follows the log and pushes each event to the local sockets that should
-//! see it. Sending never waits on delivery; a socket too slow to keep up is disconnected and
-//! resumes from its last token.
+//! Delivery: every event reaches the sockets that should see it, in order, once, across
+//! reconnects and restarts.
 //!
-//! Every pushed frame carries a resume token: the node's position in the log just after that
-//! event. A socket registered at position `S` receives every routed event after `S` through its
-//! mailbox; a reconnecting client replays from its token up to `S`, so it sees each event once.
+//! Two halves. The [`deliver`] stage, running where the projector runs, routes each logged event
+//! once and appends it to the feed of every recipient (see [`switchboard_projector::feed`]),
+//! where it gets the next number of that user's sequence. The [`Hub`], on every node that serves
+//! sockets, follows the feeds of the users connected to it and pushes each entry to their
+//! sockets with a resume token naming it. A reconnecting client passes its last token and gets
+//! the entries after it read from its own feed: a resume costs what that user missed, whatever
+//! everyone else sent meanwhile.
 //!
-//! Before it pushes anything, the fan-out waits for the read models to hold everything logged
-//! before its start, since it reads memberships from them. An event it cannot route (the store
-//! does not answer) is retried, with backoff, until it can: the events behind it wait, and no
-//! socket loses any. A fan-out that stopped (the log failed) starts again where it stood. While
-//! it waits or retries the node cannot deliver: [`Hub::state`] says why, for `/readyz`, the
-//! `fanout_ready` gauge and a warning in the log, so that a node is never silently mute.
+//! A socket registered when its user's feed stood at number `S` is pushed every entry after `S`;
+//! a resume replays from its token up to `S`. The hub pushes a user's entries strictly in order:
+//! one it hears twice is dropped, and one it hears after a gap (the backend dropped something
+//! while its connection broke) makes it read the missing entries from the feed first. A socket
+//! too slow to keep up is disconnected and resumes from its last token.
 
+pub mod deliver;
 mod members;
 mod router;
 mod token;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use axum::extract::ws::Utf8Bytes;
-use serde::Serialize;
-use switchboard_ingest::log::{Cursor, Log, LogError};
-use switchboard_projector::presence::Presence;
-use switchboard_projector::store::ReadModel;
-use switchboard_projector::{Behind, Progress};
-use switchboard_schemas::{Codec, Event, Topic, UserId};
-use tokio::sync::{mpsc, watch};
+use switchboard_projector::Behind;
+use switchboard_projector::feed::{Entry, FeedError, Feeds, Published};
+use switchboard_schemas::UserId;
+use tokio::sync::{OnceCell, Semaphore, SemaphorePermit, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use members::Memberships;
 pub use router::{Routed, Router};
-pub use token::ResumeToken;
-
-/// The topics whose events reach sockets.
-pub const FANOUT_TOPICS: [Topic; 5] =
-    [Topic::Conversations, Topic::Messages, Topic::Presence, Topic::Calls, Topic::Signals];
+pub use token::{Resume, ResumeToken};
 
 /// How many pushes may wait for one socket before it counts as too slow.
 pub const MAILBOX_CAPACITY: usize = 1024;
 
-/// How often a fan-out still waiting for the read models says so in the log.
-const WAITING_REPORT: Duration = Duration::from_secs(10);
-/// The first and the longest wait before an event that could not be routed is tried again.
-const RETRY_FIRST: Duration = Duration::from_millis(100);
-const RETRY_LONGEST: Duration = Duration::from_secs(5);
+/// One frame for a socket, with the feed entry it carries (0 for frames no feed keeps).
+pub struct Push {
+    pub seq: u64,
+    pub frame: Utf8Bytes,
+}
 
 /// The sending end of one socket's queue of pushes.
 pub struct Mailbox {
     pub session_id: Arc<str>,
-    pub frames: mpsc::Sender<Utf8Bytes>,
+    pub frames: mpsc::Sender<Push>,
     /// Cancelled when the socket could not keep up and must go.
     pub evicted: CancellationToken,
 }
 
-#[derive(Default)]
-struct Sockets {
-    /// Where the fan-out stands: every event before it has been pushed.
-    cursor: Cursor,
-    by_user: HashMap<UserId, Vec<Mailbox>>,
-}
-
-#[derive(Clone)]
-pub struct Hub {
-    sockets: Arc<Mutex<Sockets>>,
-    members: Arc<Memberships>,
-    state: Arc<watch::Sender<FanoutState>>,
-}
-
-impl Default for Hub {
-    fn default() -> Hub {
-        Hub {
-            sockets: Arc::default(),
-            members: Arc::default(),
-            state: Arc::new(watch::Sender::new(FanoutState::Starting)),
-        }
-    }
-}
-
-/// What the fan-out is doing: only a live one delivers.
+/// What a part of delivery is doing: only a live one delivers.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FanoutState {
+pub enum StageState {
     /// Not started yet.
     Starting,
-    /// Waiting for the read models to reach the log position the fan-out starts from.
+    /// Waiting for the read models to reach the log position routing starts from.
     WaitingForReadModels(Vec<Behind>),
-    /// Pushing events as they are logged.
+    /// Delivering.
     Live,
-    /// Held up by an error; it tries again shortly, and its sockets get what they missed then.
+    /// Held up by an error; it tries again shortly, and nothing is lost meanwhile.
     Failed(String),
 }
 
-impl FanoutState {
+impl StageState {
     pub fn is_live(&self) -> bool {
-        *self == FanoutState::Live
+        *self == StageState::Live
     }
 }
 
-impl fmt::Display for FanoutState {
+impl fmt::Display for StageState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FanoutState::Starting => f.write_str("starting"),
-            FanoutState::WaitingForReadModels(behind) => {
-                f.write_str("waiting for the read models to reach where the fan-out starts:")?;
+            StageState::Starting => f.write_str("starting"),
+            StageState::WaitingForReadModels(behind) => {
+                f.write_str("waiting for the read models to reach where routing starts:")?;
                 for (i, partition) in behind.iter().enumerate() {
                     f.write_str(if i == 0 { " " } else { ", " })?;
                     write!(f, "{partition}")?;
                 }
                 Ok(())
             }
-            FanoutState::Live => f.write_str("ok"),
-            FanoutState::Failed(error) => write!(f, "failed, retrying: {error}"),
+            StageState::Live => f.write_str("ok"),
+            StageState::Failed(error) => write!(f, "failed, retrying: {error}"),
         }
     }
 }
 
-#[derive(Serialize)]
-struct PushFrame<'a> {
-    op: &'static str,
-    #[serde(rename = "type")]
-    kind: &'a str,
-    at: i64,
-    data: &'a serde_json::value::RawValue,
-    token: &'a str,
+/// A user this node follows the feed of.
+struct Follow {
+    /// Resolves to the feed's head once the node hears what is appended after it.
+    subscribed: Arc<OnceCell<ResumeToken>>,
+    /// The last entry pushed; `None` until subscribed.
+    pushed: Option<ResumeToken>,
+    /// Entries heard before the head was known, to push once it is.
+    early: Vec<(u64, Entry)>,
+    mailboxes: Vec<Mailbox>,
 }
 
-impl Routed {
-    pub fn frame(&self, token: &str) -> Utf8Bytes {
-        let frame =
-            PushFrame { op: "event", kind: self.kind, at: self.at, data: &self.data, token };
-        serde_json::to_string(&frame).expect("frames serialise").into()
+impl Follow {
+    fn new() -> Follow {
+        Follow {
+            subscribed: Arc::default(),
+            pushed: None,
+            early: Vec::new(),
+            mailboxes: Vec::new(),
+        }
     }
+
+    /// Pushes `entry` if it is the next one; returns the number of the last entry pushed
+    /// before it when entries are missing in between.
+    fn push(&mut self, epoch: u64, entry: &Entry) -> Result<(), u64> {
+        let Some(pushed) = &mut self.pushed else {
+            self.early.push((epoch, entry.clone()));
+            return Ok(());
+        };
+        if epoch != pushed.epoch {
+            // The feed was created afresh: every token of the old one is void, and the sockets
+            // holding one reconnect to be told so.
+            tracing::warn!(epoch, "a user's feed has a new epoch; their sockets reconnect");
+            self.skip_to(ResumeToken { epoch, seq: entry.seq, at: entry.at });
+            return Ok(());
+        }
+        if entry.seq <= pushed.seq {
+            return Ok(());
+        }
+        if entry.seq > pushed.seq + 1 {
+            return Err(pushed.seq);
+        }
+        *pushed = ResumeToken { epoch, seq: entry.seq, at: entry.at };
+        let frame = with_token(&entry.frame, pushed);
+        self.send(Push { seq: entry.seq, frame });
+        Ok(())
+    }
+
+    /// Disconnects the sockets (they resume, and a resume tells them what they missed or that
+    /// they must sync) and goes on from `to`.
+    fn skip_to(&mut self, to: ResumeToken) {
+        for mailbox in self.mailboxes.drain(..) {
+            mailbox.evicted.cancel();
+        }
+        self.pushed = Some(to);
+    }
+
+    fn send(&mut self, push: Push) {
+        let Push { seq, frame } = push;
+        self.mailboxes.retain(|mailbox| {
+            match mailbox.frames.try_send(Push { seq, frame: frame.clone() }) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    metrics::counter!("sockets_evicted_total").increment(1);
+                    mailbox.evicted.cancel();
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+        metrics::counter!("events_pushed_total").increment(self.mailboxes.len() as u64);
+    }
+}
+
+/// The pushed frame: the frame the feed keeps, closed with its token.
+pub fn with_token(frame: &str, token: &ResumeToken) -> Utf8Bytes {
+    let mut text = String::with_capacity(frame.len() + 48);
+    text.push_str(frame);
+    text.push_str(",\"token\":\"");
+    text.push_str(&token.to_string());
+    text.push_str("\"}");
+    text.into()
+}
+
+/// How many resumes of this node may read from the feeds at once: when every socket of a node
+/// reconnects together, the rest wait their turn rather than all hitting the feeds at once.
+const CONCURRENT_REPLAYS: usize = 32;
+
+#[derive(Clone)]
+pub struct Hub {
+    feeds: Arc<dyn Feeds>,
+    users: Arc<Mutex<HashMap<UserId, Follow>>>,
+    members: Arc<Memberships>,
+    state: Arc<watch::Sender<StageState>>,
+    /// What the feeds publish for this node, taken once and kept across restarts of `run`.
+    heard: Arc<tokio::sync::Mutex<Option<mpsc::Receiver<Published>>>>,
+    replays: Arc<Semaphore>,
 }
 
 impl Hub {
-    /// Adds a socket; it receives every event routed to `user` after the returned position.
-    pub fn register(&self, user: UserId, mailbox: Mailbox) -> Cursor {
-        let mut sockets = self.sockets.lock().expect("hub lock");
-        sockets.by_user.entry(user).or_default().push(mailbox);
-        sockets.cursor.clone()
-    }
-
-    pub fn unregister(&self, user: UserId, session_id: &str) {
-        let mut sockets = self.sockets.lock().expect("hub lock");
-        if let Some(mailboxes) = sockets.by_user.get_mut(&user) {
-            mailboxes.retain(|m| &*m.session_id != session_id);
-            if mailboxes.is_empty() {
-                sockets.by_user.remove(&user);
-            }
+    pub fn new(feeds: Arc<dyn Feeds>) -> Hub {
+        Hub {
+            feeds,
+            users: Arc::default(),
+            members: Arc::default(),
+            state: Arc::new(watch::Sender::new(StageState::Starting)),
+            heard: Arc::default(),
+            replays: Arc::new(Semaphore::new(CONCURRENT_REPLAYS)),
         }
     }
 
-    /// Conversation members as this node's fan-out knows them.
-    pub fn memberships(&self) -> &Memberships {
+    /// A turn to read from the feeds for a resume.
+    pub async fn replay_permit(&self) -> SemaphorePermit<'_> {
+        self.replays.acquire().await.expect("the semaphore is never closed")
+    }
+
+    fn users(&self) -> MutexGuard<'_, HashMap<UserId, Follow>> {
+        self.users.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a socket; it is pushed every entry of `user`'s feed after the returned token.
+    pub async fn register(&self, user: UserId, mailbox: Mailbox) -> Result<ResumeToken, FeedError> {
+        loop {
+            let subscribed =
+                self.users().entry(user).or_insert_with(Follow::new).subscribed.clone();
+            let head = subscribed
+                .get_or_try_init(|| async {
+                    self.feeds.follow(user).await?;
+                    self.feeds.head(user).await.map(ResumeToken::from)
+                })
+                .await;
+            let mut users = self.users();
+            let Some(follow) = users.get_mut(&user) else {
+                continue; // The last socket of another try went meanwhile: follow afresh.
+            };
+            let head = match head {
+                Ok(head) => *head,
+                Err(error) => {
+                    if follow.mailboxes.is_empty() {
+                        users.remove(&user);
+                    }
+                    return Err(error);
+                }
+            };
+            if follow.pushed.is_none() {
+                follow.pushed = Some(head);
+                for (epoch, entry) in std::mem::take(&mut follow.early) {
+                    // An early entry is at most the one right after the head: anything later
+                    // was appended after the head was read and is heard in order.
+                    let _ = follow.push(epoch, &entry);
+                }
+            }
+            follow.mailboxes.push(mailbox);
+            return Ok(follow.pushed.expect("set above"));
+        }
+    }
+
+    /// Removes a socket. The node keeps following its user's feed: a reconnect finds it ready.
+    pub fn unregister(&self, user: UserId, session_id: &str) {
+        if let Some(follow) = self.users().get_mut(&user) {
+            follow.mailboxes.retain(|m| &*m.session_id != session_id);
+        }
+    }
+
+    /// Conversation members as this node's delivery routes them.
+    pub fn memberships(&self) -> &Arc<Memberships> {
         &self.members
     }
 
-    /// What the fan-out is doing now.
-    pub fn state(&self) -> FanoutState {
+    /// Whether this node hears its users' feeds now.
+    pub fn state(&self) -> StageState {
         self.state.borrow().clone()
     }
 
-    /// Resolves once the fan-out pushes events.
+    /// Resolves once the hub hears its users' feeds.
     pub async fn live(&self) {
         // The sender lives as long as `self`, so the wait ends only by going live.
-        let _ = self.state.subscribe().wait_for(FanoutState::is_live).await;
+        let _ = self.state.subscribe().wait_for(StageState::is_live).await;
     }
 
-    /// Records that the log failed the fan-out, which is started again.
-    fn failed(&self, error: LogError) -> LogError {
-        self.set_state(FanoutState::Failed(error.to_string()));
-        error
-    }
-
-    fn set_state(&self, state: FanoutState) {
+    fn set_state(&self, state: StageState) {
         metrics::gauge!("fanout_ready").set(if state.is_live() { 1.0 } else { 0.0 });
         self.state.send_replace(state);
     }
 
-    /// Follows the log and pushes events until `stop` is cancelled: from the log's end on the
-    /// first start, and from where it stood on a start after a failure, so that no socket
-    /// misses what was logged in between.
-    pub async fn run(
-        self,
-        log: Arc<dyn Log>,
-        store: Arc<dyn ReadModel>,
-        presence: Arc<dyn Presence>,
-        progress: Progress,
-        stop: CancellationToken,
-    ) -> Result<(), LogError> {
-        let stood = self.sockets.lock().expect("hub lock").cursor.clone();
-        let start = match stood.is_empty() {
-            true => Cursor::end(log.as_ref(), &FANOUT_TOPICS).await.map_err(|e| self.failed(e))?,
-            false => stood,
-        };
-        self.sockets.lock().expect("hub lock").cursor = start.clone();
-        // Memberships are read from the store on first use; it must have caught up with
-        // everything before the point the fan-out starts from.
-        if !self.wait_for_read_models(&progress, &start, &stop).await {
-            return Ok(());
+    /// Pushes what the feeds publish to the sockets here until `stop` is cancelled.
+    pub async fn run(self, stop: CancellationToken) -> Result<(), FeedError> {
+        let mut slot = self.heard.lock().await;
+        if slot.is_none() {
+            let listening = self.feeds.listen().await.inspect_err(|error| {
+                self.set_state(StageState::Failed(error.to_string()));
+            })?;
+            *slot = Some(listening);
         }
-        let mut reader = log.reader(start.clone()).await.map_err(|e| self.failed(e))?;
-        let mut router = Router::live(store, presence, self.members.clone());
-        let codec = Codec::new();
-        tracing::info!(from = %start, "fan-out live");
-        self.set_state(FanoutState::Live);
+        let heard = slot.as_mut().expect("set above");
+        self.set_state(StageState::Live);
         loop {
-            let records = tokio::select! {
+            let published = tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
-                records = reader.next_batch(1024) => records.map_err(|e| self.failed(e))?,
+                published = heard.recv() => published,
             };
-            let mut routed = Vec::with_capacity(records.len());
-            for record in records {
-                let route = match codec.decode(&record.value) {
-                    Ok(event) => match self.route_patiently(&mut router, &event, &stop).await {
-                        Some(route) => route,
-                        None => return Ok(()),
-                    },
-                    Err(error) => {
-                        tracing::error!(position = %record.position, %error, "fan-out skips undecodable record");
-                        None
-                    }
-                };
-                routed.push((record.position, route));
+            match published {
+                Some(Published::Entry { user, epoch, entry }) => {
+                    self.push(user, epoch, entry).await
+                }
+                Some(Published::Passing { user, frame }) => self.pass(user, &frame),
+                Some(Published::Interrupted) => self.catch_up_all().await,
+                None => {
+                    let error = FeedError::Unavailable("the feeds stopped publishing".to_owned());
+                    self.set_state(StageState::Failed(error.to_string()));
+                    return Err(error);
+                }
             }
-            self.push(routed);
         }
     }
 
-    /// Routes `event`, trying again with backoff while the store fails: the events behind it
-    /// wait for it rather than anyone losing it. `None` if stopped first.
-    async fn route_patiently(
-        &self,
-        router: &mut Router,
-        event: &Event,
-        stop: &CancellationToken,
-    ) -> Option<Option<Routed>> {
-        let mut backoff = RETRY_FIRST;
-        let mut failed = false;
-        loop {
-            match router.route(event).await {
-                Ok(route) => {
-                    if failed {
-                        tracing::info!("fan-out routes again");
-                        self.set_state(FanoutState::Live);
-                    }
-                    return Some(route);
+    async fn push(&self, user: UserId, epoch: u64, entry: Entry) {
+        let gap = match self.users().get_mut(&user) {
+            Some(follow) => follow.push(epoch, &entry),
+            None => return,
+        };
+        if let Err(pushed) = gap {
+            let missed = self.read_missed(user, pushed, entry.seq).await;
+            if let Some(follow) = self.users().get_mut(&user) {
+                for missed in missed.unwrap_or_default() {
+                    let _ = follow.push(epoch, &missed);
                 }
+                if follow.push(epoch, &entry).is_err() {
+                    tracing::warn!("entries missed and not readable; the user's sockets resume");
+                    follow.skip_to(ResumeToken { epoch, seq: entry.seq, at: entry.at });
+                }
+            }
+        }
+    }
+
+    /// The entries of `user`'s feed after `after` and before `until`, which the node did not
+    /// hear; `None` if the feed cannot be read now.
+    async fn read_missed(&self, user: UserId, after: u64, until: u64) -> Option<Vec<Entry>> {
+        metrics::counter!("fanout_gaps_total").increment(1);
+        let missing = (until - after).saturating_sub(1) as usize;
+        match self.feeds.read(user, after, missing).await {
+            Ok(entries) => Some(entries),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the entries a gap left out");
+                None
+            }
+        }
+    }
+
+    fn pass(&self, user: UserId, frame: &str) {
+        if let Some(follow) = self.users().get_mut(&user)
+            && let Some(pushed) = follow.pushed
+        {
+            follow.send(Push { seq: 0, frame: with_token(frame, &pushed) });
+        }
+    }
+
+    /// After the feeds may have dropped what they published, reads every followed feed's head
+    /// and fills in what was missed.
+    async fn catch_up_all(&self) {
+        let followed: Vec<(UserId, u64)> = self
+            .users()
+            .iter()
+            .filter_map(|(user, follow)| Some((*user, follow.pushed?.seq)))
+            .collect();
+        for (user, pushed) in followed {
+            let head = match self.feeds.head(user).await {
+                Ok(head) if head.seq > pushed => head,
+                Ok(_) => continue,
                 Err(error) => {
-                    failed = true;
-                    metrics::counter!("fanout_retries_total").increment(1);
-                    tracing::warn!(%error, retry_in = ?backoff, "fan-out cannot route an event; delivery waits");
-                    self.set_state(FanoutState::Failed(error.to_string()));
-                    tokio::select! {
-                        _ = stop.cancelled() => return None,
-                        _ = tokio::time::sleep(backoff) => {}
+                    tracing::warn!(%error, "cannot check a feed after an interruption; its sockets resume");
+                    if let Some(follow) = self.users().get_mut(&user) {
+                        follow.mailboxes.drain(..).for_each(|mailbox| mailbox.evicted.cancel());
                     }
-                    backoff = (backoff * 2).min(RETRY_LONGEST);
+                    continue;
+                }
+            };
+            let missed = self.read_missed(user, pushed, head.seq + 1).await;
+            if let Some(follow) = self.users().get_mut(&user) {
+                for entry in missed.unwrap_or_default() {
+                    let _ = follow.push(head.epoch, &entry);
+                }
+                if follow.pushed.is_some_and(|now| now.seq < head.seq) {
+                    follow.skip_to(ResumeToken::from(head));
                 }
             }
         }
-    }
-
-    /// Waits until the read models hold everything before `start`, saying what it waits for
-    /// while it does. Returns `false` if stopped first.
-    async fn wait_for_read_models(
-        &self,
-        progress: &Progress,
-        start: &Cursor,
-        stop: &CancellationToken,
-    ) -> bool {
-        let caught_up = progress.wait_for_cursor(start);
-        tokio::pin!(caught_up);
-        let mut report = tokio::time::interval(WAITING_REPORT);
-        report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The first tick is immediate: readiness says at once what the fan-out waits for.
-        let mut reported_before = false;
-        loop {
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => return false,
-                _ = &mut caught_up => return true,
-                _ = report.tick() => {
-                    let waiting = FanoutState::WaitingForReadModels(progress.behind(start));
-                    if reported_before {
-                        tracing::warn!("fan-out delivers nothing yet: {waiting}");
-                    }
-                    reported_before = true;
-                    self.set_state(waiting);
-                }
-            }
-        }
-    }
-
-    fn push(&self, routed: Vec<(switchboard_schemas::Position, Option<Routed>)>) {
-        let mut sockets = self.sockets.lock().expect("hub lock");
-        let Sockets { cursor, by_user } = &mut *sockets;
-        for (position, route) in routed {
-            cursor.advance(position);
-            let Some(route) = route else { continue };
-            let mut frame = None;
-            for user in &route.recipients {
-                let Some(mailboxes) = by_user.get_mut(user) else { continue };
-                let frame = frame.get_or_insert_with(|| route.frame(&ResumeToken::encode(cursor)));
-                mailboxes.retain(|mailbox| match mailbox.frames.try_send(frame.clone()) {
-                    Ok(()) => true,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        metrics::counter!("sockets_evicted_total").increment(1);
-                        mailbox.evicted.cancel();
-                        false
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => false,
-                });
-                metrics::counter!("events_pushed_total").increment(mailboxes.len() as u64);
-            }
-        }
-        by_user.retain(|_, mailboxes| !mailboxes.is_empty());
-        self.members.routed_up_to(cursor);
     }
 }

@@ -9,14 +9,16 @@
 //! to its caller and callee, a room's to every member of its conversation, each with the call as
 //! it stands after the event; a signal goes to its recipient alone.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use switchboard_projector::presence::Presence;
 use switchboard_projector::store::calls::{self, Call, CallKind};
 use switchboard_projector::store::{ReadModel, StoreError};
-use switchboard_schemas::{CallId, ConversationId, Event, Payload, UserId};
+use switchboard_schemas::{CallId, ConversationId, Event, MessageId, MessageSent, Payload, UserId};
 
 use super::members::Memberships;
 
@@ -27,6 +29,21 @@ pub struct Routed {
     pub at: i64,
     /// The `data` of the pushed frame, serialised once for every recipient.
     pub data: Box<serde_json::value::RawValue>,
+    /// Whether it is history, kept in the recipients' feeds for a resume, or state that is news
+    /// only to whoever is connected now (typing, presence).
+    pub kept: bool,
+}
+
+impl Routed {
+    /// The pushed frame up to its token (see [`Delivery::frame`](switchboard_projector::feed::Delivery::frame)).
+    pub fn frame(&self) -> String {
+        format!(
+            r#"{{"op":"event","type":"{}","at":{},"data":{}"#,
+            self.kind,
+            self.at,
+            self.data.get()
+        )
+    }
 }
 
 #[derive(Serialize)]
@@ -43,16 +60,63 @@ pub struct Router {
     /// Shared with the membership checks of commands when live; the replay's own otherwise.
     members: Arc<Memberships>,
     contacts: HashMap<UserId, Arc<Vec<UserId>>>,
+    /// [`Memberships::changes`] when `contacts` was last valid.
+    contacts_as_of: u64,
     /// The online state last pushed per user, so contacts hear of changes only.
     pushed_online: HashMap<UserId, bool>,
     /// Calls still live, as of the last event routed.
     calls: HashMap<CallId, Call>,
-    replaying: bool,
+    sends: RecentSends,
+}
+
+/// How many sends a router remembers, to recognise a retry logged twice.
+const RECENT_SENDS: usize = 100_000;
+
+/// For how long after a router starts it also asks the store whether a send is a retry: the
+/// first copy may have been routed before the start, where its memory does not reach.
+const STORE_CHECKS: Duration = Duration::from_secs(120);
+
+/// The latest sends, by conversation, sender and client id. A retry whose claim could not be
+/// checked (the presence backend was down, or its first append failed without saying whether
+/// the log took it) may be logged twice under two message ids: the read models keep the first,
+/// and so does delivery, so that nobody sees a message twice or one that history does not hold.
+/// Both copies are in the conversation's partition, so the router that routes one routes both.
+struct RecentSends {
+    first: HashMap<u64, MessageId>,
+    order: VecDeque<u64>,
+    store_checks_until: Instant,
+}
+
+impl RecentSends {
+    fn new() -> RecentSends {
+        RecentSends {
+            first: HashMap::new(),
+            order: VecDeque::new(),
+            store_checks_until: Instant::now() + STORE_CHECKS,
+        }
+    }
+
+    fn key(sent: &MessageSent) -> u64 {
+        let mut hasher = std::hash::DefaultHasher::new();
+        (sent.conversation_id, sent.sender, &sent.client_msg_id).hash(&mut hasher);
+        hasher.finish()
+    }
+
+    fn remember(&mut self, key: u64, id: MessageId) {
+        if self.first.insert(key, id).is_none() {
+            self.order.push_back(key);
+        }
+        if self.order.len() > RECENT_SENDS
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.first.remove(&oldest);
+        }
+    }
 }
 
 impl Router {
-    /// A router for the live fan-out, keeping `members` current.
-    pub fn live(
+    /// A router keeping `members` current.
+    pub fn new(
         store: Arc<dyn ReadModel>,
         presence: Arc<dyn Presence>,
         members: Arc<Memberships>,
@@ -62,25 +126,21 @@ impl Router {
             presence,
             members,
             contacts: HashMap::new(),
+            contacts_as_of: 0,
             pushed_online: HashMap::new(),
             calls: HashMap::new(),
-            replaying: false,
+            sends: RecentSends::new(),
         }
-    }
-
-    /// A router for replaying what a resuming socket missed.
-    pub fn replay(store: Arc<dyn ReadModel>, presence: Arc<dyn Presence>) -> Router {
-        Router { replaying: true, ..Router::live(store, presence, Arc::default()) }
     }
 
     /// Who should see `event`, and what. A failed routing changes nothing: the event may be
     /// routed again.
     pub async fn route(&mut self, event: &Event) -> Result<Option<Routed>, StoreError> {
         use Payload::*;
+        let mut kept = true;
         let recipients = match &event.payload {
             ConversationCreated(e) => {
                 self.members.set(e.conversation_id, e.members.clone());
-                self.contacts.clear();
                 e.members.clone()
             }
             MemberAdded(e) => {
@@ -89,7 +149,6 @@ impl Router {
                     members.push(e.user_id);
                 }
                 self.members.set(e.conversation_id, members.clone());
-                self.contacts.clear();
                 members
             }
             MemberRemoved(e) => {
@@ -99,10 +158,10 @@ impl Router {
                 }
                 let remaining = recipients.iter().copied().filter(|m| *m != e.user_id).collect();
                 self.members.set(e.conversation_id, remaining);
-                self.contacts.clear();
                 recipients
             }
             Typing(e) => {
+                kept = false;
                 let mut members = self.members(e.conversation_id).await?;
                 members.retain(|m| *m != e.user_id);
                 members
@@ -125,6 +184,12 @@ impl Router {
                 return self.presence_changed(e.user_id, event.meta.occurred_at, false).await;
             }
             SignalRelayed(e) => vec![e.to_user],
+            MessageSent(e) => {
+                if self.is_repeated(e).await? {
+                    return Ok(None);
+                }
+                self.members(e.conversation_id).await?
+            }
             payload if calls::call_of(payload).is_some() => return self.call_changed(event).await,
             // An upload is not news to anyone until a message carries it.
             UserRegistered(_) | ProfileUpdated(_) | NodeHeartbeat(_) | MediaUploaded(_) => {
@@ -140,7 +205,29 @@ impl Router {
             kind: event.payload.type_name(),
             at: event.meta.occurred_at,
             data: to_raw(&event.payload),
+            kept,
         }))
+    }
+
+    /// Whether `sent` is a second copy of a send already routed under another message id.
+    async fn is_repeated(&mut self, sent: &MessageSent) -> Result<bool, StoreError> {
+        let key = RecentSends::key(sent);
+        if let Some(first) = self.sends.first.get(&key) {
+            return Ok(*first != sent.message_id);
+        }
+        let mut first = sent.message_id;
+        if Instant::now() < self.sends.store_checks_until {
+            let stored = self.store.message_by_client_id(
+                sent.conversation_id,
+                sent.sender,
+                &sent.client_msg_id,
+            );
+            if let Some(kept) = stored.await? {
+                first = kept.id;
+            }
+        }
+        self.sends.remember(key, first);
+        Ok(first != sent.message_id)
     }
 
     async fn members(&mut self, id: ConversationId) -> Result<Vec<UserId>, StoreError> {
@@ -183,11 +270,18 @@ impl Router {
             kind: event.payload.type_name(),
             at: event.meta.occurred_at,
             data: to_raw(&data),
+            kept: true,
         }))
     }
 
     /// Everyone who shares a conversation with `user`, `user` included (their other devices).
     async fn contacts_of(&mut self, user: UserId) -> Result<Arc<Vec<UserId>>, StoreError> {
+        // Another lane's router may have changed memberships: contacts derive from them.
+        let changes = self.members.changes();
+        if changes != self.contacts_as_of {
+            self.contacts.clear();
+            self.contacts_as_of = changes;
+        }
         if let Some(contacts) = self.contacts.get(&user) {
             return Ok(contacts.clone());
         }
@@ -202,17 +296,14 @@ impl Router {
         Ok(contacts)
     }
 
-    /// Presence is state, not history: a socket replaying what it missed gets none of it (the
-    /// current state is one query away), and live sockets hear only of real changes.
+    /// Presence is state, not history: no feed keeps it (the current state is one query away),
+    /// and connected sockets hear only of real changes.
     async fn presence_changed(
         &mut self,
         user: UserId,
         at: i64,
         opened: bool,
     ) -> Result<Option<Routed>, StoreError> {
-        if self.replaying {
-            return Ok(None);
-        }
         let online = match self.presence.status(&[user]).await {
             Ok(status) => status.first().is_some_and(|s| s.online),
             // Without the presence backend the event itself is the best guess.
@@ -231,6 +322,7 @@ impl Router {
             kind: "presence.changed",
             at,
             data: to_raw(&PresenceChanged { user_id: user, online, last_seen }),
+            kept: false,
         }))
     }
 }
@@ -245,7 +337,7 @@ mod tests {
     use switchboard_projector::store::embedded::EmbeddedStore;
     use switchboard_schemas::{
         ConversationCreated, ConversationKind, EventMeta, LocationShared, LocationStopped,
-        MemberRemoved,
+        MemberRemoved, MessageId, MessageSent,
     };
 
     use super::*;
@@ -280,7 +372,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Arc::new(EmbeddedStore::open(dir.path()).expect("store"));
         let presence = Arc::new(MemoryPresence::new("n"));
-        let mut router = Router::live(store, presence, Arc::default());
+        let mut router = Router::new(store, presence, Arc::default());
         let (a, b, c) = (UserId(1), UserId(2), UserId(3));
         let group = ConversationId(10);
         let created = ConversationCreated {
@@ -296,5 +388,45 @@ mod tests {
         assert_eq!(recipients(&mut router, &shared(c, group)).await, None, "c is no member");
         let stopped = event(LocationStopped { user_id: c, conversation_id: group });
         assert_eq!(recipients(&mut router, &stopped).await, Some(vec![a, b]));
+    }
+
+    #[tokio::test]
+    async fn a_send_logged_twice_reaches_nobody_twice() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(EmbeddedStore::open(dir.path()).expect("store"));
+        let presence = Arc::new(MemoryPresence::new("n"));
+        let mut router = Router::new(store, presence, Arc::default());
+        let (a, b, direct) = (UserId(1), UserId(2), ConversationId(10));
+        let created = ConversationCreated {
+            conversation_id: direct,
+            kind: ConversationKind::Direct,
+            title: None,
+            members: vec![a, b],
+        };
+        router.route(&event(created)).await.expect("routing");
+        let sent = |id: i64, client_msg_id: &str| {
+            event(MessageSent {
+                conversation_id: direct,
+                message_id: MessageId(id),
+                sender: a,
+                client_msg_id: client_msg_id.to_owned(),
+                body: "hi".to_owned(),
+                reply_to: None,
+                attachments: Vec::new(),
+            })
+        };
+
+        assert_eq!(recipients(&mut router, &sent(100, "c1")).await, Some(vec![a, b]));
+        assert_eq!(recipients(&mut router, &sent(101, "c1")).await, None, "a retry logged again");
+        assert_eq!(
+            recipients(&mut router, &sent(100, "c1")).await,
+            Some(vec![a, b]),
+            "routed again"
+        );
+        assert_eq!(
+            recipients(&mut router, &sent(102, "c2")).await,
+            Some(vec![a, b]),
+            "another send"
+        );
     }
 }

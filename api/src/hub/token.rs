@@ -1,49 +1,69 @@
-//! Resume tokens: a cursor over the fan-out topics in a compact text form.
+//! Resume tokens: where a socket stands in its user's feed.
 //!
-//! `conversations:0.0.3.0;messages:12.0.7.1;presence:4.4.0.9` lists, per topic, the next offset
-//! of each partition in partition order — short enough to ride on every pushed frame.
+//! `1764937200123456.42.1764940800000` is the feed's epoch, the number of the last entry pushed
+//! and when that entry was appended (ms) — short, and the same length whatever the number of
+//! partitions or of other users. The time lets a client that comes back after the feed has let
+//! the entry go be told since when it must sync.
 
-use std::fmt::Write;
+use std::fmt;
+use std::str::FromStr;
 
-use switchboard_ingest::log::Cursor;
+use switchboard_projector::feed::Head;
 use switchboard_schemas::Topic;
 
-pub struct ResumeToken;
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResumeToken {
+    pub epoch: u64,
+    pub seq: u64,
+    pub at: i64,
+}
 
-impl ResumeToken {
-    pub fn encode(cursor: &Cursor) -> String {
-        let mut token = String::with_capacity(128);
-        let mut current: Option<Topic> = None;
-        for (topic, _, offset) in cursor.iter() {
-            if current == Some(topic) {
-                token.push('.');
-            } else {
-                if current.is_some() {
-                    token.push(';');
-                }
-                token.push_str(topic.name());
-                token.push(':');
-                current = Some(topic);
-            }
-            let _ = write!(token, "{offset}");
-        }
-        token
+impl From<Head> for ResumeToken {
+    fn from(head: Head) -> ResumeToken {
+        ResumeToken { epoch: head.epoch, seq: head.seq, at: head.at }
     }
+}
 
-    pub fn decode(token: &str) -> Result<Cursor, String> {
-        let mut cursor = Cursor::default();
-        for part in token.split(';').filter(|p| !p.is_empty()) {
-            let (topic, offsets) =
-                part.split_once(':').ok_or_else(|| format!("`{part}` is not topic:offsets"))?;
-            let topic: Topic = topic.parse()?;
-            for (partition, offset) in offsets.split('.').enumerate() {
-                let offset =
-                    offset.parse().map_err(|_| format!("bad offset `{offset}` in token"))?;
-                cursor.set(topic, partition as u32, offset);
-            }
-        }
-        Ok(cursor)
+impl fmt::Display for ResumeToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.epoch, self.seq, self.at)
     }
+}
+
+/// What a client passed as `resume`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resume {
+    From(ResumeToken),
+    /// A token of the log positions earlier versions handed out: well-formed, but no longer
+    /// resumable, so the client is told to sync rather than refused.
+    Retired,
+}
+
+impl FromStr for Resume {
+    type Err = String;
+
+    fn from_str(token: &str) -> Result<Resume, String> {
+        if token.split(';').all(is_log_position) {
+            return Ok(Resume::Retired);
+        }
+        let not_a_token = || format!("`{token}` is not a resume token; tokens are EPOCH.SEQ.TIME");
+        let numbers: Vec<u64> = token
+            .split('.')
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .map_err(|_| not_a_token())?;
+        let [epoch, seq, at] = numbers[..] else { return Err(not_a_token()) };
+        let at = i64::try_from(at).map_err(|_| not_a_token())?;
+        Ok(Resume::From(ResumeToken { epoch, seq, at }))
+    }
+}
+
+/// A part of an earlier version's token: `messages:0.12.3`, a topic and offsets.
+fn is_log_position(part: &str) -> bool {
+    part.split_once(':').is_some_and(|(topic, offsets)| {
+        topic.parse::<Topic>().is_ok()
+            && offsets.split('.').all(|o| !o.is_empty() && o.bytes().all(|b| b.is_ascii_digit()))
+    })
 }
 
 #[cfg(test)]
@@ -52,15 +72,19 @@ mod tests {
 
     #[test]
     fn tokens_round_trip() {
-        let mut cursor = Cursor::default();
-        for p in 0..4 {
-            cursor.set(Topic::Messages, p, 10 * u64::from(p));
-            cursor.set(Topic::Presence, p, 7);
-        }
-        let token = ResumeToken::encode(&cursor);
-        assert_eq!(token, "messages:0.10.20.30;presence:7.7.7.7");
-        assert_eq!(ResumeToken::decode(&token).unwrap(), cursor);
-        assert!(ResumeToken::decode("messages:1.x").is_err());
-        assert!(ResumeToken::decode("chats:1").is_err());
+        let token = ResumeToken { epoch: 1_764_937_200_123_456, seq: 42, at: 1_764_940_800_000 };
+        let text = token.to_string();
+        assert_eq!(text, "1764937200123456.42.1764940800000");
+        assert_eq!(text.parse(), Ok(Resume::From(token)));
+    }
+
+    #[test]
+    fn old_log_tokens_are_retired_and_garbage_is_refused() {
+        assert_eq!("conversations:0.1;messages:3.0".parse(), Ok(Resume::Retired));
+        assert!("1.2".parse::<Resume>().is_err());
+        assert!("1.2.3.4".parse::<Resume>().is_err());
+        assert!("1.x.3".parse::<Resume>().is_err());
+        assert!("chats".parse::<Resume>().is_err());
+        assert!("chats:1".parse::<Resume>().is_err(), "no such topic");
     }
 }

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use switchboard_ingest::log::Cursor;
 use switchboard_projector::PROJECTED_TOPICS;
 
-use crate::hub::FanoutState;
+use crate::hub::StageState;
 use crate::state::AppState;
 
 /// The process is up.
@@ -15,8 +15,9 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// The node can serve: the log and the store answer, and (on a node that serves clients) the
-/// fan-out pushes events. Reports how far the projector lags.
+/// The node can serve: the log and the store answer, (on a node that serves clients) the hub
+/// hears its users' feeds, and (on a node that projects) every delivery lane routes. Reports how
+/// far the projector lags.
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let log = state.ingest.log();
     let end = Cursor::end(log.as_ref(), &PROJECTED_TOPICS).await;
@@ -26,12 +27,24 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         metrics::gauge!("projector_lag_events").set(lag as f64);
     }
     let fanout = state.config.role.serves_clients().then(|| state.hub.state());
-    let ready = end.is_ok() && store.is_ok() && fanout.as_ref().is_none_or(FanoutState::is_live);
+    let delivery: Vec<(&str, StageState)> =
+        state.delivery.iter().map(|stage| (stage.lane.group, stage.state())).collect();
+    let ready = end.is_ok()
+        && store.is_ok()
+        && fanout.as_ref().is_none_or(StageState::is_live)
+        && delivery.iter().all(|(_, lane)| lane.is_live());
+    let delivery = (!delivery.is_empty()).then(|| {
+        delivery
+            .iter()
+            .map(|(lane, state)| (lane.to_string(), json!(state.to_string())))
+            .collect::<serde_json::Map<_, _>>()
+    });
     let body = json!({
         "ready": ready,
         "log": end.err().map_or("ok".to_owned(), |e| e.to_string()),
         "store": store.err().map_or("ok".to_owned(), |e| e.to_string()),
         "fanout": fanout.map(|state| state.to_string()),
+        "delivery": delivery,
         "projector_lag_events": lag,
     });
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::hub::ResumeToken;
+use crate::hub::Resume;
 use crate::state::AppState;
 
 /// A hard cap, well above the configured frame limit: frames between the two get an error
@@ -37,7 +37,7 @@ pub async fn upgrade(
     })?;
     let resume = connect
         .resume
-        .map(|token| ResumeToken::decode(&token))
+        .map(|token| token.parse::<Resume>())
         .transpose()
         .map_err(|e| ApiError::bad_request(format!("bad resume token: {e}")))?;
     let permit = state
@@ -52,8 +52,10 @@ pub async fn upgrade(
         .max_frame_size(hard_limit)
         .max_message_size(hard_limit)
         .on_upgrade(move |socket| async move {
-            let session = session::Session::open(state, user, connect.device).await;
-            session.run(socket, resume).await;
+            match session::Session::open(state, user, connect.device).await {
+                Ok(session) => session.run(socket, resume).await,
+                Err(error) => session::refuse(socket, &error).await,
+            }
             drop(permit);
         }))
 }

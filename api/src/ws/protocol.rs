@@ -166,7 +166,8 @@ pub fn pong(reference: Value) -> String {
 }
 
 /// The first frame of a connection. `resumed` says, for a connection that asked to resume,
-/// whether it did: `false` means what was missed is not coming and must be reloaded.
+/// whether it did: `false` means what was missed is not coming, and `sync_required` says so
+/// in as many words.
 pub fn ready(
     user_id: UserId,
     session_id: &str,
@@ -183,6 +184,9 @@ pub fn ready(
     });
     if let Some(resumed) = resumed {
         frame["resumed"] = json!(resumed);
+        if !resumed {
+            frame["sync_required"] = json!(true);
+        }
     }
     frame.to_string()
 }

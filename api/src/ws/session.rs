@@ -1,6 +1,6 @@
 //! One connected socket: registration with the hub and presence, the optional replay of what a
-//! resuming client missed, then the loop that reads client ops, writes pushes and replies, and
-//! keeps the connection alive.
+//! resuming client missed (read from the user's feed), then the loop that reads client ops,
+//! writes pushes and replies, and keeps the connection alive.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -12,8 +12,8 @@ use futures_util::stream::{SplitSink, StreamExt};
 use futures_util::{Future, FutureExt, SinkExt};
 use serde_json::Value;
 use switchboard_ingest::Origin;
-use switchboard_ingest::log::Cursor;
-use switchboard_schemas::{Codec, SessionClosed, SessionOpened, UserId};
+use switchboard_projector::feed::Entry;
+use switchboard_schemas::{SessionClosed, SessionOpened, UserId};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::tungstenite;
@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::protocol::{self, ClientFrame, Op};
 use crate::error::ApiError;
-use crate::hub::{MAILBOX_CAPACITY, Mailbox, ResumeToken, Router};
+use crate::hub::{MAILBOX_CAPACITY, Mailbox, Push, Resume, ResumeToken, with_token};
 use crate::state::AppState;
 use crate::{calls, chat, locations};
 
@@ -34,9 +34,10 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a socket the server closes is kept open for the client's answering close frame.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(5);
 
-/// Close codes: 1001 going away, 1008 policy, 1009 too big, 4000 idle, 4008 too slow.
+/// Close codes: 1001 going away, 1009 too big, 1013 try again later, 4000 idle, 4008 too slow.
 const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_TOO_BIG: u16 = 1009;
+const CLOSE_TRY_AGAIN: u16 = 1013;
 const CLOSE_IDLE: u16 = 4000;
 const CLOSE_TOO_SLOW: u16 = 4008;
 
@@ -47,19 +48,39 @@ pub struct Session {
     state: AppState,
     user: UserId,
     id: Arc<str>,
-    frames: mpsc::Receiver<Utf8Bytes>,
+    frames: mpsc::Receiver<Push>,
     evicted: CancellationToken,
-    /// The hub's position when this socket registered: pushes cover everything after it.
-    registered_at: Cursor,
+    /// Where the user's feed stood when this socket registered: pushes cover everything after.
+    registered_at: ResumeToken,
+    /// Entries up to this number have reached the client; pushes of them are dropped.
+    delivered: u64,
 }
 
+/// What a resume sends before the live stream, or why it cannot.
+enum Replay {
+    /// Entries follow, starting with these, up to where the socket registered.
+    From {
+        token: ResumeToken,
+        first: Vec<Entry>,
+    },
+    Refused(ApiError),
+}
+
+/// How many entries a replay reads at a time.
+const REPLAY_PAGE: usize = 256;
+
 impl Session {
-    pub async fn open(state: AppState, user: UserId, device: Option<String>) -> Session {
+    /// Registers a socket of `user`; fails when the user's feed cannot be followed now.
+    pub async fn open(
+        state: AppState,
+        user: UserId,
+        device: Option<String>,
+    ) -> Result<Session, ApiError> {
         let id: Arc<str> = uuid::Uuid::new_v4().to_string().into();
         let (sender, frames) = mpsc::channel(MAILBOX_CAPACITY);
         let evicted = CancellationToken::new();
         let mailbox = Mailbox { session_id: id.clone(), frames: sender, evicted: evicted.clone() };
-        let registered_at = state.hub.register(user, mailbox);
+        let registered_at = state.hub.register(user, mailbox).await?;
         metrics::gauge!("ws_connections").increment(1.0);
 
         if let Err(error) = state.presence.open_session(user, &id, &state.node_id).await {
@@ -74,33 +95,36 @@ impl Session {
         if let Err(error) = state.ingest.append(&Origin::user(user, &*id), opened.into()).await {
             tracing::warn!(%error, "session-opened event not logged");
         }
-        Session { state, user, id, frames, evicted, registered_at }
+        let delivered = registered_at.seq;
+        Ok(Session { state, user, id, frames, evicted, registered_at, delivered })
     }
 
-    pub async fn run(mut self, socket: WebSocket, resume: Option<Cursor>) {
+    pub async fn run(mut self, socket: WebSocket, resume: Option<Resume>) {
         let (sink, stream) = socket.split();
         let mut writer = Writer::new(sink);
-        // A resume too far behind to replay starts the client afresh from now.
-        let (replay, refusal) = match resume.map(|from| self.plan_replay(from)) {
-            Some(Ok(plan)) => (Some(plan), None),
-            Some(Err(refusal)) => (None, Some(refusal)),
-            None => (None, None),
+        let replay = match resume {
+            None => None,
+            Some(Resume::Retired) => Some(Replay::Refused(ApiError::sync_required(
+                "the token is of a kind this server no longer resumes from",
+            ))),
+            Some(Resume::From(token)) => Some(self.plan_replay(token).await),
         };
-        let start = replay.as_ref().map_or(&self.registered_at, |(from, _)| from);
         let heartbeat = self.state.config.ping_interval.0.as_millis();
-        let resumed = match (&replay, &refusal) {
-            (_, Some(_)) => Some(false),
-            (Some(_), None) => Some(true),
-            (None, None) => None,
+        let (resumed, token) = match &replay {
+            None => (None, self.registered_at),
+            Some(Replay::From { token, .. }) => (Some(true), *token),
+            Some(Replay::Refused(_)) => (Some(false), self.registered_at),
         };
-        let token = ResumeToken::encode(start);
-        let ready = protocol::ready(self.user, &self.id, &token, heartbeat, resumed);
+        let ready = protocol::ready(self.user, &self.id, &token.to_string(), heartbeat, resumed);
         let mut ok = writer.text(ready).await.is_ok();
-        if let (true, Some(refusal)) = (ok, refusal) {
-            ok = writer.text(protocol::error(Value::Null, &refusal)).await.is_ok();
-        }
-        if let (true, Some((from, _))) = (ok, replay) {
-            ok = self.replay(&mut writer, from).await.is_ok();
+        match replay {
+            Some(Replay::Refused(refusal)) if ok => {
+                ok = writer.text(protocol::error(Value::Null, &refusal)).await.is_ok();
+            }
+            Some(Replay::From { token, first }) if ok => {
+                ok = self.replay(&mut writer, token, first).await.is_ok();
+            }
+            _ => {}
         }
         if ok {
             self.serve(writer, stream).await;
@@ -108,63 +132,60 @@ impl Session {
         self.close().await;
     }
 
-    /// Where a replay from `from` starts, and how many log events it reads, or why it won't.
-    fn plan_replay(&self, from: Cursor) -> Result<(Cursor, u64), ApiError> {
-        let mut start = Cursor::default();
-        let mut behind = 0u64;
-        for (topic, partition, end) in self.registered_at.iter() {
-            let next = from.get(topic, partition).unwrap_or(0).min(end);
-            behind += end - next;
-            start.set(topic, partition, next);
+    /// Whether a resume from `token` can be served from the user's feed, and its first page.
+    async fn plan_replay(&mut self, token: ResumeToken) -> Replay {
+        let registered = self.registered_at;
+        if token.epoch != registered.epoch {
+            return Replay::Refused(ApiError::sync_required(
+                "the token is of an earlier epoch of your feed, which was created afresh",
+            ));
         }
-        let limit = self.state.config.resume_max_events;
-        if behind as usize > limit {
-            return Err(ApiError::resume_too_old(behind, limit));
+        self.delivered = self.delivered.max(token.seq);
+        if token.seq >= registered.seq {
+            return Replay::From { token, first: Vec::new() };
         }
-        Ok((start, behind))
+        let _permit = self.state.hub.replay_permit().await;
+        match self.state.feeds.read(self.user, token.seq, REPLAY_PAGE).await {
+            Ok(first) if first.first().is_some_and(|entry| entry.seq == token.seq + 1) => {
+                Replay::From { token, first }
+            }
+            Ok(_) => Replay::Refused(ApiError::sync_required(format_args!(
+                "your feed no longer holds what followed the token (it keeps {} and the newest {} events)",
+                humantime::format_duration(self.state.config.resume_window.0),
+                self.state.config.resume_min_events
+            ))),
+            Err(error) => Replay::Refused(ApiError::from(error)),
+        }
     }
 
-    /// Sends the events routed to this user between `from` and the registration point.
-    async fn replay(&self, writer: &mut Writer, mut cursor: Cursor) -> Result<(), Gone> {
-        let until = &self.registered_at;
-        let behind = |c: &Cursor| until.iter().any(|(t, p, end)| c.get(t, p).unwrap_or(0) < end);
-        if !behind(&cursor) {
-            return Ok(());
-        }
-        let state = &self.state;
-        let mut frames = Vec::new();
-        let result: Result<(), ApiError> = async {
-            let mut reader = state.ingest.log().reader(cursor.clone()).await?;
-            let mut router = Router::replay(state.store.clone(), state.presence.clone());
-            let codec = Codec::new();
-            while behind(&cursor) {
-                for record in reader.next_batch(512).await? {
-                    let position = record.position;
-                    if !until.has_passed(position) || cursor.has_passed(position) {
-                        continue;
-                    }
-                    cursor.advance(position);
-                    let Ok(event) = codec.decode(&record.value) else { continue };
-                    if let Some(route) = router.route(&event).await?
-                        && route.recipients.contains(&self.user)
-                    {
-                        frames.push(route.frame(&ResumeToken::encode(&cursor)));
-                    }
-                }
-                for frame in frames.drain(..) {
-                    writer
-                        .queue(Message::Text(frame))
-                        .await
-                        .map_err(|_| ApiError::internal("socket gone"))?;
-                }
-                writer.flush().await.map_err(|_| ApiError::internal("socket gone"))?;
+    /// Sends the entries of the user's feed from `first` on, up to where the socket registered.
+    async fn replay(
+        &self,
+        writer: &mut Writer,
+        token: ResumeToken,
+        mut page: Vec<Entry>,
+    ) -> Result<(), Gone> {
+        let until = self.registered_at.seq;
+        let mut last = token.seq;
+        while last < until && !page.is_empty() {
+            for entry in page.iter().take_while(|entry| entry.seq <= until) {
+                let at = ResumeToken { epoch: token.epoch, seq: entry.seq, at: entry.at };
+                writer.queue(Message::Text(with_token(&entry.frame, &at))).await?;
+                last = entry.seq;
             }
-            Ok(())
-        }
-        .await;
-        if let Err(error) = result {
-            tracing::warn!(code = error.code, message = %error.message, "resume failed");
-            writer.text(protocol::error(Value::Null, &error)).await?;
+            writer.flush().await?;
+            if last >= until {
+                break;
+            }
+            let _permit = self.state.hub.replay_permit().await;
+            page = match self.state.feeds.read(self.user, last, REPLAY_PAGE).await {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::warn!(%error, "resume failed");
+                    let error = ApiError::from(error);
+                    return writer.text(protocol::error(Value::Null, &error)).await;
+                }
+            };
         }
         Ok(())
     }
@@ -195,8 +216,9 @@ impl Session {
                 _ = self.evicted.cancelled() => break Some((CLOSE_TOO_SLOW, "too slow to keep up; reconnect and resume")),
                 _ = &mut idle => break Some((CLOSE_IDLE, "no activity")),
                 _ = ping.tick() => writer.queue(Message::Ping(Default::default())).await,
-                frame = self.frames.recv() => match frame {
-                    Some(frame) => writer.queue(Message::Text(frame)).await,
+                push = self.frames.recv() => match push {
+                    Some(push) if push.seq != 0 && push.seq <= self.delivered => Ok(()),
+                    Some(push) => writer.queue(Message::Text(push.frame)).await,
                     None => break None,
                 },
                 reply = async { in_flight.as_mut().expect("guarded").await }, if in_flight.is_some() => {
@@ -233,7 +255,7 @@ impl Session {
                 }
             };
             let written = match queued {
-                Ok(()) => writer.flush_with(&mut self.frames, &mut in_flight).await,
+                Ok(()) => writer.flush_with(&mut self.frames, self.delivered, &mut in_flight).await,
                 Err(gone) => Err(gone),
             };
             if written.is_err() {
@@ -265,6 +287,20 @@ impl Session {
         {
             tracing::warn!(%error, "session-closed event not logged");
         }
+    }
+}
+
+/// Turns away a socket whose session could not be opened (its feed cannot be followed now):
+/// the error as a frame, then close code 1013, "try again later".
+pub async fn refuse(socket: WebSocket, error: &ApiError) {
+    tracing::warn!(code = error.code, message = %error.message, "socket turned away");
+    let (sink, mut stream) = socket.split();
+    let mut writer = Writer::new(sink);
+    let close = CloseFrame { code: CLOSE_TRY_AGAIN, reason: "try again later".into() };
+    if writer.text(protocol::error(Value::Null, error)).await.is_ok()
+        && writer.send(Message::Close(Some(close))).await.is_ok()
+    {
+        finish_close_handshake(&mut stream).await;
     }
 }
 
@@ -343,7 +379,8 @@ impl Writer {
     /// is already done and the pushes already waiting in the mailbox.
     async fn flush_with(
         &mut self,
-        mailbox: &mut mpsc::Receiver<Utf8Bytes>,
+        mailbox: &mut mpsc::Receiver<Push>,
+        delivered: u64,
         in_flight: &mut Option<Reply>,
     ) -> Result<(), Gone> {
         if !self.unflushed {
@@ -357,7 +394,8 @@ impl Writer {
         }
         for _ in 0..MAX_PUSHES_PER_FLUSH {
             match mailbox.try_recv() {
-                Ok(frame) => self.queue(Message::Text(frame)).await?,
+                Ok(push) if push.seq != 0 && push.seq <= delivered => {}
+                Ok(push) => self.queue(Message::Text(push.frame)).await?,
                 Err(_) => break,
             }
         }

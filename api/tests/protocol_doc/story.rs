@@ -20,7 +20,7 @@ pub const NOT_REPLAYED: &[(&str, &str)] = &[
         "needs a socket held open on a server of its own; bad_input.rs plays it",
     ),
     (
-        "POST /v1/conversations/254903739071070208/messages",
+        "POST /v1/conversations/254925923659284480/messages",
         "a step of the resume transcript, on a server of its own",
     ),
     (

@@ -1,0 +1,285 @@
+//! The delivery stage: follows the log, decides who should see each event, and appends it to
+//! those users' feeds (or, for typing and presence, publishes it to whoever is connected now).
+//!
+//! It runs where the projector runs, as a consumer group: with several such nodes, each routes
+//! the partitions the group gives it. Its offsets are committed only once the feeds hold a
+//! batch, and feeds skip what they already took, so a stage that crashes or loses a partition
+//! appends nothing twice and leaves nothing out.
+//!
+//! Two lanes, each a group of its own: one for conversations, messages, calls and signals, one
+//! for the presence topic. Routing a presence change reads the user's contacts and their online
+//! state, which is where a slow store or a slow Redis would be felt; in a lane of its own, that
+//! only delays typing and presence, never a message.
+//!
+//! Before it routes anything, a lane waits for the read models to hold everything before where
+//! it starts, since it reads memberships from them. An event it cannot route (the store does not
+//! answer) or cannot append (the feeds do not) is retried, with backoff, until it can: the events
+//! behind it wait, and nobody loses any. [`Stage::state`] says what a lane is doing, for
+//! `/readyz` and the log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchboard_ingest::log::{Cursor, Log, LogError};
+use switchboard_projector::Progress;
+use switchboard_projector::feed::{Delivery, Feeds};
+use switchboard_projector::presence::Presence;
+use switchboard_projector::store::ReadModel;
+use switchboard_schemas::{Codec, Event, Topic};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::{Memberships, Routed, Router, StageState};
+
+/// A lane of the stage: the topics it routes and the consumer group it routes them in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lane {
+    pub group: &'static str,
+    pub topics: &'static [Topic],
+}
+
+/// The lane of everything kept in feeds.
+pub const HISTORY: Lane = Lane {
+    group: "delivery",
+    topics: &[Topic::Conversations, Topic::Messages, Topic::Calls, Topic::Signals],
+};
+
+/// The lane of typing, presence and live locations.
+pub const PRESENCE: Lane = Lane { group: "delivery-presence", topics: &[Topic::Presence] };
+
+/// How often a lane still waiting for the read models says so in the log.
+const WAITING_REPORT: Duration = Duration::from_secs(10);
+/// The first and the longest wait before a failed step is tried again.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_LONGEST: Duration = Duration::from_secs(5);
+/// How many records a lane routes at once.
+const BATCH: usize = 1024;
+
+/// Why a lane stopped: only the log stops it; the store and the feeds are waited for.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct StageError(#[from] LogError);
+
+/// One lane of the delivery stage, with what it needs.
+#[derive(Clone)]
+pub struct Stage {
+    pub lane: Lane,
+    pub log: Arc<dyn Log>,
+    pub store: Arc<dyn ReadModel>,
+    pub presence: Arc<dyn Presence>,
+    pub feeds: Arc<dyn Feeds>,
+    pub members: Arc<Memberships>,
+    pub progress: Progress,
+    state: Arc<watch::Sender<StageState>>,
+}
+
+impl Stage {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        lane: Lane,
+        log: Arc<dyn Log>,
+        store: Arc<dyn ReadModel>,
+        presence: Arc<dyn Presence>,
+        feeds: Arc<dyn Feeds>,
+        members: Arc<Memberships>,
+        progress: Progress,
+    ) -> Stage {
+        let state = Arc::new(watch::Sender::new(StageState::Starting));
+        Stage { lane, log, store, presence, feeds, members, progress, state }
+    }
+
+    /// What the lane is doing now.
+    pub fn state(&self) -> StageState {
+        self.state.borrow().clone()
+    }
+
+    /// Resolves once the lane routes.
+    pub async fn live(&self) {
+        // The sender lives as long as `self`, so the wait ends only by going live.
+        let _ = self.state.subscribe().wait_for(StageState::is_live).await;
+    }
+
+    fn set_state(&self, state: StageState) {
+        let live = if state.is_live() { 1.0 } else { 0.0 };
+        metrics::gauge!("delivery_ready", "lane" => self.lane.group).set(live);
+        self.state.send_replace(state);
+    }
+
+    /// Routes the lane's topics until `stop` is cancelled: from where the group stands, or, for
+    /// a group that never ran, from the log's end (a new deployment delivers nothing old).
+    pub async fn run(self, stop: CancellationToken) -> Result<(), StageError> {
+        let result = self.route_until(&stop).await;
+        if let Err(error) = &result {
+            self.set_state(StageState::Failed(error.to_string()));
+        }
+        result
+    }
+
+    async fn route_until(&self, stop: &CancellationToken) -> Result<(), StageError> {
+        let topics = self.lane.topics;
+        let committed = self.log.committed(self.lane.group).await?;
+        let start = match committed.is_empty() {
+            true => Cursor::end(self.log.as_ref(), topics).await?,
+            false => committed.or(&Cursor::beginning(self.log.as_ref(), topics)),
+        };
+        if !self.wait_for_read_models(&start, stop).await {
+            return Ok(());
+        }
+        let mut reader = self.log.join_group(self.lane.group, topics, start.clone()).await?;
+        let mut router =
+            Router::new(self.store.clone(), self.presence.clone(), self.members.clone());
+        let codec = Codec::new();
+        let mut cursor = start;
+        tracing::info!(lane = self.lane.group, from = %cursor, "delivery live");
+        self.set_state(StageState::Live);
+        loop {
+            let records = tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                records = reader.next_batch(BATCH) => records?,
+            };
+            let mut kept = Vec::with_capacity(records.len());
+            let mut passing = Vec::new();
+            for record in records {
+                cursor.advance(record.position);
+                let event = match codec.decode(&record.value) {
+                    Ok(event) => event,
+                    Err(error) => {
+                        tracing::error!(position = %record.position, %error, "delivery skips undecodable record");
+                        continue;
+                    }
+                };
+                let Some(routed) = self.route_patiently(&mut router, &event, stop).await else {
+                    return Ok(());
+                };
+                match routed {
+                    Some(routed) if routed.kept => kept.push(Delivery {
+                        source: record.position,
+                        frame: routed.frame().into(),
+                        recipients: routed.recipients,
+                    }),
+                    Some(routed) => passing.push(routed),
+                    None => {}
+                }
+            }
+            if self.append_patiently(&kept, stop).await.is_none() {
+                return Ok(());
+            }
+            metrics::counter!("delivery_events_total", "lane" => self.lane.group)
+                .increment(kept.len() as u64);
+            for routed in passing {
+                // Typing and presence are worth nothing late: one the feeds cannot take now is
+                // dropped rather than holding up the ones behind it.
+                if let Err(error) = self.feeds.publish(&routed.recipients, &routed.frame()).await {
+                    tracing::warn!(%error, kind = routed.kind, "not published");
+                }
+            }
+            reader.commit(&cursor).await?;
+            if topics.contains(&Topic::Conversations) {
+                self.members.routed_up_to(&cursor);
+            }
+        }
+    }
+
+    /// Routes `event`, trying again while the store fails; `None` if stopped first.
+    async fn route_patiently(
+        &self,
+        router: &mut Router,
+        event: &Event,
+        stop: &CancellationToken,
+    ) -> Option<Option<Routed>> {
+        let mut retry = Retry::new(self);
+        loop {
+            match router.route(event).await {
+                Ok(routed) => {
+                    retry.succeeded();
+                    return Some(routed);
+                }
+                Err(error) => retry.after("store", &error, stop).await?,
+            }
+        }
+    }
+
+    /// Appends `deliveries`, trying again while the feeds fail; `None` if stopped first.
+    async fn append_patiently(
+        &self,
+        deliveries: &[Delivery],
+        stop: &CancellationToken,
+    ) -> Option<()> {
+        let mut retry = Retry::new(self);
+        loop {
+            match self.feeds.append(deliveries).await {
+                Ok(()) => {
+                    retry.succeeded();
+                    return Some(());
+                }
+                Err(error) => retry.after("feeds", &error, stop).await?,
+            }
+        }
+    }
+
+    /// Waits until the read models hold everything before `start`, saying what it waits for
+    /// while it does. Returns `false` if stopped first.
+    async fn wait_for_read_models(&self, start: &Cursor, stop: &CancellationToken) -> bool {
+        let caught_up = self.progress.wait_for_cursor(start);
+        tokio::pin!(caught_up);
+        let mut report = tokio::time::interval(WAITING_REPORT);
+        report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate: readiness says at once what the lane waits for.
+        let mut reported_before = false;
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return false,
+                _ = &mut caught_up => return true,
+                _ = report.tick() => {
+                    let waiting = StageState::WaitingForReadModels(self.progress.behind(start));
+                    if reported_before {
+                        tracing::warn!(lane = self.lane.group, "delivery routes nothing yet: {waiting}");
+                    }
+                    reported_before = true;
+                    self.set_state(waiting);
+                }
+            }
+        }
+    }
+}
+
+/// One step tried until it succeeds, waiting longer after each failure.
+struct Retry<'a> {
+    stage: &'a Stage,
+    backoff: Duration,
+    failed: bool,
+}
+
+impl<'a> Retry<'a> {
+    fn new(stage: &'a Stage) -> Retry<'a> {
+        Retry { stage, backoff: RETRY_FIRST, failed: false }
+    }
+
+    /// Waits before the next try; `None` if stopped first.
+    async fn after(
+        &mut self,
+        cause: &'static str,
+        error: &(dyn std::fmt::Display + Sync),
+        stop: &CancellationToken,
+    ) -> Option<()> {
+        let lane = self.stage.lane.group;
+        self.failed = true;
+        metrics::counter!("delivery_retries_total", "lane" => lane, "cause" => cause).increment(1);
+        tracing::warn!(lane, %error, retry_in = ?self.backoff, "delivery waits for the {cause}");
+        self.stage.set_state(StageState::Failed(format!("{cause}: {error}")));
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            _ = tokio::time::sleep(self.backoff) => {}
+        }
+        self.backoff = (self.backoff * 2).min(RETRY_LONGEST);
+        Some(())
+    }
+
+    fn succeeded(self) {
+        if self.failed {
+            tracing::info!(lane = self.stage.lane.group, "delivery goes on");
+            self.stage.set_state(StageState::Live);
+        }
+    }
+}

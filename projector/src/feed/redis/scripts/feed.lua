@@ -1,0 +1,33 @@
+-- Prelude of every feed script: one user's feed and how it is opened. KEYS[1] is the feed's head
+-- (a hash), KEYS[2] its stream, whose name is also the feed's pub/sub channel. Both keys carry the
+-- user as their hash tag, so they share a Redis Cluster slot.
+
+local head_key, stream_key = KEYS[1], KEYS[2]
+
+-- Redis's clock rather than the callers': entries appended through different nodes are stamped by
+-- one clock, so the times in a feed follow its numbers and retention cuts it at one place.
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+
+-- Lua numbers are doubles, which Redis would otherwise render in exponent notation when large.
+local function int(number)
+  return string.format('%d', number)
+end
+
+-- Makes sure the feed exists. A feed is created afresh, with the microsecond of its creation as
+-- its epoch, when its head is missing, or when the head counts entries its stream no longer has
+-- (Redis lost or evicted one of the two keys): the numbers handed out before mean nothing now, and
+-- a new epoch makes clients holding them start over instead of reading a hole.
+local function open_feed()
+  local fields = redis.call('HMGET', head_key, 'seq', 'first')
+  local seq, first = tonumber(fields[1]), tonumber(fields[2])
+  if seq and first and (first > seq or redis.call('EXISTS', stream_key) == 1) then
+    return
+  end
+  -- A stream left without its head belongs to an epoch nobody can name any more, and its newest
+  -- ID would refuse the numbers the new epoch starts again from.
+  redis.call('DEL', head_key, stream_key)
+  local epoch = clock[1] .. string.format('%06d', tonumber(clock[2]))
+  redis.call('HSET', head_key, 'epoch', epoch, 'seq', 0, 'at', 0, 'first', 1, 'first_at', 0)
+end
+
