@@ -123,6 +123,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         // Other processes project (part of) the log: learn their progress from the store.
         tasks.spawn(follow_store_checkpoint(state.clone(), stop.clone()));
     }
+    tasks.spawn(supervise("memberships", stop.clone(), {
+        let state = state.clone();
+        move |stop| {
+            let members = state.hub.memberships().clone();
+            let run = members.follow(state.ingest.log().clone(), state.progress.clone(), stop);
+            async move { run.await.map_err(anyhow::Error::from) }
+        }
+    }));
     for stage in &state.delivery {
         tasks.spawn(supervise(stage.lane.group, stop.clone(), {
             let stage = stage.clone();

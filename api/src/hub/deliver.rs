@@ -126,8 +126,10 @@ impl Stage {
             return Ok(());
         }
         let mut reader = self.log.join_group(self.lane.group, topics, start.clone()).await?;
-        let mut router =
-            Router::new(self.store.clone(), self.presence.clone(), self.members.clone());
+        let partitions = self.log.partitions(Topic::Conversations);
+        let (store, presence, members) =
+            (self.store.clone(), self.presence.clone(), self.members.clone());
+        let mut router = Router::new(store, presence, members, self.progress.clone(), partitions);
         let codec = Codec::new();
         let mut cursor = start;
         tracing::info!(lane = self.lane.group, from = %cursor, "delivery live");
@@ -137,6 +139,17 @@ impl Stage {
                 _ = stop.cancelled() => return Ok(()),
                 records = reader.next_batch(BATCH) => records?,
             };
+            // Memberships come from the follower: it must have applied the batch's own changes.
+            let mut changes = Cursor::default();
+            for record in records.iter().filter(|r| r.position.topic == Topic::Conversations) {
+                changes.advance(record.position);
+            }
+            if !changes.is_empty() {
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = self.members.reached(&changes) => {}
+                }
+            }
             let mut kept = Vec::with_capacity(records.len());
             let mut passing = Vec::new();
             for record in records {
@@ -174,9 +187,6 @@ impl Stage {
                 }
             }
             reader.commit(&cursor).await?;
-            if topics.contains(&Topic::Conversations) {
-                self.members.routed_up_to(&cursor);
-            }
         }
     }
 

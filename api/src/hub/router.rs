@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use switchboard_projector::Progress;
 use switchboard_projector::presence::Presence;
 use switchboard_projector::store::calls::{self, Call, CallKind};
 use switchboard_projector::store::{ReadModel, StoreError};
@@ -57,8 +58,12 @@ struct PresenceChanged {
 pub struct Router {
     store: Arc<dyn ReadModel>,
     presence: Arc<dyn Presence>,
-    /// Shared with the membership checks of commands when live; the replay's own otherwise.
+    /// Followed from the log, and shared with the membership checks of commands.
     members: Arc<Memberships>,
+    /// How far the read models have got, for conversations read from them.
+    projected: Progress,
+    /// The partitions of the conversations topic.
+    partitions: u32,
     contacts: HashMap<UserId, Arc<Vec<UserId>>>,
     /// [`Memberships::changes`] when `contacts` was last valid.
     contacts_as_of: u64,
@@ -115,16 +120,20 @@ impl RecentSends {
 }
 
 impl Router {
-    /// A router keeping `members` current.
+    /// A router reading memberships from `members`, which must be followed from the log.
     pub fn new(
         store: Arc<dyn ReadModel>,
         presence: Arc<dyn Presence>,
         members: Arc<Memberships>,
+        projected: Progress,
+        partitions: u32,
     ) -> Router {
         Router {
             store,
             presence,
             members,
+            projected,
+            partitions,
             contacts: HashMap::new(),
             contacts_as_of: 0,
             pushed_online: HashMap::new(),
@@ -139,27 +148,11 @@ impl Router {
         use Payload::*;
         let mut kept = true;
         let recipients = match &event.payload {
-            ConversationCreated(e) => {
-                self.members.set(e.conversation_id, e.members.clone());
-                e.members.clone()
-            }
-            MemberAdded(e) => {
-                let mut members = self.members(e.conversation_id).await?;
-                if !members.contains(&e.user_id) {
-                    members.push(e.user_id);
-                }
-                self.members.set(e.conversation_id, members.clone());
-                members
-            }
-            MemberRemoved(e) => {
-                let recipients = self.members(e.conversation_id).await?;
-                if !recipients.contains(&e.user_id) {
-                    return Ok(None);
-                }
-                let remaining = recipients.iter().copied().filter(|m| *m != e.user_id).collect();
-                self.members.set(e.conversation_id, remaining);
-                recipients
-            }
+            ConversationCreated(e) => e.members.clone(),
+            // The follower has applied the change (see `Stage`): the members after it, and the
+            // user it is about, who may have left again since.
+            MemberAdded(e) => self.members_and(e.conversation_id, e.user_id).await?,
+            MemberRemoved(e) => self.members_and(e.conversation_id, e.user_id).await?,
             Typing(e) => {
                 kept = false;
                 let mut members = self.members(e.conversation_id).await?;
@@ -230,13 +223,20 @@ impl Router {
         Ok(first != sent.message_id)
     }
 
-    async fn members(&mut self, id: ConversationId) -> Result<Vec<UserId>, StoreError> {
-        if let Some(members) = self.members.get(id) {
-            return Ok(members);
+    async fn members_and(
+        &mut self,
+        id: ConversationId,
+        user: UserId,
+    ) -> Result<Vec<UserId>, StoreError> {
+        let mut members = self.members(id).await?;
+        if !members.contains(&user) {
+            members.push(user);
         }
-        let members = self.store.conversation(id).await?.map(|c| c.members).unwrap_or_default();
-        self.members.set(id, members.clone());
         Ok(members)
+    }
+
+    async fn members(&mut self, id: ConversationId) -> Result<Vec<UserId>, StoreError> {
+        self.members.of(id, self.store.as_ref(), &self.projected, self.partitions).await
     }
 
     /// A call's event, with the call as it stands after it.
@@ -340,6 +340,8 @@ mod tests {
         MemberRemoved, MessageId, MessageSent,
     };
 
+    use switchboard_ingest::log::Cursor;
+
     use super::*;
 
     fn event(payload: impl Into<Payload>) -> Event {
@@ -372,7 +374,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Arc::new(EmbeddedStore::open(dir.path()).expect("store"));
         let presence = Arc::new(MemoryPresence::new("n"));
-        let mut router = Router::new(store, presence, Arc::default());
+        let members = Arc::new(Memberships::default());
+        let mut router =
+            Router::new(store, presence, members.clone(), Progress::new(Cursor::default()), 8);
         let (a, b, c) = (UserId(1), UserId(2), UserId(3));
         let group = ConversationId(10);
         let created = ConversationCreated {
@@ -381,10 +385,10 @@ mod tests {
             title: Some("t".to_owned()),
             members: vec![a, b, c],
         };
-        router.route(&event(created)).await.expect("routing");
+        members.apply(&created.into());
 
         assert_eq!(recipients(&mut router, &shared(a, group)).await, Some(vec![a, b, c]));
-        router.route(&event(MemberRemoved { conversation_id: group, user_id: c })).await.unwrap();
+        members.apply(&MemberRemoved { conversation_id: group, user_id: c }.into());
         assert_eq!(recipients(&mut router, &shared(c, group)).await, None, "c is no member");
         let stopped = event(LocationStopped { user_id: c, conversation_id: group });
         assert_eq!(recipients(&mut router, &stopped).await, Some(vec![a, b]));
@@ -395,7 +399,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Arc::new(EmbeddedStore::open(dir.path()).expect("store"));
         let presence = Arc::new(MemoryPresence::new("n"));
-        let mut router = Router::new(store, presence, Arc::default());
+        let members = Arc::new(Memberships::default());
+        let mut router =
+            Router::new(store, presence, members.clone(), Progress::new(Cursor::default()), 8);
         let (a, b, direct) = (UserId(1), UserId(2), ConversationId(10));
         let created = ConversationCreated {
             conversation_id: direct,
@@ -403,7 +409,7 @@ mod tests {
             title: None,
             members: vec![a, b],
         };
-        router.route(&event(created)).await.expect("routing");
+        members.apply(&created.into());
         let sent = |id: i64, client_msg_id: &str| {
             event(MessageSent {
                 conversation_id: direct,
