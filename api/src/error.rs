@@ -187,9 +187,7 @@ impl ApiError {
         ApiError::new(
             StatusCode::GONE,
             "sync_required",
-            format!(
-                "{why}; reload what was missed over HTTP, then continue from this connection's ready token"
-            ),
+            format!("{why}; sync from the token, then continue from this connection's ready token"),
         )
     }
 

@@ -14,6 +14,7 @@ mod media;
 mod routes;
 mod server;
 mod state;
+mod sync;
 mod telemetry;
 mod ws;
 

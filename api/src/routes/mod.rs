@@ -11,6 +11,7 @@ mod media;
 mod messages;
 mod presence;
 mod registry;
+mod sync;
 mod users;
 
 use std::net::SocketAddr;
@@ -48,6 +49,7 @@ pub fn router(state: AppState) -> Router {
         .route("/calls", get(calls::history))
         .route("/calls/active", get(calls::active))
         .route("/calls/{id}", get(calls::get))
+        .route("/sync", get(sync::sync))
         .route_layer(middleware::from_fn_with_state(state.clone(), general_limit));
     // Downloads are not rate-limited: a video player asks for a range at every seek.
     let v1 = Router::new()

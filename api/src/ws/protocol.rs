@@ -15,6 +15,7 @@ use crate::calls::{CallRef, InviteRequest, RoomRequest, SignalRequest};
 use crate::chat::SendRequest;
 use crate::error::ApiError;
 use crate::locations::{ShareRequest, StopRequest, UpdateRequest};
+use crate::sync::SyncRequest;
 
 /// A parsed client frame: its `ref` (echoed in the reply) and what it asks for.
 pub struct ClientFrame {
@@ -40,6 +41,7 @@ pub enum Op {
     RoomStart(RoomRequest),
     RoomJoin(CallRef),
     RoomLeave(CallRef),
+    Sync(SyncRequest),
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,6 +100,7 @@ pub fn parse(text: &str) -> Result<ClientFrame, (Value, ApiError)> {
         "room.start" => Op::RoomStart(fields_as(rest).map_err(fail)?),
         "room.join" => Op::RoomJoin(fields_as(rest).map_err(fail)?),
         "room.leave" => Op::RoomLeave(fields_as(rest).map_err(fail)?),
+        "sync" => Op::Sync(fields_as(rest).map_err(fail)?),
         other => return Err(fail(ApiError::unknown_op(other))),
     };
     Ok(ClientFrame { reference, op })

@@ -23,7 +23,7 @@ use super::protocol::{self, ClientFrame, Op};
 use crate::error::ApiError;
 use crate::hub::{MAILBOX_CAPACITY, Mailbox, Push, Resume, ResumeToken, with_token};
 use crate::state::AppState;
-use crate::{calls, chat, locations};
+use crate::{calls, chat, locations, sync};
 
 /// Ops read ahead of the one being processed before the socket stops reading (backpressure).
 const MAX_PENDING_OPS: usize = 32;
@@ -441,6 +441,7 @@ async fn handle(state: AppState, user: UserId, session: Arc<str>, text: Utf8Byte
         Op::StopLocation(s) => {
             as_json(locations::stop(&state, user, trace, s.conversation_id).await)
         }
+        Op::Sync(request) => as_json(sync::sync(&state, user, request).await),
     };
     match result {
         Ok(result) => protocol::ack(reference, result),

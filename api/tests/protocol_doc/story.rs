@@ -32,6 +32,18 @@ pub const NOT_REPLAYED: &[(&str, &str)] = &[
         "a reconnect with a stale token on a server of its own; messaging.rs plays the same refusal",
     ),
     (
+        "GET /v1/sync (as bob)",
+        "a sync on a server of its own, before a change the next one shows; sync.rs plays the same",
+    ),
+    (
+        "GET /v1/sync?since=1796470253356520.3.1796470253361 (as bob)",
+        "a sync from the token of the one before, on a server of its own; sync.rs plays the same",
+    ),
+    (
+        "`GET /v1/sync?since=TOKEN&limit=N`: {\"op\":\"sync\",\"ref\":\"s1\",\"since\":\"179647025335652",
+        "the same sync over a socket; sync.rs plays the same op",
+    ),
+    (
         "Call ops: {\"op\":\"call.invite\",\"ref\":1,\"callee\":\"2529291501",
         "frames of two users on three devices; calls.rs plays the same call",
     ),
