@@ -130,6 +130,15 @@ async fn with_redis_down_sends_are_acknowledged_once_and_pushed_once_redis_is_ba
     })
     .await;
     assert_eq!(waiting["ready"], false, "{waiting}");
+    // A socket opened now cannot follow its user's feed: it is told so, and to come back.
+    let carol = api.register("carol").await;
+    let (code, frames) = turned_away(&server, &carol.token).await;
+    assert_eq!(code, Some(1013), "try again later: {frames:?}");
+    assert_eq!(
+        frames.first().map(|f| &f["error"]["code"]),
+        Some(&json!("unavailable")),
+        "{frames:?}"
+    );
     drop(outage);
 
     let got = bob_ws.next_within(OUTAGE_WAIT, |f| f["type"] == "message.sent").await;
@@ -138,6 +147,24 @@ async fn with_redis_down_sends_are_acknowledged_once_and_pushed_once_redis_is_ba
     assert!(again.iter().all(|f| f["type"] != "message.sent"), "pushed once: {again:?}");
     let (_, report) = api.get(&format!("/v1/presence?users={}", bob.id), &ada).await;
     assert_eq!(report["degraded"], false, "{report}");
+}
+
+/// Opens a socket for `token` and reads it until it closes: the close code and the frames.
+async fn turned_away(server: &Server, token: &str) -> (Option<u16>, Vec<Value>) {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let url = format!("{}/v1/ws?token={token}", server.url.replacen("http", "ws", 1));
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.expect("upgrade");
+    let mut frames = Vec::new();
+    while let Ok(Some(Ok(message))) = tokio::time::timeout(OUTAGE_WAIT, socket.next()).await {
+        match message {
+            Message::Text(text) => frames.push(serde_json::from_str(&text).expect("JSON frame")),
+            Message::Close(frame) => return (frame.map(|f| u16::from(f.code)), frames),
+            _ => {}
+        }
+    }
+    (None, frames)
 }
 
 /// Polls `/readyz` until `check` holds, for as long as an engine may take to fail a request.

@@ -107,7 +107,13 @@ impl Session {
             Some(Resume::Retired) => Some(Replay::Refused(ApiError::sync_required(
                 "the token is of a kind this server no longer resumes from",
             ))),
-            Some(Resume::From(token)) => Some(self.plan_replay(token).await),
+            Some(Resume::From(token)) => match self.plan_replay(token).await {
+                Ok(replay) => Some(replay),
+                Err(error) => {
+                    close_for_now(writer, stream, &error).await;
+                    return self.close().await;
+                }
+            },
         };
         let heartbeat = self.state.config.ping_interval.0.as_millis();
         let (resumed, token) = match &replay {
@@ -122,7 +128,14 @@ impl Session {
                 ok = writer.text(protocol::error(Value::Null, &refusal)).await.is_ok();
             }
             Some(Replay::From { token, first }) if ok => {
-                ok = self.replay(&mut writer, token, first).await.is_ok();
+                match self.replay(&mut writer, token, first).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        close_for_now(writer, stream, &error).await;
+                        return self.close().await;
+                    }
+                    Err(Gone) => ok = false,
+                }
             }
             _ => {}
         }
@@ -132,62 +145,69 @@ impl Session {
         self.close().await;
     }
 
-    /// Whether a resume from `token` can be served from the user's feed, and its first page.
-    async fn plan_replay(&mut self, token: ResumeToken) -> Replay {
+    /// Up to a page of the user's feed after `after`, for a resume.
+    async fn read_feed(&self, after: u64) -> Result<Vec<Entry>, ApiError> {
+        let _permit = self.state.hub.replay_permit().await;
+        metrics::counter!("resume_feed_reads_total").increment(1);
+        let page = self.state.feeds.read(self.user, after, REPLAY_PAGE).await?;
+        Ok(page)
+    }
+
+    /// Whether a resume from `token` can be served from the user's feed, and its first page;
+    /// an error when the feed cannot be read now (the client should resume again shortly).
+    async fn plan_replay(&mut self, token: ResumeToken) -> Result<Replay, ApiError> {
         let registered = self.registered_at;
         if token.epoch != registered.epoch {
-            return Replay::Refused(ApiError::sync_required(
+            metrics::counter!("resumes_total", "outcome" => "sync_required").increment(1);
+            return Ok(Replay::Refused(ApiError::sync_required(
                 "the token is of an earlier epoch of your feed, which was created afresh",
-            ));
+            )));
         }
         self.delivered = self.delivered.max(token.seq);
         if token.seq >= registered.seq {
-            return Replay::From { token, first: Vec::new() };
+            metrics::counter!("resumes_total", "outcome" => "resumed").increment(1);
+            return Ok(Replay::From { token, first: Vec::new() });
         }
-        let _permit = self.state.hub.replay_permit().await;
-        match self.state.feeds.read(self.user, token.seq, REPLAY_PAGE).await {
-            Ok(first) if first.first().is_some_and(|entry| entry.seq == token.seq + 1) => {
-                Replay::From { token, first }
-            }
-            Ok(_) => Replay::Refused(ApiError::sync_required(format_args!(
-                "your feed no longer holds what followed the token (it keeps {} and the newest {} events)",
-                humantime::format_duration(self.state.config.resume_window.0),
-                self.state.config.resume_min_events
-            ))),
-            Err(error) => Replay::Refused(ApiError::from(error)),
+        let first = self.read_feed(token.seq).await?;
+        if first.first().is_some_and(|entry| entry.seq == token.seq + 1) {
+            metrics::counter!("resumes_total", "outcome" => "resumed").increment(1);
+            return Ok(Replay::From { token, first });
         }
+        metrics::counter!("resumes_total", "outcome" => "sync_required").increment(1);
+        Ok(Replay::Refused(ApiError::sync_required(format_args!(
+            "your feed no longer holds what followed the token (it keeps {} and the newest {} events)",
+            humantime::format_duration(self.state.config.resume_window.0),
+            self.state.config.resume_min_events
+        ))))
     }
 
     /// Sends the entries of the user's feed from `first` on, up to where the socket registered.
+    /// The inner error: the feed could not be read on; what was sent so far stands.
     async fn replay(
         &self,
         writer: &mut Writer,
         token: ResumeToken,
         mut page: Vec<Entry>,
-    ) -> Result<(), Gone> {
+    ) -> Result<Result<(), ApiError>, Gone> {
         let until = self.registered_at.seq;
         let mut last = token.seq;
         while last < until && !page.is_empty() {
             for entry in page.iter().take_while(|entry| entry.seq <= until) {
                 let at = ResumeToken { epoch: token.epoch, seq: entry.seq, at: entry.at };
                 writer.queue(Message::Text(with_token(&entry.frame, &at))).await?;
+                metrics::counter!("resume_events_total").increment(1);
                 last = entry.seq;
             }
             writer.flush().await?;
             if last >= until {
                 break;
             }
-            let _permit = self.state.hub.replay_permit().await;
-            page = match self.state.feeds.read(self.user, last, REPLAY_PAGE).await {
+            page = match self.read_feed(last).await {
                 Ok(page) => page,
-                Err(error) => {
-                    tracing::warn!(%error, "resume failed");
-                    let error = ApiError::from(error);
-                    return writer.text(protocol::error(Value::Null, &error)).await;
-                }
+                Err(error) => return Ok(Err(error)),
             };
         }
-        Ok(())
+        Ok(Ok(()))
     }
 
     async fn serve(
@@ -290,12 +310,21 @@ impl Session {
     }
 }
 
-/// Turns away a socket whose session could not be opened (its feed cannot be followed now):
-/// the error as a frame, then close code 1013, "try again later".
+/// Turns away a socket whose session could not be opened (its feed cannot be followed now).
 pub async fn refuse(socket: WebSocket, error: &ApiError) {
-    tracing::warn!(code = error.code, message = %error.message, "socket turned away");
-    let (sink, mut stream) = socket.split();
-    let mut writer = Writer::new(sink);
+    let (sink, stream) = socket.split();
+    close_for_now(Writer::new(sink), stream, error).await;
+}
+
+/// Closes a socket that cannot be served now, because the feeds do not answer: the error as a
+/// frame, then close code 1013, "try again later". The client reconnects, resuming from its
+/// last processed token, and misses nothing.
+async fn close_for_now(
+    mut writer: Writer,
+    mut stream: futures_util::stream::SplitStream<WebSocket>,
+    error: &ApiError,
+) {
+    tracing::warn!(code = error.code, message = %error.message, "socket closed for now");
     let close = CloseFrame { code: CLOSE_TRY_AGAIN, reason: "try again later".into() };
     if writer.text(protocol::error(Value::Null, error)).await.is_ok()
         && writer.send(Message::Close(Some(close))).await.is_ok()
