@@ -23,12 +23,14 @@ mod token;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use switchboard_projector::Behind;
 use switchboard_projector::feed::{Entry, FeedError, Feeds, Published};
 use switchboard_schemas::UserId;
 use tokio::sync::{OnceCell, Semaphore, SemaphorePermit, mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use members::Memberships;
@@ -98,6 +100,8 @@ struct Follow {
     /// Entries heard before the head was known, to push once it is.
     early: Vec<(u64, Entry)>,
     mailboxes: Vec<Mailbox>,
+    /// Since when the user has had no socket here.
+    idle_since: Option<Instant>,
 }
 
 impl Follow {
@@ -107,6 +111,7 @@ impl Follow {
             pushed: None,
             early: Vec::new(),
             mailboxes: Vec::new(),
+            idle_since: None,
         }
     }
 
@@ -171,6 +176,10 @@ pub fn with_token(frame: &str, token: &ResumeToken) -> Utf8Bytes {
     text.push_str("\"}");
     text.into()
 }
+
+/// How long the node follows the feed of a user without a socket here: a reconnect within it
+/// finds the feed followed, and the node forgets it after.
+const IDLE_FOLLOW: Duration = Duration::from_secs(60);
 
 /// How many resumes of this node may read from the feeds at once: when every socket of a node
 /// reconnects together, the rest wait their turn rather than all hitting the feeds at once.
@@ -241,14 +250,19 @@ impl Hub {
                 }
             }
             follow.mailboxes.push(mailbox);
+            follow.idle_since = None;
             return Ok(follow.pushed.expect("set above"));
         }
     }
 
-    /// Removes a socket. The node keeps following its user's feed: a reconnect finds it ready.
+    /// Removes a socket. The node follows its user's feed for [`IDLE_FOLLOW`] more: a reconnect
+    /// within it finds the feed followed.
     pub fn unregister(&self, user: UserId, session_id: &str) {
         if let Some(follow) = self.users().get_mut(&user) {
             follow.mailboxes.retain(|m| &*m.session_id != session_id);
+            if follow.mailboxes.is_empty() {
+                follow.idle_since = Some(Instant::now());
+            }
         }
     }
 
@@ -284,9 +298,14 @@ impl Hub {
         }
         let heard = slot.as_mut().expect("set above");
         self.set_state(StageState::Live);
+        let mut sweep = tokio::time::interval(IDLE_FOLLOW / 2);
         loop {
             let published = tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
+                _ = sweep.tick() => {
+                    self.forget_idle().await;
+                    continue;
+                }
                 published = heard.recv() => published,
             };
             match published {
@@ -345,35 +364,127 @@ impl Hub {
         }
     }
 
+    /// Stops following the feeds of users who have had no socket here for [`IDLE_FOLLOW`].
+    async fn forget_idle(&self) {
+        let idle: Vec<UserId> = {
+            let mut users = self.users();
+            let idle: Vec<UserId> = users
+                .iter()
+                .filter(|(_, f)| f.idle_since.is_some_and(|since| since.elapsed() >= IDLE_FOLLOW))
+                .map(|(user, _)| *user)
+                .collect();
+            for user in &idle {
+                users.remove(user);
+            }
+            idle
+        };
+        for user in idle {
+            if let Err(error) = self.feeds.unfollow(user).await {
+                tracing::debug!(%error, "could not stop following an idle feed");
+            }
+            // A socket of the user registered while the node stopped following: follow again,
+            // and fill in what was appended in between.
+            if self.users().contains_key(&user) {
+                if let Err(error) = self.feeds.follow(user).await {
+                    tracing::warn!(%error, "could not follow a feed again; its sockets resume");
+                    self.evict(user);
+                    continue;
+                }
+                self.catch_up(user).await;
+            }
+        }
+    }
+
+    fn evict(&self, user: UserId) {
+        if let Some(follow) = self.users().get_mut(&user) {
+            follow.mailboxes.drain(..).for_each(|mailbox| mailbox.evicted.cancel());
+        }
+    }
+
     /// After the feeds may have dropped what they published, reads every followed feed's head
     /// and fills in what was missed.
     async fn catch_up_all(&self) {
-        let followed: Vec<(UserId, u64)> = self
-            .users()
-            .iter()
-            .filter_map(|(user, follow)| Some((*user, follow.pushed?.seq)))
-            .collect();
-        for (user, pushed) in followed {
-            let head = match self.feeds.head(user).await {
-                Ok(head) if head.seq > pushed => head,
-                Ok(_) => continue,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot check a feed after an interruption; its sockets resume");
-                    if let Some(follow) = self.users().get_mut(&user) {
-                        follow.mailboxes.drain(..).for_each(|mailbox| mailbox.evicted.cancel());
-                    }
-                    continue;
-                }
-            };
-            let missed = self.read_missed(user, pushed, head.seq + 1).await;
-            if let Some(follow) = self.users().get_mut(&user) {
-                for entry in missed.unwrap_or_default() {
-                    let _ = follow.push(head.epoch, &entry);
-                }
-                if follow.pushed.is_some_and(|now| now.seq < head.seq) {
-                    follow.skip_to(ResumeToken::from(head));
-                }
+        let followed: Vec<UserId> = self.users().keys().copied().collect();
+        for user in followed {
+            self.catch_up(user).await;
+        }
+    }
+
+    /// Reads `user`'s feed head and pushes what the node has not heard of it.
+    async fn catch_up(&self, user: UserId) {
+        let Some(pushed) = self.users().get(&user).and_then(|f| f.pushed).map(|p| p.seq) else {
+            return;
+        };
+        let head = match self.feeds.head(user).await {
+            Ok(head) if head.seq > pushed => head,
+            Ok(_) => return,
+            Err(error) => {
+                tracing::warn!(%error, "cannot check a feed for what was missed; its sockets resume");
+                self.evict(user);
+                return;
+            }
+        };
+        let missed = self.read_missed(user, pushed, head.seq + 1).await;
+        if let Some(follow) = self.users().get_mut(&user) {
+            for entry in missed.unwrap_or_default() {
+                let _ = follow.push(head.epoch, &entry);
+            }
+            if follow.pushed.is_some_and(|now| now.seq < head.seq) {
+                follow.skip_to(ResumeToken::from(head));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use switchboard_projector::feed::embedded::EmbeddedFeeds;
+    use switchboard_projector::feed::{Delivery, Retention};
+    use switchboard_schemas::{Position, Topic};
+
+    use super::*;
+
+    fn mailbox(id: &str) -> (Mailbox, mpsc::Receiver<Push>) {
+        let (frames, pushes) = mpsc::channel(MAILBOX_CAPACITY);
+        let mailbox = Mailbox { session_id: id.into(), frames, evicted: CancellationToken::new() };
+        (mailbox, pushes)
+    }
+
+    async fn append(feeds: &dyn Feeds, user: UserId, offset: u64) {
+        let source = Position { topic: Topic::Messages, partition: 0, offset };
+        let frame = format!(r#"{{"op":"event","type":"test","at":{offset},"data":{{}}"#).into();
+        feeds.append(&[Delivery { source, recipients: vec![user], frame }]).await.expect("append");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_user_back_after_the_node_forgot_their_feed_is_pushed_again() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let feeds: Arc<dyn Feeds> =
+            Arc::new(EmbeddedFeeds::open(dir.path(), Retention::default()).expect("feeds"));
+        let hub = Hub::new(feeds.clone());
+        let stop = CancellationToken::new();
+        tokio::spawn(hub.clone().run(stop.clone()));
+        hub.live().await;
+        let ada = UserId(1);
+
+        let (phone, mut pushes) = mailbox("phone");
+        let start = hub.register(ada, phone).await.expect("register");
+        append(feeds.as_ref(), ada, 0).await;
+        assert_eq!(pushes.recv().await.expect("a push").seq, start.seq + 1);
+        hub.unregister(ada, "phone");
+
+        tokio::time::sleep(IDLE_FOLLOW * 2).await;
+        assert!(!hub.users().contains_key(&ada), "forgotten once idle");
+        append(feeds.as_ref(), ada, 1).await;
+
+        let (laptop, mut pushes) = mailbox("laptop");
+        let start = hub.register(ada, laptop).await.expect("register again");
+        assert_eq!(start.seq, 2, "registered after what was appended meanwhile");
+        append(feeds.as_ref(), ada, 2).await;
+        let push = pushes.recv().await.expect("a push");
+        assert_eq!(push.seq, 3);
+        let token = format!(r#""token":"{}.3."#, start.epoch);
+        assert!(push.frame.as_str().contains(&token), "{}", push.frame.as_str());
+        stop.cancel();
     }
 }
