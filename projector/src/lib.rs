@@ -8,6 +8,8 @@ pub mod feed;
 pub mod presence;
 mod progress;
 mod projector;
+#[cfg(test)]
+mod redis_testing;
 pub mod store;
 
 pub use progress::{Behind, Progress};

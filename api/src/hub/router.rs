@@ -365,18 +365,23 @@ mod tests {
         })
     }
 
+    /// A router on a fresh embedded store, with the memberships it reads.
+    fn router() -> (Router, Arc<Memberships>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(EmbeddedStore::open(dir.path()).expect("store"));
+        let presence = Arc::new(MemoryPresence::new("n"));
+        let members = Arc::new(Memberships::default());
+        let projected = Progress::new(Cursor::default());
+        (Router::new(store, presence, members.clone(), projected, 8), members, dir)
+    }
+
     async fn recipients(router: &mut Router, event: &Event) -> Option<Vec<UserId>> {
         router.route(event).await.expect("routing").map(|routed| routed.recipients)
     }
 
     #[tokio::test]
     async fn locations_reach_members_while_the_sharer_is_one() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Arc::new(EmbeddedStore::open(dir.path()).expect("store"));
-        let presence = Arc::new(MemoryPresence::new("n"));
-        let members = Arc::new(Memberships::default());
-        let mut router =
-            Router::new(store, presence, members.clone(), Progress::new(Cursor::default()), 8);
+        let (mut router, members, _dir) = router();
         let (a, b, c) = (UserId(1), UserId(2), UserId(3));
         let group = ConversationId(10);
         let created = ConversationCreated {
@@ -396,12 +401,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_send_logged_twice_reaches_nobody_twice() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Arc::new(EmbeddedStore::open(dir.path()).expect("store"));
-        let presence = Arc::new(MemoryPresence::new("n"));
-        let members = Arc::new(Memberships::default());
-        let mut router =
-            Router::new(store, presence, members.clone(), Progress::new(Cursor::default()), 8);
+        let (mut router, members, _dir) = router();
         let (a, b, direct) = (UserId(1), UserId(2), ConversationId(10));
         let created = ConversationCreated {
             conversation_id: direct,

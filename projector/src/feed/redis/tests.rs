@@ -7,101 +7,19 @@
 //! own instead of disturbing the shared one.
 
 use std::fmt::Debug;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use redis::Client;
 use switchboard_schemas::{Position, Topic, UserId};
 use tokio::sync::mpsc;
 use tokio::time::{sleep, timeout};
 
-use super::{RedisConfig, RedisFeeds, feed_key, head_key};
+use super::{RedisFeeds, feed_key, head_key};
 use crate::feed::{Delivery, FeedError, Feeds, Published, Retention, conformance};
+use crate::redis_testing::{Namespace, Throwaway, shared_redis, within};
 
-/// Why a test fails when the engines are required but not configured.
-const UNSET: &str = "SWITCHBOARD_REDIS is unset: run ops/engines/start.sh and set \
-                     SWITCHBOARD_REDIS=redis://127.0.0.1:16379";
-
-/// The shared Redis, or `None` when the test is to be skipped.
-fn shared_redis() -> Option<String> {
-    let Ok(url) = std::env::var("SWITCHBOARD_REDIS") else {
-        assert!(std::env::var("SWITCHBOARD_REQUIRE_ENGINES").as_deref() != Ok("1"), "{UNSET}");
-        eprintln!("skipped: SWITCHBOARD_REDIS is unset");
-        return None;
-    };
-    Some(url)
-}
-
-/// One test's share of the shared Redis: a key prefix nobody else uses.
-struct Namespace {
-    url: String,
-    prefix: String,
-}
-
-impl Namespace {
-    fn new() -> Option<Namespace> {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let started = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let prefix = format!(
-            "sb-test:{}-{started}-{}:",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        Some(Namespace { url: shared_redis()?, prefix })
-    }
-
-    /// Feeds under this namespace's prefix: one node's handle.
-    async fn feeds(&self, retention: Retention) -> RedisFeeds {
-        let mut config =
-            RedisConfig::from_url(&self.url).expect("SWITCHBOARD_REDIS is a redis:// URL");
-        config.prefix.clone_from(&self.prefix);
-        RedisFeeds::with_config(config, retention).await.expect("a RedisFeeds")
-    }
-
-    /// Every key under the prefix, sorted.
-    async fn keys(&self) -> Vec<String> {
-        let mut redis = self.connection().await;
-        let (mut cursor, mut keys) = (0_u64, Vec::new());
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{}*", self.prefix))
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut redis)
-                .await
-                .expect("SCAN on the shared Redis");
-            keys.extend(batch);
-            if next == 0 {
-                keys.sort();
-                return keys;
-            }
-            cursor = next;
-        }
-    }
-
-    /// Removes `keys`, as Redis losing them would.
-    async fn delete(&self, keys: &[String]) {
-        if !keys.is_empty() {
-            let mut redis = self.connection().await;
-            let () = redis::cmd("UNLINK")
-                .arg(keys)
-                .query_async(&mut redis)
-                .await
-                .expect("UNLINK on the shared Redis");
-        }
-    }
-
-    async fn remove_keys(&self) {
-        self.delete(&self.keys().await).await;
-    }
-
-    async fn connection(&self) -> redis::aio::MultiplexedConnection {
-        let client = Client::open(self.url.as_str()).expect("SWITCHBOARD_REDIS is a redis:// URL");
-        client.get_multiplexed_async_connection().await.expect("a connection to the shared Redis")
-    }
+/// Feeds under the namespace's prefix: one node's handle.
+async fn feeds(namespace: &Namespace, retention: Retention) -> RedisFeeds {
+    RedisFeeds::with_config(namespace.config(), retention).await.expect("a RedisFeeds")
 }
 
 /// The conformance functions, each against a fresh namespace.
@@ -110,7 +28,7 @@ macro_rules! conformance_tests {
         #[tokio::test]
         async fn $name() -> Result<(), FeedError> {
             let Some(namespace) = Namespace::new() else { return Ok(()) };
-            conformance::$name(&namespace.feeds($retention).await).await?;
+            conformance::$name(&feeds(&namespace, $retention).await).await?;
             namespace.remove_keys().await;
             Ok(())
         }
@@ -159,8 +77,10 @@ async fn next_entry(heard: &mut mpsc::Receiver<Published>, user: UserId, epoch: 
 #[tokio::test]
 async fn two_nodes_share_one_numbering() -> Result<(), FeedError> {
     let Some(namespace) = Namespace::new() else { return Ok(()) };
-    let (a, b) =
-        (namespace.feeds(Retention::default()).await, namespace.feeds(Retention::default()).await);
+    let (a, b) = (
+        feeds(&namespace, Retention::default()).await,
+        feeds(&namespace, Retention::default()).await,
+    );
     let user = UserId(7);
     let mut heard = b.listen().await?;
     b.follow(user).await?;
@@ -186,7 +106,7 @@ async fn two_nodes_share_one_numbering() -> Result<(), FeedError> {
 #[tokio::test]
 async fn a_feed_redis_lost_starts_a_new_epoch() -> Result<(), FeedError> {
     let Some(namespace) = Namespace::new() else { return Ok(()) };
-    let feeds = namespace.feeds(Retention::default()).await;
+    let feeds = feeds(&namespace, Retention::default()).await;
     let stream = |user| feed_key(&namespace.prefix, user);
 
     let (user, lost) = conformance::append_some(&feeds).await?;
@@ -221,7 +141,7 @@ async fn a_feed_redis_lost_starts_a_new_epoch() -> Result<(), FeedError> {
 #[tokio::test]
 async fn keys_of_another_type_are_a_storage_error() -> Result<(), FeedError> {
     let Some(namespace) = Namespace::new() else { return Ok(()) };
-    let feeds = namespace.feeds(Retention::default()).await;
+    let feeds = feeds(&namespace, Retention::default()).await;
     let user = UserId(7);
     let mut redis = namespace.connection().await;
     let () = redis::cmd("SET")
@@ -249,7 +169,7 @@ async fn keys_of_another_type_are_a_storage_error() -> Result<(), FeedError> {
 async fn retention_catches_up_in_batches() -> Result<(), FeedError> {
     let Some(namespace) = Namespace::new() else { return Ok(()) };
     let retention = Retention { window: Duration::from_millis(300), min_events: 1 };
-    let feeds = namespace.feeds(retention).await;
+    let feeds = feeds(&namespace, retention).await;
     let user = UserId(7);
     let burst: Vec<_> = (0..250).map(|i| delivery(i, &[user], &format!("m{i}"))).collect();
     feeds.append(&burst).await?;
@@ -268,54 +188,6 @@ async fn retention_catches_up_in_batches() -> Result<(), FeedError> {
     Ok(())
 }
 
-/// A `redis-server` of the test's own on a free loopback port, killed when dropped.
-struct Throwaway {
-    process: Child,
-}
-
-impl Throwaway {
-    /// Starts the server and waits until it accepts connections.
-    async fn start(port: u16) -> Throwaway {
-        let process = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server (ops/engines/fetch.sh redis installs it)");
-        let server = Throwaway { process };
-        let accepting = async {
-            while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-                sleep(Duration::from_millis(20)).await;
-            }
-        };
-        timeout(Duration::from_secs(10), accepting).await.expect("redis-server did not start");
-        server
-    }
-
-    /// Sends the server a signal, e.g. `STOP` to freeze it with its connections open.
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.process.id().to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill -{signal} failed");
-    }
-}
-
-impl Drop for Throwaway {
-    fn drop(&mut self) {
-        // SIGKILL: Redis disappears mid-conversation, as in a crash.
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
-}
-
-/// A failure guard only: a call that takes this long has hung.
-async fn within<T>(call: impl Future<Output = T>) -> T {
-    timeout(Duration::from_secs(10), call).await.expect("a feeds call hung instead of failing")
-}
-
 async fn assert_unavailable<T: Debug>(call: impl Future<Output = Result<T, FeedError>>) {
     match within(call).await {
         Err(FeedError::Unavailable(_)) => {}
@@ -329,10 +201,7 @@ async fn feeds_fail_fast_while_redis_is_away_and_followers_hear_again() -> Resul
     if shared_redis().is_none() {
         return Ok(());
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = Throwaway::free_port();
     let user = UserId(7);
 
     let feeds =
@@ -369,7 +238,7 @@ async fn feeds_fail_fast_while_redis_is_away_and_followers_hear_again() -> Resul
     assert_eq!(next_entry(&mut heard, user, head.epoch).await, 1);
 
     // Redis drops the subscription connection alone, as it does a subscriber that falls behind.
-    let client = Client::open(format!("redis://127.0.0.1:{port}")).expect("a redis:// URL");
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("a redis:// URL");
     let mut redis = client.get_multiplexed_async_connection().await.expect("a connection");
     let killed: u64 = redis::cmd("CLIENT")
         .arg(&["KILL", "TYPE", "pubsub"])

@@ -7,100 +7,22 @@
 //! own instead of disturbing the shared one.
 
 use std::fmt::Debug;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use redis::Client;
 use switchboard_schemas::UserId;
-use tokio::time::{sleep, timeout};
+use tokio::time::sleep;
 
-use super::{RedisConfig, RedisPresence};
+use super::RedisPresence;
 use crate::presence::{Presence, PresenceError, Quota, RateDecision, conformance};
+use crate::redis_testing::{Namespace, Throwaway, shared_redis, within};
 
 const NODE: &str = "node-a";
 const OTHER_NODE: &str = "node-b";
 const LONG: Duration = Duration::from_secs(60);
 
-/// Why a test fails when the engines are required but not configured.
-const UNSET: &str = "SWITCHBOARD_REDIS is unset: run ops/engines/start.sh and set \
-                     SWITCHBOARD_REDIS=redis://127.0.0.1:16379";
-
-/// The shared Redis, or `None` when the test is to be skipped.
-fn shared_redis() -> Option<String> {
-    let Ok(url) = std::env::var("SWITCHBOARD_REDIS") else {
-        assert!(std::env::var("SWITCHBOARD_REQUIRE_ENGINES").as_deref() != Ok("1"), "{UNSET}");
-        eprintln!("skipped: SWITCHBOARD_REDIS is unset");
-        return None;
-    };
-    Some(url)
-}
-
-/// One test's share of the shared Redis: a key prefix nobody else uses.
-struct Namespace {
-    url: String,
-    prefix: String,
-}
-
-impl Namespace {
-    fn new() -> Option<Namespace> {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let started = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let prefix = format!(
-            "sb-test:{}-{started}-{}:",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        Some(Namespace { url: shared_redis()?, prefix })
-    }
-
-    /// Presence for `node_id` under this namespace's prefix.
-    async fn node(&self, node_id: &str) -> RedisPresence {
-        let mut config =
-            RedisConfig::from_url(&self.url).expect("SWITCHBOARD_REDIS is a redis:// URL");
-        config.prefix.clone_from(&self.prefix);
-        RedisPresence::with_config(config, node_id).await.expect("a RedisPresence")
-    }
-
-    /// Every key under the prefix, sorted.
-    async fn keys(&self) -> Vec<String> {
-        let mut redis = self.connection().await;
-        let (mut cursor, mut keys) = (0_u64, Vec::new());
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{}*", self.prefix))
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut redis)
-                .await
-                .expect("SCAN on the shared Redis");
-            keys.extend(batch);
-            if next == 0 {
-                keys.sort();
-                return keys;
-            }
-            cursor = next;
-        }
-    }
-
-    async fn remove_keys(&self) {
-        let keys = self.keys().await;
-        if !keys.is_empty() {
-            let mut redis = self.connection().await;
-            let () = redis::cmd("UNLINK")
-                .arg(keys)
-                .query_async(&mut redis)
-                .await
-                .expect("UNLINK on the shared Redis");
-        }
-    }
-
-    async fn connection(&self) -> redis::aio::MultiplexedConnection {
-        let client = Client::open(self.url.as_str()).expect("SWITCHBOARD_REDIS is a redis:// URL");
-        client.get_multiplexed_async_connection().await.expect("a connection to the shared Redis")
-    }
+/// Presence for `node_id` under the namespace's prefix.
+async fn node(namespace: &Namespace, node_id: &str) -> RedisPresence {
+    RedisPresence::with_config(namespace.config(), node_id).await.expect("a RedisPresence")
 }
 
 /// The conformance functions, each against a fresh namespace.
@@ -109,7 +31,7 @@ macro_rules! conformance_tests {
         #[tokio::test]
         async fn $name() -> Result<(), PresenceError> {
             let Some(namespace) = Namespace::new() else { return Ok(()) };
-            conformance::$name(&namespace.node(NODE).await $(, $node)?).await?;
+            conformance::$name(&node(&namespace, NODE).await $(, $node)?).await?;
             namespace.remove_keys().await;
             Ok(())
         }
@@ -130,7 +52,7 @@ async fn online(presence: &RedisPresence, user: UserId) -> Result<bool, Presence
 #[tokio::test]
 async fn two_nodes_see_each_others_sessions() -> Result<(), PresenceError> {
     let Some(namespace) = Namespace::new() else { return Ok(()) };
-    let (a, b) = (namespace.node(NODE).await, namespace.node(OTHER_NODE).await);
+    let (a, b) = (node(&namespace, NODE).await, node(&namespace, OTHER_NODE).await);
     let user = UserId(7);
 
     assert!(a.open_session(user, "phone", NODE).await?);
@@ -149,7 +71,7 @@ async fn two_nodes_see_each_others_sessions() -> Result<(), PresenceError> {
 #[tokio::test]
 async fn two_nodes_share_one_rate_limit() -> Result<(), PresenceError> {
     let Some(namespace) = Namespace::new() else { return Ok(()) };
-    let (a, b) = (namespace.node(NODE).await, namespace.node(OTHER_NODE).await);
+    let (a, b) = (node(&namespace, NODE).await, node(&namespace, OTHER_NODE).await);
     let quota = Quota { limit: 6, period: LONG };
 
     for (i, node) in [&a, &b].into_iter().cycle().take(6).enumerate() {
@@ -169,7 +91,7 @@ async fn two_nodes_share_one_rate_limit() -> Result<(), PresenceError> {
 #[tokio::test]
 async fn a_lapsed_node_takes_its_users_offline_for_the_others() -> Result<(), PresenceError> {
     let Some(namespace) = Namespace::new() else { return Ok(()) };
-    let (dying, survivor) = (namespace.node(NODE).await, namespace.node(OTHER_NODE).await);
+    let (dying, survivor) = (node(&namespace, NODE).await, node(&namespace, OTHER_NODE).await);
     let user = UserId(7);
 
     dying.renew_lease(NODE, Duration::from_millis(150)).await?;
@@ -189,7 +111,7 @@ async fn a_lapsed_node_takes_its_users_offline_for_the_others() -> Result<(), Pr
 #[tokio::test]
 async fn renewals_sweep_lapsed_nodes_away() -> Result<(), PresenceError> {
     let Some(namespace) = Namespace::new() else { return Ok(()) };
-    let (dying, survivor) = (namespace.node(NODE).await, namespace.node(OTHER_NODE).await);
+    let (dying, survivor) = (node(&namespace, NODE).await, node(&namespace, OTHER_NODE).await);
 
     dying.renew_lease(NODE, Duration::from_millis(150)).await?;
     for user in 1..=3 {
@@ -208,54 +130,6 @@ async fn renewals_sweep_lapsed_nodes_away() -> Result<(), PresenceError> {
     Ok(())
 }
 
-/// A `redis-server` of the test's own on a free loopback port, killed when dropped.
-struct Throwaway {
-    process: Child,
-}
-
-impl Throwaway {
-    /// Starts the server and waits until it accepts connections.
-    async fn start(port: u16) -> Throwaway {
-        let process = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server (ops/engines/fetch.sh redis installs it)");
-        let server = Throwaway { process };
-        let accepting = async {
-            while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-                sleep(Duration::from_millis(20)).await;
-            }
-        };
-        timeout(Duration::from_secs(10), accepting).await.expect("redis-server did not start");
-        server
-    }
-
-    /// Sends the server a signal, e.g. `STOP` to freeze it with its connections open.
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.process.id().to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill -{signal} failed");
-    }
-}
-
-impl Drop for Throwaway {
-    fn drop(&mut self) {
-        // SIGKILL: Redis disappears mid-conversation, as in a crash.
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
-}
-
-/// A failure guard only: a call that takes this long has hung.
-async fn within<T>(call: impl Future<Output = T>) -> T {
-    timeout(Duration::from_secs(10), call).await.expect("a presence call hung instead of failing")
-}
-
 async fn assert_unavailable<T: Debug>(call: impl Future<Output = Result<T, PresenceError>>) {
     if let Ok(answer) = within(call).await {
         panic!("answered {answer:?} without a reachable Redis");
@@ -269,10 +143,7 @@ async fn presence_degrades_while_redis_is_away_and_recovers_by_itself() -> Resul
     if shared_redis().is_none() {
         return Ok(());
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = Throwaway::free_port();
     let user = UserId(7);
     let quota = Quota { limit: 10, period: LONG };
 

@@ -1,0 +1,155 @@
+//! What the tests of the Redis backends (presence and feeds) share: the shared Redis named by
+//! `SWITCHBOARD_REDIS` (`ops/engines/start.sh` runs one at `redis://127.0.0.1:16379`), a key
+//! prefix of each test's own in it, and a throwaway `redis-server` for tests that stop, freeze or
+//! kill Redis without disturbing the shared one.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::Client;
+use tokio::time::{sleep, timeout};
+
+use crate::presence::redis::RedisConfig;
+
+/// Why a test fails when the engines are required but not configured.
+const UNSET: &str = "SWITCHBOARD_REDIS is unset: run ops/engines/start.sh and set \
+                     SWITCHBOARD_REDIS=redis://127.0.0.1:16379";
+
+/// The shared Redis, or `None` when the test is to be skipped.
+pub fn shared_redis() -> Option<String> {
+    let Ok(url) = std::env::var("SWITCHBOARD_REDIS") else {
+        assert!(std::env::var("SWITCHBOARD_REQUIRE_ENGINES").as_deref() != Ok("1"), "{UNSET}");
+        eprintln!("skipped: SWITCHBOARD_REDIS is unset");
+        return None;
+    };
+    Some(url)
+}
+
+/// One test's share of the shared Redis: a key prefix nobody else uses.
+pub struct Namespace {
+    pub url: String,
+    pub prefix: String,
+}
+
+impl Namespace {
+    /// A fresh namespace, or `None` when the test is to be skipped.
+    pub fn new() -> Option<Namespace> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let started = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let prefix = format!(
+            "sb-test:{}-{started}-{}:",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        Some(Namespace { url: shared_redis()?, prefix })
+    }
+
+    /// The configuration of a backend that keeps its keys under this namespace's prefix.
+    pub fn config(&self) -> RedisConfig {
+        let mut config =
+            RedisConfig::from_url(&self.url).expect("SWITCHBOARD_REDIS is a redis:// URL");
+        config.prefix.clone_from(&self.prefix);
+        config
+    }
+
+    /// Every key under the prefix, sorted.
+    pub async fn keys(&self) -> Vec<String> {
+        let mut redis = self.connection().await;
+        let (mut cursor, mut keys) = (0_u64, Vec::new());
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}*", self.prefix))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut redis)
+                .await
+                .expect("SCAN on the shared Redis");
+            keys.extend(batch);
+            if next == 0 {
+                keys.sort();
+                return keys;
+            }
+            cursor = next;
+        }
+    }
+
+    /// Removes `keys`, as Redis losing them would.
+    pub async fn delete(&self, keys: &[String]) {
+        if !keys.is_empty() {
+            let mut redis = self.connection().await;
+            let () = redis::cmd("UNLINK")
+                .arg(keys)
+                .query_async(&mut redis)
+                .await
+                .expect("UNLINK on the shared Redis");
+        }
+    }
+
+    pub async fn remove_keys(&self) {
+        self.delete(&self.keys().await).await;
+    }
+
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        let client = Client::open(self.url.as_str()).expect("SWITCHBOARD_REDIS is a redis:// URL");
+        client.get_multiplexed_async_connection().await.expect("a connection to the shared Redis")
+    }
+}
+
+/// A `redis-server` of the test's own on a free loopback port, killed when dropped.
+pub struct Throwaway {
+    process: Child,
+}
+
+impl Throwaway {
+    /// A free loopback port for a throwaway server to start on later.
+    pub fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port()
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    pub async fn start(port: u16) -> Throwaway {
+        let process = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (ops/engines/fetch.sh redis installs it)");
+        let server = Throwaway { process };
+        let accepting = async {
+            while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+                sleep(Duration::from_millis(20)).await;
+            }
+        };
+        timeout(Duration::from_secs(10), accepting).await.expect("redis-server did not start");
+        server
+    }
+
+    /// Sends the server a signal, e.g. `STOP` to freeze it with its connections open.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.process.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+}
+
+impl Drop for Throwaway {
+    fn drop(&mut self) {
+        // SIGKILL: Redis disappears mid-conversation, as in a crash.
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// A failure guard only: a call that takes this long has hung.
+pub async fn within<T>(call: impl Future<Output = T>) -> T {
+    timeout(Duration::from_secs(10), call).await.expect("a call hung instead of failing")
+}
