@@ -163,6 +163,17 @@ impl Session {
                 "the token is of an earlier epoch of your feed, which was created afresh",
             )));
         }
+        if token.seq > registered.seq {
+            // Pushed by a node that heard the feed sooner than this one, or numbered by a feed
+            // that has since lost it: only the feed's head tells.
+            let head = self.state.feeds.head(self.user).await?;
+            if token.seq > head.seq || token.epoch != head.epoch {
+                metrics::counter!("resumes_total", "outcome" => "sync_required").increment(1);
+                return Ok(Replay::Refused(ApiError::sync_required(
+                    "the token names events your feed does not hold",
+                )));
+            }
+        }
         self.delivered = self.delivered.max(token.seq);
         if token.seq >= registered.seq {
             metrics::counter!("resumes_total", "outcome" => "resumed").increment(1);

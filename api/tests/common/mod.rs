@@ -410,6 +410,13 @@ impl Ws {
         self.send_text(frame.to_string()).await;
     }
 
+    /// Like [`Ws::send_json`], but returns `false` rather than panicking when the socket is
+    /// gone (its server was killed, say): for a client that learns how the connection ended
+    /// from its next read.
+    pub async fn try_send_json(&mut self, frame: Value) -> bool {
+        self.stream.send(Message::Text(frame.to_string().into())).await.is_ok()
+    }
+
     pub async fn send_text(&mut self, text: String) {
         self.stream.send(Message::Text(text.into())).await.expect("WebSocket send");
     }
@@ -467,6 +474,16 @@ impl Ws {
                 self.backlog
             );
             self.backlog.push_back(frame);
+        }
+    }
+
+    /// The next frame whatever it is (backlog first), or `None` if none arrives within `wait`:
+    /// for a client that reads what comes while it does other things in between, such as
+    /// sending at a steady rate. A closed socket gives `{"op":"closed"}` as [`Ws::drain`] does.
+    pub async fn next_frame_within(&mut self, wait: Duration) -> Option<Value> {
+        match self.backlog.pop_front() {
+            Some(frame) => Some(frame),
+            None => self.read(wait).await,
         }
     }
 

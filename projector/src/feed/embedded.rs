@@ -7,15 +7,17 @@
 //! and the heads it moved as one atomic batch, so after a crash a feed holds an append whole or
 //! not at all, and the stage, resuming from before it, fills in exactly what is missing.
 //!
-//! Batches are not synced: a feed is derived from the log, which is, and the journal fjall writes
-//! survives the process being killed.
+//! Every append is synced to disk before it returns. A feed is derived from the log, but the
+//! delivery stage moves past what it appended as soon as the append returns: an entry lost
+//! afterwards (in a crash or a power cut) would be lost for good, and its number handed to the
+//! next entry, under tokens clients already hold.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
 use serde::{Deserialize, Serialize};
 use switchboard_schemas::UserId;
 use tokio::sync::mpsc;
@@ -190,7 +192,8 @@ impl Feeds for EmbeddedFeeds {
     async fn append(&self, deliveries: &[Delivery]) -> Result<(), FeedError> {
         let mut state = self.state.lock().await;
         let now = now_ms();
-        let mut batch = OwnedWriteBatch::with_capacity(self.db.clone(), deliveries.len() * 2);
+        let mut batch = OwnedWriteBatch::with_capacity(self.db.clone(), deliveries.len() * 2)
+            .durability(Some(PersistMode::SyncData));
         let mut moved: HashMap<UserId, HeadRecord> = HashMap::new();
         let mut published = Vec::new();
         for delivery in deliveries {
@@ -261,6 +264,7 @@ impl Feeds for EmbeddedFeeds {
             self.heads
                 .insert(user.0.to_be_bytes(), bytes)
                 .map_err(|e| storage("creating a feed", e))?;
+            self.db.persist(PersistMode::SyncData).map_err(|e| storage("creating a feed", e))?;
         }
         Ok(record.head())
     }
