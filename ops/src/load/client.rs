@@ -30,7 +30,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use super::pacing::{Schedule, first_send_offset};
 use super::tally::Tally;
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How long a new socket may take to get its `ready` frame.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -208,7 +208,23 @@ struct MessageSentData<'a> {
 
 /// Opens a socket for `token` and waits for the server's `ready` frame.
 pub async fn connect(ws_base: &str, token: &str) -> anyhow::Result<Socket> {
-    let url = format!("{ws_base}/v1/ws?token={token}");
+    let (socket, _) = open(&format!("{ws_base}/v1/ws?token={token}")).await?;
+    Ok(socket)
+}
+
+/// What a `ready` frame says about the connection it opens.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct Ready {
+    /// Where the connection's stream begins: the resume token to keep until the first event.
+    #[serde(default)]
+    pub token: String,
+    /// Present on a connection that passed `resume`: whether the resume is served.
+    #[serde(default)]
+    pub resumed: Option<bool>,
+}
+
+/// Opens the WebSocket at `url` (a full `/v1/ws?…` URL) and waits for its `ready` frame.
+pub async fn open(url: &str) -> anyhow::Result<(Socket, Ready)> {
     // Small buffers: with thousands of sockets per process, the default 128 KiB each would
     // make the generator, not the server, the thing that runs out of memory.
     let config = WebSocketConfig::default().read_buffer_size(8 * 1024).write_buffer_size(0);
@@ -222,14 +238,16 @@ pub async fn connect(ws_base: &str, token: &str) -> anyhow::Result<Socket> {
                 let frame: ServerFrame<'_> = serde_json::from_str(&text)
                     .with_context(|| format!("the server sent a frame that is not JSON: {text}"))?;
                 if frame.op == "ready" {
-                    return Ok(());
+                    return serde_json::from_str::<Ready>(&text)
+                        .with_context(|| format!("unreadable `ready` frame: {text}"));
                 }
             }
         }
         anyhow::bail!("the server closed the socket before it was ready")
     };
-    tokio::time::timeout(READY_TIMEOUT, ready).await.context("no `ready` frame in time")??;
-    Ok(socket)
+    let ready =
+        tokio::time::timeout(READY_TIMEOUT, ready).await.context("no `ready` frame in time")??;
+    Ok((socket, ready))
 }
 
 /// A refused upgrade carries the server's JSON error in its body; that is the useful part.
@@ -499,5 +517,19 @@ mod tests {
         .unwrap();
         let data: MessageSentData<'_> = serde_json::from_str(event.data.unwrap().get()).unwrap();
         assert_eq!(Tag::parse(data.client_msg_id).map(|t| t.key()), Some((1, 2)));
+    }
+
+    #[test]
+    fn ready_frames_say_where_the_stream_begins_and_whether_it_resumed() {
+        let fresh: Ready = serde_json::from_str(
+            r#"{"heartbeat_ms":25000,"op":"ready","session_id":"s","token":"17.1.17","user_id":"5"}"#,
+        )
+        .unwrap();
+        assert_eq!(fresh, Ready { token: "17.1.17".into(), resumed: None });
+        let refused: Ready = serde_json::from_str(
+            r#"{"heartbeat_ms":25000,"op":"ready","resumed":false,"session_id":"s","sync_required":true,"token":"17.9.20","user_id":"5"}"#,
+        )
+        .unwrap();
+        assert_eq!(refused.resumed, Some(false));
     }
 }

@@ -14,9 +14,14 @@
 //!
 //! With `--processes N`, the same steps run in N child processes ([`workers`]), because one
 //! process may hold only so many sockets.
+//!
+//! `--scenario reconnect` measures something else with the same setup: what it costs to bring
+//! back every socket at once after an outage, each resuming what it missed (see [`reconnect`]).
 
 mod client;
+mod metrics;
 mod pacing;
+mod reconnect;
 mod report;
 mod setup;
 mod tally;
@@ -50,12 +55,27 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// (presence, the session event, pushes to contacts) around the time it says `ready`.
 const SETTLE: Duration = Duration::from_secs(1);
 
+/// What a run measures.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// Every socket sends its share of `--rate` for `--duration`: throughput, latency, memory.
+    Steady,
+    /// Every socket goes away for `--offline` while `--rate` messages/s are sent to it over
+    /// HTTP, then all come back at once and resume: what the catch-up costs and how long it
+    /// takes. One process only (it holds up to about 19,000 sockets).
+    Reconnect,
+}
+
 /// Options of `switchboard load`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {
     /// Base URL of the node under test.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
+
+    /// What to measure: steady load, or a mass reconnect with resume.
+    #[arg(long, value_enum, default_value_t = Scenario::Steady)]
+    pub scenario: Scenario,
 
     /// WebSocket connections to open and hold, one user each.
     #[arg(long, default_value_t = 1000)]
@@ -96,6 +116,23 @@ pub struct Args {
     #[arg(long, default_value_t = 8)]
     pub setup_concurrency: usize,
 
+    /// Reconnect: how long the sockets stay away while `--rate` messages/s are sent to them.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub offline: Duration,
+
+    /// Reconnect: HTTP sends in flight at once while the sockets are away.
+    #[arg(long, default_value_t = 64)]
+    pub send_concurrency: usize,
+
+    /// Reconnect: WebSocket upgrades in flight at once when every socket comes back.
+    #[arg(long, default_value_t = 500)]
+    pub reconnect_concurrency: usize,
+
+    /// Reconnect: how long, from the start of the reconnect, the sockets may take to catch up;
+    /// what has not arrived by then is reported missing.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    pub catch_up_timeout: Duration,
+
     /// Also write the full result as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -128,6 +165,29 @@ impl Args {
         ensure!(self.max_in_flight >= 1, "--max-in-flight must be at least 1");
         ensure!(self.setup_concurrency >= 1, "--setup-concurrency must be at least 1");
         ensure!(!self.duration.is_zero(), "--duration must be longer than 0");
+        if self.scenario == Scenario::Reconnect {
+            self.check_reconnect()?;
+        }
+        Ok(())
+    }
+
+    fn check_reconnect(&self) -> anyhow::Result<()> {
+        ensure!(
+            self.processes == 1,
+            "--scenario reconnect runs in one process (it holds up to about 19,000 sockets), \
+             not --processes {}",
+            self.processes
+        );
+        ensure!(!self.offline.is_zero(), "--offline must be longer than 0");
+        ensure!(
+            self.rate * self.offline.as_secs_f64() >= 1.0,
+            "--rate {} for --offline {} sends no message",
+            self.rate,
+            humantime::format_duration(self.offline)
+        );
+        ensure!(self.send_concurrency >= 1, "--send-concurrency must be at least 1");
+        ensure!(self.reconnect_concurrency >= 1, "--reconnect-concurrency must be at least 1");
+        ensure!(!self.catch_up_timeout.is_zero(), "--catch-up-timeout must be longer than 0");
         Ok(())
     }
 
@@ -189,6 +249,9 @@ impl Memory {
 /// Runs `switchboard load`: the whole test, or one child's part of it.
 pub async fn command(args: Args) -> anyhow::Result<()> {
     args.check()?;
+    if args.scenario == Scenario::Reconnect {
+        return reconnect::command(&args).await;
+    }
     if let Some(worker) = args.worker {
         let mut follower = workers::Follower::new();
         let tally = drive(&args, worker, async |phase| follower.reached(phase).await).await?;
@@ -221,18 +284,7 @@ async fn drive(
 ) -> anyhow::Result<Tally> {
     let connections = pacing::share(args.connections, args.processes, worker);
     let label = if args.processes > 1 { format!("[worker {worker}] ") } else { String::new() };
-    let api = Api::new(&args.url)?;
-    let prefix = handle_prefix();
-    let accounts =
-        setup::register_all(&api, &prefix, connections, args.setup_concurrency, &label).await?;
-    let conversations = setup::create_conversations(
-        &api,
-        &accounts,
-        args.group_size,
-        args.setup_concurrency,
-        &label,
-    )
-    .await?;
+    let (accounts, conversations) = populate(args, connections, &label).await?;
     reached(Phase::Registered).await?;
 
     // Every socket sends at the same rate whichever process it is in: the total rate over the
@@ -263,6 +315,28 @@ async fn drive(
     sockets.join_all().await;
 
     Ok(shared.take_tally(accounts.len() as u64))
+}
+
+/// The setup every scenario starts with: `connections` new users, in conversations of
+/// `--group-size`.
+async fn populate(
+    args: &Args,
+    connections: usize,
+    label: &str,
+) -> anyhow::Result<(Vec<Account>, Vec<Conversation>)> {
+    let api = Api::new(&args.url)?;
+    let prefix = handle_prefix();
+    let accounts =
+        setup::register_all(&api, &prefix, connections, args.setup_concurrency, label).await?;
+    let conversations = setup::create_conversations(
+        &api,
+        &accounts,
+        args.group_size,
+        args.setup_concurrency,
+        label,
+    )
+    .await?;
+    Ok((accounts, conversations))
 }
 
 /// Opens one socket per account and starts its client; they idle until the stage changes.
@@ -356,6 +430,36 @@ mod tests {
         assert!(refused(&["--rate", "0"]).contains("positive"));
         assert!(refused(&["--url", "127.0.0.1:8080"]).contains("http://"));
         assert!(refused(&["--duration", "soon"]).contains("duration"));
+    }
+
+    #[test]
+    fn the_reconnect_scenario_has_its_own_options_and_checks() {
+        let args = parse(&[
+            "--scenario",
+            "reconnect",
+            "--connections",
+            "10000",
+            "--rate",
+            "1000",
+            "--offline",
+            "60s",
+        ])
+        .unwrap();
+        assert_eq!(args.scenario, Scenario::Reconnect);
+        assert_eq!(args.offline, Duration::from_secs(60));
+        assert_eq!(args.reconnect_concurrency, 500);
+        assert_eq!(parse(&[]).unwrap().scenario, Scenario::Steady, "steady stays the default");
+        let refused = |args: &[&str]| {
+            let args = [&["--scenario", "reconnect"], args].concat();
+            format!("{:#}", parse(&args).unwrap_err())
+        };
+        assert!(refused(&["--processes", "2"]).contains("one process"));
+        assert!(refused(&["--offline", "0s"]).contains("--offline"));
+        assert!(refused(&["--rate", "0.5", "--offline", "1s"]).contains("sends no message"));
+        assert!(refused(&["--reconnect-concurrency", "0"]).contains("at least 1"));
+        assert!(refused(&["--send-concurrency", "0"]).contains("at least 1"));
+        assert!(refused(&["--catch-up-timeout", "0s"]).contains("longer than 0"));
+        assert!(parse(&["--processes", "2"]).is_ok(), "the steady scenario still spreads");
     }
 
     #[test]

@@ -280,7 +280,7 @@ impl Summary {
 }
 
 /// `12345.6` as `12,346`.
-fn thousands(value: f64) -> String {
+pub(super) fn thousands(value: f64) -> String {
     let digits = format!("{:.0}", value.abs());
     let mut grouped = String::new();
     for (i, digit) in digits.chars().enumerate() {
@@ -300,7 +300,7 @@ fn per_connection(bytes_each: Option<f64>) -> String {
 }
 
 /// A byte count in binary units: `512 B`, `23.4 KiB`, `1.20 GiB`.
-fn bytes(value: f64) -> String {
+pub(super) fn bytes(value: f64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
     if value.abs() < 1024.0 {
         return format!("{value:.0} B");
@@ -316,7 +316,7 @@ fn bytes(value: f64) -> String {
 }
 
 /// `code 3, other 1`, or `none`.
-fn counts(counts: &BTreeMap<String, u64>) -> String {
+pub(super) fn counts(counts: &BTreeMap<String, u64>) -> String {
     if counts.is_empty() {
         return "none".to_owned();
     }
@@ -339,7 +339,7 @@ fn widths(rows: &[Vec<String>]) -> Vec<usize> {
 }
 
 /// Rows with the first column left-aligned and the others right-aligned, as figures read best.
-fn columns(rows: &[Vec<String>]) -> String {
+pub(super) fn columns(rows: &[Vec<String>]) -> String {
     let widths = widths(rows);
     let mut out = String::new();
     for row in rows {

@@ -1,4 +1,6 @@
-//! The unmeasured part of a run, over HTTP: accounts, conversations, and the server's memory.
+//! The unmeasured part of a run, over HTTP: accounts, conversations, and the server's memory;
+//! also the HTTP the reconnect scenario needs (messages sent while the sockets are away, the
+//! server's metrics).
 //!
 //! Registration hashes a password with argon2 on the server, which takes tens of milliseconds
 //! of CPU each; it is done with modest concurrency so that the server stays responsive, and
@@ -11,6 +13,8 @@ use anyhow::{Context, bail};
 use futures_util::{StreamExt, TryStreamExt, stream};
 use serde::Deserialize;
 use serde_json::{Value, json};
+
+use super::metrics::{RESIDENT_MEMORY, Scrape};
 
 /// Every load account has this password; the server wants at least 8 characters.
 const PASSWORD: &str = "load-generator";
@@ -44,6 +48,21 @@ struct Registered {
 #[derive(Deserialize)]
 struct Created {
     conversation: IdOnly,
+}
+
+#[derive(Deserialize)]
+struct Sent {
+    message_id: String,
+}
+
+#[derive(Deserialize)]
+struct ErrorAnswer {
+    error: ErrorCode,
+}
+
+#[derive(Deserialize)]
+struct ErrorCode {
+    code: String,
 }
 
 #[derive(Deserialize)]
@@ -90,14 +109,49 @@ impl Api {
 
     /// The server's resident memory, from its Prometheus metrics.
     pub async fn resident_memory(&self) -> anyhow::Result<u64> {
+        let text = self.metrics_text().await?;
+        resident_memory(&text)
+            .with_context(|| format!("{}/metrics has no {RESIDENT_MEMORY} sample", self.base))
+    }
+
+    /// The server's Prometheus metrics.
+    pub async fn scrape(&self) -> anyhow::Result<Scrape> {
+        Ok(Scrape::parse(&self.metrics_text().await?))
+    }
+
+    async fn metrics_text(&self) -> anyhow::Result<String> {
         let url = format!("{}/metrics", self.base);
-        let text = async {
+        async {
             let response = self.http.get(&url).send().await?.error_for_status()?;
             response.text().await
         }
         .await
-        .with_context(|| format!("reading {url}"))?;
-        resident_memory(&text).with_context(|| format!("{url} has no {RESIDENT_MEMORY} sample"))
+        .with_context(|| format!("reading {url}"))
+    }
+
+    /// Sends a message as `sender` over HTTP; the new message's id, or why not, in a few words
+    /// that are the same for every failure of one kind (they are counted by it).
+    pub async fn send_message(
+        &self,
+        sender: &Account,
+        conversation_id: &str,
+        client_msg_id: &str,
+        body: &str,
+    ) -> Result<String, String> {
+        let url = format!("{}/v1/conversations/{conversation_id}/messages", self.base);
+        let body = json!({ "client_msg_id": client_msg_id, "body": body });
+        let request = self.http.post(url).bearer_auth(&sender.token).json(&body);
+        let response = request.send().await.map_err(|error| transport_failure(&error))?;
+        let status = response.status();
+        let text = response.text().await.map_err(|error| transport_failure(&error))?;
+        if !status.is_success() {
+            let code = serde_json::from_str::<ErrorAnswer>(&text)
+                .map_or_else(|_| "no error code".to_owned(), |answer| answer.error.code);
+            return Err(format!("{status} {code}"));
+        }
+        serde_json::from_str::<Sent>(&text)
+            .map(|sent| sent.message_id)
+            .map_err(|_| format!("{status} with unexpected JSON"))
     }
 
     async fn post<T: serde::de::DeserializeOwned>(
@@ -122,16 +176,21 @@ impl Api {
     }
 }
 
-/// The gauge the server keeps its resident set size in.
-const RESIDENT_MEMORY: &str = "process_resident_memory_bytes";
-
 /// Finds the unlabelled `process_resident_memory_bytes` sample in Prometheus text.
 pub fn resident_memory(metrics: &str) -> Option<u64> {
-    metrics.lines().find_map(|line| {
-        let value = line.strip_prefix(RESIDENT_MEMORY)?.strip_prefix(' ')?;
-        let bytes: f64 = value.split_whitespace().next()?.parse().ok()?;
-        Some(bytes as u64)
-    })
+    Scrape::parse(metrics).value(RESIDENT_MEMORY).map(|bytes| bytes as u64)
+}
+
+/// A request that got no answer, by the kind of failure.
+fn transport_failure(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "could not connect"
+    } else {
+        "connection failed"
+    };
+    format!("no answer ({kind})")
 }
 
 /// Splits `count` accounts into conversations of `size` members, in order. A last group too
