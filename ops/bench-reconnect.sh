@@ -4,7 +4,9 @@
 # reconnect`: CONNECTIONS sockets each miss OFFLINE of traffic at RATE messages/s, then all come
 # back at once with `resume`. Keeps the report, its JSON and the server's log under
 # target/bench/. Figures: feed reads per event replayed, and the drain time (until the last
-# socket has every message it missed).
+# socket has every message it missed). When "events routed into feeds during the reconnect" is not
+# 0, the delivery stage had not routed everything sent before the sockets came back: the drain time
+# then measures that backlog, not the resume.
 #
 #   ops/bench-reconnect.sh embedded|distributed [CONNECTIONS=10000] [RATE=1000] [OFFLINE=60s] [RUNS=1]
 #

@@ -69,6 +69,10 @@ pub struct ResumeCounters {
     pub resumed: u64,
     /// Resumes refused, the client told to sync (`resumes_total{outcome="sync_required"}`).
     pub sync_required: u64,
+    /// Events the delivery stage has routed into users' feeds, messages among them
+    /// (`delivery_events_total{lane="delivery"}`): what it routes during a reconnect is what
+    /// it had not routed yet when the sockets came back, and reaches them live, not replayed.
+    pub routed: u64,
     /// The server's resident memory, when it reports it.
     pub resident_bytes: Option<u64>,
 }
@@ -84,6 +88,7 @@ impl ResumeCounters {
             events: count("resume_events_total"),
             resumed: outcome("resumed"),
             sync_required: outcome("sync_required"),
+            routed: scrape.value("delivery_events_total{lane=\"delivery\"}").unwrap_or(0.0) as u64,
             resident_bytes: scrape.value(RESIDENT_MEMORY).map(|bytes| bytes as u64),
         }
     }
@@ -95,6 +100,7 @@ impl ResumeCounters {
             events: self.events.saturating_sub(before.events),
             resumed: self.resumed.saturating_sub(before.resumed),
             sync_required: self.sync_required.saturating_sub(before.sync_required),
+            routed: self.routed.saturating_sub(before.routed),
             resident_bytes: self.resident_bytes,
         }
     }
@@ -111,6 +117,8 @@ resumes_total{outcome=\"sync_required\"} 2
 # TYPE resume_feed_reads_total counter
 resume_feed_reads_total 10004
 resume_events_total 120000 1712345678000
+delivery_events_total{lane=\"delivery\"} 65000
+delivery_events_total{lane=\"delivery-presence\"} 20000
 http_requests_total{method=\"GET\",route=\"/v1/ws\",status=\"101\"} 20000
 process_resident_memory_bytes 2.5e8
 process_resident_memory_bytes_total 1
@@ -153,6 +161,7 @@ not a sample
                 events: 120_000,
                 resumed: 9998,
                 sync_required: 2,
+                routed: 65_000,
                 resident_bytes: Some(250_000_000),
             }
         );

@@ -101,6 +101,9 @@ pub struct Server {
     pub sync_required: u64,
     pub feed_reads: u64,
     pub events_replayed: u64,
+    /// Events the delivery stage routed into feeds during the reconnect: the backlog it still
+    /// had when the sockets came back (those reach them live, after the replay).
+    pub routed_during_reconnect: u64,
     pub feed_reads_per_event: Option<f64>,
     pub events_per_feed_read: Option<f64>,
     pub memory_before_bytes: Option<u64>,
@@ -161,6 +164,7 @@ impl Summary {
                 sync_required: delta.sync_required,
                 feed_reads: delta.feed_reads,
                 events_replayed: delta.events,
+                routed_during_reconnect: delta.routed,
                 feed_reads_per_event: ratio(delta.feed_reads, delta.events),
                 events_per_feed_read: ratio(delta.events, delta.feed_reads),
                 memory_before_bytes: before.resident_bytes,
@@ -272,6 +276,11 @@ impl Summary {
             ratio(s.feed_reads_per_event),
             ratio(s.events_per_feed_read)
         );
+        let _ = writeln!(
+            out,
+            "             events routed into feeds during the reconnect (delivery backlog) {}",
+            thousands(s.routed_during_reconnect as f64)
+        );
         let memory =
             |value: Option<u64>| value.map_or_else(|| "unknown".to_owned(), |b| bytes(b as f64));
         let _ = write!(
@@ -329,6 +338,7 @@ mod tests {
             events: 6,
             resumed: 4,
             sync_required: 0,
+            routed: 2,
             resident_bytes: Some(150 << 20),
         };
         Summary::new(&args, &measured, &before, &after)
@@ -367,6 +377,7 @@ mod tests {
             "owed 5   message events 5   missing 0   duplicates 0   unexpected 0",
             "resumes 4   sync_required 0   feed reads 4   events replayed 6",
             "feed reads per event 0.667   events per feed read 1.500",
+            "during the reconnect (delivery backlog) 2",
             "before the reconnect 100.0 MiB   after 150.0 MiB",
         ] {
             assert!(table.contains(expected), "missing `{expected}` in\n{table}");
