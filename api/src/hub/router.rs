@@ -12,7 +12,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use switchboard_projector::Progress;
@@ -77,30 +76,22 @@ pub struct Router {
 /// How many sends a router remembers, to recognise a retry logged twice.
 const RECENT_SENDS: usize = 100_000;
 
-/// For how long after a router starts it also asks the store whether a send is a retry: the
-/// first copy may have been routed before the start, where its memory does not reach.
-const STORE_CHECKS: Duration = Duration::from_secs(120);
-
 /// The latest sends, by conversation, sender and client id. A retry whose claim could not be
 /// checked (the presence backend was down, or its first append failed without saying whether
 /// the log took it) may be logged twice under two message ids: the read models keep the first,
 /// and so does delivery, so that nobody sees a message twice or one that history does not hold.
 /// Both copies are in the conversation's partition, so the router that routes one routes both.
+///
+/// A router remembers only what it routed itself: a copy whose first was routed before the
+/// router started (a rare retry straddling a restart) goes out again. Asking the store instead,
+/// for every send, held routing to a store read per message.
+#[derive(Default)]
 struct RecentSends {
     first: HashMap<u64, MessageId>,
     order: VecDeque<u64>,
-    store_checks_until: Instant,
 }
 
 impl RecentSends {
-    fn new() -> RecentSends {
-        RecentSends {
-            first: HashMap::new(),
-            order: VecDeque::new(),
-            store_checks_until: Instant::now() + STORE_CHECKS,
-        }
-    }
-
     fn key(sent: &MessageSent) -> u64 {
         let mut hasher = std::hash::DefaultHasher::new();
         (sent.conversation_id, sent.sender, &sent.client_msg_id).hash(&mut hasher);
@@ -138,7 +129,7 @@ impl Router {
             contacts_as_of: 0,
             pushed_online: HashMap::new(),
             calls: HashMap::new(),
-            sends: RecentSends::new(),
+            sends: RecentSends::default(),
         }
     }
 
@@ -178,7 +169,7 @@ impl Router {
             }
             SignalRelayed(e) => vec![e.to_user],
             MessageSent(e) => {
-                if self.is_repeated(e).await? {
+                if self.is_repeated(e) {
                     return Ok(None);
                 }
                 self.members(e.conversation_id).await?
@@ -203,24 +194,15 @@ impl Router {
     }
 
     /// Whether `sent` is a second copy of a send already routed under another message id.
-    async fn is_repeated(&mut self, sent: &MessageSent) -> Result<bool, StoreError> {
+    fn is_repeated(&mut self, sent: &MessageSent) -> bool {
         let key = RecentSends::key(sent);
-        if let Some(first) = self.sends.first.get(&key) {
-            return Ok(*first != sent.message_id);
-        }
-        let mut first = sent.message_id;
-        if Instant::now() < self.sends.store_checks_until {
-            let stored = self.store.message_by_client_id(
-                sent.conversation_id,
-                sent.sender,
-                &sent.client_msg_id,
-            );
-            if let Some(kept) = stored.await? {
-                first = kept.id;
+        match self.sends.first.get(&key) {
+            Some(first) => *first != sent.message_id,
+            None => {
+                self.sends.remember(key, sent.message_id);
+                false
             }
         }
-        self.sends.remember(key, first);
-        Ok(first != sent.message_id)
     }
 
     async fn members_and(
