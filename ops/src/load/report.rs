@@ -194,20 +194,10 @@ impl Summary {
             thousands(t.undelivered_at_end as f64)
         );
         let _ = writeln!(out);
-        let latency_row = |name: &str, p: &Percentiles| {
-            vec![
-                name.to_owned(),
-                thousands(p.count as f64),
-                format!("{:.2}", p.p50_ms),
-                format!("{:.2}", p.p90_ms),
-                format!("{:.2}", p.p99_ms),
-                format!("{:.2}", p.max_ms),
-            ]
-        };
         out.push_str(&columns(&[
             ["latency (ms)", "count", "p50", "p90", "p99", "max"].map(str::to_owned).to_vec(),
-            latency_row("send -> ack", &latency.ack),
-            latency_row("send -> delivered", &latency.delivery),
+            percentile_row("send -> ack", &latency.ack, 2),
+            percentile_row("send -> delivered", &latency.delivery, 2),
         ]));
         let by_second: Vec<String> =
             latency.delivery_p99_by_second_ms.iter().map(|ms| format!("{ms:.0}")).collect();
@@ -280,6 +270,19 @@ impl Summary {
 }
 
 /// `12345.6` as `12,346`.
+/// A table row: a name, a count and the percentiles, in ms with `decimals` places.
+pub(super) fn percentile_row(name: &str, p: &Percentiles, decimals: usize) -> Vec<String> {
+    let ms = |value: f64| format!("{value:.decimals$}");
+    vec![
+        name.to_owned(),
+        thousands(p.count as f64),
+        ms(p.p50_ms),
+        ms(p.p90_ms),
+        ms(p.p99_ms),
+        ms(p.max_ms),
+    ]
+}
+
 pub(super) fn thousands(value: f64) -> String {
     let digits = format!("{:.0}", value.abs());
     let mut grouped = String::new();

@@ -11,7 +11,7 @@ use super::catchup::Drain;
 use super::offline::{Sent, message_count};
 use crate::load::Args;
 use crate::load::metrics::ResumeCounters;
-use crate::load::report::{bytes, columns, counts, thousands};
+use crate::load::report::{bytes, columns, counts, percentile_row, thousands};
 use crate::load::tally::Percentiles;
 
 /// What a reconnect run measured, besides the server's counters.
@@ -243,21 +243,11 @@ impl Summary {
             thousands(r.unexpected as f64)
         );
         let _ = writeln!(out);
-        let row = |name: &str, p: &Percentiles| {
-            vec![
-                name.to_owned(),
-                thousands(p.count as f64),
-                format!("{:.0}", p.p50_ms),
-                format!("{:.0}", p.p90_ms),
-                format!("{:.0}", p.p99_ms),
-                format!("{:.0}", p.max_ms),
-            ]
-        };
         out.push_str(&columns(&[
             ["time (ms)", "sockets", "p50", "p90", "p99", "max"].map(str::to_owned).to_vec(),
-            row("reconnect -> ready", &r.ready),
-            row("reconnect -> caught up", &r.catch_up),
-            row("ready -> caught up", &r.replay),
+            percentile_row("reconnect -> ready", &r.ready, 0),
+            percentile_row("reconnect -> caught up", &r.catch_up, 0),
+            percentile_row("ready -> caught up", &r.replay, 0),
         ]));
         let _ = writeln!(out);
         let ratio =
