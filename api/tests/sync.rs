@@ -50,6 +50,8 @@ async fn sync_from_a_token_the_feed_covers_returns_exactly_what_changed_since() 
         .unwrap()
         .to_owned();
     bob_ws.close().await;
+    // bob's laptop stays: when it has the last change, delivery has put every change in his feed.
+    let mut laptop = Ws::connect(&server, &bob).await;
 
     let first = ada_ws.send_message(&group, "new1", "after the token").await;
     let second = ada_ws.send_message(&group, "new2", "and another").await;
@@ -62,6 +64,7 @@ async fn sync_from_a_token_the_feed_covers_returns_exactly_what_changed_since() 
     let read =
         json!({ "op": "read", "conversation_id": group, "message_id": second["message_id"] });
     assert_eq!(ada_ws.request(read).await["op"], "ack");
+    laptop.next_where(|f| f["type"] == "message.read").await;
 
     let delta = sync_http(&server, &bob, Some(&since)).await;
     assert_eq!(delta["full"], false, "{delta}");
