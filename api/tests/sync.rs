@@ -108,6 +108,7 @@ async fn a_member_removed_since_the_token_is_told_they_left() {
     let (ada, bob, _) = api.pair().await;
     let group = api.group(&ada, "club", &[&bob]).await;
     let since = sync_http(&server, &bob, None).await["token"].as_str().unwrap().to_owned();
+    let mut phone = Ws::connect(&server, &bob).await;
     let (status, body) = api
         .call(
             Method::DELETE,
@@ -117,6 +118,7 @@ async fn a_member_removed_since_the_token_is_told_they_left() {
         )
         .await;
     assert!(status.is_success(), "{body}");
+    phone.next_where(|f| f["type"] == "conversation.member_removed").await;
 
     let delta = sync_http(&server, &bob, Some(&since)).await;
     assert_eq!(delta["left"], json!([group]), "{delta}");
