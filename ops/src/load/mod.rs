@@ -393,7 +393,7 @@ fn handle_prefix() -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use clap::Parser;
 
@@ -401,6 +401,11 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         args: Args,
+    }
+
+    /// `switchboard load` with `args`, as the command line would give them, unchecked.
+    pub(crate) fn args(args: &[&str]) -> Args {
+        Cli::parse_from(std::iter::once("load").chain(args.iter().copied())).args
     }
 
     fn parse(args: &[&str]) -> anyhow::Result<Args> {

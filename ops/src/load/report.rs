@@ -376,17 +376,10 @@ fn markdown(rows: &[Vec<String>]) -> String {
 mod tests {
     use super::*;
     use crate::load::tally::Latencies;
-    use clap::Parser;
     use std::time::Duration;
 
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: Args,
-    }
-
     fn summary() -> Summary {
-        let args = Cli::parse_from(["load", "--duration", "10s"]).args;
+        let args = crate::load::tests::args(&["--duration", "10s"]);
         let mut ack_latency = Latencies::default();
         for ms in 1..=100 {
             ack_latency.record(Duration::from_millis(ms));
@@ -455,7 +448,7 @@ mod tests {
 
     #[test]
     fn memory_that_shrank_gives_no_cost_per_connection() {
-        let args = Cli::parse_from(["load"]).args;
+        let args = crate::load::tests::args(&[]);
         let tally = Tally { connected: 10, ..Tally::default() };
         let memory = Memory { before_bytes: 2 << 30, after_bytes: 1 << 30 };
         let summary = Summary::new(&args, &tally, memory);

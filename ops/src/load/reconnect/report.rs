@@ -287,19 +287,11 @@ impl Summary {
 mod tests {
     use super::*;
     use crate::load::reconnect::catchup::CatchUp;
-    use clap::Parser;
     use std::collections::HashSet;
     use std::sync::Arc;
 
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: Args,
-    }
-
     fn summary(drain: &Drain) -> Summary {
-        let args = Cli::parse_from([
-            "load",
+        let args = crate::load::tests::args(&[
             "--scenario",
             "reconnect",
             "--connections",
@@ -308,8 +300,7 @@ mod tests {
             "2",
             "--offline",
             "2s",
-        ])
-        .args;
+        ]);
         let sent = Sent {
             acked: vec![vec!["1".into(), "3".into()], vec!["2".into()]],
             failed: BTreeMap::from([("503 Service Unavailable unavailable".to_owned(), 1)]),
@@ -390,7 +381,7 @@ mod tests {
         let json = serde_json::to_value(&summary).unwrap();
         assert_eq!(json["reconnect"]["drain_s"], 0.0, "no socket: nothing left to drain");
         let empty = Summary::new(
-            &Cli::parse_from(["load"]).args,
+            &crate::load::tests::args(&[]),
             &Measured {
                 lost_before_offline: &BTreeMap::new(),
                 sent: &Sent::default(),
