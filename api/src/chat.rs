@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+
 use serde::{Deserialize, Serialize};
 use switchboard_ingest::Origin;
 use switchboard_projector::store::{Conversation, Message};
@@ -121,6 +123,21 @@ pub async fn send(
     trace: &str,
     request: SendRequest,
 ) -> Result<Sent, ApiError> {
+    submit(state, caller, trace, request).await?.await
+}
+
+/// A send past its checks: its message is in the log's hands, or it was answered without one.
+pub type Sending = BoxFuture<'static, Result<Sent, ApiError>>;
+
+/// Checks and claims a send and hands its message to the log; the returned future answers it
+/// once the message is durable. Messages of sends submitted one after another are logged in that
+/// order, so a socket may submit its next send before this one is answered.
+pub async fn submit(
+    state: &AppState,
+    caller: UserId,
+    trace: &str,
+    request: SendRequest,
+) -> Result<Sending, ApiError> {
     limits::check(state, Limit::Messages, &caller.to_string()).await?;
     state.ingest.check_message(&request.client_msg_id, &request.body)?;
     state.ingest.check_attachments(&request.attachments)?;
@@ -134,14 +151,13 @@ pub async fn send(
     // read models hold its message (see `claims`), so a retry that takes the claim afresh finds
     // any earlier send in the read models — including one from before a restart.
     let claim_key = claims::key(caller, request.conversation_id, &request.client_msg_id);
-    let request_key = (request.conversation_id, request.client_msg_id.clone());
     let message_id = MessageId(state.ingest.next_id());
     let in_flight = message_id.to_string();
     let claimed = match state.presence.claim(&claim_key, &in_flight, RETRY_WINDOW).await {
         Ok(None) => true,
         Ok(Some(existing)) => {
             match first_send(state, &request, &claim_key, &in_flight, existing).await? {
-                Some(sent) => return Ok(sent),
+                Some(sent) => return Ok(answered(sent)),
                 None => true,
             }
         }
@@ -153,76 +169,69 @@ pub async fn send(
             false
         }
     };
-    let attempt =
-        claims::keep_in_flight(state, claimed.then_some(&claim_key), &in_flight, async move {
-            if let Some(sent) = stored_send(state, caller, &request).await? {
-                return Ok(Attempt::Stored(sent));
-            }
-            let event = MessageSent {
-                conversation_id: request.conversation_id,
-                message_id,
-                sender: caller,
-                client_msg_id: request.client_msg_id,
-                body: request.body,
-                reply_to: request.reply_to,
-                attachments: request.attachments,
-            };
-            match state.ingest.send_message(&Origin::user(caller, trace), event).await {
-                Ok(position) => Ok(Attempt::Logged(position)),
-                Err(error) => Ok(Attempt::Unsettled(error.into())),
-            }
-        });
-    let attempt: Result<Attempt, ApiError> = attempt.await;
-    let position = match attempt {
-        Ok(Attempt::Logged(position)) => position,
-        Ok(Attempt::Unsettled(error)) => {
-            if claimed
-                && let Err(claim_error) =
-                    state.presence.update_claim(&claim_key, UNSETTLED, RETRY_WINDOW).await
-            {
-                tracing::warn!(error = %claim_error, "could not mark a failed send unsettled");
-            }
-            return Err(error);
-        }
+    let mut alive = claims::InFlight::new(claimed.then(|| claim_key.clone()), in_flight);
+    match alive.during(state, stored_send(state, caller, &request)).await {
+        Ok(None) => {}
         // Nothing new was logged: let a retry try again.
-        Ok(Attempt::Stored(sent)) => {
+        Ok(Some(sent)) => {
             release_if(state, claimed, &claim_key).await;
-            return Ok(sent);
+            return Ok(answered(sent));
         }
         Err(error) => {
             release_if(state, claimed, &claim_key).await;
             return Err(error);
         }
-    };
-    if !claimed {
-        return settled(state, caller, &request_key, message_id, position).await;
     }
-    let token = position.to_string();
-    {
+    let request_key = (request.conversation_id, request.client_msg_id.clone());
+    let event = MessageSent {
+        conversation_id: request.conversation_id,
+        message_id,
+        sender: caller,
+        client_msg_id: request.client_msg_id,
+        body: request.body,
+        reply_to: request.reply_to,
+        attachments: request.attachments,
+    };
+    let logging = state.ingest.send_message(&Origin::user(caller, trace), event);
+    let state = state.clone();
+    Ok(Box::pin(async move {
+        let position = match alive.during(&state, logging).await {
+            Ok((position, _)) => position,
+            // The log may have taken it all the same (a timeout): a retry must look in the log
+            // before it sends again.
+            Err(error) => {
+                if claimed
+                    && let Err(claim_error) =
+                        state.presence.update_claim(&claim_key, UNSETTLED, RETRY_WINDOW).await
+                {
+                    tracing::warn!(error = %claim_error, "could not mark a failed send unsettled");
+                }
+                return Err(error.into());
+            }
+        };
+        if !claimed {
+            return settled(&state, caller, &request_key, message_id, position).await;
+        }
+        let token = position.to_string();
         let done = format!("{message_id} {token}");
         if let Err(error) = state.presence.update_claim(&claim_key, &done, RETRY_WINDOW).await {
             tracing::warn!(%error, "could not record the finished send for retries");
         }
         state.claims.hold(position, claim_key);
-    }
-    metrics::counter!("messages_sent_total").increment(1);
-    Ok(Sent { message_id, token, duplicate: false })
+        metrics::counter!("messages_sent_total").increment(1);
+        Ok(Sent { message_id, token, duplicate: false })
+    }))
+}
+
+/// A send answered before anything was logged.
+fn answered(sent: Sent) -> Sending {
+    Box::pin(std::future::ready(Ok(sent)))
 }
 
 async fn release_if(state: &AppState, claimed: bool, claim_key: &str) {
     if claimed {
         let _ = state.presence.release_claims(&[claim_key]).await;
     }
-}
-
-/// How a send that holds its claim ended.
-enum Attempt {
-    /// An earlier send of the same `client_msg_id` is in the read models.
-    Stored(Sent),
-    Logged(Position),
-    /// The append failed, perhaps after the log took it (a timeout): a retry must look in the
-    /// log before it sends again.
-    Unsettled(ApiError),
 }
 
 /// The claim of a send whose append failed without saying whether the log took it.

@@ -45,25 +45,33 @@ pub fn key(sender: UserId, conversation: ConversationId, client_msg_id: &str) ->
     format!("send:{sender}:{conversation}:{client_msg_id}")
 }
 
-/// Runs `send`, renewing `claim` (when it is held) every third of [`IN_FLIGHT`] until `send`
-/// ends, so that retries see a slow send alive and a dead node's send abandoned.
-pub async fn keep_in_flight<T>(
-    state: &AppState,
-    claim: Option<&str>,
-    value: &str,
-    send: impl Future<Output = T>,
-) -> T {
-    let Some(claim) = claim else { return send.await };
-    let mut send = std::pin::pin!(send);
-    let mut renewals = 0;
-    loop {
-        tokio::select! {
-            done = &mut send => return done,
-            () = tokio::time::sleep(IN_FLIGHT / 3) => {
-                renewals += 1;
-                let renewed = in_flight(value, renewals);
-                if let Err(error) = state.presence.update_claim(claim, &renewed, RETRY_WINDOW).await {
-                    tracing::warn!(%error, "could not renew the claim of a send in flight");
+/// Keeps a send's claim (when it holds one) visibly alive while the send lasts, so that retries
+/// see a slow send alive and a dead node's send abandoned.
+pub struct InFlight {
+    claim: Option<String>,
+    value: String,
+    renewals: u64,
+}
+
+impl InFlight {
+    /// For the send holding `claim` with the in-flight `value`.
+    pub fn new(claim: Option<String>, value: String) -> InFlight {
+        InFlight { claim, value, renewals: 0 }
+    }
+
+    /// Runs one step of the send, renewing the claim every third of [`IN_FLIGHT`] until it ends.
+    pub async fn during<T>(&mut self, state: &AppState, step: impl Future<Output = T>) -> T {
+        let Some(claim) = &self.claim else { return step.await };
+        let mut step = std::pin::pin!(step);
+        loop {
+            tokio::select! {
+                done = &mut step => return done,
+                () = tokio::time::sleep(IN_FLIGHT / 3) => {
+                    self.renewals += 1;
+                    let renewed = in_flight(&self.value, self.renewals);
+                    if let Err(error) = state.presence.update_claim(claim, &renewed, RETRY_WINDOW).await {
+                        tracing::warn!(%error, "could not renew the claim of a send in flight");
+                    }
                 }
             }
         }

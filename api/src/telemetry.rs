@@ -38,8 +38,8 @@ pub fn record_process_metrics() {
         let fields: Vec<&str> =
             stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("").split_whitespace().collect();
         let ticks: f64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<f64>().ok()).sum();
-        metrics::counter!("process_cpu_seconds_total")
-            .absolute((ticks / CLOCK_TICKS_PER_SECOND) as u64);
+        // A gauge, as documented: a counter here would count whole seconds only.
+        metrics::gauge!("process_cpu_seconds_total").set(ticks / CLOCK_TICKS_PER_SECOND);
     }
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
         metrics::gauge!("process_open_fds").set(fds.count() as f64);

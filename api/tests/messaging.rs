@@ -218,6 +218,61 @@ async fn a_retried_send_returns_the_same_message_and_stores_one() {
 }
 
 #[tokio::test]
+async fn sends_made_without_waiting_for_their_acks_are_answered_and_kept_in_order() {
+    let server = Server::start(&[]);
+    let api = server.api();
+    let (ada, bob, conversation) = api.pair().await;
+    let mut ada_ws = Ws::connect(&server, &ada).await;
+    let mut bob_ws = Ws::connect(&server, &bob).await;
+
+    // Twenty sends in one go, a retry of the fifth among them while it may still be in flight,
+    // another op, and a ping: every reply comes, in the order of the frames.
+    let send = |i: usize| {
+        json!({ "op": "send", "ref": format!("s{i}"), "conversation_id": conversation,
+                "client_msg_id": format!("p{i}"), "body": format!("burst {i}") })
+    };
+    let mut frames: Vec<Value> = (0..20).map(send).collect();
+    let mut retry = send(4);
+    retry["ref"] = json!("retry");
+    frames.insert(7, retry);
+    frames.push(json!({ "op": "typing", "ref": "typing", "conversation_id": conversation }));
+    frames.push(json!({ "op": "ping", "ref": "ping" }));
+    for frame in &frames {
+        ada_ws.send_json(frame.clone()).await;
+    }
+    let mut replies = Vec::new();
+    while replies.len() < frames.len() {
+        replies.push(ada_ws.next_where(|f| !f["ref"].is_null()).await);
+    }
+    let order: Vec<&Value> = replies.iter().map(|reply| &reply["ref"]).collect();
+    let sent: Vec<&Value> = frames.iter().map(|frame| &frame["ref"]).collect();
+    assert_eq!(order, sent);
+    assert!(replies[..replies.len() - 1].iter().all(|r| r["op"] == "ack"), "{replies:?}");
+    assert_eq!(replies.last().unwrap()["op"], "pong");
+    let by_ref = |reference: &str| replies.iter().find(|r| r["ref"] == reference).unwrap();
+    assert_eq!(by_ref("retry")["message_id"], by_ref("s4")["message_id"]);
+    assert_eq!(by_ref("retry")["duplicate"], true);
+
+    // Logged in the order sent: pushed so, and kept so.
+    let bodies: Vec<String> = (0..20).map(|i| format!("burst {i}")).collect();
+    let mut pushed = Vec::new();
+    while pushed.len() < bodies.len() {
+        let event = bob_ws.next_event("message.sent").await;
+        pushed.push(event["data"]["body"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(pushed, bodies);
+    let last = by_ref("s19")["token"].as_str().unwrap();
+    let mut history: Vec<String> = api
+        .history(&bob, &conversation, Some(last))
+        .await
+        .iter()
+        .map(|message| message["body"].as_str().unwrap().to_owned())
+        .collect();
+    history.reverse();
+    assert_eq!(history, bodies);
+}
+
+#[tokio::test]
 async fn a_message_deleted_on_one_device_cannot_be_edited_from_another_right_after() {
     let server = Server::start(&[]);
     let (ada, _bob, conversation) = server.api().pair().await;

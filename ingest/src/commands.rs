@@ -27,6 +27,10 @@ pub enum IngestError {
     Encode(#[from] CodecError),
 }
 
+/// An event handed to the log: it resolves with the event's position and `occurred_at` once the
+/// event is durable.
+pub type Logging = futures_util::future::BoxFuture<'static, Result<(Position, i64), IngestError>>;
+
 /// Bounds on what one command may carry.
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -91,6 +95,13 @@ impl Ingest {
         origin: &Origin,
         payload: Payload,
     ) -> Result<(Position, i64), IngestError> {
+        self.submit(origin, payload).await
+    }
+
+    /// Hands one event to the log now, in its partition's order (see
+    /// [`Log::append`](crate::log::Log::append)); the future resolves with its position and its
+    /// `occurred_at` once it is durable.
+    pub fn submit(&self, origin: &Origin, payload: Payload) -> Logging {
         let event = Event {
             meta: EventMeta {
                 event_id: uuid::Uuid::now_v7().to_string(),
@@ -100,13 +111,19 @@ impl Ingest {
             },
             payload,
         };
-        let value = self.codec.encode(&event)?;
+        let topic = event.topic();
+        let occurred_at = event.meta.occurred_at;
+        let appending = self
+            .codec
+            .encode(&event)
+            .map(|value| self.log.append(topic, event.payload.key().as_bytes(), value));
         let started = std::time::Instant::now();
-        let position =
-            self.log.append(event.topic(), event.payload.key().as_bytes(), value).await?;
-        metrics::histogram!("log_append_seconds").record(started.elapsed());
-        metrics::counter!("events_appended_total", "topic" => event.topic().name()).increment(1);
-        Ok((position, event.meta.occurred_at))
+        Box::pin(async move {
+            let position = appending?.await?;
+            metrics::histogram!("log_append_seconds").record(started.elapsed());
+            metrics::counter!("events_appended_total", "topic" => topic.name()).increment(1);
+            Ok((position, occurred_at))
+        })
     }
 
     pub async fn register_user(
@@ -217,14 +234,15 @@ impl Ingest {
         Ok(())
     }
 
-    pub async fn send_message(
-        &self,
-        origin: &Origin,
-        message: MessageSent,
-    ) -> Result<Position, IngestError> {
-        self.check_message(&message.client_msg_id, &message.body)?;
-        self.check_attachments(&message.attachments)?;
-        self.append(origin, message.into()).await
+    /// Checks a message and hands it to the log (see [`Ingest::submit`]).
+    pub fn send_message(&self, origin: &Origin, message: MessageSent) -> Logging {
+        let checked = self
+            .check_message(&message.client_msg_id, &message.body)
+            .and_then(|()| self.check_attachments(&message.attachments));
+        match checked {
+            Ok(()) => self.submit(origin, message.into()),
+            Err(error) => Box::pin(std::future::ready(Err(error))),
+        }
     }
 
     /// The name an uploader gives a file, trimmed: 1 to 255 printable characters. It is only

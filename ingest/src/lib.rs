@@ -9,4 +9,4 @@ mod commands;
 pub mod ids;
 pub mod log;
 
-pub use commands::{Ingest, IngestError, Limits, Origin, now_ms};
+pub use commands::{Ingest, IngestError, Limits, Logging, Origin, now_ms};

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::stream::{SplitSink, StreamExt};
+use futures_util::stream::{FuturesOrdered, SplitSink, StreamExt};
 use futures_util::{Future, FutureExt, SinkExt};
 use serde_json::Value;
 use switchboard_ingest::Origin;
@@ -25,7 +25,8 @@ use crate::hub::{MAILBOX_CAPACITY, Mailbox, Push, Resume, ResumeToken, with_toke
 use crate::state::AppState;
 use crate::{calls, chat, locations, sync};
 
-/// Ops read ahead of the one being processed before the socket stops reading (backpressure).
+/// Ops read but not yet answered before the socket stops reading (backpressure): the ones waiting
+/// for their turn and the ones waiting for their reply.
 const MAX_PENDING_OPS: usize = 32;
 
 /// The longest a single write to a socket may take before the client counts as gone.
@@ -42,7 +43,13 @@ const CLOSE_IDLE: u16 = 4000;
 const CLOSE_TOO_SLOW: u16 = 4008;
 
 type Sink = SplitSink<WebSocket, Message>;
+
+/// The reply frame to an op, once it is ready.
 type Reply = Pin<Box<dyn Future<Output = String> + Send>>;
+
+/// An op taking its turn: done once the op has taken its place in the order of the socket's ops
+/// (a send: its message is in the log's hands; any other op: done), with its reply to come.
+type Turn = Pin<Box<dyn Future<Output = Reply> + Send>>;
 
 pub struct Session {
     state: AppState,
@@ -231,14 +238,18 @@ impl Session {
         ping.tick().await;
         let idle = sleep_until(Instant::now() + config.idle_timeout.0);
         tokio::pin!(idle);
+        // Ops take their turns one at a time, in the order they came; a send's turn ends once its
+        // message is in the log's hands, so the next op need not wait for the send to be durable.
+        // Replies go out in the order of the ops.
         let mut pending: VecDeque<Utf8Bytes> = VecDeque::new();
-        let mut in_flight: Option<Reply> = None;
+        let mut turn: Option<Turn> = None;
+        let mut replies: FuturesOrdered<Reply> = FuturesOrdered::new();
         let close = loop {
-            if in_flight.is_none()
+            if turn.is_none()
                 && let Some(text) = pending.pop_front()
             {
-                in_flight =
-                    Some(Box::pin(handle(self.state.clone(), self.user, self.id.clone(), text)));
+                turn =
+                    Some(Box::pin(take_turn(self.state.clone(), self.user, self.id.clone(), text)));
             }
             // Each branch only queues what it writes; the flush below sends it together with
             // whatever else is ready by then.
@@ -252,11 +263,15 @@ impl Session {
                     Some(push) => writer.queue(Message::Text(push.frame)).await,
                     None => break None,
                 },
-                reply = async { in_flight.as_mut().expect("guarded").await }, if in_flight.is_some() => {
-                    in_flight = None;
+                reply = async { turn.as_mut().expect("guarded").await }, if turn.is_some() => {
+                    turn = None;
+                    replies.push_back(reply);
+                    Ok(())
+                }
+                Some(reply) = replies.next(), if !replies.is_empty() => {
                     writer.queue(Message::Text(reply.into())).await
                 }
-                message = stream.next(), if pending.len() < MAX_PENDING_OPS => {
+                message = stream.next(), if pending.len() + replies.len() < MAX_PENDING_OPS => {
                     idle.as_mut().reset(Instant::now() + config.idle_timeout.0);
                     match message {
                         Some(Ok(Message::Text(text))) if text.len() > config.max_frame_bytes => {
@@ -286,7 +301,7 @@ impl Session {
                 }
             };
             let written = match queued {
-                Ok(()) => writer.flush_with(&mut self.frames, self.delivered, &mut in_flight).await,
+                Ok(()) => writer.flush_with(&mut self.frames, self.delivered, &mut replies).await,
                 Err(gone) => Err(gone),
             };
             if written.is_err() {
@@ -415,21 +430,20 @@ impl Writer {
         Self::bounded(self.sink.flush()).await
     }
 
-    /// Flushes what is queued, if anything, together with the reply to the op in flight when it
-    /// is already done and the pushes already waiting in the mailbox.
+    /// Flushes what is queued, if anything, together with the replies that are ready and the
+    /// pushes already waiting in the mailbox.
     async fn flush_with(
         &mut self,
         mailbox: &mut mpsc::Receiver<Push>,
         delivered: u64,
-        in_flight: &mut Option<Reply>,
+        replies: &mut FuturesOrdered<Reply>,
     ) -> Result<(), Gone> {
         if !self.unflushed {
             return Ok(());
         }
-        // Polling the reply here, with a waker that does nothing, loses no wake-up: the session
-        // loop polls it again, with its own waker, before it waits.
-        if let Some(reply) = in_flight.as_mut().and_then(|reply| reply.now_or_never()) {
-            *in_flight = None;
+        // Polling the replies here, with a waker that does nothing, loses no wake-up: the session
+        // loop polls them again, with its own waker, before it waits.
+        while let Some(Some(reply)) = replies.next().now_or_never() {
             self.queue_text(reply).await?;
         }
         for _ in 0..MAX_PUSHES_PER_FLUSH {
@@ -443,46 +457,27 @@ impl Writer {
     }
 }
 
-/// Processes one client frame and returns the reply frame.
-async fn handle(state: AppState, user: UserId, session: Arc<str>, text: Utf8Bytes) -> String {
+/// Takes one client frame's turn: see [`Turn`].
+async fn take_turn(state: AppState, user: UserId, session: Arc<str>, text: Utf8Bytes) -> Reply {
     let ClientFrame { reference, op } = match protocol::parse(&text) {
         Ok(frame) => frame,
-        Err((reference, error)) => return protocol::error(reference, &error),
+        Err((reference, error)) => return ready(protocol::error(reference, &error)),
     };
-    let trace = &*session;
-    let result = match op {
-        Op::Ping => return protocol::pong(reference),
-        Op::Send(request) => as_json(chat::send(&state, user, trace, request).await),
-        Op::Edit(e) => {
-            as_json(chat::edit(&state, user, trace, e.conversation_id, e.message_id, &e.body).await)
-        }
-        Op::Delete(m) => {
-            as_json(chat::delete(&state, user, trace, m.conversation_id, m.message_id).await)
-        }
-        Op::Read(m) => {
-            as_json(chat::mark_read(&state, user, trace, m.conversation_id, m.message_id).await)
-        }
-        Op::Typing(t) => {
-            as_json(chat::typing(&state, user, trace, t.conversation_id, t.active).await)
-        }
-        Op::CallInvite(invite) => as_json(calls::invite(&state, user, trace, invite).await),
-        Op::CallAccept(c) => as_json(calls::accept(&state, user, trace, c.call_id).await),
-        Op::CallDecline(c) => as_json(calls::decline(&state, user, trace, c.call_id).await),
-        Op::CallEnd(c) | Op::RoomLeave(c) => {
-            as_json(calls::end(&state, user, trace, c.call_id).await)
-        }
-        Op::CallSignal(signal) => as_json(calls::signal(&state, user, trace, signal).await),
-        Op::RoomStart(room) => as_json(calls::start_room(&state, user, trace, room).await),
-        Op::RoomJoin(c) => as_json(calls::join_room(&state, user, trace, c.call_id).await),
-        Op::ShareLocation(request) => as_json(locations::share(&state, user, trace, request).await),
-        Op::UpdateLocation(request) => {
-            as_json(locations::update(&state, user, trace, request).await)
-        }
-        Op::StopLocation(s) => {
-            as_json(locations::stop(&state, user, trace, s.conversation_id).await)
-        }
-        Op::Sync(request) => as_json(sync::sync(&state, user, request).await),
-    };
+    match op {
+        Op::Send(request) => match chat::submit(&state, user, &session, request).await {
+            Ok(sending) => Box::pin(async move { reply(reference, as_json(sending.await)) }),
+            Err(error) => ready(reply(reference, Err(error))),
+        },
+        op => ready(perform(&state, user, &session, reference, op).await),
+    }
+}
+
+fn ready(reply: String) -> Reply {
+    Box::pin(std::future::ready(reply))
+}
+
+/// The ack or error frame answering the op `reference` named.
+fn reply(reference: Value, result: Result<Value, ApiError>) -> String {
     match result {
         Ok(result) => protocol::ack(reference, result),
         Err(error) => {
@@ -490,6 +485,44 @@ async fn handle(state: AppState, user: UserId, session: Arc<str>, text: Utf8Byte
             protocol::error(reference, &error)
         }
     }
+}
+
+/// Performs an op whole and returns its reply frame ([`take_turn`] splits sends in two).
+async fn perform(state: &AppState, user: UserId, trace: &str, reference: Value, op: Op) -> String {
+    let result = match op {
+        Op::Ping => return protocol::pong(reference),
+        Op::Send(request) => as_json(chat::send(state, user, trace, request).await),
+        Op::Edit(e) => {
+            as_json(chat::edit(state, user, trace, e.conversation_id, e.message_id, &e.body).await)
+        }
+        Op::Delete(m) => {
+            as_json(chat::delete(state, user, trace, m.conversation_id, m.message_id).await)
+        }
+        Op::Read(m) => {
+            as_json(chat::mark_read(state, user, trace, m.conversation_id, m.message_id).await)
+        }
+        Op::Typing(t) => {
+            as_json(chat::typing(state, user, trace, t.conversation_id, t.active).await)
+        }
+        Op::CallInvite(invite) => as_json(calls::invite(state, user, trace, invite).await),
+        Op::CallAccept(c) => as_json(calls::accept(state, user, trace, c.call_id).await),
+        Op::CallDecline(c) => as_json(calls::decline(state, user, trace, c.call_id).await),
+        Op::CallEnd(c) | Op::RoomLeave(c) => {
+            as_json(calls::end(state, user, trace, c.call_id).await)
+        }
+        Op::CallSignal(signal) => as_json(calls::signal(state, user, trace, signal).await),
+        Op::RoomStart(room) => as_json(calls::start_room(state, user, trace, room).await),
+        Op::RoomJoin(c) => as_json(calls::join_room(state, user, trace, c.call_id).await),
+        Op::ShareLocation(request) => as_json(locations::share(state, user, trace, request).await),
+        Op::UpdateLocation(request) => {
+            as_json(locations::update(state, user, trace, request).await)
+        }
+        Op::StopLocation(s) => {
+            as_json(locations::stop(state, user, trace, s.conversation_id).await)
+        }
+        Op::Sync(request) => as_json(sync::sync(state, user, request).await),
+    };
+    reply(reference, result)
 }
 
 fn as_json<T: serde::Serialize>(result: Result<T, ApiError>) -> Result<Value, ApiError> {

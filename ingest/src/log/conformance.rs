@@ -33,8 +33,9 @@ pub async fn run_all(log: &dyn Log) {
         end_offsets_and_committed_positions(log),
         a_reader_starts_where_its_cursor_says(log),
     );
-    // Shares a topic with the first check, so it runs after the others.
+    // These share a topic with a check above, so they run after the others.
     a_group_resumes_after_its_commit(log).await;
+    appends_keep_the_order_they_were_made_in(log).await;
 }
 
 /// Sequential appends come back from a reader with the positions, keys and values the appends
@@ -198,6 +199,44 @@ pub async fn concurrent_appends_get_distinct_offsets(log: &dyn Log) {
             Some(&(&key[..], &value[..])),
             "the record at {position} is not the one appended there"
         );
+    }
+}
+
+/// Appends made one after another, none waited for before the next is made, are stored in the
+/// order they were made, however their futures are then awaited.
+pub async fn appends_keep_the_order_they_were_made_in(log: &dyn Log) {
+    const APPENDS: usize = 200;
+    let topic = Topic::Messages;
+    let tag = run_tag("unwaited");
+    let start = Cursor::end(log, &[topic]).await.expect("end offsets");
+    let keys: Vec<String> = (0..3).map(|k| format!("{tag}/conversation-{k}")).collect();
+    let appending: Vec<_> = (0..APPENDS)
+        .map(|i| {
+            let value = format!("{tag}/message-{i}").into_bytes();
+            log.append(topic, keys[i % keys.len()].as_bytes(), value)
+        })
+        .collect();
+    // Awaited last first: the order must already be settled when the appends are made.
+    let mut positions = Vec::new();
+    for append in appending.into_iter().rev() {
+        positions.push(append.await.expect("append"));
+    }
+    positions.reverse();
+    for (partition, offsets) in offsets_by_partition(positions.iter().copied()) {
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "appends made in order to partition {partition} got offsets {offsets:?}"
+        );
+    }
+    let read = read_tagged(log, start, &tag, APPENDS).await;
+    for key in &keys {
+        let stored: Vec<&[u8]> =
+            read.iter().filter(|r| r.key == key.as_bytes()).map(|r| &r.value[..]).collect();
+        let made: Vec<Vec<u8>> = (0..APPENDS)
+            .filter(|i| keys[i % keys.len()] == *key)
+            .map(|i| format!("{tag}/message-{i}").into_bytes())
+            .collect();
+        assert_eq!(stored, made.iter().map(Vec::as_slice).collect::<Vec<_>>(), "order under {key}");
     }
 }
 

@@ -10,6 +10,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures_util::future::BoxFuture;
 use switchboard_schemas::{Position, Topic};
 
 pub mod conformance;
@@ -60,13 +61,22 @@ pub enum LogError {
     Storage(String),
 }
 
+/// An append under way: the record already has its place in its partition, and the future
+/// resolves once it is durable.
+pub type Appending = BoxFuture<'static, Result<Position, LogError>>;
+
 /// A partitioned, durable, append-only log.
 #[async_trait]
 pub trait Log: Send + Sync + 'static {
     /// Appends `value` under `key` to the partition the key hashes to
-    /// ([`Topic::partition_for`]). Resolves only once the record is durable; concurrent appends
-    /// share one sync (group commit).
-    async fn append(&self, topic: Topic, key: &[u8], value: Vec<u8>) -> Result<Position, LogError>;
+    /// ([`Topic::partition_for`]).
+    ///
+    /// The record takes its place in the partition when this is called, before the returned
+    /// future is first polled: appends made one after another keep that order whether or not
+    /// each was waited for before the next. That is what lets a client send again before its
+    /// last send is acknowledged. The future resolves only once the record is durable;
+    /// concurrent appends share one sync (group commit).
+    fn append(&self, topic: Topic, key: &[u8], value: Vec<u8>) -> Appending;
 
     /// The number of partitions of a topic.
     fn partitions(&self, topic: Topic) -> u32;

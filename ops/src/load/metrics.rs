@@ -1,7 +1,8 @@
 //! The server's `/metrics` page, read as numbers.
 //!
 //! The load generator reads the server's own counters rather than inferring them: its resident
-//! memory (what a socket costs) and, for the reconnect scenario, what resuming cost it (feed
+//! memory (what a socket costs), its CPU time (what a message costs) and, for the reconnect
+//! scenario, what resuming cost it (feed
 //! reads, events replayed). A scrape is a map from each series, written as the page writes it
 //! (`name` or `name{label="value",…}`), to its value; differences of two scrapes are what
 //! happened between them.
@@ -12,6 +13,9 @@ use serde::Serialize;
 
 /// The gauge the server keeps its resident set size in.
 pub const RESIDENT_MEMORY: &str = "process_resident_memory_bytes";
+
+/// The gauge of the CPU time the server has used, user and system, in seconds.
+pub const CPU_SECONDS: &str = "process_cpu_seconds_total";
 
 /// One reading of a Prometheus text page.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -9,7 +9,8 @@
 //!    difference, divided by the sockets, is the memory a connection costs;
 //! 3. every socket sends its share of `--rate` on an open-loop timetable ([`pacing`]) for the
 //!    warm-up and the measured window, timing send → ack (the message is durable in the log)
-//!    and send → delivery to each other member's socket;
+//!    and send → delivery to each other member's socket, while the server's CPU time over the
+//!    window is sampled;
 //! 4. wait (boundedly) for the last answers, close, and [`report`] what the [`tally`] says.
 //!
 //! With `--processes N`, the same steps run in N child processes ([`workers`]), because one
@@ -232,18 +233,48 @@ pub struct Memory {
     pub after_bytes: u64,
 }
 
-impl Memory {
-    async fn sample(&mut self, args: &Args, phase: Phase) -> anyhow::Result<()> {
+/// What the run samples of the server itself: its memory at each [`Phase`], and the CPU time it
+/// spends in the measured window.
+#[derive(Default)]
+pub struct Watch {
+    memory: Memory,
+    cpu: Option<tokio::task::JoinHandle<anyhow::Result<Option<f64>>>>,
+}
+
+impl Watch {
+    async fn reached(&mut self, args: &Args, phase: Phase) -> anyhow::Result<()> {
         let api = Api::new(&args.url)?;
         match phase {
-            Phase::Registered => self.before_bytes = api.resident_memory().await?,
+            Phase::Registered => self.memory.before_bytes = api.resident_memory().await?,
             Phase::Connected => {
                 tokio::time::sleep(SETTLE).await;
-                self.after_bytes = api.resident_memory().await?;
+                self.memory.after_bytes = api.resident_memory().await?;
+                // Sending starts as soon as this returns, in every process.
+                let schedule = Schedule::new(Instant::now(), args.warmup, args.duration);
+                self.cpu = Some(tokio::spawn(cpu_seconds_within(api, schedule)));
             }
         }
         Ok(())
     }
+
+    /// The memory samples, and the server's CPU seconds in the window when it reports them.
+    async fn finish(self) -> anyhow::Result<(Memory, Option<f64>)> {
+        let cpu = match self.cpu {
+            Some(task) => task.await.context("sampling the server's CPU time")??,
+            None => None,
+        };
+        Ok((self.memory, cpu))
+    }
+}
+
+/// The CPU time the server spent from the start to the end of the measured window, from its
+/// `process_cpu_seconds_total`.
+async fn cpu_seconds_within(api: Api, schedule: Schedule) -> anyhow::Result<Option<f64>> {
+    tokio::time::sleep_until(schedule.measure_from.into()).await;
+    let before = api.scrape().await?.value(metrics::CPU_SECONDS);
+    tokio::time::sleep_until(schedule.measure_until.into()).await;
+    let after = api.scrape().await?.value(metrics::CPU_SECONDS);
+    Ok(before.zip(after).map(|(before, after)| after - before))
 }
 
 /// Runs `switchboard load`: the whole test, or one child's part of it.
@@ -257,14 +288,15 @@ pub async fn command(args: Args) -> anyhow::Result<()> {
         let tally = drive(&args, worker, async |phase| follower.reached(phase).await).await?;
         return follower.finish(&tally);
     }
-    let (tally, memory) = if args.processes > 1 {
+    let (tally, watch) = if args.processes > 1 {
         workers::lead(&args).await?
     } else {
-        let mut memory = Memory::default();
-        let tally = drive(&args, 0, async |phase| memory.sample(&args, phase).await).await?;
-        (tally, memory)
+        let mut watch = Watch::default();
+        let tally = drive(&args, 0, async |phase| watch.reached(&args, phase).await).await?;
+        (tally, watch)
     };
-    let summary = Summary::new(&args, &tally, memory);
+    let (memory, cpu_seconds) = watch.finish().await?;
+    let summary = Summary::new(&args, &tally, memory, cpu_seconds);
     println!("{}", summary.table());
     println!("{}", summary.capacity_table());
     if let Some(path) = &args.json {

@@ -16,6 +16,7 @@ pub struct Summary {
     pub offered: Offered,
     pub connections: Connections,
     pub memory: MemoryFigures,
+    pub cpu: CpuFigures,
     pub throughput: Throughput,
     pub latency: LatencyFigures,
     /// Error frames received, by code.
@@ -56,6 +57,17 @@ pub struct MemoryFigures {
     pub per_connection_bytes: Option<f64>,
 }
 
+/// The server's CPU time over the measured window, when it reports it, and what that comes to
+/// per message: the cost a capacity plan divides cores by.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CpuFigures {
+    pub seconds: Option<f64>,
+    /// Cores busy on average: CPU seconds per second of the window.
+    pub cores: Option<f64>,
+    pub per_delivered_message_us: Option<f64>,
+    pub per_delivery_us: Option<f64>,
+}
+
 /// Counts over the measured window and their rates.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Throughput {
@@ -84,11 +96,13 @@ pub struct LatencyFigures {
 }
 
 impl Summary {
-    pub fn new(args: &Args, tally: &Tally, memory: Memory) -> Summary {
+    pub fn new(args: &Args, tally: &Tally, memory: Memory, cpu_seconds: Option<f64>) -> Summary {
         let seconds = args.duration.as_secs_f64();
         let per_second = |count: u64| count as f64 / seconds;
         let dropped = tally.dropped_total();
         let growth = memory.after_bytes.checked_sub(memory.before_bytes);
+        let micros_per =
+            |count: u64| cpu_seconds.filter(|_| count > 0).map(|cpu| cpu * 1e6 / count as f64);
         Summary {
             offered: Offered {
                 url: args.url.clone(),
@@ -111,6 +125,12 @@ impl Summary {
                 after_bytes: memory.after_bytes,
                 per_connection_bytes: growth
                     .map(|growth| growth as f64 / tally.connected.max(1) as f64),
+            },
+            cpu: CpuFigures {
+                seconds: cpu_seconds,
+                cores: cpu_seconds.map(|cpu| cpu / seconds),
+                per_delivered_message_us: micros_per(tally.delivered),
+                per_delivery_us: micros_per(tally.deliveries),
             },
             throughput: Throughput {
                 sent: tally.sent,
@@ -177,6 +197,7 @@ impl Summary {
             bytes(m.after_bytes as f64),
             per_connection(m.per_connection_bytes)
         );
+        let _ = writeln!(out, "server CPU   {}", cpu_line(&self.cpu));
         let _ = writeln!(out);
         let _ = writeln!(
             out,
@@ -195,7 +216,9 @@ impl Summary {
         );
         let _ = writeln!(out);
         out.push_str(&columns(&[
-            ["latency (ms)", "count", "p50", "p90", "p99", "max"].map(str::to_owned).to_vec(),
+            ["latency (ms)", "count", "p50", "p90", "p99", "p99.9", "max"]
+                .map(str::to_owned)
+                .to_vec(),
             percentile_row("send -> ack", &latency.ack, 2),
             percentile_row("send -> delivered", &latency.delivery, 2),
         ]));
@@ -269,6 +292,20 @@ impl Summary {
     }
 }
 
+/// The server's CPU time, or why it is missing.
+fn cpu_line(cpu: &CpuFigures) -> String {
+    let micros =
+        |value: Option<f64>| value.map_or_else(|| "n/a".to_owned(), |us| format!("{us:.1} µs"));
+    match (cpu.seconds, cpu.cores) {
+        (Some(seconds), Some(cores)) => format!(
+            "{seconds:.2} s in the window ({cores:.2} cores)   per delivered message {}   per delivery {}",
+            micros(cpu.per_delivered_message_us),
+            micros(cpu.per_delivery_us)
+        ),
+        _ => "not reported by the server".to_owned(),
+    }
+}
+
 /// `12345.6` as `12,346`.
 /// A table row: a name, a count and the percentiles, in ms with `decimals` places.
 pub(super) fn percentile_row(name: &str, p: &Percentiles, decimals: usize) -> Vec<String> {
@@ -279,6 +316,7 @@ pub(super) fn percentile_row(name: &str, p: &Percentiles, decimals: usize) -> Ve
         ms(p.p50_ms),
         ms(p.p90_ms),
         ms(p.p99_ms),
+        ms(p.p999_ms),
         ms(p.max_ms),
     ]
 }
@@ -400,7 +438,8 @@ mod tests {
         tally.count_drop("closed by the server (4008 too slow)".into());
         tally.count_error("rate_limited");
         let memory = Memory { before_bytes: 40 << 20, after_bytes: (40 << 20) + 1000 * 24 * 1024 };
-        Summary::new(&args, &tally, memory)
+        // 2 cores busy for the 10 s window.
+        Summary::new(&args, &tally, memory, Some(20.0))
     }
 
     #[test]
@@ -411,6 +450,9 @@ mod tests {
         assert_eq!(summary.memory.per_connection_bytes, Some(24.0 * 1024.0));
         assert_eq!(summary.connections.held, 999);
         assert!((summary.latency.delivery.p99_ms - 198.0).abs() < 0.5);
+        assert_eq!(summary.cpu.cores, Some(2.0));
+        let per_message = summary.cpu.per_delivered_message_us.unwrap();
+        assert!((per_message - 20e6 / 199_980.0).abs() < 1e-9, "{per_message}");
     }
 
     #[test]
@@ -424,6 +466,7 @@ mod tests {
             "rate_limited: 1",
             "4008 too slow",
             "p99 delivered, by second sent (ms): 100 200",
+            "server CPU   20.00 s in the window (2.00 cores)   per delivered message 100.0 µs",
         ] {
             assert!(table.contains(expected), "missing `{expected}` in\n{table}");
         }
@@ -451,9 +494,11 @@ mod tests {
         let args = crate::load::tests::args(&[]);
         let tally = Tally { connected: 10, ..Tally::default() };
         let memory = Memory { before_bytes: 2 << 30, after_bytes: 1 << 30 };
-        let summary = Summary::new(&args, &tally, memory);
+        let summary = Summary::new(&args, &tally, memory, None);
         assert_eq!(summary.memory.per_connection_bytes, None);
-        assert!(summary.table().contains("per connection unknown (the server's memory shrank)"));
+        let table = summary.table();
+        assert!(table.contains("per connection unknown (the server's memory shrank)"));
+        assert!(table.contains("server CPU   not reported by the server"), "{table}");
     }
 
     #[test]

@@ -120,6 +120,7 @@ pub struct Percentiles {
     pub p50_ms: f64,
     pub p90_ms: f64,
     pub p99_ms: f64,
+    pub p999_ms: f64,
     pub max_ms: f64,
 }
 
@@ -141,6 +142,7 @@ impl Latencies {
             p50_ms: ms(self.0.value_at_quantile(0.50)),
             p90_ms: ms(self.0.value_at_quantile(0.90)),
             p99_ms: ms(self.0.value_at_quantile(0.99)),
+            p999_ms: ms(self.0.value_at_quantile(0.999)),
             max_ms: ms(self.0.max()),
         }
     }

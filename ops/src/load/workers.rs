@@ -19,7 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines, Stdin};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use super::tally::Tally;
-use super::{Args, Memory, Phase};
+use super::{Args, Phase, Watch};
 
 /// The parent's handle on one child.
 struct Worker {
@@ -93,9 +93,9 @@ impl Worker {
 }
 
 /// Runs the test as `args.processes` children and merges what they measured.
-pub async fn lead(args: &Args) -> anyhow::Result<(Tally, Memory)> {
+pub async fn lead(args: &Args) -> anyhow::Result<(Tally, Watch)> {
     let mut workers = (0..args.processes).map(Worker::spawn).collect::<anyhow::Result<Vec<_>>>()?;
-    let mut memory = Memory::default();
+    let mut watch = Watch::default();
     for phase in Phase::ALL {
         for worker in &mut workers {
             match worker.next_report().await? {
@@ -107,7 +107,7 @@ pub async fn lead(args: &Args) -> anyhow::Result<(Tally, Memory)> {
                 ),
             }
         }
-        memory.sample(args, phase).await?;
+        watch.reached(args, phase).await?;
         for worker in &mut workers {
             worker.proceed().await?;
         }
@@ -123,7 +123,7 @@ pub async fn lead(args: &Args) -> anyhow::Result<(Tally, Memory)> {
             bail!("worker {} failed ({status})", worker.index);
         }
     }
-    Ok((total, memory))
+    Ok((total, watch))
 }
 
 /// A child's side of the protocol: report each phase, then wait for the parent.

@@ -26,15 +26,12 @@ use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use switchboard_schemas::{Position, Topic};
+use switchboard_schemas::Topic;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{Cursor, Log, LogError, LogReader, Record};
+use super::{Appending, Cursor, Log, LogError, LogReader, Record};
 use reader::EmbeddedReader;
 use writer::Request;
-
-/// How many requests may wait for the writer before appenders are slowed down (backpressure).
-const QUEUE_DEPTH: usize = 16 * 1024;
 
 /// Consumer group names become fjall keys, which must be non-empty and short.
 const MAX_GROUP_LEN: usize = 1024;
@@ -70,8 +67,12 @@ struct Frontier {
 
 /// Owned only by [`EmbeddedLog`] clones, not by readers, so that dropping the last log handle
 /// stops the writer even while readers are still around.
+///
+/// The queue to the writer is unbounded because an append must take its place without waiting
+/// (see [`Log::append`]). What bounds it is upstream: each socket has a few ops in flight at
+/// most, and every HTTP request is one.
 struct WriterHandle {
-    requests: RwLock<Option<mpsc::Sender<Request>>>,
+    requests: RwLock<Option<mpsc::UnboundedSender<Request>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -146,7 +147,7 @@ impl EmbeddedLog {
 
         let (frontier, _) = watch::channel(Frontier { ends, closed: false });
         let store = Arc::new(Store { db, partitions, logs, consumers, frontier });
-        let (requests, receiver) = mpsc::channel(QUEUE_DEPTH);
+        let (requests, receiver) = mpsc::unbounded_channel();
         let thread = writer::spawn(Arc::clone(&store), receiver)
             .map_err(|e| LogError::Storage(format!("starting the log writer thread: {e}")))?;
         Ok(EmbeddedLog {
@@ -158,22 +159,27 @@ impl EmbeddedLog {
         })
     }
 
-    /// Queues a request for the writer and waits for its answer.
-    async fn request<T>(
+    /// Queues a request for the writer now; the future waits for its answer.
+    fn request<T: Send + 'static>(
         &self,
         request: impl FnOnce(oneshot::Sender<Result<T, LogError>>) -> Request,
-    ) -> Result<T, LogError> {
-        let sender = self.writer.sender().ok_or(LogError::Closed)?;
+    ) -> impl Future<Output = Result<T, LogError>> + Send + 'static {
         let (reply, answer) = oneshot::channel();
-        sender.send(request(reply)).await.map_err(|_| LogError::Closed)?;
-        // Holding a sender keeps the writer running; it must not wait on our own answer.
-        drop(sender);
-        answer.await.map_err(|_| {
-            LogError::Unavailable(
-                "the log writer stopped before confirming; the write may or may not be stored"
-                    .into(),
-            )
-        })?
+        // The sender is not kept: one held while waiting would keep the writer running, waiting
+        // for our own answer.
+        let queued = match self.writer.sender() {
+            Some(sender) => sender.send(request(reply)).map_err(|_| LogError::Closed),
+            None => Err(LogError::Closed),
+        };
+        async move {
+            queued?;
+            answer.await.map_err(|_| {
+                LogError::Unavailable(
+                    "the log writer stopped before confirming; the write may or may not be stored"
+                        .into(),
+                )
+            })?
+        }
     }
 }
 
@@ -213,7 +219,7 @@ impl Store {
 
 impl WriterHandle {
     /// A sender to the writer, or `None` once the log is closed.
-    fn sender(&self) -> Option<mpsc::Sender<Request>> {
+    fn sender(&self) -> Option<mpsc::UnboundedSender<Request>> {
         self.requests.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
@@ -251,11 +257,18 @@ async fn blocking<T: Send + 'static>(
 
 #[async_trait]
 impl Log for EmbeddedLog {
-    async fn append(&self, topic: Topic, key: &[u8], value: Vec<u8>) -> Result<Position, LogError> {
+    fn append(&self, topic: Topic, key: &[u8], value: Vec<u8>) -> Appending {
         let partition = Topic::partition_for(key, self.store.partitions);
         let slot = self.store.slot(topic, partition);
         let key = key.to_vec();
-        self.request(|reply| Request::Append { topic, partition, slot, key, value, reply }).await
+        Box::pin(self.request(|reply| Request::Append {
+            topic,
+            partition,
+            slot,
+            key,
+            value,
+            reply,
+        }))
     }
 
     fn partitions(&self, _topic: Topic) -> u32 {

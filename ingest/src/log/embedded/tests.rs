@@ -38,6 +38,7 @@ conformance!(
     end_offsets_and_committed_positions,
     a_reader_starts_where_its_cursor_says,
     a_group_resumes_after_its_commit,
+    appends_keep_the_order_they_were_made_in,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

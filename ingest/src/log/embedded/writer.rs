@@ -41,14 +41,14 @@ pub(super) enum Request {
 
 pub(super) fn spawn(
     store: Arc<Store>,
-    requests: mpsc::Receiver<Request>,
+    requests: mpsc::UnboundedReceiver<Request>,
 ) -> io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("embedded-log-writer".into())
         .spawn(move || run(&store, requests))
 }
 
-fn run(store: &Store, mut requests: mpsc::Receiver<Request>) {
+fn run(store: &Store, mut requests: mpsc::UnboundedReceiver<Request>) {
     let _closed = MarkClosedOnExit(store);
     let mut next = store.frontier.borrow().ends.clone();
     let mut pending = Vec::with_capacity(MAX_BATCH);

@@ -39,7 +39,7 @@ use tokio::sync::watch;
 
 pub use config::KafkaConfig;
 
-use super::{Cursor, Log, LogError, LogReader};
+use super::{Appending, Cursor, Log, LogError, LogReader};
 use config::TopicNames;
 use producer::Producer;
 
@@ -96,12 +96,16 @@ impl KafkaLog {
 
 #[async_trait]
 impl Log for KafkaLog {
-    async fn append(&self, topic: Topic, key: &[u8], value: Vec<u8>) -> Result<Position, LogError> {
-        self.check_open()?;
-        let partition = Topic::partition_for(key, self.inner.config.partitions);
-        let name = self.inner.names.name(topic);
-        let offset = self.inner.producer.send(name, partition, key, &value).await?;
-        Ok(Position { topic, partition, offset })
+    fn append(&self, topic: Topic, key: &[u8], value: Vec<u8>) -> Appending {
+        let inner = Arc::clone(&self.inner);
+        let partition = Topic::partition_for(key, inner.config.partitions);
+        let name = inner.names.name(topic).to_owned();
+        let sending =
+            self.check_open().and_then(|()| inner.producer.send(&name, partition, key, &value));
+        Box::pin(async move {
+            let offset = inner.producer.delivered(&name, sending?).await?;
+            Ok(Position { topic, partition, offset })
+        })
     }
 
     fn partitions(&self, _topic: Topic) -> u32 {

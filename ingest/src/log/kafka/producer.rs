@@ -14,7 +14,8 @@ use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 
 use super::config::KafkaConfig;
@@ -51,35 +52,53 @@ impl Producer {
         self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    /// Writes one record to `topic`'s `partition` and returns its offset once it is stored.
-    pub(super) async fn send(
+    /// Hands one record for `topic`'s `partition` to the producer, which keeps the order records
+    /// are handed to it in (idempotence); [`Producer::delivered`] waits for it to be stored.
+    ///
+    /// A full local queue (librdkafka's, of `queue.buffering.max.messages`) fails the append at
+    /// once rather than waiting for room, which would let a later record overtake it. It holds
+    /// far more than sockets and requests can have in flight, so only a cluster that stopped
+    /// taking records fills it, and the caller is told it is unavailable.
+    pub(super) fn send(
         &self,
         topic: &str,
         partition: u32,
         key: &[u8],
         value: &[u8],
-    ) -> Result<u64, LogError> {
+    ) -> Result<Sending, LogError> {
         let producer = self.get();
         let partition_id = i32::try_from(partition)
             .map_err(|_| LogError::Storage(format!("partition {partition} is out of range")))?;
         let record = FutureRecord::to(topic).partition(partition_id).key(key).payload(value);
-        // The queue wait only applies while librdkafka's local queue is full (backpressure); the
-        // delivery timeout then bounds the rest, so an append fails within twice that at most.
-        match producer.send(record, Timeout::After(self.delivery_timeout)).await {
-            Ok(delivery) if delivery.partition == partition_id => u64::try_from(delivery.offset)
+        match producer.send_result(record) {
+            Ok(delivery) => Ok(Sending { producer, delivery, partition: partition_id }),
+            Err((error, _)) => {
+                self.replace_if_fatal(&producer);
+                Err(kafka_error(format!("appending to {topic}/{partition}"), error))
+            }
+        }
+    }
+
+    /// The offset of a record handed over by [`Producer::send`], once it is stored.
+    pub(super) async fn delivered(&self, topic: &str, sending: Sending) -> Result<u64, LogError> {
+        let Sending { producer, delivery, partition } = sending;
+        let failed = |error| {
+            self.replace_if_fatal(&producer);
+            kafka_error(format!("appending to {topic}/{partition}"), error)
+        };
+        match delivery.await {
+            Ok(Ok(delivery)) if delivery.partition == partition => u64::try_from(delivery.offset)
                 .map_err(|_| {
                     LogError::Storage(format!(
                         "Kafka stored a record in {topic}/{partition} without an offset"
                     ))
                 }),
-            Ok(delivery) => Err(LogError::Storage(format!(
+            Ok(Ok(delivery)) => Err(LogError::Storage(format!(
                 "a record sent to {topic}/{partition} was stored in partition {}",
                 delivery.partition
             ))),
-            Err((error, _)) => {
-                self.replace_if_fatal(&producer);
-                Err(kafka_error(format!("appending to {topic}/{partition}"), error))
-            }
+            Ok(Err((error, _))) => Err(failed(error)),
+            Err(_) => Err(failed(KafkaError::Canceled)),
         }
     }
 
@@ -111,6 +130,13 @@ impl Producer {
             Err(e) => tracing::error!(error = %e, "could not start a new Kafka producer"),
         }
     }
+}
+
+/// A record in the producer's hands, not yet known to be stored.
+pub(super) struct Sending {
+    producer: FutureProducer,
+    delivery: DeliveryFuture,
+    partition: i32,
 }
 
 fn create(config: &ClientConfig) -> Result<FutureProducer, LogError> {
