@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{FuturesOrdered, SplitSink, StreamExt};
+use futures_util::future::OptionFuture;
 use futures_util::{Future, FutureExt, SinkExt};
 use serde_json::Value;
 use switchboard_ingest::Origin;
@@ -263,7 +264,7 @@ impl Session {
                     Some(push) => writer.queue(Message::Text(push.frame)).await,
                     None => break None,
                 },
-                reply = async { turn.as_mut().expect("guarded").await }, if turn.is_some() => {
+                Some(reply) = OptionFuture::from(turn.as_mut()), if turn.is_some() => {
                     turn = None;
                     replies.push_back(reply);
                     Ok(())
