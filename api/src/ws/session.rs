@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::stream::{FuturesOrdered, SplitSink, StreamExt};
 use futures_util::future::OptionFuture;
+use futures_util::stream::{FuturesOrdered, SplitSink, StreamExt};
 use futures_util::{Future, FutureExt, SinkExt};
 use serde_json::Value;
 use switchboard_ingest::Origin;
