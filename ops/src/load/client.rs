@@ -11,6 +11,7 @@
 //! eventually disconnected as too slow.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -20,10 +21,14 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::time::{Interval, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::client::{IntoClientRequest, uri_mode};
+use tokio_tungstenite::tungstenite::error::UrlError;
+use tokio_tungstenite::tungstenite::http::Uri;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::stream::Mode;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -206,10 +211,35 @@ struct MessageSentData<'a> {
     client_msg_id: &'a str,
 }
 
-/// Opens a socket for `token` and waits for the server's `ready` frame.
-pub async fn connect(ws_base: &str, token: &str) -> anyhow::Result<Socket> {
-    let (socket, _) = open(&format!("{ws_base}/v1/ws?token={token}")).await?;
+/// Opens a socket for `token` from `source` and waits for the server's `ready` frame.
+pub async fn connect(ws_base: &str, token: &str, source: Option<IpAddr>) -> anyhow::Result<Socket> {
+    let (socket, _) = open(&format!("{ws_base}/v1/ws?token={token}"), source).await?;
     Ok(socket)
+}
+
+/// The local addresses the sockets connect from, each socket taking the next in turn.
+///
+/// One source address has only the ephemeral port range (about 28,000 ports here) for its
+/// connections to one server port, and ports in `TIME_WAIT` from an earlier run stay taken for
+/// a minute; with several loopback addresses, as many sockets as the process may hold fit with
+/// room to spare, and the server sees several clients' addresses rather than one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sources {
+    /// `Some(n)`: 127.0.0.1 to 127.0.0.n; `None`: whatever the system chooses.
+    loopbacks: Option<u8>,
+}
+
+impl Sources {
+    pub fn loopbacks(count: Option<u8>) -> Sources {
+        Sources { loopbacks: count }
+    }
+
+    /// The address socket `index` binds to before connecting, if any.
+    pub fn of(self, index: usize) -> Option<IpAddr> {
+        let count = usize::from(self.loopbacks?);
+        let last_octet = u8::try_from(1 + index % count).expect("at most 255 addresses");
+        Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last_octet)))
+    }
 }
 
 /// What a `ready` frame says about the connection it opens.
@@ -223,15 +253,11 @@ pub struct Ready {
     pub resumed: Option<bool>,
 }
 
-/// Opens the WebSocket at `url` (a full `/v1/ws?…` URL) and waits for its `ready` frame.
-pub async fn open(url: &str) -> anyhow::Result<(Socket, Ready)> {
-    // Small buffers: with thousands of sockets per process, the default 128 KiB each would
-    // make the generator, not the server, the thing that runs out of memory.
-    let config = WebSocketConfig::default().read_buffer_size(8 * 1024).write_buffer_size(0);
-    let (mut socket, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
-        .await
-        .map_err(explain_refusal)
-        .context("opening a WebSocket")?;
+/// Opens the WebSocket at `url` (a full `/v1/ws?…` URL), its TCP connection bound to `source`
+/// when given, and waits for its `ready` frame.
+pub async fn open(url: &str, source: Option<IpAddr>) -> anyhow::Result<(Socket, Ready)> {
+    let mut socket =
+        handshake(url, source).await.map_err(explain_refusal).context("opening a WebSocket")?;
     let ready = async {
         while let Some(message) = socket.next().await {
             if let Message::Text(text) = message? {
@@ -248,6 +274,45 @@ pub async fn open(url: &str) -> anyhow::Result<(Socket, Ready)> {
     let ready =
         tokio::time::timeout(READY_TIMEOUT, ready).await.context("no `ready` frame in time")??;
     Ok((socket, ready))
+}
+
+/// Connects to the server of `url` from `source` and upgrades the connection to a WebSocket.
+async fn handshake(url: &str, source: Option<IpAddr>) -> Result<Socket, tungstenite::Error> {
+    let request = url.into_client_request()?;
+    // Plain TCP only: tokio-tungstenite is built here without TLS.
+    if matches!(uri_mode(request.uri())?, Mode::Tls) {
+        return Err(UrlError::TlsFeatureNotEnabled.into());
+    }
+    let stream = tcp_connect(request.uri(), source).await?;
+    // Small buffers: with thousands of sockets per process, the default 128 KiB each would
+    // make the generator, not the server, the thing that runs out of memory.
+    let config = WebSocketConfig::default().read_buffer_size(8 * 1024).write_buffer_size(0);
+    let (socket, _) = tokio_tungstenite::client_async_with_config(
+        request,
+        MaybeTlsStream::Plain(stream),
+        Some(config),
+    )
+    .await?;
+    Ok(socket)
+}
+
+/// A TCP connection to the host and port of `uri`, from `source` when given.
+async fn tcp_connect(uri: &Uri, source: Option<IpAddr>) -> Result<TcpStream, tungstenite::Error> {
+    let host = uri.host().ok_or(UrlError::NoHostName)?;
+    // An IPv6 literal comes in brackets.
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(80);
+    let server = tokio::net::lookup_host((host, port))
+        .await?
+        .find(|server| source.is_none_or(|source| source.is_ipv4() == server.is_ipv4()))
+        .ok_or_else(|| UrlError::UnableToConnect(format!("{host}:{port}")))?;
+    let socket = if server.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }?;
+    if let Some(source) = source {
+        socket.bind(SocketAddr::new(source, 0))?;
+    }
+    let stream = socket.connect(server).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
 
 /// A refused upgrade carries the server's JSON error in its body; that is the useful part.
@@ -496,6 +561,16 @@ mod tests {
         assert_eq!(room.arrived((0, 2)), Some(false));
         assert_eq!(room.forget((0, 2)), 1);
         assert_eq!(room.forget((0, 2)), 0);
+    }
+
+    #[test]
+    fn sockets_take_the_source_addresses_in_turn() {
+        let sources = Sources::loopbacks(Some(3));
+        let addresses: Vec<String> =
+            (0..4).map(|index| sources.of(index).unwrap().to_string()).collect();
+        assert_eq!(addresses, ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.1"]);
+        assert_eq!(Sources::loopbacks(Some(255)).of(254).unwrap().to_string(), "127.0.0.255");
+        assert_eq!(Sources::default().of(7), None, "the system chooses");
     }
 
     #[test]

@@ -18,18 +18,30 @@
 //!
 //! `--scenario reconnect` measures something else with the same setup: what it costs to bring
 //! back every socket at once after an outage, each resuming what it missed (see [`reconnect`]).
+//!
+//! `--scenario idle` stops after step 2 and holds the sockets open, sending nothing, for the
+//! warm-up and the window: what an idle authenticated connection costs ([`idle`]). For that
+//! figure the server should not have registered anyone since it started, so `--scenario
+//! register` does step 1 alone and saves the accounts to `--accounts FILE`, and a run given the
+//! same file on a restarted server uses them instead of registering ([`saved`]).
+//!
+//! `--source-addresses N` spreads the sockets over the local addresses 127.0.0.1 to 127.0.0.N
+//! (see [`client::Sources`]).
 
 mod client;
+mod idle;
 mod metrics;
 mod pacing;
 mod reconnect;
 mod report;
+mod saved;
 mod setup;
 mod tally;
 mod workers;
 
 use std::hash::BuildHasher;
-use std::path::PathBuf;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,10 +50,13 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::http::Uri;
 
-use client::{Client, Room, Shared, Stage};
+use client::{Client, Room, Shared, Sources, Stage};
+use metrics::Scrape;
 use pacing::Schedule;
 use report::Summary;
+use saved::Saved;
 use setup::{Account, Api, Conversation, Progress};
 use tally::Tally;
 
@@ -65,6 +80,12 @@ pub enum Scenario {
     /// HTTP, then all come back at once and resume: what the catch-up costs and how long it
     /// takes. One process only (it holds up to about 19,000 sockets).
     Reconnect,
+    /// Every socket opens and sends nothing for the warm-up and `--duration`: the server's
+    /// memory per idle connection, and its CPU over the window.
+    Idle,
+    /// Only registers the users and creates their conversations, and saves them to
+    /// `--accounts`, for later runs against a restarted server. One process only.
+    Register,
 }
 
 /// Options of `switchboard load`.
@@ -138,6 +159,18 @@ pub struct Args {
     #[arg(long)]
     pub json: Option<PathBuf>,
 
+    /// With `--scenario register`, where to save the users and conversations; with the other
+    /// scenarios, use the ones saved there instead of registering new users. They must have
+    /// been registered with the server under test (or one whose data it has), and for as many
+    /// `--connections` in conversations of the same `--group-size`.
+    #[arg(long, value_name = "FILE")]
+    pub accounts: Option<PathBuf>,
+
+    /// Connect the sockets from 127.0.0.1 to 127.0.0.N in turn, as N client addresses, rather
+    /// than from whichever address the system picks; `--url` must then be a loopback one.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
+    pub source_addresses: Option<u8>,
+
     /// Runs as child process N of a multi-process test (set by the parent).
     #[arg(long, hide = true)]
     pub worker: Option<usize>,
@@ -166,9 +199,26 @@ impl Args {
         ensure!(self.max_in_flight >= 1, "--max-in-flight must be at least 1");
         ensure!(self.setup_concurrency >= 1, "--setup-concurrency must be at least 1");
         ensure!(!self.duration.is_zero(), "--duration must be longer than 0");
-        if self.scenario == Scenario::Reconnect {
-            self.check_reconnect()?;
+        ensure!(
+            self.source_addresses.is_none() || is_loopback(&self.url),
+            "--source-addresses connects from loopback addresses, so --url must be a loopback \
+             one, not `{}`",
+            self.url
+        );
+        match self.scenario {
+            Scenario::Reconnect => self.check_reconnect(),
+            Scenario::Register => self.check_register(),
+            Scenario::Steady | Scenario::Idle => Ok(()),
         }
+    }
+
+    fn check_register(&self) -> anyhow::Result<()> {
+        ensure!(self.accounts.is_some(), "--scenario register saves to --accounts FILE; give one");
+        ensure!(
+            self.processes == 1,
+            "--scenario register runs in one process (it opens no socket), not --processes {}",
+            self.processes
+        );
         Ok(())
     }
 
@@ -190,6 +240,15 @@ impl Args {
         ensure!(self.reconnect_concurrency >= 1, "--reconnect-concurrency must be at least 1");
         ensure!(!self.catch_up_timeout.is_zero(), "--catch-up-timeout must be longer than 0");
         Ok(())
+    }
+
+    /// The saved accounts a run uses instead of registering new ones.
+    fn saved_accounts(&self) -> Option<&Path> {
+        self.accounts.as_deref().filter(|_| self.scenario != Scenario::Register)
+    }
+
+    fn sources(&self) -> Sources {
+        Sources::loopbacks(self.source_addresses)
     }
 
     /// The WebSocket URL base matching `--url`.
@@ -226,6 +285,14 @@ impl Phase {
     }
 }
 
+/// Whether `url` names this host by a loopback address (IPv4, as the source addresses are).
+fn is_loopback(url: &str) -> bool {
+    let host = url.parse::<Uri>().ok().and_then(|uri| uri.host().map(str::to_owned));
+    host.is_some_and(|host| {
+        host == "localhost" || host.parse::<Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+    })
+}
+
 /// The server's resident memory before any socket opened and with all of them open.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct Memory {
@@ -233,12 +300,20 @@ pub struct Memory {
     pub after_bytes: u64,
 }
 
-/// What the run samples of the server itself: its memory at each [`Phase`], and the CPU time it
-/// spends in the measured window.
+/// What the server reports of the measured window: the CPU time it spent in it, and its memory
+/// at its end.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Window {
+    pub cpu_seconds: Option<f64>,
+    pub end_bytes: Option<u64>,
+}
+
+/// What the run samples of the server itself: its memory at each [`Phase`], and the
+/// [`Window`].
 #[derive(Default)]
 pub struct Watch {
     memory: Memory,
-    cpu: Option<tokio::task::JoinHandle<anyhow::Result<Option<f64>>>>,
+    window: Option<tokio::task::JoinHandle<anyhow::Result<Window>>>,
 }
 
 impl Watch {
@@ -249,39 +324,45 @@ impl Watch {
             Phase::Connected => {
                 tokio::time::sleep(SETTLE).await;
                 self.memory.after_bytes = api.resident_memory().await?;
-                // Sending starts as soon as this returns, in every process.
+                // The window starts as soon as this returns, in every process.
                 let schedule = Schedule::new(Instant::now(), args.warmup, args.duration);
-                self.cpu = Some(tokio::spawn(cpu_seconds_within(api, schedule)));
+                self.window = Some(tokio::spawn(sample_window(api, schedule)));
             }
         }
         Ok(())
     }
 
-    /// The memory samples, and the server's CPU seconds in the window when it reports them.
-    async fn finish(self) -> anyhow::Result<(Memory, Option<f64>)> {
-        let cpu = match self.cpu {
-            Some(task) => task.await.context("sampling the server's CPU time")??,
-            None => None,
+    /// The memory samples, and what the server reported of the window.
+    async fn finish(self) -> anyhow::Result<(Memory, Window)> {
+        let window = match self.window {
+            Some(task) => task.await.context("sampling the server over the window")??,
+            None => Window::default(),
         };
-        Ok((self.memory, cpu))
+        Ok((self.memory, window))
     }
 }
 
-/// The CPU time the server spent from the start to the end of the measured window, from its
-/// `process_cpu_seconds_total`.
-async fn cpu_seconds_within(api: Api, schedule: Schedule) -> anyhow::Result<Option<f64>> {
+/// Scrapes the server's metrics at the start and the end of the measured window: the CPU time
+/// from its `process_cpu_seconds_total`, the memory from the last scrape.
+async fn sample_window(api: Api, schedule: Schedule) -> anyhow::Result<Window> {
     tokio::time::sleep_until(schedule.measure_from.into()).await;
-    let before = api.scrape().await?.value(metrics::CPU_SECONDS);
+    let before = api.scrape().await?;
     tokio::time::sleep_until(schedule.measure_until.into()).await;
-    let after = api.scrape().await?.value(metrics::CPU_SECONDS);
-    Ok(before.zip(after).map(|(before, after)| after - before))
+    let after = api.scrape().await?;
+    let cpu = |scrape: &Scrape| scrape.value(metrics::CPU_SECONDS);
+    Ok(Window {
+        cpu_seconds: cpu(&before).zip(cpu(&after)).map(|(before, after)| after - before),
+        end_bytes: after.value(metrics::RESIDENT_MEMORY).map(|bytes| bytes as u64),
+    })
 }
 
 /// Runs `switchboard load`: the whole test, or one child's part of it.
 pub async fn command(args: Args) -> anyhow::Result<()> {
     args.check()?;
-    if args.scenario == Scenario::Reconnect {
-        return reconnect::command(&args).await;
+    match args.scenario {
+        Scenario::Reconnect => return reconnect::command(&args).await,
+        Scenario::Register => return register(&args).await,
+        Scenario::Steady | Scenario::Idle => {}
     }
     if let Some(worker) = args.worker {
         let mut follower = workers::Follower::new();
@@ -295,15 +376,40 @@ pub async fn command(args: Args) -> anyhow::Result<()> {
         let tally = drive(&args, 0, async |phase| watch.reached(&args, phase).await).await?;
         (tally, watch)
     };
-    let (memory, cpu_seconds) = watch.finish().await?;
-    let summary = Summary::new(&args, &tally, memory, cpu_seconds);
+    let (memory, window) = watch.finish().await?;
+    if args.scenario == Scenario::Idle {
+        let summary = idle::Summary::new(&args, &tally, memory, window);
+        println!("{}", summary.table());
+        return write_json(args.json.as_deref(), &summary);
+    }
+    let summary = Summary::new(&args, &tally, memory, window.cpu_seconds);
     println!("{}", summary.table());
     println!("{}", summary.capacity_table());
-    if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&summary).context("encoding the result")?;
-        std::fs::write(path, json + "\n")
-            .with_context(|| format!("writing the result to {}", path.display()))?;
-    }
+    write_json(args.json.as_deref(), &summary)
+}
+
+/// Writes `result` as JSON to `path`, when there is one.
+fn write_json(path: Option<&Path>, result: &impl Serialize) -> anyhow::Result<()> {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    let json = serde_json::to_string_pretty(result).context("encoding the result")?;
+    std::fs::write(path, json + "\n")
+        .with_context(|| format!("writing the result to {}", path.display()))
+}
+
+/// `--scenario register`: the setup alone, saved for later runs.
+async fn register(args: &Args) -> anyhow::Result<()> {
+    let path = args.accounts.as_deref().expect("checked: register has --accounts");
+    let (accounts, conversations) = populate(args, 0, "").await?;
+    let saved = Saved { group_size: args.group_size, accounts, conversations };
+    saved.write(path)?;
+    eprintln!(
+        "saved {} accounts in {} conversations to {}",
+        saved.accounts.len(),
+        saved.conversations.len(),
+        path.display()
+    );
     Ok(())
 }
 
@@ -314,9 +420,8 @@ async fn drive(
     worker: usize,
     mut reached: impl AsyncFnMut(Phase) -> anyhow::Result<()>,
 ) -> anyhow::Result<Tally> {
-    let connections = pacing::share(args.connections, args.processes, worker);
     let label = if args.processes > 1 { format!("[worker {worker}] ") } else { String::new() };
-    let (accounts, conversations) = populate(args, connections, &label).await?;
+    let (accounts, conversations) = populate(args, worker, &label).await?;
     reached(Phase::Registered).await?;
 
     // Every socket sends at the same rate whichever process it is in: the total rate over the
@@ -328,12 +433,28 @@ async fn drive(
     reached(Phase::Connected).await?;
 
     let schedule = Schedule::new(Instant::now(), args.warmup, args.duration);
-    stage.send_replace(Stage::Running(schedule));
-    eprintln!(
-        "{label}sending: {} of warm-up, then {} measured",
+    let timing = format!(
+        "{} of warm-up, then {} measured",
         humantime::format_duration(args.warmup),
         humantime::format_duration(args.duration)
     );
+    if args.scenario == Scenario::Idle {
+        eprintln!("{label}holding every socket idle: {timing}");
+        // A moment past the window, while the server's memory at its end is sampled.
+        tokio::time::sleep_until((schedule.measure_until + SETTLE).into()).await;
+    } else {
+        eprintln!("{label}sending: {timing}");
+        send(&shared, &stage, schedule, &label).await;
+    }
+    stage.send_replace(Stage::Stopping);
+    sockets.join_all().await;
+
+    Ok(shared.take_tally(accounts.len() as u64))
+}
+
+/// Has every socket send on `schedule`, then waits (boundedly) for the last answers.
+async fn send(shared: &Shared, stage: &watch::Sender<Stage>, schedule: Schedule, label: &str) {
+    stage.send_replace(Stage::Running(schedule));
     tokio::time::sleep_until(schedule.measure_until.into()).await;
     eprintln!("{label}waiting for the last answers");
     let settled = async {
@@ -343,20 +464,23 @@ async fn drive(
     };
     // Whatever is still outstanding after the timeout is reported, not waited for.
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, settled).await;
-    stage.send_replace(Stage::Stopping);
-    sockets.join_all().await;
-
-    Ok(shared.take_tally(accounts.len() as u64))
 }
 
-/// The setup every scenario starts with: `connections` new users, in conversations of
-/// `--group-size`.
+/// The setup every scenario starts with, for process `worker`: its share of `--connections`
+/// users in conversations of `--group-size`, either new ones or its part of `--accounts`.
 async fn populate(
     args: &Args,
-    connections: usize,
+    worker: usize,
     label: &str,
 ) -> anyhow::Result<(Vec<Account>, Vec<Conversation>)> {
     let api = Api::new(&args.url)?;
+    if let Some(path) = args.saved_accounts() {
+        let saved = Saved::read(path, args.connections, args.group_size)?;
+        let (mut accounts, conversations) = saved.part(args.processes, worker);
+        saved::renew_expiring(&api, &mut accounts, args.setup_concurrency, label).await?;
+        return Ok((accounts, conversations));
+    }
+    let connections = pacing::share(args.connections, args.processes, worker);
     let prefix = handle_prefix();
     let accounts =
         setup::register_all(&api, &prefix, connections, args.setup_concurrency, label).await?;
@@ -381,6 +505,7 @@ async fn open_sockets(
     label: &str,
 ) -> anyhow::Result<JoinSet<()>> {
     let ws_base = args.ws_base();
+    let sources = args.sources();
     // Conversations cover the accounts in order, so this is each account's room.
     let rooms: Vec<Arc<Room>> = conversations
         .iter()
@@ -394,7 +519,7 @@ async fn open_sockets(
         .map(|(index, account)| {
             let ws_base = &ws_base;
             async move {
-                let socket = client::connect(ws_base, &account.token)
+                let socket = client::connect(ws_base, &account.token, sources.of(index))
                     .await
                     .with_context(|| format!("connecting user {}", account.id))?;
                 anyhow::Ok((index, socket))
@@ -497,6 +622,51 @@ pub(crate) mod tests {
         assert!(refused(&["--send-concurrency", "0"]).contains("at least 1"));
         assert!(refused(&["--catch-up-timeout", "0s"]).contains("longer than 0"));
         assert!(parse(&["--processes", "2"]).is_ok(), "the steady scenario still spreads");
+    }
+
+    #[test]
+    fn the_idle_scenario_uses_saved_accounts_from_several_addresses() {
+        let args = parse(&[
+            "--scenario",
+            "idle",
+            "--connections",
+            "15000",
+            "--accounts",
+            "accounts.json",
+            "--source-addresses",
+            "4",
+        ])
+        .unwrap();
+        assert_eq!(args.scenario, Scenario::Idle);
+        assert_eq!(args.saved_accounts(), Some(Path::new("accounts.json")));
+        assert_eq!(args.sources(), Sources::loopbacks(Some(4)));
+        assert_eq!(parse(&[]).unwrap().saved_accounts(), None, "new users by default");
+        assert_eq!(parse(&[]).unwrap().sources(), Sources::default());
+        let refused = |args: &[&str]| format!("{:#}", parse(args).unwrap_err());
+        assert!(refused(&["--source-addresses", "0"]).contains("--source-addresses"));
+        assert!(refused(&["--source-addresses", "256"]).contains("--source-addresses"));
+        assert!(
+            refused(&["--source-addresses", "2", "--url", "http://10.0.0.1:8080"])
+                .contains("loopback")
+        );
+        for url in ["http://localhost:8080", "http://127.0.0.1:18700/", "http://127.1.2.3"] {
+            assert!(parse(&["--source-addresses", "2", "--url", url]).is_ok(), "{url}");
+        }
+    }
+
+    #[test]
+    fn the_register_scenario_saves_what_the_others_use() {
+        let args =
+            parse(&["--scenario", "register", "--accounts", "a.json", "--connections", "15000"])
+                .unwrap();
+        assert_eq!(args.scenario, Scenario::Register);
+        assert_eq!(args.saved_accounts(), None, "it registers, and writes the file");
+        let refused = |args: &[&str]| {
+            let args = [&["--scenario", "register"], args].concat();
+            format!("{:#}", parse(&args).unwrap_err())
+        };
+        assert!(refused(&[]).contains("--accounts FILE"));
+        assert!(refused(&["--accounts", "a.json", "--processes", "2"]).contains("one process"));
     }
 
     #[test]

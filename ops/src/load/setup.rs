@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use futures_util::{StreamExt, TryStreamExt, stream};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::metrics::{RESIDENT_MEMORY, Scrape};
@@ -20,14 +20,17 @@ use super::metrics::{RESIDENT_MEMORY, Scrape};
 const PASSWORD: &str = "load-generator";
 
 /// A registered user and its access token.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Account {
     pub id: String,
+    pub handle: String,
     pub token: String,
+    /// When the token expires, in milliseconds since the Unix epoch.
+    pub expires_at: i64,
 }
 
 /// A conversation and the accounts in it, as a range of indexes into the accounts.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Conversation {
     pub id: String,
     pub members: Range<usize>,
@@ -39,10 +42,23 @@ pub struct Api {
     base: String,
 }
 
+/// The answer to a registration or a login.
 #[derive(Deserialize)]
-struct Registered {
+struct Session {
     user: IdOnly,
     token: String,
+    expires_at: i64,
+}
+
+impl Session {
+    fn account(self, handle: &str) -> Account {
+        Account {
+            id: self.user.id,
+            handle: handle.to_owned(),
+            token: self.token,
+            expires_at: self.expires_at,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -79,11 +95,21 @@ impl Api {
     /// Registers `handle` and returns the new account.
     pub async fn register(&self, handle: &str) -> anyhow::Result<Account> {
         let body = json!({ "handle": handle, "password": PASSWORD });
-        let registered: Registered = self
+        let registered: Session = self
             .post("/v1/auth/register", None, body)
             .await
             .with_context(|| format!("registering `{handle}`"))?;
-        Ok(Account { id: registered.user.id, token: registered.token })
+        Ok(registered.account(handle))
+    }
+
+    /// Logs `handle` in again: the same account with a new token.
+    pub async fn login(&self, handle: &str) -> anyhow::Result<Account> {
+        let body = json!({ "handle": handle, "password": PASSWORD });
+        let session: Session = self
+            .post("/v1/auth/login", None, body)
+            .await
+            .with_context(|| format!("logging `{handle}` in"))?;
+        Ok(session.account(handle))
     }
 
     /// Creates a conversation of `owner` with `others`: a direct one when there is one other,

@@ -27,8 +27,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Context;
-
 use super::Args;
 use super::metrics::ResumeCounters;
 use super::setup::{Api, Conversation};
@@ -39,9 +37,9 @@ use sockets::Return;
 /// Runs the reconnect scenario and reports it.
 pub async fn command(args: &Args) -> anyhow::Result<()> {
     let api = Api::new(&args.url)?;
-    let (accounts, conversations) = super::populate(args, args.connections, "").await?;
+    let (accounts, conversations) = super::populate(args, 0, "").await?;
     let ws_base = args.ws_base();
-    let left = sockets::leave_all(&ws_base, &accounts).await?;
+    let left = sockets::leave_all(&ws_base, &accounts, args.sources()).await?;
     let away_since = Instant::now();
 
     eprintln!(
@@ -77,6 +75,7 @@ pub async fn command(args: &Args) -> anyhow::Result<()> {
         tokens: &left.tokens,
         owed: &owed,
         concurrency: args.reconnect_concurrency,
+        sources: args.sources(),
         timeout: args.catch_up_timeout,
     };
     let (drain, after) = back.run(async || api.scrape().await).await;
@@ -85,12 +84,7 @@ pub async fn command(args: &Args) -> anyhow::Result<()> {
     let measured = Measured { lost_before_offline: &left.lost, sent: &sent, away, drain: &drain };
     let summary = Summary::new(args, &measured, &before, &after);
     println!("{}", summary.table());
-    if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&summary).context("encoding the result")?;
-        std::fs::write(path, json + "\n")
-            .with_context(|| format!("writing the result to {}", path.display()))?;
-    }
-    Ok(())
+    super::write_json(args.json.as_deref(), &summary)
 }
 
 /// The message ids each of `accounts` accounts is owed: every id acked for its conversation,

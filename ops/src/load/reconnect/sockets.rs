@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 
 use super::catchup::{CatchUp, Drain};
 use crate::load::CONNECT_CONCURRENCY;
-use crate::load::client::{self, Socket};
+use crate::load::client::{self, Socket, Sources};
 use crate::load::setup::{Account, Progress};
 
 /// How long a socket must have been sent nothing before it is closed, its token final.
@@ -133,12 +133,16 @@ pub struct Left {
 
 /// Opens a socket per account and keeps each reading; once all are open, closes each after it
 /// has been quiet for [`QUIET`]. Returns when every socket is closed.
-pub async fn leave_all(ws_base: &str, accounts: &[Account]) -> anyhow::Result<Left> {
+pub async fn leave_all(
+    ws_base: &str,
+    accounts: &[Account],
+    sources: Sources,
+) -> anyhow::Result<Left> {
     let (closing, close_signal) = watch::channel(false);
     let mut progress = Progress::new("opening sockets", accounts.len());
     let mut opened = stream::iter(accounts.iter().enumerate())
         .map(|(index, account)| async move {
-            let (socket, ready) = client::open(&url(ws_base, account, None))
+            let (socket, ready) = client::open(&url(ws_base, account, None), sources.of(index))
                 .await
                 .with_context(|| format!("connecting user {}", account.id))?;
             anyhow::Ok((index, socket, ready))
@@ -207,6 +211,8 @@ pub struct Return<'a> {
     pub owed: &'a [Arc<HashSet<String>>],
     /// Upgrades in flight at once.
     pub concurrency: usize,
+    /// Where each socket connects from.
+    pub sources: Sources,
     /// From the start, how long the sockets may take to catch up.
     pub timeout: Duration,
 }
@@ -226,7 +232,8 @@ impl Return<'_> {
         let mut opened = stream::iter(0..self.accounts.len())
             .map(|index| async move {
                 let url = url(self.ws_base, &self.accounts[index], Some(&self.tokens[index]));
-                let opened = tokio::time::timeout_at(deadline.into(), client::open(&url)).await;
+                let open = client::open(&url, self.sources.of(index));
+                let opened = tokio::time::timeout_at(deadline.into(), open).await;
                 (index, opened.unwrap_or_else(|_| Err(anyhow::anyhow!("no `ready` in time"))))
             })
             .buffer_unordered(self.concurrency);
@@ -338,7 +345,12 @@ mod tests {
 
     #[test]
     fn resume_urls_carry_both_tokens() {
-        let account = Account { id: "1".into(), token: "eyJ.a.b".into() };
+        let account = Account {
+            id: "1".into(),
+            handle: "ld_1".into(),
+            token: "eyJ.a.b".into(),
+            expires_at: 0,
+        };
         assert_eq!(url("ws://h:1", &account, None), "ws://h:1/v1/ws?token=eyJ.a.b");
         assert_eq!(
             url("ws://h:1", &account, Some("17.2.18")),
