@@ -219,10 +219,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .context("HTTP server")?;
 
+    tracing::info!("HTTP server stopped; waiting for sockets to close");
     drain_sockets(&state).await;
     if role.projects() {
         settle_projection(&state).await;
     }
+    tracing::info!("stopping background tasks");
     stop.cancel();
     while tasks.join_next().await.is_some() {}
     state.ingest.log().close().await.context("flushing the log")?;
@@ -238,7 +240,7 @@ where
 {
     while !stop.is_cancelled() {
         match start(stop.clone()).await {
-            Ok(()) => return,
+            Ok(()) => break,
             Err(error) => {
                 metrics::counter!("task_restarts_total", "task" => name).increment(1);
                 tracing::error!(
@@ -247,12 +249,13 @@ where
                     "task failed; restarting"
                 );
                 tokio::select! {
-                    _ = stop.cancelled() => return,
+                    _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(RESTART_DELAY) => {}
                 }
             }
         }
     }
+    tracing::debug!(task = name, "task stopped");
 }
 
 /// Feeds [`Progress`] from the store's checkpoint, which every projector worker writes.

@@ -179,12 +179,10 @@ impl Stage {
             }
             metrics::counter!("delivery_events_total", "lane" => self.lane.group)
                 .increment(kept.len() as u64);
-            for routed in passing {
-                // Typing and presence are worth nothing late: one the feeds cannot take now is
-                // dropped rather than holding up the ones behind it.
-                if let Err(error) = self.feeds.publish(&routed.recipients, &routed.frame()).await {
-                    tracing::warn!(%error, kind = routed.kind, "not published");
-                }
+            // Publishing waits while the fan-out is behind, and the fan-out may be stopped first.
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                () = self.publish(passing) => {}
             }
             reader.commit(&cursor).await?;
         }
@@ -209,7 +207,18 @@ impl Stage {
         }
     }
 
-    /// Appends `deliveries`, trying again while the feeds fail; `None` if stopped first.
+    async fn publish(&self, passing: Vec<Routed>) {
+        for routed in passing {
+            // Typing and presence are worth nothing late: one the feeds cannot take now is
+            // dropped rather than holding up the ones behind it.
+            if let Err(error) = self.feeds.publish(&routed.recipients, &routed.frame()).await {
+                tracing::warn!(%error, kind = routed.kind, "not published");
+            }
+        }
+    }
+
+    /// Appends `deliveries`, trying again while the feeds fail; `None` if stopped first. An
+    /// append cut short by the stop is made again by the next start, which skips what went in.
     async fn append_patiently(
         &self,
         deliveries: &[Delivery],
@@ -217,7 +226,11 @@ impl Stage {
     ) -> Option<()> {
         let mut retry = Retry::new(self);
         loop {
-            match self.feeds.append(deliveries).await {
+            let appended = tokio::select! {
+                _ = stop.cancelled() => return None,
+                appended = self.feeds.append(deliveries) => appended,
+            };
+            match appended {
                 Ok(()) => {
                     retry.succeeded();
                     return Some(());

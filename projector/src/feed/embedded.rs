@@ -1,18 +1,28 @@
 //! Feeds in a local fjall database, for a switchboard that runs as one process.
 //!
-//! Two keyspaces: `entries`, keyed by user and number (both big-endian, so a user's entries are
-//! one ordered range), holding the append time and the frame; and `heads`, one record per user
-//! with the epoch, the numbers kept and the next offset taken from each source partition. The
-//! heads of the users seen since the start are also kept in memory. An append writes its entries
-//! and the heads it moved as one atomic batch, so after a crash a feed holds an append whole or
-//! not at all, and the stage, resuming from before it, fills in exactly what is missing.
+//! Three keyspaces:
+//! - `entries`, keyed by user and number (both big-endian, so a user's entries are one ordered
+//!   range), holding the append time and the frame;
+//! - `heads`, one record per user with what its entries cannot tell: the feed's epoch, and where
+//!   it stood when retention last trimmed it;
+//! - `taken`, per source partition (`messages.3`), the next offset the feeds take.
+//!
+//! An append writes its entries and where each source partition now stands as one atomic batch,
+//! so after a crash the feeds hold an append whole or not at all, and the stage, resuming from
+//! before it, fills in exactly what is missing. Because appends are whole, one offset per source
+//! partition says what every feed took, and an append writes one key per recipient: a head is
+//! written when its feed is created and when retention trims it, not with every entry. Where a
+//! feed stands is read once, from its head and its newest entry, the first time the user is seen
+//! since the start, and kept in memory from then on.
 //!
 //! Every append is synced to disk before it returns. A feed is derived from the log, but the
 //! delivery stage moves past what it appended as soon as the append returns: an entry lost
 //! afterwards (in a crash or a power cut) would be lost for good, and its number handed to the
 //! next entry, under tokens clients already hold.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
+use std::collections::HashSet;
+use std::collections::hash_map::Entry as MapEntry;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -32,11 +42,21 @@ pub struct EmbeddedFeeds {
     db: Database,
     entries: Keyspace,
     heads: Keyspace,
+    taken: Keyspace,
     retention: Retention,
-    /// Heads by user, loaded on first use. Held across an append and its publishing, so that
-    /// entries are published in the order they were numbered.
-    state: tokio::sync::Mutex<HashMap<UserId, HeadRecord>>,
+    /// Held across an append and its publishing, so that entries are published in the order
+    /// they were numbered.
+    state: tokio::sync::Mutex<State>,
     listener: Mutex<Listener>,
+}
+
+/// What the feeds know in memory.
+#[derive(Default)]
+struct State {
+    /// Heads by user, loaded on first use.
+    heads: HashMap<UserId, HeadRecord>,
+    /// Per source partition, the next offset the feeds take.
+    taken: HashMap<String, u64>,
 }
 
 #[derive(Default)]
@@ -45,7 +65,9 @@ struct Listener {
     followed: HashSet<UserId>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// Where a feed stands. Stored as of its creation or its last trim; `seq` and `at` move on with
+/// every entry, and are read back from the newest one.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 struct HeadRecord {
     epoch: u64,
     seq: u64,
@@ -53,8 +75,9 @@ struct HeadRecord {
     first: u64,
     /// When the entry numbered `first` was appended.
     first_at: i64,
-    /// Per source partition (`messages.3`), the next offset this feed takes.
-    sources: BTreeMap<String, u64>,
+    /// A feed created since the start whose head is not stored yet.
+    #[serde(skip)]
+    unsaved: bool,
 }
 
 impl HeadRecord {
@@ -62,11 +85,21 @@ impl HeadRecord {
         let epoch = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |elapsed| elapsed.as_micros() as u64);
-        HeadRecord { epoch, seq: 0, at: 0, first: 1, first_at: 0, sources: BTreeMap::new() }
+        HeadRecord { epoch, seq: 0, at: 0, first: 1, first_at: 0, unsaved: true }
     }
 
     fn head(&self) -> Head {
         Head { epoch: self.epoch, seq: self.seq, at: self.at, first: self.first }
+    }
+
+    /// Numbers the next entry, appended `now`.
+    fn push(&mut self, now: i64) -> u64 {
+        self.seq += 1;
+        self.at = now;
+        if self.first == self.seq {
+            self.first_at = now;
+        }
+        self.seq
     }
 }
 
@@ -96,6 +129,11 @@ fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry, FeedError> {
     Ok(Entry { seq, at, frame: frame.into() })
 }
 
+fn decode_offset(value: &[u8]) -> Result<u64, FeedError> {
+    let bytes = value.try_into().map_err(|_| storage("a corrupt offset taken", "not 8 bytes"))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
 impl EmbeddedFeeds {
     /// Opens the feeds in `dir`, creating them if needed.
     pub fn open(dir: &Path, retention: Retention) -> Result<EmbeddedFeeds, FeedError> {
@@ -106,49 +144,67 @@ impl EmbeddedFeeds {
             db.keyspace(name, KeyspaceCreateOptions::default)
                 .map_err(|e| storage(&format!("opening keyspace `{name}`"), e))
         };
+        let taken = keyspace("taken")?;
+        let mut state = State::default();
+        for item in taken.iter() {
+            let (source, offset) = item.into_inner().map_err(|e| storage("reading offsets", e))?;
+            let source = String::from_utf8(source.to_vec())
+                .map_err(|e| storage("a corrupt source partition", e))?;
+            state.taken.insert(source, decode_offset(&offset)?);
+        }
         Ok(EmbeddedFeeds {
             entries: keyspace("entries")?,
             heads: keyspace("heads")?,
+            taken,
             db,
             retention,
-            state: tokio::sync::Mutex::default(),
+            state: tokio::sync::Mutex::new(state),
             listener: Mutex::default(),
         })
     }
 
-    fn load<'a>(
+    /// Where `user`'s feed stands, read from disk the first time.
+    fn load(
         &self,
-        state: &'a mut HashMap<UserId, HeadRecord>,
+        heads: &mut HashMap<UserId, HeadRecord>,
         user: UserId,
-    ) -> Result<&'a mut HeadRecord, FeedError> {
-        if let std::collections::hash_map::Entry::Vacant(vacant) = state.entry(user) {
-            let stored =
-                self.heads.get(user.0.to_be_bytes()).map_err(|e| storage("reading a head", e))?;
-            let record = match stored {
-                Some(bytes) => {
-                    serde_json::from_slice(&bytes).map_err(|e| storage("a corrupt head", e))?
-                }
-                None => HeadRecord::new(),
-            };
-            vacant.insert(record);
+    ) -> Result<HeadRecord, FeedError> {
+        if let Some(record) = heads.get(&user) {
+            return Ok(*record);
         }
-        Ok(state.get_mut(&user).expect("just inserted"))
+        let stored =
+            self.heads.get(user.0.to_be_bytes()).map_err(|e| storage("reading a head", e))?;
+        let mut record = match stored {
+            Some(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| storage("a corrupt head", e))?
+            }
+            None => HeadRecord::new(),
+        };
+        let after_stored =
+            entry_key(user, record.seq.saturating_add(1))..=entry_key(user, u64::MAX);
+        if let Some(item) = self.entries.range(after_stored).next_back() {
+            let (key, value) = item.into_inner().map_err(|e| storage("reading a feed", e))?;
+            let newest = decode_entry(&key, &value)?;
+            (record.seq, record.at) = (newest.seq, newest.at);
+        }
+        heads.insert(user, record);
+        Ok(record)
     }
 
     /// Drops the entries of `record`'s feed that retention no longer keeps, adding the removals
-    /// to `batch`.
+    /// to `batch`. Whether the record changed.
     fn trim(
         &self,
         user: UserId,
         record: &mut HeadRecord,
         batch: &mut OwnedWriteBatch,
         now: i64,
-    ) -> Result<(), FeedError> {
+    ) -> Result<bool, FeedError> {
         let Retention { window, min_events } = self.retention;
         let cutoff = now - window.as_millis() as i64;
         let kept_from = record.seq.saturating_sub(min_events) + 1;
         if record.first >= kept_from || record.first_at >= cutoff {
-            return Ok(());
+            return Ok(false);
         }
         for item in
             self.entries.range(entry_key(user, record.first)..entry_key(user, record.seq + 1))
@@ -158,12 +214,18 @@ impl EmbeddedFeeds {
             if entry.seq >= kept_from || entry.at >= cutoff {
                 record.first = entry.seq;
                 record.first_at = entry.at;
-                return Ok(());
+                return Ok(true);
             }
             batch.remove(&self.entries, key);
         }
         record.first = record.seq + 1;
-        Ok(())
+        Ok(true)
+    }
+
+    fn save_head(&self, user: UserId, record: &mut HeadRecord, batch: &mut OwnedWriteBatch) {
+        record.unsaved = false;
+        let bytes = serde_json::to_vec(record).expect("heads serialise");
+        batch.insert(&self.heads, user.0.to_be_bytes(), bytes);
     }
 
     fn followed(&self, user: UserId) -> bool {
@@ -191,49 +253,51 @@ impl EmbeddedFeeds {
 impl Feeds for EmbeddedFeeds {
     async fn append(&self, deliveries: &[Delivery]) -> Result<(), FeedError> {
         let mut state = self.state.lock().await;
+        let state = &mut *state;
         let now = now_ms();
-        let mut batch = OwnedWriteBatch::with_capacity(self.db.clone(), deliveries.len() * 2)
+        let entries: usize = deliveries.iter().map(|delivery| delivery.recipients.len()).sum();
+        let mut batch = OwnedWriteBatch::with_capacity(self.db.clone(), entries + 8)
             .durability(Some(PersistMode::SyncData));
+        // What this append changes, applied to `state` once it is stored.
         let mut moved: HashMap<UserId, HeadRecord> = HashMap::new();
+        let mut taken: HashMap<String, u64> = HashMap::new();
         let mut published = Vec::new();
         for delivery in deliveries {
             let source = source_key(&delivery.source);
             let next = delivery.source.offset + 1;
+            let already = taken.get(&source).or_else(|| state.taken.get(&source));
+            if already.is_some_and(|&already| already >= next) {
+                continue;
+            }
+            taken.insert(source, next);
             for &user in &delivery.recipients {
-                let record = match moved.get_mut(&user) {
-                    Some(record) => record,
-                    None => {
-                        let loaded = self.load(&mut state, user)?.clone();
-                        moved.entry(user).or_insert(loaded)
-                    }
+                let record = match moved.entry(user) {
+                    MapEntry::Occupied(occupied) => occupied.into_mut(),
+                    MapEntry::Vacant(vacant) => vacant.insert(self.load(&mut state.heads, user)?),
                 };
-                if record.sources.get(&source).is_some_and(|&taken| taken >= next) {
-                    continue;
-                }
-                record.sources.insert(source.clone(), next);
-                record.seq += 1;
-                record.at = now;
-                if record.first > record.seq - 1 {
-                    record.first_at = now;
-                }
+                let seq = record.push(now);
                 batch.insert(
                     &self.entries,
-                    entry_key(user, record.seq),
+                    entry_key(user, seq),
                     entry_value(now, &delivery.frame),
                 );
                 if self.followed(user) {
-                    let entry = Entry { seq: record.seq, at: now, frame: delivery.frame.clone() };
+                    let entry = Entry { seq, at: now, frame: delivery.frame.clone() };
                     published.push(Published::Entry { user, epoch: record.epoch, entry });
                 }
             }
         }
         for (user, record) in &mut moved {
-            self.trim(*user, record, &mut batch, now)?;
-            let bytes = serde_json::to_vec(record).expect("heads serialise");
-            batch.insert(&self.heads, user.0.to_be_bytes(), bytes);
+            if self.trim(*user, record, &mut batch, now)? || record.unsaved {
+                self.save_head(*user, record, &mut batch);
+            }
+        }
+        for (source, next) in &taken {
+            batch.insert(&self.taken, source.as_str(), next.to_be_bytes());
         }
         batch.commit().map_err(|e| storage("appending to feeds", e))?;
-        state.extend(moved);
+        state.heads.extend(moved);
+        state.taken.extend(taken);
         self.send(published).await;
         Ok(())
     }
@@ -251,20 +315,14 @@ impl Feeds for EmbeddedFeeds {
 
     async fn head(&self, user: UserId) -> Result<Head, FeedError> {
         let mut state = self.state.lock().await;
-        let record = self.load(&mut state, user)?;
-        if record.seq == 0
-            && self
-                .heads
-                .get(user.0.to_be_bytes())
-                .map_err(|e| storage("reading a head", e))?
-                .is_none()
-        {
+        let mut record = self.load(&mut state.heads, user)?;
+        if record.unsaved {
             // Fix the epoch now: a token handed out from this head must stay valid.
-            let bytes = serde_json::to_vec(&*record).expect("heads serialise");
-            self.heads
-                .insert(user.0.to_be_bytes(), bytes)
-                .map_err(|e| storage("creating a feed", e))?;
-            self.db.persist(PersistMode::SyncData).map_err(|e| storage("creating a feed", e))?;
+            let mut batch = OwnedWriteBatch::with_capacity(self.db.clone(), 1)
+                .durability(Some(PersistMode::SyncData));
+            self.save_head(user, &mut record, &mut batch);
+            batch.commit().map_err(|e| storage("creating a feed", e))?;
+            state.heads.insert(user, record);
         }
         Ok(record.head())
     }
@@ -307,6 +365,7 @@ impl Feeds for EmbeddedFeeds {
 mod tests {
     use super::*;
     use crate::feed::conformance;
+    use switchboard_schemas::{Position, Topic};
 
     fn feeds(dir: &tempfile::TempDir, retention: Retention) -> EmbeddedFeeds {
         EmbeddedFeeds::open(dir.path(), retention).expect("open feeds")
@@ -325,6 +384,8 @@ mod tests {
             .await
     }
 
+    /// Heads are stored only when a feed is created or trimmed: reopened, a feed stands where its
+    /// newest entry says, and still skips the offsets it took.
     #[tokio::test]
     async fn feeds_survive_reopening() -> Result<(), FeedError> {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -335,6 +396,17 @@ mod tests {
         let reopened = feeds(&dir, Retention::default());
         assert_eq!(reopened.head(user).await?, head);
         assert_eq!(reopened.read(user, 0, 10).await?.len() as u64, head.seq);
+
+        let again = |offset, text: &str| Delivery {
+            source: Position { topic: Topic::Messages, partition: 0, offset },
+            recipients: vec![user],
+            frame: text.into(),
+        };
+        reopened.append(&[again(2, "taken before"), again(3, "new")]).await?;
+        let entries = reopened.read(user, head.seq, 10).await?;
+        let frames: Vec<&str> = entries.iter().map(|entry| &*entry.frame).collect();
+        assert_eq!(frames, ["new"]);
+        assert_eq!(entries[0].seq, head.seq + 1);
         Ok(())
     }
 }

@@ -12,10 +12,11 @@
 //! created afresh (its backend wiped) starts a new epoch, and a token of the old one is refused
 //! rather than read against numbers that mean something else now.
 //!
-//! Appends are idempotent per log position: a feed remembers, per source partition, the next
-//! offset it has taken, and skips anything older. The stage delivers each partition in order, so
-//! a stage that restarts from an earlier offset (after a crash, or a partition moving to another
-//! worker) adds nothing twice.
+//! Appends are idempotent per log position: the feeds remember, per source partition, the next
+//! offset they have taken, and skip anything older. The stage delivers each partition in order,
+//! so a stage that restarts from an earlier offset (after a crash, or a partition moving to
+//! another worker) adds nothing twice. Embedded appends are atomic, so one offset per partition
+//! covers every feed; Redis appends go user by user, so each feed remembers its own.
 //!
 //! Events that are state rather than history (someone typing, someone coming online) are
 //! [`Feeds::publish`]ed to the sockets connected now and kept nowhere.
@@ -131,8 +132,8 @@ pub const PUBLISHED_CAPACITY: usize = 8192;
 #[async_trait]
 pub trait Feeds: Send + Sync + 'static {
     /// Appends each delivery to the feed of each of its recipients, in order, and publishes the
-    /// new entries. A recipient whose feed already took this or a later offset of the source
-    /// partition is skipped. Either every delivery is appended or, on an error, the caller
+    /// new entries. A delivery the feeds already took this or a later offset of the source
+    /// partition from is skipped. Either every delivery is appended or, on an error, the caller
     /// appends them all again (what did go in is then skipped).
     async fn append(&self, deliveries: &[Delivery]) -> Result<(), FeedError>;
 

@@ -103,6 +103,21 @@ async fn two_nodes_share_one_numbering() -> Result<(), FeedError> {
     Ok(())
 }
 
+/// Redis appends go feed by feed, so an append that failed part way is made again whole: the
+/// feeds that took it skip it and the others take it.
+#[tokio::test]
+async fn an_append_made_again_reaches_the_feeds_it_missed() -> Result<(), FeedError> {
+    let Some(namespace) = Namespace::new() else { return Ok(()) };
+    let feeds = feeds(&namespace, Retention::default()).await;
+    let (ada, bob) = (UserId(1), UserId(2));
+    feeds.append(&[delivery(5, &[ada], "five")]).await?;
+    feeds.append(&[delivery(5, &[ada, bob], "five")]).await?;
+    assert_eq!(feeds.head(ada).await?.seq, 1, "ada took it once");
+    assert_eq!(feeds.head(bob).await?.seq, 1, "bob took it now");
+    namespace.remove_keys().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_feed_redis_lost_starts_a_new_epoch() -> Result<(), FeedError> {
     let Some(namespace) = Namespace::new() else { return Ok(()) };
