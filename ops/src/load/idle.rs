@@ -12,7 +12,9 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use super::report::{Connections, bytes, counts, thousands};
+use super::report::{
+    Connections, bytes, connections_line, counts, memory_line, per_connection, thousands,
+};
 use super::tally::Tally;
 use super::{Args, Memory, Window};
 
@@ -104,9 +106,6 @@ impl Summary {
             |count| format!("{count} source addresses"),
         );
         let processes = if o.processes == 1 { "process" } else { "processes" };
-        let per_connection = |bytes_each: Option<f64>| {
-            bytes_each.map_or_else(|| "unknown (the server's memory shrank)".to_owned(), bytes)
-        };
         let mut out = String::new();
         let _ = writeln!(out, "switchboard idle connections against {}", o.url);
         let _ = writeln!(
@@ -121,20 +120,9 @@ impl Summary {
             o.warmup_s, o.duration_s
         );
         let _ = writeln!(out);
-        let _ = writeln!(
-            out,
-            "connections  connected {}   dropped {}   held {}",
-            thousands(c.connected as f64),
-            thousands(c.dropped as f64),
-            thousands(c.held as f64)
-        );
-        let _ = writeln!(
-            out,
-            "memory       before {}   after {}   per connection {}",
-            bytes(m.before_bytes as f64),
-            bytes(m.after_bytes as f64),
-            per_connection(m.per_connection_bytes)
-        );
+        let _ = writeln!(out, "{}", connections_line(c));
+        let _ =
+            writeln!(out, "{}", memory_line(m.before_bytes, m.after_bytes, m.per_connection_bytes));
         if let Some(end) = m.end_bytes {
             let _ = writeln!(
                 out,

@@ -187,20 +187,9 @@ impl Summary {
             o.warmup_s, o.duration_s, o.processes
         );
         let _ = writeln!(out);
-        let _ = writeln!(
-            out,
-            "connections  connected {}   dropped {}   held {}",
-            thousands(c.connected as f64),
-            thousands(c.dropped as f64),
-            thousands(c.held as f64)
-        );
-        let _ = writeln!(
-            out,
-            "memory       before {}   after {}   per connection {}",
-            bytes(m.before_bytes as f64),
-            bytes(m.after_bytes as f64),
-            per_connection(m.per_connection_bytes)
-        );
+        let _ = writeln!(out, "{}", connections_line(c));
+        let _ =
+            writeln!(out, "{}", memory_line(m.before_bytes, m.after_bytes, m.per_connection_bytes));
         let _ = writeln!(out, "server CPU   {}", cpu_line(&self.cpu));
         let _ = writeln!(out);
         let _ = writeln!(
@@ -347,7 +336,27 @@ pub(super) fn thousands(value: f64) -> String {
     grouped
 }
 
-fn per_connection(bytes_each: Option<f64>) -> String {
+/// The `connections` line of a report.
+pub(super) fn connections_line(c: &Connections) -> String {
+    format!(
+        "connections  connected {}   dropped {}   held {}",
+        thousands(c.connected as f64),
+        thousands(c.dropped as f64),
+        thousands(c.held as f64)
+    )
+}
+
+/// The `memory` line of a report: the server's memory before and after the sockets opened.
+pub(super) fn memory_line(before: u64, after: u64, per_connection_bytes: Option<f64>) -> String {
+    format!(
+        "memory       before {}   after {}   per connection {}",
+        bytes(before as f64),
+        bytes(after as f64),
+        per_connection(per_connection_bytes)
+    )
+}
+
+pub(super) fn per_connection(bytes_each: Option<f64>) -> String {
     bytes_each.map_or_else(|| "unknown (the server's memory shrank)".to_owned(), bytes)
 }
 
