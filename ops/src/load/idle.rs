@@ -13,7 +13,7 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use super::report::{
-    Connections, bytes, connections_line, counts, memory_line, per_connection, thousands,
+    self, Connections, bytes, connections_line, counts, memory_line, per_connection, thousands,
 };
 use super::tally::Tally;
 use super::{Args, Memory, Window};
@@ -42,13 +42,12 @@ pub struct Offered {
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct MemoryFigures {
-    pub before_bytes: u64,
-    pub after_bytes: u64,
+    /// Before and after the sockets opened, as every load report gives them.
+    #[serde(flatten)]
+    pub opened: report::MemoryFigures,
     /// At the end of the idle window, when the server reported it.
     pub end_bytes: Option<u64>,
-    /// The growth from opening the sockets, per socket; none when the memory shrank.
-    pub per_connection_bytes: Option<f64>,
-    /// The same in KiB, the unit the figure is quoted in.
+    /// The growth per socket in KiB, the unit the figure is quoted in.
     pub per_connection_kib: Option<f64>,
     /// The growth up to the end of the idle window, per socket.
     pub per_connection_at_end_bytes: Option<f64>,
@@ -63,12 +62,7 @@ pub struct CpuFigures {
 
 impl Summary {
     pub fn new(args: &Args, tally: &Tally, memory: Memory, window: Window) -> Summary {
-        let dropped = tally.dropped_total();
-        let per_connection = |after: u64| {
-            let growth = after.checked_sub(memory.before_bytes)?;
-            Some(growth as f64 / tally.connected.max(1) as f64)
-        };
-        let per_connection_bytes = per_connection(memory.after_bytes);
+        let opened = report::MemoryFigures::of(&memory, tally.connected);
         Summary {
             offered: Offered {
                 url: args.url.clone(),
@@ -78,18 +72,14 @@ impl Summary {
                 warmup_s: args.warmup.as_secs_f64(),
                 duration_s: args.duration.as_secs_f64(),
             },
-            connections: Connections {
-                connected: tally.connected,
-                dropped,
-                held: tally.connected.saturating_sub(dropped),
-            },
+            connections: Connections::of(tally),
             memory: MemoryFigures {
-                before_bytes: memory.before_bytes,
-                after_bytes: memory.after_bytes,
                 end_bytes: window.end_bytes,
-                per_connection_bytes,
-                per_connection_kib: per_connection_bytes.map(|bytes| bytes / 1024.0),
-                per_connection_at_end_bytes: window.end_bytes.and_then(per_connection),
+                per_connection_kib: opened.per_connection_bytes.map(|bytes| bytes / 1024.0),
+                per_connection_at_end_bytes: window
+                    .end_bytes
+                    .and_then(|end| memory.growth_per_connection(end, tally.connected)),
+                opened,
             },
             cpu: CpuFigures {
                 seconds: window.cpu_seconds,
@@ -121,8 +111,11 @@ impl Summary {
         );
         let _ = writeln!(out);
         let _ = writeln!(out, "{}", connections_line(c));
-        let _ =
-            writeln!(out, "{}", memory_line(m.before_bytes, m.after_bytes, m.per_connection_bytes));
+        let _ = writeln!(
+            out,
+            "{}",
+            memory_line(m.opened.before_bytes, m.opened.after_bytes, m.opened.per_connection_bytes)
+        );
         if let Some(end) = m.end_bytes {
             let _ = writeln!(
                 out,
@@ -167,7 +160,7 @@ mod tests {
     fn memory_per_connection_is_the_growth_over_the_sockets() {
         let end = (40 << 20) + 2000 * 13 * 1024;
         let summary = summary(Window { cpu_seconds: Some(0.5), end_bytes: Some(end) });
-        assert_eq!(summary.memory.per_connection_bytes, Some(12.0 * 1024.0));
+        assert_eq!(summary.memory.opened.per_connection_bytes, Some(12.0 * 1024.0));
         assert_eq!(summary.memory.per_connection_kib, Some(12.0));
         assert_eq!(summary.memory.per_connection_at_end_bytes, Some(13.0 * 1024.0));
         assert_eq!(summary.cpu.cores, Some(0.05));

@@ -300,6 +300,15 @@ pub struct Memory {
     pub after_bytes: u64,
 }
 
+impl Memory {
+    /// The server's growth from before the sockets opened to `now_bytes`, per socket; none when
+    /// its memory shrank meanwhile.
+    pub fn growth_per_connection(&self, now_bytes: u64, connected: u64) -> Option<f64> {
+        let growth = now_bytes.checked_sub(self.before_bytes)?;
+        Some(growth as f64 / connected.max(1) as f64)
+    }
+}
+
 /// What the server reports of the measured window: the CPU time it spent in it, and its memory
 /// at its end.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

@@ -47,6 +47,17 @@ pub struct Connections {
     pub held: u64,
 }
 
+impl Connections {
+    pub(super) fn of(tally: &Tally) -> Connections {
+        let dropped = tally.dropped_total();
+        Connections {
+            connected: tally.connected,
+            dropped,
+            held: tally.connected.saturating_sub(dropped),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct MemoryFigures {
     pub before_bytes: u64,
@@ -55,6 +66,16 @@ pub struct MemoryFigures {
     /// meanwhile (its allocator gave back memory freed earlier, which hides what the sockets
     /// cost).
     pub per_connection_bytes: Option<f64>,
+}
+
+impl MemoryFigures {
+    pub(super) fn of(memory: &Memory, connected: u64) -> MemoryFigures {
+        MemoryFigures {
+            before_bytes: memory.before_bytes,
+            after_bytes: memory.after_bytes,
+            per_connection_bytes: memory.growth_per_connection(memory.after_bytes, connected),
+        }
+    }
 }
 
 /// The server's CPU time over the measured window, when it reports it, and what that comes to
@@ -103,8 +124,6 @@ impl Summary {
     pub fn new(args: &Args, tally: &Tally, memory: Memory, cpu_seconds: Option<f64>) -> Summary {
         let seconds = args.duration.as_secs_f64();
         let per_second = |count: u64| count as f64 / seconds;
-        let dropped = tally.dropped_total();
-        let growth = memory.after_bytes.checked_sub(memory.before_bytes);
         let micros_per =
             |count: u64| cpu_seconds.filter(|_| count > 0).map(|cpu| cpu * 1e6 / count as f64);
         Summary {
@@ -119,17 +138,8 @@ impl Summary {
                 processes: args.processes,
                 max_in_flight: args.max_in_flight,
             },
-            connections: Connections {
-                connected: tally.connected,
-                dropped,
-                held: tally.connected.saturating_sub(dropped),
-            },
-            memory: MemoryFigures {
-                before_bytes: memory.before_bytes,
-                after_bytes: memory.after_bytes,
-                per_connection_bytes: growth
-                    .map(|growth| growth as f64 / tally.connected.max(1) as f64),
-            },
+            connections: Connections::of(tally),
+            memory: MemoryFigures::of(&memory, tally.connected),
             cpu: CpuFigures {
                 seconds: cpu_seconds,
                 cores: cpu_seconds.map(|cpu| cpu / seconds),
