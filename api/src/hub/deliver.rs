@@ -306,3 +306,96 @@ impl<'a> Retry<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use switchboard_ingest::log::embedded::EmbeddedLog;
+    use switchboard_projector::feed::embedded::EmbeddedFeeds;
+    use switchboard_projector::feed::{PUBLISHED_CAPACITY, Retention};
+    use switchboard_projector::presence::memory::MemoryPresence;
+    use switchboard_projector::store::embedded::EmbeddedStore;
+    use switchboard_schemas::{
+        ConversationCreated, ConversationId, ConversationKind, EventMeta, MessageId, MessageSent,
+        UserId,
+    };
+
+    use super::*;
+
+    fn sent(conversation: ConversationId, sender: UserId, id: i64) -> Event {
+        let meta = EventMeta {
+            event_id: format!("e{id}"),
+            occurred_at: 1,
+            actor: Some(sender),
+            trace_id: "t".to_owned(),
+        };
+        let payload = MessageSent {
+            conversation_id: conversation,
+            message_id: MessageId(id),
+            sender,
+            client_msg_id: format!("c{id}"),
+            body: "hi".to_owned(),
+            reply_to: None,
+            attachments: Vec::new(),
+        };
+        Event { meta, payload: payload.into() }
+    }
+
+    /// A lane whose follower no longer listens (the fan-out stopped first, as it may on
+    /// shutdown) waits to publish, and still stops when told to.
+    #[tokio::test]
+    async fn a_lane_stuck_publishing_to_a_stopped_fan_out_stops() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log: Arc<dyn Log> =
+            Arc::new(EmbeddedLog::open(&dir.path().join("log"), 2).expect("log"));
+        let store = Arc::new(EmbeddedStore::open(&dir.path().join("store")).expect("store"));
+        let feeds = Arc::new(
+            EmbeddedFeeds::open(&dir.path().join("feeds"), Retention::default()).expect("feeds"),
+        );
+        let members = Arc::new(Memberships::default());
+        let (ada, bob, direct) = (UserId(1), UserId(2), ConversationId(10));
+        members.apply(
+            &ConversationCreated {
+                conversation_id: direct,
+                kind: ConversationKind::Direct,
+                title: None,
+                members: vec![ada, bob],
+            }
+            .into(),
+        );
+        let published = feeds.listen().await.expect("listen");
+        feeds.follow(ada).await.expect("follow");
+        let stage = Stage::new(
+            HISTORY,
+            log.clone(),
+            store,
+            Arc::new(MemoryPresence::new("n")),
+            feeds,
+            members,
+            Progress::new(Cursor::default()),
+        );
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(stage.clone().run(stop.clone()));
+        stage.live().await;
+
+        let codec = Codec::new();
+        let key = direct.to_string();
+        for id in 0..PUBLISHED_CAPACITY as i64 + 100 {
+            let value = codec.encode(&sent(direct, bob, id)).expect("encode");
+            log.append(Topic::Messages, key.as_bytes(), value).await.expect("append");
+        }
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while published.len() < PUBLISHED_CAPACITY {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the follower's queue fills up");
+
+        stop.cancel();
+        let stopped = tokio::time::timeout(Duration::from_secs(10), running).await;
+        assert!(stopped.is_ok(), "the lane stops while its follower's queue is full");
+        drop(published);
+    }
+}

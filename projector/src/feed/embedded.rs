@@ -20,9 +20,8 @@
 //! afterwards (in a crash or a power cut) would be lost for good, and its number handed to the
 //! next entry, under tokens clients already hold.
 
-use std::collections::HashMap;
-use std::collections::HashSet;
 use std::collections::hash_map::Entry as MapEntry;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
