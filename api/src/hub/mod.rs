@@ -47,9 +47,13 @@ pub struct Push {
 }
 
 /// The sending end of one socket's queue of pushes.
+///
+/// The queue is a flume channel: it holds a `VecDeque` that takes memory only while pushes wait,
+/// where tokio's channel allocates a first block of 32 slots and cache-padded state up front,
+/// 1.8 KiB that every idle socket would hold.
 pub struct Mailbox {
     pub session_id: Arc<str>,
-    pub frames: mpsc::Sender<Push>,
+    pub frames: flume::Sender<Push>,
     /// Cancelled when the socket could not keep up and must go.
     pub evicted: CancellationToken,
 }
@@ -155,12 +159,12 @@ impl Follow {
         self.mailboxes.retain(|mailbox| {
             match mailbox.frames.try_send(Push { seq, frame: frame.clone() }) {
                 Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(flume::TrySendError::Full(_)) => {
                     metrics::counter!("sockets_evicted_total").increment(1);
                     mailbox.evicted.cancel();
                     false
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
+                Err(flume::TrySendError::Disconnected(_)) => false,
             }
         });
         metrics::counter!("events_pushed_total").increment(self.mailboxes.len() as u64);
@@ -444,8 +448,8 @@ mod tests {
 
     use super::*;
 
-    fn mailbox(id: &str) -> (Mailbox, mpsc::Receiver<Push>) {
-        let (frames, pushes) = mpsc::channel(MAILBOX_CAPACITY);
+    fn mailbox(id: &str) -> (Mailbox, flume::Receiver<Push>) {
+        let (frames, pushes) = flume::bounded(MAILBOX_CAPACITY);
         let mailbox = Mailbox { session_id: id.into(), frames, evicted: CancellationToken::new() };
         (mailbox, pushes)
     }
@@ -467,21 +471,21 @@ mod tests {
         hub.live().await;
         let ada = UserId(1);
 
-        let (phone, mut pushes) = mailbox("phone");
+        let (phone, pushes) = mailbox("phone");
         let start = hub.register(ada, phone).await.expect("register");
         append(feeds.as_ref(), ada, 0).await;
-        assert_eq!(pushes.recv().await.expect("a push").seq, start.seq + 1);
+        assert_eq!(pushes.recv_async().await.expect("a push").seq, start.seq + 1);
         hub.unregister(ada, "phone");
 
         tokio::time::sleep(IDLE_FOLLOW * 2).await;
         assert!(!hub.users().contains_key(&ada), "forgotten once idle");
         append(feeds.as_ref(), ada, 1).await;
 
-        let (laptop, mut pushes) = mailbox("laptop");
+        let (laptop, pushes) = mailbox("laptop");
         let start = hub.register(ada, laptop).await.expect("register again");
         assert_eq!(start.seq, 2, "registered after what was appended meanwhile");
         append(feeds.as_ref(), ada, 2).await;
-        let push = pushes.recv().await.expect("a push");
+        let push = pushes.recv_async().await.expect("a push");
         assert_eq!(push.seq, 3);
         let token = format!(r#""token":"{}.3."#, start.epoch);
         assert!(push.frame.as_str().contains(&token), "{}", push.frame.as_str());

@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::future::OptionFuture;
-use futures_util::stream::{FuturesOrdered, SplitSink, StreamExt};
+use futures_util::stream::{FuturesOrdered, SplitSink, SplitStream, StreamExt};
 use futures_util::{Future, FutureExt, SinkExt};
 use serde_json::Value;
 use switchboard_ingest::Origin;
 use switchboard_projector::feed::Entry;
 use switchboard_schemas::{SessionClosed, SessionOpened, UserId};
-use tokio::sync::mpsc;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
@@ -44,6 +44,7 @@ const CLOSE_IDLE: u16 = 4000;
 const CLOSE_TOO_SLOW: u16 = 4008;
 
 type Sink = SplitSink<WebSocket, Message>;
+type Stream = SplitStream<WebSocket>;
 
 /// The reply frame to an op, once it is ready.
 type Reply = Pin<Box<dyn Future<Output = String> + Send>>;
@@ -56,7 +57,7 @@ pub struct Session {
     state: AppState,
     user: UserId,
     id: Arc<str>,
-    frames: mpsc::Receiver<Push>,
+    frames: flume::Receiver<Push>,
     evicted: CancellationToken,
     /// Where the user's feed stood when this socket registered: pushes cover everything after.
     registered_at: ResumeToken,
@@ -77,15 +78,43 @@ enum Replay {
 /// How many entries a replay reads at a time.
 const REPLAY_PAGE: usize = 256;
 
+/// Serves an upgraded socket of `user` until it closes, or turns it away when the user's feed
+/// cannot be followed now. The socket holds its `permit` (its place under the node's connection
+/// cap) until then.
+///
+/// The socket is split before anything waits, which moves it to the heap behind its two halves:
+/// a socket value held across an await would sit inline in the connection's task, and an idle
+/// socket's memory is mostly that task. For the same reason, the steps a socket takes once
+/// (opening, replaying, closing) are boxed, so the task keeps only the loop that runs for the
+/// socket's life.
+pub fn serve(
+    state: AppState,
+    user: UserId,
+    device: Option<String>,
+    resume: Option<Resume>,
+    permit: OwnedSemaphorePermit,
+    socket: WebSocket,
+) -> impl Future<Output = ()> + Send {
+    let (sink, stream) = socket.split();
+    async move {
+        let _permit = permit;
+        let writer = Writer::new(sink);
+        match Box::pin(Session::open(state, user, device)).await {
+            Ok(session) => session.run(writer, stream, resume).await,
+            Err(error) => Box::pin(close_for_now(writer, stream, &error)).await,
+        }
+    }
+}
+
 impl Session {
     /// Registers a socket of `user`; fails when the user's feed cannot be followed now.
-    pub async fn open(
+    async fn open(
         state: AppState,
         user: UserId,
         device: Option<String>,
     ) -> Result<Session, ApiError> {
         let id: Arc<str> = uuid::Uuid::new_v4().to_string().into();
-        let (sender, frames) = mpsc::channel(MAILBOX_CAPACITY);
+        let (sender, frames) = flume::bounded(MAILBOX_CAPACITY);
         let evicted = CancellationToken::new();
         let mailbox = Mailbox { session_id: id.clone(), frames: sender, evicted: evicted.clone() };
         let registered_at = state.hub.register(user, mailbox).await?;
@@ -107,9 +136,22 @@ impl Session {
         Ok(Session { state, user, id, frames, evicted, registered_at, delivered })
     }
 
-    pub async fn run(mut self, socket: WebSocket, resume: Option<Resume>) {
-        let (sink, stream) = socket.split();
-        let mut writer = Writer::new(sink);
+    /// Greets the client, serves the socket for as long as it stays open, and closes the session.
+    async fn run(mut self, writer: Writer, stream: Stream, resume: Option<Resume>) {
+        if let Some((writer, stream)) = Box::pin(self.greet(writer, stream, resume)).await {
+            self.serve(writer, stream).await;
+        }
+        Box::pin(self.close()).await;
+    }
+
+    /// Sends `ready`, then what a resume missed or why it cannot be replayed. Hands the socket
+    /// back to be served, or nothing once it is closed or gone.
+    async fn greet(
+        &mut self,
+        mut writer: Writer,
+        stream: Stream,
+        resume: Option<Resume>,
+    ) -> Option<(Writer, Stream)> {
         let replay = match resume {
             None => None,
             Some(Resume::Retired) => Some(Replay::Refused(ApiError::sync_required(
@@ -119,7 +161,7 @@ impl Session {
                 Ok(replay) => Some(replay),
                 Err(error) => {
                     close_for_now(writer, stream, &error).await;
-                    return self.close().await;
+                    return None;
                 }
             },
         };
@@ -130,27 +172,24 @@ impl Session {
             Some(Replay::Refused(_)) => (Some(false), self.registered_at),
         };
         let ready = protocol::ready(self.user, &self.id, &token.to_string(), heartbeat, resumed);
-        let mut ok = writer.text(ready).await.is_ok();
+        writer.text(ready).await.ok()?;
         match replay {
-            Some(Replay::Refused(refusal)) if ok => {
-                ok = writer.text(protocol::error(Value::Null, &refusal)).await.is_ok();
+            None => {}
+            Some(Replay::Refused(refusal)) => {
+                writer.text(protocol::error(Value::Null, &refusal)).await.ok()?;
             }
-            Some(Replay::From { token, first }) if ok => {
+            Some(Replay::From { token, first }) => {
                 match self.replay(&mut writer, token, first).await {
                     Ok(Ok(())) => {}
                     Ok(Err(error)) => {
                         close_for_now(writer, stream, &error).await;
-                        return self.close().await;
+                        return None;
                     }
-                    Err(Gone) => ok = false,
+                    Err(Gone) => return None,
                 }
             }
-            _ => {}
         }
-        if ok {
-            self.serve(writer, stream).await;
-        }
-        self.close().await;
+        Some((writer, stream))
     }
 
     /// Up to a page of the user's feed after `after`, for a resume.
@@ -229,16 +268,11 @@ impl Session {
         Ok(Ok(()))
     }
 
-    async fn serve(
-        &mut self,
-        mut writer: Writer,
-        mut stream: futures_util::stream::SplitStream<WebSocket>,
-    ) {
+    async fn serve(&mut self, mut writer: Writer, mut stream: Stream) {
         let config = &self.state.config;
-        let mut ping = tokio::time::interval(config.ping_interval.0);
-        ping.tick().await;
-        let idle = sleep_until(Instant::now() + config.idle_timeout.0);
-        tokio::pin!(idle);
+        let mut keepalive = Keepalive::new(config.ping_interval.0, config.idle_timeout.0);
+        let timer = sleep_until(keepalive.next());
+        tokio::pin!(timer);
         // Ops take their turns one at a time, in the order they came; a send's turn ends once its
         // message is in the log's hands, so the next op need not wait for the send to be durable.
         // Replies go out in the order of the ops.
@@ -257,12 +291,19 @@ impl Session {
             let queued = tokio::select! {
                 _ = self.state.shutdown.cancelled() => break Some((CLOSE_GOING_AWAY, "server shutting down")),
                 _ = self.evicted.cancelled() => break Some((CLOSE_TOO_SLOW, "too slow to keep up; reconnect and resume")),
-                _ = &mut idle => break Some((CLOSE_IDLE, "no activity")),
-                _ = ping.tick() => writer.queue(Message::Ping(Default::default())).await,
-                push = self.frames.recv() => match push {
-                    Some(push) if push.seq != 0 && push.seq <= self.delivered => Ok(()),
-                    Some(push) => writer.queue(Message::Text(push.frame)).await,
-                    None => break None,
+                () = &mut timer => {
+                    let due = keepalive.due(Instant::now());
+                    timer.as_mut().reset(keepalive.next());
+                    match due {
+                        Due::Idle => break Some((CLOSE_IDLE, "no activity")),
+                        Due::Ping => writer.queue(Message::Ping(Default::default())).await,
+                        Due::Nothing => Ok(()),
+                    }
+                }
+                push = self.frames.recv_async() => match push {
+                    Ok(push) if push.seq != 0 && push.seq <= self.delivered => Ok(()),
+                    Ok(push) => writer.queue(Message::Text(push.frame)).await,
+                    Err(flume::RecvError::Disconnected) => break None,
                 },
                 Some(reply) = OptionFuture::from(turn.as_mut()), if turn.is_some() => {
                     turn = None;
@@ -273,7 +314,7 @@ impl Session {
                     writer.queue(Message::Text(reply.into())).await
                 }
                 message = stream.next(), if pending.len() + replies.len() < MAX_PENDING_OPS => {
-                    idle.as_mut().reset(Instant::now() + config.idle_timeout.0);
+                    keepalive.heard(Instant::now());
                     match message {
                         Some(Ok(Message::Text(text))) if text.len() > config.max_frame_bytes => {
                             writer.queue_text(protocol::error(Value::Null, &ApiError::frame_too_large(config.max_frame_bytes))).await
@@ -302,7 +343,7 @@ impl Session {
                 }
             };
             let written = match queued {
-                Ok(()) => writer.flush_with(&mut self.frames, self.delivered, &mut replies).await,
+                Ok(()) => writer.flush_with(&self.frames, self.delivered, &mut replies).await,
                 Err(gone) => Err(gone),
             };
             if written.is_err() {
@@ -337,20 +378,10 @@ impl Session {
     }
 }
 
-/// Turns away a socket whose session could not be opened (its feed cannot be followed now).
-pub async fn refuse(socket: WebSocket, error: &ApiError) {
-    let (sink, stream) = socket.split();
-    close_for_now(Writer::new(sink), stream, error).await;
-}
-
 /// Closes a socket that cannot be served now, because the feeds do not answer: the error as a
 /// frame, then close code 1013, "try again later". The client reconnects, resuming from its
 /// last processed token, and misses nothing.
-async fn close_for_now(
-    mut writer: Writer,
-    mut stream: futures_util::stream::SplitStream<WebSocket>,
-    error: &ApiError,
-) {
+async fn close_for_now(mut writer: Writer, mut stream: Stream, error: &ApiError) {
     tracing::warn!(code = error.code, message = %error.message, "socket closed for now");
     let close = CloseFrame { code: CLOSE_TRY_AGAIN, reason: "try again later".into() };
     if writer.text(protocol::error(Value::Null, error)).await.is_ok()
@@ -363,7 +394,7 @@ async fn close_for_now(
 /// Waits (bounded) for the client to answer the server's close frame. Dropping the connection
 /// at once would reset it under any frame the client had under way, an automatic pong say, and
 /// the client would lose the close frame, and its code, to the reset.
-async fn finish_close_handshake(stream: &mut futures_util::stream::SplitStream<WebSocket>) {
+async fn finish_close_handshake(stream: &mut Stream) {
     let answered = async {
         while let Some(Ok(message)) = stream.next().await {
             if matches!(message, Message::Close(_)) {
@@ -372,6 +403,52 @@ async fn finish_close_handshake(stream: &mut futures_util::stream::SplitStream<W
         }
     };
     let _ = tokio::time::timeout(CLOSE_HANDSHAKE, answered).await;
+}
+
+/// A socket's two clocks on one timer: a ping goes out every `ping_every`, and the socket closes
+/// once the client has sent nothing for `idle_after`. One timer instead of an interval and a
+/// sleep costs an idle socket less, and a frame from the client only moves a deadline rather than
+/// re-arming a timer.
+struct Keepalive {
+    ping_every: Duration,
+    idle_after: Duration,
+    ping_at: Instant,
+    idle_at: Instant,
+}
+
+/// What the keepalive timer found when it fired.
+enum Due {
+    Ping,
+    Idle,
+    /// The client was heard since the timer was set: nothing is due yet.
+    Nothing,
+}
+
+impl Keepalive {
+    fn new(ping_every: Duration, idle_after: Duration) -> Keepalive {
+        let now = Instant::now();
+        Keepalive { ping_every, idle_after, ping_at: now + ping_every, idle_at: now + idle_after }
+    }
+
+    /// When the timer should next fire.
+    fn next(&self) -> Instant {
+        self.ping_at.min(self.idle_at)
+    }
+
+    fn heard(&mut self, now: Instant) {
+        self.idle_at = now + self.idle_after;
+    }
+
+    fn due(&mut self, now: Instant) -> Due {
+        if now >= self.idle_at {
+            Due::Idle
+        } else if now >= self.ping_at {
+            self.ping_at = now + self.ping_every;
+            Due::Ping
+        } else {
+            Due::Nothing
+        }
+    }
 }
 
 /// The socket went away, or stopped reading for longer than a write may take.
@@ -435,7 +512,7 @@ impl Writer {
     /// pushes already waiting in the mailbox.
     async fn flush_with(
         &mut self,
-        mailbox: &mut mpsc::Receiver<Push>,
+        mailbox: &flume::Receiver<Push>,
         delivered: u64,
         replies: &mut FuturesOrdered<Reply>,
     ) -> Result<(), Gone> {
