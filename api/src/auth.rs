@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use argon2::password_hash::SaltString;
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
 use axum::extract::FromRequestParts;
@@ -17,6 +17,10 @@ use switchboard_schemas::UserId;
 
 use crate::error::ApiError;
 use crate::state::AppState;
+
+/// The shortest secret that may sign tokens: HS256 keys shorter than its 32-byte hash are
+/// guessable offline from any one token.
+pub const MIN_SECRET_BYTES: usize = 32;
 
 /// Signs and checks access tokens (HS256 JWTs).
 pub struct Tokens {
@@ -42,6 +46,7 @@ pub struct Issued {
 
 impl Tokens {
     /// Uses `secret` when given, otherwise the one kept in `data_dir`, generating it on first use.
+    /// Refuses a secret shorter than [`MIN_SECRET_BYTES`].
     pub fn new(secret: Option<&str>, data_dir: &Path, ttl: Duration) -> anyhow::Result<Tokens> {
         let secret = match secret {
             Some(secret) => secret.as_bytes().to_vec(),
@@ -82,6 +87,14 @@ impl Tokens {
 fn stored_secret(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
     let path = data_dir.join("jwt-secret");
     if let Ok(secret) = std::fs::read(&path) {
+        if secret.len() < MIN_SECRET_BYTES {
+            bail!(
+                "the token secret in {} is {} bytes long; it must be at least {MIN_SECRET_BYTES} \
+                 (delete the file to have a new one generated, which logs every user out)",
+                path.display(),
+                secret.len()
+            );
+        }
         return Ok(secret);
     }
     std::fs::create_dir_all(data_dir)
@@ -164,8 +177,7 @@ pub async fn verify_password(password: String, hash: String) -> bool {
     .unwrap_or(false)
 }
 
-/// The authenticated user of a request: from `Authorization: Bearer <token>`, or from a
-/// `token` query parameter where headers cannot be set (browser WebSockets).
+/// The authenticated user of a request, from `Authorization: Bearer <token>`.
 #[derive(Clone, Copy, Debug)]
 pub struct Caller(pub UserId);
 
@@ -173,27 +185,52 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
-        let token = bearer_token(parts)
-            .ok_or_else(|| ApiError::unauthorized("an access token is required"))?;
-        state.tokens.verify(&token).map(Caller)
+        match header_token(parts) {
+            Some(token) => state.tokens.verify(token).map(Caller),
+            None if query_token(parts).is_some() => Err(ApiError::unauthorized(
+                "send the access token as `Authorization: Bearer …`; only /v1/ws and media \
+                 downloads take it as a `token` query parameter",
+            )),
+            None => Err(ApiError::unauthorized("an access token is required")),
+        }
     }
 }
 
-pub fn bearer_token(parts: &Parts) -> Option<String> {
-    if let Some(header) = parts.headers.get(axum::http::header::AUTHORIZATION) {
-        return header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(|t| t.trim().to_owned());
+/// The authenticated user of a request a browser makes without letting the page set headers:
+/// the WebSocket upgrade, and a media download as the source of an `<img>` or `<video>`. Besides
+/// the header, these take the token as a `token` query parameter. No other route does: URLs end
+/// up in access logs, browser histories and `Referer` headers.
+#[derive(Clone, Copy, Debug)]
+pub struct LinkCaller(pub UserId);
+
+impl FromRequestParts<AppState> for LinkCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<LinkCaller, ApiError> {
+        let token = header_token(parts)
+            .or_else(|| query_token(parts))
+            .ok_or_else(|| ApiError::unauthorized("an access token is required"))?;
+        state.tokens.verify(token).map(LinkCaller)
     }
-    parts.uri.query().and_then(|query| {
-        query
-            .split('&')
-            .filter_map(|pair| pair.split_once('='))
-            .find(|(key, _)| *key == "token")
-            .map(|(_, value)| value.to_owned())
-    })
+}
+
+/// The access token a request carries, wherever it carries it: who the caller is for rate
+/// limiting, before a route decides whether it accepts the token where it was given.
+pub fn presented_token(parts: &Parts) -> Option<&str> {
+    header_token(parts).or_else(|| query_token(parts))
+}
+
+fn header_token(parts: &Parts) -> Option<&str> {
+    let header = parts.headers.get(axum::http::header::AUTHORIZATION)?;
+    header.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+}
+
+/// The `token` query parameter, as-is: JWTs need no percent-decoding.
+fn query_token(parts: &Parts) -> Option<&str> {
+    parts.uri.query()?.split('&').find_map(|pair| pair.strip_prefix("token="))
 }
 
 #[cfg(test)]
@@ -211,14 +248,28 @@ mod tests {
         let again = Tokens::new(None, dir.path(), Duration::from_secs(60)).unwrap();
         assert_eq!(again.verify(&issued.token).unwrap(), UserId(42));
 
-        let other =
-            Tokens::new(Some("another secret"), dir.path(), Duration::from_secs(60)).unwrap();
+        let other = Tokens::new(
+            Some("another secret, as long as a secret must be"),
+            dir.path(),
+            Duration::from_secs(60),
+        )
+        .unwrap();
         assert_eq!(other.verify(&issued.token).unwrap_err().code, "unauthorized");
 
         let expired = Tokens::new(None, dir.path(), Duration::ZERO).unwrap();
         let stale = expired.issue(UserId(42));
         std::thread::sleep(Duration::from_millis(1100));
         assert_eq!(tokens.verify(&stale.token).unwrap_err().code, "token_expired");
+    }
+
+    #[test]
+    fn a_short_or_empty_kept_secret_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for kept in ["", "short"] {
+            std::fs::write(dir.path().join("jwt-secret"), kept).unwrap();
+            let error = Tokens::new(None, dir.path(), Duration::from_secs(60)).err().unwrap();
+            assert!(error.to_string().contains("at least 32"), "{error}");
+        }
     }
 
     #[tokio::test]

@@ -13,31 +13,58 @@ use crate::config::Config;
 
 pub async fn open_log(config: &Config) -> anyhow::Result<Arc<dyn Log>> {
     let url = config.log_url();
-    log::open(&url, config.partitions).await.with_context(|| format!("opening the log at {url}"))
+    log::open(&url, config.partitions)
+        .await
+        .with_context(|| format!("opening the log at {}", redacted(&url)))
 }
 
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn ReadModel>> {
     let url = config.store_url();
-    store::open(&url).await.with_context(|| format!("opening the read-model store at {url}"))
+    store::open(&url)
+        .await
+        .with_context(|| format!("opening the read-model store at {}", redacted(&url)))
 }
 
 pub async fn open_presence(config: &Config, node_id: &str) -> anyhow::Result<Arc<dyn Presence>> {
     let url = &config.presence;
-    presence::open(url, node_id).await.with_context(|| format!("opening presence at {url}"))
+    presence::open(url, node_id)
+        .await
+        .with_context(|| format!("opening presence at {}", redacted(url)))
 }
 
 pub async fn open_feeds(config: &Config) -> anyhow::Result<Arc<dyn Feeds>> {
     let url = config.feeds_url();
-    let described = redacted(&url);
     feed::open(&url, config.retention())
         .await
-        .with_context(|| format!("opening the feeds at {described}"))
+        .with_context(|| format!("opening the feeds at {}", redacted(&url)))
 }
 
-/// `url` without the password it may hold.
+/// `url` without the credentials it may hold (`user:password@`), for logs and errors.
 pub fn redacted(url: &str) -> String {
-    match (url.split_once("://"), url.rsplit_once('@')) {
-        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://…@{host}"),
-        _ => url.to_owned(),
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) => format!("{scheme}://…{}", &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn credentials_are_left_out_of_described_urls() {
+        for (url, described) in [
+            ("redis://:hunter2@10.0.0.5:6379/0?prefix=sb:", "redis://…@10.0.0.5:6379/0?prefix=sb:"),
+            ("scylla://app:s3cret@db1:9042/chat", "scylla://…@db1:9042/chat"),
+            ("redis://10.0.0.5:6379?prefix=a@b", "redis://10.0.0.5:6379?prefix=a@b"),
+            ("file:///var/lib/switchboard/log", "file:///var/lib/switchboard/log"),
+            ("memory://", "memory://"),
+        ] {
+            assert_eq!(redacted(url), described);
+        }
     }
 }

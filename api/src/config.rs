@@ -56,11 +56,13 @@ pub struct Config {
     pub partitions: u32,
 
     /// This node's number (0–1023); nodes sharing a log need different ones, since it is part of
-    /// every id they generate.
+    /// every id they generate. A node holds a lease on its number in presence while it runs: a
+    /// second node given the same number waits for that lease to run out, then refuses to start.
     #[arg(long, env = "SWITCHBOARD_NODE_ID", default_value_t = 0)]
     pub node_id: u16,
 
-    /// Secret that signs access tokens [default: generated once and kept in <data-dir>/jwt-secret].
+    /// Secret that signs access tokens, at least 32 bytes [default: generated once and kept in
+    /// <data-dir>/jwt-secret].
     #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
@@ -236,6 +238,15 @@ impl Config {
                 "idle_timeout ({}) must be longer than ping_interval ({}), or every socket would be dropped",
                 self.idle_timeout,
                 self.ping_interval
+            );
+        }
+        if let Some(secret) = &self.jwt_secret
+            && secret.len() < crate::auth::MIN_SECRET_BYTES
+        {
+            bail!(
+                "jwt_secret is {} bytes long; it must be at least {} (e.g. `openssl rand -hex 32`)",
+                secret.len(),
+                crate::auth::MIN_SECRET_BYTES
             );
         }
         if self.node_id >= 1024 {

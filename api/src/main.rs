@@ -11,6 +11,7 @@ mod hub;
 mod limits;
 mod locations;
 mod media;
+mod node_lease;
 mod routes;
 mod server;
 mod state;

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use axum::serve::ListenerExt;
 use switchboard_ingest::ids::IdGenerator;
 use switchboard_ingest::log::Cursor;
@@ -23,11 +23,12 @@ use crate::config::{Config, Role};
 use crate::hub::Hub;
 use crate::hub::deliver::{self, Stage};
 use crate::media::Blobs;
+use crate::node_lease::NodeLease;
 use crate::routes;
 use crate::state::{AppState, Services};
 use crate::telemetry;
 
-/// How long a node's sessions stay online without a renewal.
+/// How long a node's sessions, and its lease on its number, last without a renewal.
 const NODE_LEASE: Duration = Duration::from_secs(15);
 /// How long a node that does not project waits for the read models before serving anyway.
 const BACKLOG_WAIT: Duration = Duration::from_secs(30);
@@ -42,6 +43,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let log = backends::open_log(&config).await?;
     let store = backends::open_store(&config).await?;
     let presence = backends::open_presence(&config, &node_id).await?;
+    let lease =
+        NodeLease::take(presence.clone(), config.node_id, &node_id, &config.data_dir, NODE_LEASE)
+            .await?;
     let feeds = backends::open_feeds(&config).await?;
     let blobs = Blobs::open(&config.media_store_url())
         .with_context(|| format!("opening the media store at {}", config.media_store_url()))?;
@@ -100,6 +104,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     let mut tasks = JoinSet::new();
     let role = state.config.role;
+    let lease_lost = CancellationToken::new();
+    tasks.spawn(lease.keep(stop.clone(), lease_lost.clone()));
     if role.projects() {
         tasks.spawn(supervise("projector", stop.clone(), {
             let state = state.clone();
@@ -188,8 +194,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         listen = %address,
         node = %state.node_id,
-        log = %state.config.log_url(),
-        store = %state.config.store_url(),
+        log = %backends::redacted(&state.config.log_url()),
+        store = %backends::redacted(&state.config.store_url()),
         presence = %backends::redacted(&state.config.presence),
         feeds = %backends::redacted(&state.config.feeds_url()),
         media = %state.blobs,
@@ -211,10 +217,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     });
     axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            tracing::info!("shutting down: closing sockets and finishing requests");
-            shutdown.cancel();
+        .with_graceful_shutdown({
+            let lease_lost = lease_lost.clone();
+            async move {
+                tokio::select! {
+                    () = shutdown_signal() => {}
+                    () = lease_lost.cancelled() => {}
+                }
+                tracing::info!("shutting down: closing sockets and finishing requests");
+                shutdown.cancel();
+            }
         })
         .await
         .context("HTTP server")?;
@@ -228,6 +240,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     stop.cancel();
     while tasks.join_next().await.is_some() {}
     state.ingest.log().close().await.context("flushing the log")?;
+    if lease_lost.is_cancelled() {
+        bail!(
+            "stopped: another node took node id {} while this one could not renew its lease",
+            state.config.node_id
+        );
+    }
     tracing::info!("switchboard stopped");
     Ok(())
 }

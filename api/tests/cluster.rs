@@ -227,3 +227,22 @@ async fn a_call_rings_across_nodes_and_two_timers_miss_it_once() {
         missed.iter().filter_map(|f| f["data"]["call_id"].as_str()).collect();
     assert_eq!((missed.len(), distinct.len()), (3, 3), "each call missed once: {missed:?}");
 }
+
+#[tokio::test]
+async fn a_node_given_a_node_id_another_node_runs_with_refuses_to_start() {
+    if !on_shared_engines("a_node_given_a_node_id_another_node_runs_with_refuses_to_start") {
+        return;
+    }
+    let id = new_cluster_id();
+    let running = Server::start_in_cluster(&id, &["--node-id", "9"]);
+    let log = Server::refused_in_cluster(&id, &["--node-id", "9"]);
+    assert!(
+        log.contains("node id 9 is in use by another running node")
+            && log.contains("every node sharing a log needs its own --node-id"),
+        "{log}"
+    );
+    // The node holding the id goes on serving.
+    let api = running.api();
+    let (ada, bob) = (api.register("ada").await, api.register("bob").await);
+    api.direct(&ada, &bob).await;
+}

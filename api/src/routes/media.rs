@@ -15,7 +15,7 @@ use switchboard_projector::store::Media;
 use switchboard_schemas::{ConversationId, MediaId};
 
 use super::extract::{After, Params, QueryParams};
-use crate::auth::Caller;
+use crate::auth::{Caller, LinkCaller};
 use crate::chat;
 use crate::error::ApiError;
 use crate::media::{self, NewUpload, Requested};
@@ -72,7 +72,7 @@ pub async fn info(
 /// the `Range` header asks for.
 pub async fn download(
     State(state): State<AppState>,
-    Caller(me): Caller,
+    LinkCaller(me): LinkCaller,
     Params(id): Params<MediaId>,
     QueryParams(after): QueryParams<After>,
     headers: HeaderMap,

@@ -23,7 +23,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post};
 
-use crate::auth::bearer_token;
+use crate::auth::presented_token;
 use crate::error::ApiError;
 use crate::limits::{self, Limit};
 use crate::state::AppState;
@@ -112,8 +112,8 @@ async fn general_limit(
     next: Next,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    let who = bearer_token(&parts)
-        .and_then(|token| state.tokens.verify(&token).ok())
+    let who = presented_token(&parts)
+        .and_then(|token| state.tokens.verify(token).ok())
         .map_or_else(|| peer.ip().to_string(), |user| user.to_string());
     if let Err(error) = limits::check(&state, Limit::General, &who).await {
         return error.into_response();

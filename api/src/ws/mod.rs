@@ -9,7 +9,7 @@ use axum::extract::{Query, State, WebSocketUpgrade};
 use axum::response::Response;
 use serde::Deserialize;
 
-use crate::auth::Caller;
+use crate::auth::LinkCaller;
 use crate::error::ApiError;
 use crate::hub::Resume;
 use crate::state::AppState;
@@ -28,7 +28,7 @@ pub struct Connect {
 
 pub async fn upgrade(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    LinkCaller(user): LinkCaller,
     Query(connect): Query<Connect>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {

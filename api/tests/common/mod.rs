@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
-pub const JWT_SECRET: &str = "test-secret-not-for-production";
+pub const JWT_SECRET: &str = "test-secret-not-for-production-0123456789";
 const WAIT: Duration = Duration::from_secs(10);
 
 /// One running node.
@@ -57,6 +57,47 @@ impl Server {
 
     /// A node on `data_dir`, which may hold a previous node's data.
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Server {
+        let mut child = Server::spawn_in(data_dir, extra);
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(url.to_owned());
+                }
+            }
+        });
+        let url = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
+            let log = std::fs::read_to_string(data_dir.join("server.log")).unwrap_or_default();
+            panic!("switchboard did not start:\n{log}")
+        });
+        Server { child, url, data_dir: data_dir.to_owned(), owns_backend: false, _temp: None }
+    }
+
+    /// Starts a node of the cluster `backend_id` that must refuse to start; its log, once it has
+    /// exited with an error.
+    pub fn refused_in_cluster(backend_id: &str, extra: &[&str]) -> String {
+        let temp = tempfile::tempdir().expect("temp dir");
+        std::fs::write(temp.path().join("backend-id"), backend_id).expect("backend id");
+        let mut child = Server::spawn_in(temp.path(), extra);
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("switchboard was expected to refuse to start, but kept running");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let log = std::fs::read_to_string(temp.path().join("server.log")).unwrap_or_default();
+        assert!(!status.success(), "switchboard exited successfully:\n{log}");
+        log
+    }
+
+    /// Runs `switchboard serve` on `data_dir`, its log in `server.log` there.
+    fn spawn_in(data_dir: &Path, extra: &[&str]) -> Child {
         // Tests register many users from one address; the auth limit gets its own test.
         let defaults = [("--rate-auth", "1000/1m")];
         let backend_args = std::env::var("SWITCHBOARD_TEST_BACKEND_ARGS")
@@ -74,7 +115,7 @@ impl Server {
             .append(true)
             .open(data_dir.join("server.log"))
             .expect("server log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--jwt-secret", JWT_SECRET])
             .args(
@@ -88,21 +129,7 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
-            .expect("starting switchboard");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(url.to_owned());
-                }
-            }
-        });
-        let url = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
-            let log = std::fs::read_to_string(data_dir.join("server.log")).unwrap_or_default();
-            panic!("switchboard did not start:\n{log}")
-        });
-        Server { child, url, data_dir: data_dir.to_owned(), owns_backend: false, _temp: None }
+            .expect("starting switchboard")
     }
 
     /// The server's process id, for looking at it from outside (`/proc/<pid>`).
