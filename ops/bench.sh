@@ -93,6 +93,7 @@ start_server() {
     fi
     "$bin" serve --data-dir "$data" --listen "127.0.0.1:$port" "${backends[@]}" \
         --rate-auth off --rate-messages off --rate-general off --rate-strict off \
+        --rate-sockets off --rate-sockets-ip off \
         --max-connections "$((connections + 1000))" >>"$data/server.log" 2>&1 &
     server=$!
     until curl -sf "http://127.0.0.1:$port/readyz" >/dev/null; do

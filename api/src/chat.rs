@@ -405,6 +405,7 @@ pub async fn edit(
     message: MessageId,
     body: &str,
 ) -> Result<Accepted, ApiError> {
+    limits::check(state, Limit::Edits, &caller.to_string()).await?;
     own_message(state, caller, conversation, message).await?;
     let origin = Origin::user(caller, trace);
     Ok(state.ingest.edit_message(&origin, conversation, message, body).await?.into())
@@ -417,6 +418,7 @@ pub async fn delete(
     conversation: ConversationId,
     message: MessageId,
 ) -> Result<Accepted, ApiError> {
+    limits::check(state, Limit::Edits, &caller.to_string()).await?;
     own_message(state, caller, conversation, message).await?;
     let origin = Origin::user(caller, trace);
     Ok(state.ingest.delete_message(&origin, conversation, message).await?.into())
@@ -429,6 +431,7 @@ pub async fn mark_read(
     conversation: ConversationId,
     message: MessageId,
 ) -> Result<Accepted, ApiError> {
+    limits::check(state, Limit::Receipts, &caller.to_string()).await?;
     ensure_member(state, caller, conversation).await?;
     existing_message(state, conversation, message).await?;
     let origin = Origin::user(caller, trace);

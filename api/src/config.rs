@@ -90,6 +90,22 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_RATE_LOCATIONS", default_value = "60/1m")]
     pub rate_locations: Rate,
 
+    /// Message edits and deletes per user.
+    #[arg(long, env = "SWITCHBOARD_RATE_EDITS", default_value = "30/1m")]
+    pub rate_edits: Rate,
+
+    /// Read receipts per user.
+    #[arg(long, env = "SWITCHBOARD_RATE_RECEIPTS", default_value = "120/1m")]
+    pub rate_receipts: Rate,
+
+    /// WebSocket connections opened per user.
+    #[arg(long, env = "SWITCHBOARD_RATE_SOCKETS", default_value = "20/1m")]
+    pub rate_sockets: Rate,
+
+    /// WebSocket connections opened per client IP.
+    #[arg(long, env = "SWITCHBOARD_RATE_SOCKETS_IP", default_value = "300/1m")]
+    pub rate_sockets_ip: Rate,
+
     /// Shortest time a location may be shared for.
     #[arg(long, env = "SWITCHBOARD_MIN_LOCATION_DURATION", default_value = "1m")]
     pub min_location_duration: Dur,
@@ -163,6 +179,10 @@ pub struct Config {
     /// Most WebSocket connections this node holds at once.
     #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
+
+    /// Most sockets one user may hold open on this node at once.
+    #[arg(long, env = "SWITCHBOARD_MAX_SOCKETS_PER_USER", default_value_t = 10)]
+    pub max_sockets_per_user: usize,
 
     /// How often the server pings each socket.
     #[arg(long, env = "SWITCHBOARD_PING_INTERVAL", default_value = "25s")]
@@ -273,6 +293,9 @@ impl Config {
         }
         if self.max_connections == 0 {
             bail!("max_connections must be at least 1");
+        }
+        if self.max_sockets_per_user == 0 {
+            bail!("max_sockets_per_user must be at least 1");
         }
         // Shares are asked for in whole seconds.
         if self.min_location_duration.0 < Duration::from_secs(1) {

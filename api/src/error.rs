@@ -191,6 +191,16 @@ impl ApiError {
         )
     }
 
+    pub fn too_many_sockets(max: usize) -> ApiError {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_sockets",
+            format!(
+                "you hold {max} sockets on this node, as many as one user may; close one first"
+            ),
+        )
+    }
+
     pub fn too_many_connections() -> ApiError {
         ApiError {
             retry_after: Some(Duration::from_secs(5)),

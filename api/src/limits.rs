@@ -1,6 +1,10 @@
 //! Rate limits, checked against the shared presence backend so they hold across API nodes.
+//!
+//! While that backend is down, each node counts on its own: a user could then make as many
+//! requests as the limit allows on every node, but no more, where letting requests through
+//! would leave a flood unchecked exactly when the backends are weakest.
 
-use switchboard_projector::presence::RateDecision;
+use switchboard_projector::presence::{Presence, RateDecision};
 
 use crate::config::Rate;
 use crate::error::ApiError;
@@ -23,6 +27,14 @@ pub enum Limit {
     /// Live location shares and moves: a device reports its position often, and that must
     /// not use up the budget for sending either.
     Locations,
+    /// Message edits and deletes.
+    Edits,
+    /// Read receipts.
+    Receipts,
+    /// WebSocket connections opened by one user.
+    Sockets,
+    /// WebSocket connections opened from one client IP.
+    SocketsFromIp,
 }
 
 impl Limit {
@@ -36,6 +48,10 @@ impl Limit {
             Limit::Calls => "calls",
             Limit::Signals => "signals",
             Limit::Locations => "locations",
+            Limit::Edits => "edits",
+            Limit::Receipts => "receipts",
+            Limit::Sockets => "sockets",
+            Limit::SocketsFromIp => "sockets_ip",
         }
     }
 
@@ -48,28 +64,34 @@ impl Limit {
             Limit::General => config.rate_general,
             Limit::Strict => config.rate_strict,
             Limit::Locations => config.rate_locations,
+            Limit::Edits => config.rate_edits,
+            Limit::Receipts => config.rate_receipts,
+            Limit::Sockets => config.rate_sockets,
+            Limit::SocketsFromIp => config.rate_sockets_ip,
         }
     }
 }
 
 /// Counts one request by `who` (a user id or a client IP) against `limit`.
-///
-/// When the presence backend is down the request is let through: an outage of shared state
-/// must not stop messaging, and the log still records everything.
 pub async fn check(state: &AppState, limit: Limit, who: &str) -> Result<(), ApiError> {
     let Some(quota) = limit.rate(state).0 else {
         return Ok(());
     };
     let key = format!("rate:{}:{who}", limit.name());
-    match state.presence.check_rate(&key, quota).await {
-        Ok(RateDecision::Allowed) => Ok(()),
-        Ok(RateDecision::Limited { retry_after }) => {
+    let decision = match state.presence.check_rate(&key, quota).await {
+        Ok(decision) => decision,
+        Err(error) => {
+            tracing::warn!(%error, "presence backend unavailable; rate limits counted on this node");
+            metrics::counter!("rate_checks_local_total").increment(1);
+            // Counting in memory cannot fail.
+            state.local_limits.check_rate(&key, quota).await.unwrap_or(RateDecision::Allowed)
+        }
+    };
+    match decision {
+        RateDecision::Allowed => Ok(()),
+        RateDecision::Limited { retry_after } => {
             metrics::counter!("rate_limited_total", "limit" => limit.name()).increment(1);
             Err(ApiError::rate_limited(retry_after))
-        }
-        Err(error) => {
-            tracing::warn!(%error, "rate limit not checked: presence backend unavailable");
-            Ok(())
         }
     }
 }

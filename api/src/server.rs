@@ -11,6 +11,7 @@ use axum::serve::ListenerExt;
 use switchboard_ingest::ids::IdGenerator;
 use switchboard_ingest::log::Cursor;
 use switchboard_ingest::{Ingest, Limits, Origin};
+use switchboard_projector::presence::memory::MemoryPresence;
 use switchboard_projector::{Progress, Projector};
 use switchboard_schemas::NodeHeartbeat;
 use tokio::sync::Semaphore;
@@ -81,6 +82,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         false => Vec::new(),
     };
     let state = AppState::new(Services {
+        local_limits: MemoryPresence::new(&node_id),
         node_id,
         ingest: Ingest::new(log.clone(), ids, limits),
         store: store.clone(),
@@ -97,6 +99,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             config.token_ttl.0,
         )?,
         connections: Arc::new(Semaphore::new(config.max_connections)),
+        user_sockets: Default::default(),
         shutdown: CancellationToken::new(),
         metrics,
         config,

@@ -8,6 +8,7 @@ use switchboard_ingest::Ingest;
 use switchboard_projector::Progress;
 use switchboard_projector::feed::Feeds;
 use switchboard_projector::presence::Presence;
+use switchboard_projector::presence::memory::MemoryPresence;
 use switchboard_projector::store::ReadModel;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +19,7 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::hub::deliver::Stage;
 use crate::media::Blobs;
+use crate::ws::UserSockets;
 
 #[derive(Clone)]
 pub struct AppState(Arc<Services>);
@@ -29,6 +31,8 @@ pub struct Services {
     pub ingest: Ingest,
     pub store: Arc<dyn ReadModel>,
     pub presence: Arc<dyn Presence>,
+    /// Rate limits counted on this node alone, while `presence` cannot be reached.
+    pub local_limits: MemoryPresence,
     pub progress: Progress,
     /// Where uploaded files are kept.
     pub blobs: Blobs,
@@ -42,6 +46,8 @@ pub struct Services {
     pub tokens: Tokens,
     /// One permit per WebSocket connection this node may still take.
     pub connections: Arc<Semaphore>,
+    /// How many sockets each user holds open here.
+    pub user_sockets: UserSockets,
     /// Cancelled when the node shuts down: sockets close with a close frame.
     pub shutdown: CancellationToken,
     pub metrics: PrometheusHandle,

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{JWT_SECRET, Refused, Server, Ws};
+use common::{JWT_SECRET, Refused, Server, User, Ws};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -278,4 +278,90 @@ async fn a_connection_past_the_node_cap_is_refused_before_the_upgrade() {
     assert_eq!(body["error"]["code"], "too_many_connections", "{body}");
     assert_eq!(body["error"]["retry_after_ms"], 5000);
     drop(held);
+}
+
+/// The refusal of a socket the server turned away before the upgrade.
+async fn refused(server: &Server, user: &User) -> (StatusCode, Value) {
+    match Ws::connect_with(server, &format!("token={}", user.token)).await {
+        Err(Refused::Http(status, body)) => (status, body),
+        Err(Refused::Other(error)) => panic!("refused without an HTTP answer: {error}"),
+        Ok(_) => panic!("the socket was taken"),
+    }
+}
+
+#[tokio::test]
+async fn sockets_opened_past_the_per_user_and_per_ip_rates_are_refused_before_the_upgrade() {
+    let server = Server::start(&["--rate-sockets", "2/1m"]);
+    let (ada, bob, _) = server.api().pair().await;
+    let _open = [Ws::connect(&server, &ada).await, Ws::connect(&server, &ada).await];
+    let (status, body) = refused(&server, &ada).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    assert!(body["error"]["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0), "{body}");
+    Ws::connect(&server, &bob).await.assert_usable().await;
+
+    let server = Server::start(&["--rate-sockets-ip", "3/1m"]);
+    let (ada, bob, _) = server.api().pair().await;
+    let _open = [
+        Ws::connect(&server, &ada).await,
+        Ws::connect(&server, &bob).await,
+        Ws::connect(&server, &ada).await,
+    ];
+    let (status, body) = refused(&server, &bob).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+}
+
+#[tokio::test]
+async fn a_user_at_the_socket_cap_is_refused_another_until_one_closes() {
+    let server = Server::start(&["--max-sockets-per-user", "2"]);
+    let (ada, bob, _) = server.api().pair().await;
+    let first = Ws::connect(&server, &ada).await;
+    let _second = Ws::connect(&server, &ada).await;
+    let (status, body) = refused(&server, &ada).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(body["error"]["code"], "too_many_sockets", "{body}");
+    Ws::connect(&server, &bob).await.assert_usable().await;
+
+    first.close_handshake().await;
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok(ws) = Ws::connect_with(&server, &format!("token={}", ada.token)).await {
+            again = Some(ws);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    again.expect("a closed socket frees its place").assert_usable().await;
+}
+
+#[tokio::test]
+async fn edits_deletes_and_receipts_past_their_rates_are_refused_and_log_nothing() {
+    let server = Server::start(&["--rate-edits", "2/1m", "--rate-receipts", "1/1m"]);
+    let (ada, bob, conversation) = server.api().pair().await;
+    let mut ada_ws = Ws::connect(&server, &ada).await;
+    let mut bob_ws = Ws::connect(&server, &bob).await;
+    let sent = ada_ws.send_message(&conversation, "m1", "hello").await;
+    let message = sent["message_id"].as_str().expect("message id").to_owned();
+    let edit = |body: &str| json!({ "op": "edit", "conversation_id": conversation, "message_id": message, "body": body });
+    assert_eq!(ada_ws.request(edit("one")).await["op"], "ack");
+    assert_eq!(ada_ws.request(edit("two")).await["op"], "ack");
+    for over in [
+        edit("three"),
+        json!({ "op": "delete", "conversation_id": conversation, "message_id": message }),
+    ] {
+        let answer = ada_ws.request(over).await;
+        assert_eq!(answer["error"]["code"], "rate_limited", "{answer}");
+    }
+    let read = json!({ "op": "read", "conversation_id": conversation, "message_id": message });
+    assert_eq!(bob_ws.request(read.clone()).await["op"], "ack");
+    let answer = bob_ws.request(read).await;
+    assert_eq!(answer["error"]["code"], "rate_limited", "{answer}");
+
+    let seen = ada_ws.drain(Duration::from_secs(2)).await;
+    let edits: Vec<&Value> = seen.iter().filter(|f| f["type"] == "message.edited").collect();
+    assert_eq!(edits.len(), 2, "only the edits let through were logged: {seen:?}");
+    assert!(seen.iter().all(|f| f["type"] != "message.deleted"), "{seen:?}");
+    let receipts = seen.iter().filter(|f| f["type"] == "message.read").count();
+    assert_eq!(receipts, 1, "{seen:?}");
 }

@@ -149,6 +149,26 @@ async fn with_redis_down_sends_are_acknowledged_once_and_pushed_once_redis_is_ba
     assert_eq!(report["degraded"], false, "{report}");
 }
 
+#[tokio::test]
+async fn with_redis_down_rate_limits_are_counted_on_each_node() {
+    if !on_shared_engines("with_redis_down_rate_limits_are_counted_on_each_node") {
+        return;
+    }
+    let _one_at_a_time = ENGINES.lock().await;
+    let server = Server::start(&["--rate-messages", "2/1m"]);
+    let (ada, _bob, conversation) = server.api().pair().await;
+    let mut ada_ws = Ws::connect(&server, &ada).await;
+
+    let outage = Outage::begin("redis");
+    for id in ["first", "second"] {
+        let sent = ada_ws.send_message(&conversation, id, id).await;
+        assert_eq!(sent["op"], "ack", "{sent}");
+    }
+    let third = ada_ws.send_message(&conversation, "third", "third").await;
+    assert_eq!(third["error"]["code"], "rate_limited", "{third}");
+    drop(outage);
+}
+
 /// Opens a socket for `token` and reads it until it closes: the close code and the frames.
 async fn turned_away(server: &Server, token: &str) -> (Option<u16>, Vec<Value>) {
     use futures_util::StreamExt;

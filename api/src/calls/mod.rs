@@ -281,6 +281,7 @@ pub async fn join_room(
     session: &str,
     call_id: CallId,
 ) -> Result<Accepted, ApiError> {
+    limits::check(state, Limit::Calls, &user.to_string()).await?;
     // The participant count decides: read it with every join logged so far applied. Joins
     // racing each other to the last place may still both get in.
     let room =

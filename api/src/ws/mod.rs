@@ -1,18 +1,25 @@
-//! `/v1/ws`: the WebSocket endpoint. Authentication and the connection cap are checked before
-//! the upgrade, so a refused client gets a typed JSON error rather than a dropped socket.
+//! `/v1/ws`: the WebSocket endpoint. Authentication, the rate limits on opening sockets and the
+//! caps on open ones are checked before the upgrade, so a refused client gets a typed JSON error
+//! rather than a dropped socket.
 
 mod protocol;
 mod session;
+mod slots;
+
+use std::net::SocketAddr;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
 use axum::response::Response;
 use serde::Deserialize;
 
 use crate::auth::LinkCaller;
 use crate::error::ApiError;
 use crate::hub::Resume;
+use crate::limits::{self, Limit};
 use crate::state::AppState;
+
+pub use slots::UserSockets;
 
 /// A hard cap, well above the configured frame limit: frames between the two get an error
 /// reply and the socket stays open; past it, the socket is closed with code 1009.
@@ -29,6 +36,7 @@ pub struct Connect {
 pub async fn upgrade(
     State(state): State<AppState>,
     LinkCaller(user): LinkCaller,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(connect): Query<Connect>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
@@ -40,6 +48,13 @@ pub async fn upgrade(
         .map(|token| token.parse::<Resume>())
         .transpose()
         .map_err(|e| ApiError::bad_request(format!("bad resume token: {e}")))?;
+    limits::check(&state, Limit::SocketsFromIp, &peer.ip().to_string()).await?;
+    limits::check(&state, Limit::Sockets, &user.to_string()).await?;
+    let max_per_user = state.config.max_sockets_per_user;
+    let slot = state
+        .user_sockets
+        .take(user, max_per_user)
+        .ok_or_else(|| ApiError::too_many_sockets(max_per_user))?;
     let permit = state
         .connections
         .clone()
@@ -55,6 +70,6 @@ pub async fn upgrade(
         .max_frame_size(hard_limit)
         .max_message_size(hard_limit)
         .on_upgrade(move |socket| {
-            session::serve(state, user, connect.device, resume, permit, socket)
+            session::serve(state, user, connect.device, resume, (permit, slot), socket)
         }))
 }

@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 
 use super::protocol::{self, ClientFrame, Op};
+use super::slots::Slot;
 use crate::error::ApiError;
 use crate::hub::{MAILBOX_CAPACITY, Mailbox, Push, Resume, ResumeToken, with_token};
 use crate::state::AppState;
@@ -79,8 +80,8 @@ enum Replay {
 const REPLAY_PAGE: usize = 256;
 
 /// Serves an upgraded socket of `user` until it closes, or turns it away when the user's feed
-/// cannot be followed now. The socket holds its `permit` (its place under the node's connection
-/// cap) until then.
+/// cannot be followed now. The socket holds its `places` (under the node's connection cap and
+/// its user's socket cap) until then.
 ///
 /// The socket is split before anything waits, which moves it to the heap behind its two halves:
 /// a socket value held across an await would sit inline in the connection's task, and an idle
@@ -92,12 +93,12 @@ pub fn serve(
     user: UserId,
     device: Option<String>,
     resume: Option<Resume>,
-    permit: OwnedSemaphorePermit,
+    places: (OwnedSemaphorePermit, Slot),
     socket: WebSocket,
 ) -> impl Future<Output = ()> + Send {
     let (sink, stream) = socket.split();
     async move {
-        let _permit = permit;
+        let _places = places;
         let writer = Writer::new(sink);
         match Box::pin(Session::open(state, user, device)).await {
             Ok(session) => session.run(writer, stream, resume).await,

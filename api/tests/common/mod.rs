@@ -98,8 +98,10 @@ impl Server {
 
     /// Runs `switchboard serve` on `data_dir`, its log in `server.log` there.
     fn spawn_in(data_dir: &Path, extra: &[&str]) -> Child {
-        // Tests register many users from one address; the auth limit gets its own test.
-        let defaults = [("--rate-auth", "1000/1m")];
+        // Tests register many users and open many sockets from one address, and reconnect the
+        // same users often; these limits get tests of their own.
+        let defaults =
+            [("--rate-auth", "1000/1m"), ("--rate-sockets", "off"), ("--rate-sockets-ip", "off")];
         let backend_args = std::env::var("SWITCHBOARD_TEST_BACKEND_ARGS")
             .unwrap_or_default()
             .replace("{unique}", &backend_id(data_dir));
