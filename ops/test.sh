@@ -2,13 +2,14 @@
 # Runs every test of switchboard, on a fresh machine too:
 #   1. the system packages the build needs (Debian: cmake and the C headers librdkafka builds with),
 #   2. formatting and lints,
-#   3. every suite on the embedded backends,
+#   3. every suite on the embedded backends, and each fuzz target for 30 s (ops/fuzz.sh),
 #   4. the real engines (Kafka, Cassandra, Redis: ops/engines/start.sh fetches and starts them),
 #   5. the backend conformance suites and the end-to-end suites again, on those engines.
 #
 #   ops/test.sh
 #
-# Needs a Rust toolchain (cargo) and Java 17 for the engines; everything else it installs.
+# Needs a Rust toolchain (cargo, and rustup's nightly for the fuzz targets) and Java 17 for the
+# engines; everything else it installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +33,9 @@ total() {
 
 echo "== tests on the embedded backends"
 cargo test --workspace --locked 2>&1 | tee -a "$results"
+
+echo "== fuzzing what clients and the log send, 30 s per target"
+ops/fuzz.sh 30
 
 echo "== engines"
 # Kafka's storage format takes every shape of cluster id a start may draw.

@@ -275,6 +275,13 @@ impl Config {
         if self.partitions == 0 {
             bail!("partitions must be at least 1");
         }
+        if self.max_message_bytes > switchboard_schemas::MAX_FIELD_LENGTH {
+            bail!(
+                "max_message_bytes ({}) must be at most {}, the longest field an event may hold",
+                self.max_message_bytes,
+                switchboard_schemas::MAX_FIELD_LENGTH
+            );
+        }
         if self.max_message_bytes > self.max_frame_bytes {
             bail!(
                 "max_message_bytes ({}) must fit in max_frame_bytes ({})",

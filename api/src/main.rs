@@ -1,27 +1,9 @@
 //! The `switchboard` command.
 
-mod auth;
-mod backends;
-mod calls;
-mod chat;
-mod claims;
-mod config;
-mod error;
-mod hub;
-mod limits;
-mod locations;
-mod media;
-mod node_lease;
-mod routes;
-mod server;
-mod state;
-mod sync;
-mod telemetry;
-mod ws;
-
 use std::path::PathBuf;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use switchboard_api::{config, server, telemetry};
 
 /// The message path allocates many small, short-lived buffers (frames, events, JSON) on one
 /// thread and frees them on another; glibc's malloc took a fifth of the CPU at 20,000 messages/s,

@@ -274,7 +274,8 @@ async fn sends_made_without_waiting_for_their_acks_are_answered_and_kept_in_orde
 
 #[tokio::test]
 async fn a_message_deleted_on_one_device_cannot_be_edited_from_another_right_after() {
-    let server = Server::start(&[]);
+    // Forty edits and deletes in a row: more than the default rate allows.
+    let server = Server::start(&["--rate-edits", "off"]);
     let (ada, _bob, conversation) = server.api().pair().await;
     let mut phone = Ws::connect(&server, &ada).await;
     let mut laptop = Ws::connect(&server, &ada).await;

@@ -54,6 +54,15 @@ impl From<apache_avro::Error> for CodecError {
     }
 }
 
+/// The longest string or bytes value, and the most items of an array or map, a decoded event may
+/// hold. apache-avro reserves room for as many items as a frame claims before reading them, and
+/// bounds that claim by this count rather than by bytes: by default 512 Mi items, so that a frame
+/// of a few bytes could make a reader ask for tens of gigabytes and abort the process (found by
+/// the `event_frame` fuzz target). At 4 Mi, a false claim reserves at most a few hundred megabytes
+/// of address space, untouched and given back once the read fails, while every real event is far
+/// smaller: a message body, the largest field, is at most `max_message_bytes`.
+pub const MAX_FIELD_LENGTH: usize = 4 * 1024 * 1024;
+
 /// Encodes and decodes [`Event`]s against the [`Registry`].
 #[derive(Clone, Copy)]
 pub struct Codec {
@@ -68,11 +77,17 @@ impl Default for Codec {
 
 impl Codec {
     pub fn new() -> Codec {
-        // Ids are Avro `long`s but JSON strings; they tell the two apart by `is_human_readable`,
-        // which apache-avro reports from this process-wide switch.
-        static BINARY_IDS: Once = Once::new();
-        BINARY_IDS.call_once(|| {
+        // Two process-wide switches of apache-avro, set before it reads anything: ids are Avro
+        // `long`s but JSON strings, and tell the two apart by `is_human_readable`, which the first
+        // switch sets; the second is the bound of [`MAX_FIELD_LENGTH`].
+        static SETTINGS: Once = Once::new();
+        SETTINGS.call_once(|| {
             apache_avro::util::set_serde_human_readable(false);
+            let limit = apache_avro::util::max_allocation_bytes(MAX_FIELD_LENGTH);
+            assert_eq!(
+                limit, MAX_FIELD_LENGTH,
+                "apache-avro decoded something before the codec was made"
+            );
         });
         static PREPARED: OnceLock<Prepared> = OnceLock::new();
         let prepared = PREPARED.get_or_init(|| {

@@ -15,7 +15,7 @@ mod ids;
 mod registry;
 mod topic;
 
-pub use codec::{Codec, CodecError};
+pub use codec::{Codec, CodecError, MAX_FIELD_LENGTH};
 pub use events::*;
 pub use ids::{CallId, ConversationId, MediaId, MessageId, UserId};
 pub use registry::{Registry, RegistryError, SchemaVersion};

@@ -235,4 +235,8 @@ fn bad_frames_are_rejected_not_panicked_on() {
     assert!(matches!(codec.decode(&[1, 0, 0, 0, 1, 0]), Err(CodecError::NotFramed)));
     assert!(matches!(codec.decode(&[0, 0, 0, 0, 99, 0]), Err(CodecError::UnknownSchema(99))));
     assert!(codec.decode(&good[..good.len() - 3]).is_err());
+    // A frame of 279 bytes claiming an array of billions of items (found by fuzzing) is an error,
+    // not an allocation of tens of gigabytes that aborts the process.
+    let claim = include_bytes!("../../fuzz/corpus/event_frame/huge-array-claim");
+    assert!(codec.decode(claim).is_err());
 }

@@ -25,6 +25,15 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
     }
 }
 
+impl<T: DeserializeOwned> Body<T> {
+    /// Reads a body whose bytes are all in, as the extractor does once it has them.
+    pub fn read(bytes: &[u8]) -> Result<Body<T>, ApiError> {
+        axum::Json::<T>::from_bytes(bytes)
+            .map(|axum::Json(value)| Body(value))
+            .map_err(|rejection| body_error(rejection, bytes.len()))
+    }
+}
+
 fn body_error(rejection: JsonRejection, limit: usize) -> ApiError {
     match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::payload_too_large(limit),

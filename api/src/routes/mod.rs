@@ -22,12 +22,28 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post};
+use serde::de::DeserializeOwned;
 
 use crate::auth::presented_token;
 use crate::error::ApiError;
 use crate::limits::{self, Limit};
 use crate::state::AppState;
 use crate::ws;
+
+/// Reads `body` as every route that takes a JSON body reads it (see [`crate::fuzzing`]).
+pub(crate) fn read_every_body(body: &[u8]) {
+    fn read<T: DeserializeOwned>(body: &[u8]) {
+        let _ = extract::Body::<T>::read(body);
+    }
+    read::<auth::Register>(body);
+    read::<auth::Login>(body);
+    read::<conversations::Create>(body);
+    read::<conversations::Rename>(body);
+    read::<conversations::AddMember>(body);
+    read::<messages::NewMessage>(body);
+    read::<messages::Edit>(body);
+    read::<messages::MarkRead>(body);
+}
 
 pub fn router(state: AppState) -> Router {
     let api = Router::new()

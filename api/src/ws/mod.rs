@@ -2,7 +2,7 @@
 //! caps on open ones are checked before the upgrade, so a refused client gets a typed JSON error
 //! rather than a dropped socket.
 
-mod protocol;
+pub(crate) mod protocol;
 mod session;
 mod slots;
 
