@@ -320,7 +320,16 @@ fn explain_refusal(error: tungstenite::Error) -> anyhow::Error {
     match error {
         tungstenite::Error::Http(response) => {
             let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
-            anyhow::anyhow!("the server refused the upgrade with {}: {body}", response.status())
+            let hint = if response.status() == 429 {
+                " (a load test opens many sockets from few addresses: run the node with \
+                 --rate-sockets off --rate-sockets-ip off and a high --max-sockets-per-user)"
+            } else {
+                ""
+            };
+            anyhow::anyhow!(
+                "the server refused the upgrade with {}: {body}{hint}",
+                response.status()
+            )
         }
         other => other.into(),
     }
