@@ -205,6 +205,8 @@ mod tests {
 
     use super::*;
 
+    /// The tests below run on tokio's paused clock: the time they see pass is what the code chose
+    /// to wait, whatever the machine's speed.
     const TTL: Duration = Duration::from_secs(15);
 
     fn presence() -> Arc<dyn Presence> {
