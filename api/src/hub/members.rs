@@ -17,13 +17,14 @@
 //! therefore never sees membership older than the read models would have shown it.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use switchboard_ingest::log::{Cursor, Log, LogError};
 use switchboard_projector::Progress;
-use switchboard_projector::store::{ReadModel, StoreError};
+use switchboard_projector::store::{ReadModel, StoreError, rules};
 use switchboard_schemas::{Codec, ConversationId, Payload, Position, Topic, UserId};
 use tokio_util::sync::CancellationToken;
 
@@ -146,10 +147,14 @@ impl Memberships {
     pub(super) fn apply(&self, payload: &Payload) {
         let mut known = self.write();
         let changed = match payload {
-            Payload::ConversationCreated(e) => {
-                known.members.insert(e.conversation_id, e.members.clone());
-                true
-            }
+            // As the read models have it (`rules`): a creation applied again changes nothing.
+            Payload::ConversationCreated(e) => match known.members.entry(e.conversation_id) {
+                Entry::Vacant(entry) => {
+                    entry.insert(rules::founding_members(e));
+                    true
+                }
+                Entry::Occupied(_) => false,
+            },
             Payload::MemberAdded(e) => match known.members.get_mut(&e.conversation_id) {
                 Some(members) if !members.contains(&e.user_id) => {
                     members.push(e.user_id);

@@ -74,7 +74,8 @@ pub struct Call {
     pub state: CallState,
     /// How a 1:1 call went, once it is known; rooms have none.
     pub outcome: Option<CallOutcome>,
-    /// In the call now: both users of an answered call, a room's participants in join order.
+    /// In the call now: both users of an answered call, a room's participants in the order they
+    /// first joined.
     pub participants: Vec<UserId>,
     /// Whose history the call is in: caller and callee, every user who ever joined a room.
     pub involved: Vec<UserId>,
@@ -206,13 +207,21 @@ pub fn fold(current: Option<&Call>, event: &Event) -> Option<Call> {
             if call.kind == CallKind::Room && !call.participants.contains(&e.user_id) =>
         {
             let mut call = call.clone();
-            call.participants.push(e.user_id);
             if !call.involved.contains(&e.user_id) {
                 call.involved.push(e.user_id);
             }
+            // In the order of `involved`, which only grows: a join applied again after the user
+            // left and came back must not move them.
+            let Call { participants, involved, .. } = &mut call;
+            participants.push(e.user_id);
+            participants.sort_by_key(|user| involved.iter().position(|known| known == user));
             Some(call)
         }
-        (ParticipantLeft(e), Some(call)) if call.participants.contains(&e.user_id) => {
+        // Leaving is for rooms: on a 1:1 call it would change nothing the first time round and
+        // drop a participant when applied again after the answer.
+        (ParticipantLeft(e), Some(call))
+            if call.kind == CallKind::Room && call.participants.contains(&e.user_id) =>
+        {
             let mut call = call.clone();
             call.participants.retain(|user| *user != e.user_id);
             Some(call)

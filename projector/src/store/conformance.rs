@@ -10,7 +10,7 @@
 //! A function returns `Err` when the store fails and panics when it answers wrongly.
 
 use std::sync::LazyLock;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use switchboard_ingest::log::Cursor;
@@ -59,7 +59,10 @@ fn media() -> MediaId {
 /// An event as the projector would hand it over, at a made-up but unique log position.
 fn logged(at: i64, actor: Option<UserId>, payload: impl Into<Payload>) -> Logged {
     let payload = payload.into();
-    let position = Position { topic: payload.topic(), partition: 0, offset: fresh() as u64 };
+    // Small offsets, as a log's are: join orders are made from them.
+    static OFFSETS: AtomicU64 = AtomicU64::new(0);
+    let offset = OFFSETS.fetch_add(1, Ordering::Relaxed);
+    let position = Position { topic: payload.topic(), partition: 0, offset };
     let meta = EventMeta {
         event_id: format!("conformance-{}", fresh()),
         occurred_at: at,
@@ -660,6 +663,56 @@ pub async fn handle_uniqueness(store: &dyn ReadModel) -> Result<(), StoreError> 
     .await?;
     assert_eq!(store.user(first).await?.map(|u| u.display_name), Some("Ada L.".to_owned()));
     assert_eq!(store.user_by_handle(&format!("nobody{second}")).await?, None);
+    Ok(())
+}
+
+/// Handles and direct pairs go to the smallest id, whichever registration or conversation was
+/// applied first, so that a rebuild reading the log's partitions in another order agrees.
+pub async fn contested_handles_and_pairs_go_to_the_smallest_id(
+    store: &dyn ReadModel,
+) -> Result<(), StoreError> {
+    let (ada, ada_late, bob, bob_late, cy, cy_late) =
+        (user(), user(), user(), user(), user(), user());
+    let (pair_first, pair_second, reversed_first, reversed_second) =
+        (conversation(), conversation(), conversation(), conversation());
+    let t = fresh();
+    let direct =
+        |id, members: &[UserId], at| create(id, ConversationKind::Direct, members, members[0], at);
+    // `ada` and the pair (ada, bob) come in id order, one event per batch; `bob` and the pair
+    // (cy, bob) in reverse order within one batch; `cy` in reverse order across batches.
+    let in_order = [
+        register(ada, &format!("ada{t}"), t),
+        register(ada_late, &format!("ADA{t}"), t + 1),
+        direct(pair_first, &[ada, bob], t + 2),
+        direct(pair_second, &[bob, ada], t + 3),
+    ];
+    for event in &in_order {
+        apply(store, std::slice::from_ref(event)).await?;
+    }
+    let reversed = [
+        register(bob_late, &format!("bob{t}"), t + 4),
+        register(bob, &format!("Bob{t}"), t + 5),
+        direct(reversed_second, &[cy, bob], t + 6),
+        direct(reversed_first, &[bob, cy], t + 7),
+    ];
+    apply(store, &reversed).await?;
+    let late =
+        [register(cy_late, &format!("cy{t}"), t + 8), register(cy, &format!("cy{t}"), t + 9)];
+    for event in &late {
+        apply(store, std::slice::from_ref(event)).await?;
+    }
+
+    for (handle, holder, loser) in [
+        (format!("ada{t}"), ada, ada_late),
+        (format!("BOB{t}"), bob, bob_late),
+        (format!("Cy{t}"), cy, cy_late),
+    ] {
+        let found = store.user_by_handle(&handle.to_lowercase()).await?.map(|user| user.id);
+        assert_eq!(found, Some(holder), "{handle}");
+        assert_eq!(store.user(loser).await?, None, "{handle}: the loser leaves no user");
+    }
+    assert_eq!(store.direct_conversation(bob, ada).await?, Some(pair_first));
+    assert_eq!(store.direct_conversation(cy, bob).await?, Some(reversed_first));
     Ok(())
 }
 

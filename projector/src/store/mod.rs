@@ -15,7 +15,12 @@ use switchboard_schemas::{
 pub mod calls;
 pub mod conformance;
 pub mod cql;
+pub(crate) mod dump;
 pub mod embedded;
+#[cfg(test)]
+pub(crate) mod history;
+pub(crate) mod rows;
+pub mod rules;
 
 pub use calls::{Call, CallKind, CallOutcome, CallState};
 
@@ -248,6 +253,7 @@ pub trait ReadModel: Send + Sync + 'static {
     /// The group call rooms open now in a conversation.
     async fn live_rooms(&self, conversation: ConversationId) -> Result<Vec<Call>, StoreError>;
 
-    /// Every read model in a stable textual form, for comparing a rebuilt store with a live one.
+    /// Every read model in a stable textual form, the same for every store (see [`dump`]): for
+    /// comparing a rebuilt store with a live one, or one store with another.
     async fn dump(&self) -> Result<String, StoreError>;
 }

@@ -1,7 +1,7 @@
 //! One lane's working set: the rows its events read, changed in memory and written back.
 //!
 //! [`Lane::run`] reads every row the lane's events may consult ([`Wanted`]) concurrently, folds
-//! the events one by one (the rules are in `fold.rs`), and writes the rows that changed in
+//! the events one by one (`fold.rs`, by `store::rules`), and writes the rows that changed in
 //! logged batches of a few events each, one batch after another. [`Table`] holds one table's rows
 //! with what changed since the last batch, so that a row changed by several events of a batch is
 //! written once, with its latest value: two writes of one row in one batch would share a
@@ -16,12 +16,16 @@ use futures_util::future::try_join_all;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
-use switchboard_schemas::Payload;
+use switchboard_schemas::{ConversationId, MediaId, MessageId, Payload, UserId};
 
 use super::error::failed;
 use super::fold::Wanted;
 use super::rows::{
     ConversationRow, Db, LocationRow, MarkerRow, MediaRow, MessageRow, StatsRow, UserRow,
+};
+use crate::store::rows::{
+    ConversationRecord, LocationRecord, MediaRecord, MemberRecord, MessageRecord, ReadRecord,
+    UserRecord,
 };
 use crate::store::{Call, Logged, StoreError};
 
@@ -91,11 +95,12 @@ impl<K: Hash + Eq + Debug, V> Table<K, V> {
     }
 
     pub(super) fn put(&mut self, key: K, value: V) {
-        self.rows.insert(key, Row { value: Some(value), changed: true });
+        self.set(key, Some(value));
     }
 
-    pub(super) fn delete(&mut self, key: K) {
-        self.rows.insert(key, Row { value: None, changed: true });
+    /// Writes `value`, or removes the row when it is `None`.
+    pub(super) fn set(&mut self, key: K, value: Option<V>) {
+        self.rows.insert(key, Row { value, changed: true });
     }
 
     /// Every row changed since the last write: `None` for a removed one.
@@ -164,22 +169,23 @@ impl<'a> Writes<'a> {
     }
 }
 
-/// One lane's rows, from the read step through the fold to the writes.
+/// One lane's rows, from the read step through the fold to the writes, as the projection rules
+/// see them; each becomes its table's row when written.
 pub(super) struct Lane<'a> {
     pub(super) db: &'a Db,
-    pub(super) users: Table<i64, UserRow>,
-    /// Lower-cased handle → every user id that registered it, ascending.
-    pub(super) handles: Table<String, Vec<i64>>,
-    pub(super) conversations: Table<i64, ConversationRow>,
-    /// (conversation, user) → join order.
-    pub(super) members: Table<(i64, i64), i64>,
-    /// (user_low, user_high, conversation) rows to insert; nothing reads them while folding.
-    pub(super) direct_pairs: Vec<(i64, i64, i64)>,
+    pub(super) users: Table<i64, UserRecord>,
+    /// Lower-cased handle → the user holding it.
+    pub(super) handles: Table<String, UserId>,
+    pub(super) conversations: Table<i64, ConversationRecord>,
+    pub(super) members: Table<(i64, i64), MemberRecord>,
+    /// (smaller user, larger user) → their direct conversation.
+    pub(super) directs: Table<(i64, i64), ConversationId>,
+    /// Kept as stored, for the bucket range that only this store keeps.
     pub(super) stats: Table<i64, StatsRow>,
-    pub(super) messages: Table<(i64, i64), MessageRow>,
+    pub(super) messages: Table<(i64, i64), MessageRecord>,
     /// (conversation, sender, client_msg_id) → message id.
-    pub(super) client_ids: Table<(i64, i64, String), i64>,
-    pub(super) markers: Table<(i64, i64), MarkerRow>,
+    pub(super) client_ids: Table<(i64, i64, String), MessageId>,
+    pub(super) markers: Table<(i64, i64), ReadRecord>,
     pub(super) last_seen: Table<i64, i64>,
     pub(super) calls: Table<i64, Call>,
     /// Index rows that follow the calls: `true` to insert, `false` to delete. Each row once,
@@ -187,9 +193,9 @@ pub(super) struct Lane<'a> {
     /// batch would share a timestamp, and the delete would win whichever came last).
     pub(super) call_indexes: HashMap<CallIndex, bool>,
     /// (conversation, user) → the last location the user shared with the conversation.
-    pub(super) locations: Table<(i64, i64), LocationRow>,
+    pub(super) locations: Table<(i64, i64), LocationRecord>,
     /// Written, never read: an upload's row is its event's alone.
-    pub(super) media: Table<i64, MediaRow>,
+    pub(super) media: Table<i64, MediaRecord>,
 }
 
 /// A row of the call indexes.
@@ -211,7 +217,7 @@ impl<'a> Lane<'a> {
             handles: Table::new("handle"),
             conversations: Table::new("conversation"),
             members: Table::new("member"),
-            direct_pairs: Vec::new(),
+            directs: Table::new("direct pair"),
             stats: Table::new("message stats"),
             messages: Table::new("message"),
             client_ids: Table::new("client id"),
@@ -252,6 +258,7 @@ impl<'a> Lane<'a> {
             handles,
             conversations,
             members,
+            directs,
             stats,
             messages,
             client_ids,
@@ -266,6 +273,7 @@ impl<'a> Lane<'a> {
             }),
             read_each(wanted.conversations.iter().copied(), |id| db.conversation(id)),
             read_each(wanted.members.keys().copied(), |id| db.members(id)),
+            read_each(wanted.directs.iter().copied(), |(low, high)| db.direct_pair(low, high)),
             read_each(wanted.stats.iter().copied(), |id| db.stats(id)),
             read_each(message_lists, |(conversation, bucket, ids)| async move {
                 db.messages_by_id(conversation, bucket, &ids).await
@@ -282,37 +290,47 @@ impl<'a> Lane<'a> {
         )?;
 
         for (user, row) in users {
-            self.users.loaded(user, row);
+            self.users.loaded(user, row.map(UserRow::record));
         }
         for (handle, claims) in handles {
-            self.handles.loaded(handle, Some(claims).filter(|claims| !claims.is_empty()));
+            // The smallest claim holds the handle; see `store::rules`.
+            self.handles.loaded(handle, claims.first().copied().map(UserId));
         }
         for (id, row) in conversations {
-            self.conversations.loaded(id, row);
+            self.conversations.loaded(id, row.map(ConversationRow::record).transpose()?);
         }
         for (conversation, rows) in members {
-            let found: HashMap<i64, i64> =
-                rows.into_iter().map(|row| (row.user_id, row.join_order)).collect();
-            for &user in &wanted.members[&conversation] {
-                self.members.loaded((conversation, user), found.get(&user).copied());
+            let mut found = HashMap::new();
+            for row in rows {
+                found.insert(row.user_id, row.record()?);
             }
+            for &user in &wanted.members[&conversation] {
+                self.members.loaded((conversation, user), found.remove(&user));
+            }
+        }
+        for (pair, conversation) in directs {
+            self.directs.loaded(pair, conversation.map(ConversationId));
         }
         for (id, row) in stats {
             self.stats.loaded(id, row);
         }
         for ((conversation, _, ids), rows) in messages {
-            let mut found: HashMap<i64, MessageRow> =
-                rows.into_iter().map(|row| (row.message_id, row)).collect();
+            let mut found = HashMap::new();
+            for row in rows {
+                found.insert(row.message_id, row.record()?);
+            }
             for id in ids {
                 self.messages.loaded((conversation, id), found.remove(&id));
             }
         }
         for (key, message) in client_ids {
-            self.client_ids.loaded(key, message);
+            self.client_ids.loaded(key, message.map(MessageId));
         }
         for (conversation, rows) in markers {
-            let mut found: HashMap<i64, MarkerRow> =
-                rows.into_iter().map(|row| (row.user_id, row)).collect();
+            let mut found = HashMap::new();
+            for row in rows {
+                found.insert(row.user_id, row.record()?);
+            }
             for &user in &wanted.markers[&conversation] {
                 self.markers.loaded((conversation, user), found.remove(&user));
             }
@@ -324,20 +342,20 @@ impl<'a> Lane<'a> {
             self.calls.loaded(id, call);
         }
         for (key, row) in locations {
-            self.locations.loaded(key, row);
+            self.locations.loaded(key, row.as_ref().map(LocationRow::record).transpose()?);
         }
         Ok(())
     }
 
     /// Writes every row changed since the last write as one logged batch.
     async fn write(&mut self) -> Result<(), StoreError> {
-        let direct_pairs = std::mem::take(&mut self.direct_pairs);
         let call_indexes = std::mem::take(&mut self.call_indexes);
-        self.writes(&direct_pairs, &call_indexes)?.run(self.db, "writing read models").await?;
+        self.writes(&call_indexes)?.run(self.db, "writing read models").await?;
         self.users.written();
         self.handles.written();
         self.conversations.written();
         self.members.written();
+        self.directs.written();
         self.stats.written();
         self.messages.written();
         self.client_ids.written();
@@ -351,28 +369,34 @@ impl<'a> Lane<'a> {
 
     fn writes<'w>(
         &'w self,
-        direct_pairs: &'w [(i64, i64, i64)],
         call_indexes: &'w HashMap<CallIndex, bool>,
     ) -> Result<Writes<'w>, StoreError> {
         let statements = &self.db.statements;
         let mut writes = Writes::new(BatchType::Logged);
-        for (user, row) in self.users.changed() {
+        for (&user, row) in self.users.changed() {
             match row {
-                Some(row) => writes.add(&statements.insert_user, row),
+                Some(row) => {
+                    writes.add(&statements.insert_user, UserRow::new(UserId(user), row.clone()))
+                }
                 None => writes.add(&statements.delete_user, (user,)),
             }
         }
-        for (handle, claims) in self.handles.changed() {
-            for user in claims.into_iter().flatten() {
-                writes.add(&statements.insert_handle_claim, (handle, user));
+        // A handle's rows are the claims that held it in turn; the smallest is the holder.
+        for (handle, holder) in self.handles.changed() {
+            if let Some(holder) = holder {
+                writes.add(&statements.insert_handle_claim, (handle, holder.0));
             }
         }
-        for row in self.conversations.upserted() {
-            writes.add(&statements.insert_conversation, row);
+        for (&id, row) in self.conversations.changed() {
+            if let Some(row) = row {
+                let row = ConversationRow::new(ConversationId(id), row.clone());
+                writes.add(&statements.insert_conversation, row);
+            }
         }
-        for (&(conversation, user), order) in self.members.changed() {
-            match order {
-                Some(order) => {
+        for (&(conversation, user), member) in self.members.changed() {
+            match member {
+                Some(member) => {
+                    let order = i64::try_from(member.order).unwrap_or(i64::MAX);
                     writes.add(&statements.insert_member, (conversation, user, order));
                     writes.add(&statements.insert_inbox, (user, conversation));
                 }
@@ -382,23 +406,33 @@ impl<'a> Lane<'a> {
                 }
             }
         }
-        for pair in direct_pairs {
-            writes.add(&statements.insert_direct_pair, pair);
+        // Likewise every conversation that held a pair keeps its row; the smallest is the pair's.
+        for (&(low, high), conversation) in self.directs.changed() {
+            if let Some(conversation) = conversation {
+                writes.add(&statements.insert_direct_pair, (low, high, conversation.0));
+            }
         }
         for row in self.stats.upserted() {
             writes.add(&statements.insert_stats, row);
         }
-        for row in self.messages.upserted() {
-            writes.add(&statements.insert_message, row);
+        for (&(conversation, id), message) in self.messages.changed() {
+            if let Some(message) = message {
+                let row =
+                    MessageRow::new(ConversationId(conversation), MessageId(id), message.clone());
+                writes.add(&statements.insert_message, row);
+            }
         }
         for ((conversation, sender, client_msg_id), message) in self.client_ids.changed() {
             if let Some(message) = message {
-                let values = (conversation, sender, client_msg_id, message);
+                let values = (conversation, sender, client_msg_id, message.0);
                 writes.add(&statements.insert_client_msg_id, values);
             }
         }
-        for row in self.markers.upserted() {
-            writes.add(&statements.insert_marker, row);
+        for (&(conversation, user), read) in self.markers.changed() {
+            if let Some(read) = read {
+                let row = MarkerRow::new(ConversationId(conversation), UserId(user), *read);
+                writes.add(&statements.insert_marker, row);
+            }
         }
         for (user, seen) in self.last_seen.changed() {
             if let Some(seen) = seen {
@@ -426,11 +460,16 @@ impl<'a> Lane<'a> {
             };
             writes.add(statement, key);
         }
-        for row in self.locations.upserted() {
-            writes.add(&statements.insert_location, row);
+        for (&(conversation, user), location) in self.locations.changed() {
+            if let Some(location) = location {
+                let row = LocationRow::new(ConversationId(conversation), UserId(user), *location);
+                writes.add(&statements.insert_location, row);
+            }
         }
-        for row in self.media.upserted() {
-            writes.add(&statements.insert_media, row);
+        for (&id, media) in self.media.changed() {
+            if let Some(media) = media {
+                writes.add(&statements.insert_media, MediaRow::new(MediaId(id), media.clone()));
+            }
         }
         Ok(writes)
     }

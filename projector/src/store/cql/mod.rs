@@ -18,7 +18,7 @@
 //! |---|---|---|
 //! | `users` | user | the registered user |
 //! | `handles` | lower-cased handle, user | every registration of a handle; the smallest id holds it |
-//! | `conversations` | conversation | kind, title, creator, the next member's join order |
+//! | `conversations` | conversation | kind, title, creator (its `next_member` column is no longer used: join orders come from log offsets) |
 //! | `members` | conversation, user | current members and their join order |
 //! | `conversations_by_user` | user, conversation | the inbox index |
 //! | `conversation_stats` | conversation | message count, last message, first and last bucket |
@@ -50,6 +50,7 @@
 //! query per bucket, until it is full.
 
 mod config;
+mod dump;
 mod error;
 mod fold;
 mod lane;
@@ -94,11 +95,6 @@ const CHECKPOINT_CONSUMER: &str = "read_models";
 fn bucket(message: i64) -> i32 {
     // Id times lie within about 70 years of 2025, a few thousand buckets either way of 0.
     timestamp_ms(message).div_euclid(BUCKET_MS) as i32
-}
-
-/// Handles are unique regardless of case.
-fn handle_key(handle: &str) -> String {
-    handle.to_lowercase()
 }
 
 /// The read models in a ScyllaDB or Cassandra keyspace. Cheap to share behind an `Arc`; any
@@ -262,6 +258,6 @@ impl ReadModel for CqlStore {
     }
 
     async fn dump(&self) -> Result<String, StoreError> {
-        query::dump(&self.db).await
+        dump::dump(&self.db).await
     }
 }

@@ -7,42 +7,19 @@
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
-use std::fmt::Write as _;
 
 use futures_util::{StreamExt, TryStreamExt, stream};
-use scylla::value::Row;
 use switchboard_schemas::{CallId, ConversationId, MediaId, MessageId, UserId};
 
-use super::error::failed;
+use super::bucket;
 use super::rows::{Db, LocationRow, MarkerRow, MediaRow, UserRow, count};
-use super::{bucket, handle_key};
+use crate::store::rules::handle_key;
 use crate::store::{
     Call, Conversation, InboxEntry, Location, Media, Message, ReadMarker, StoreError, User,
 };
 
 /// How many of an inbox's conversations are read at once.
 const INBOX_READS_IN_FLIGHT: usize = 32;
-
-/// Every read-model table, in dump order: all but the checkpoints and the migration record.
-const DUMPED_TABLES: [&str; 17] = [
-    "users",
-    "handles",
-    "conversations",
-    "members",
-    "conversations_by_user",
-    "conversation_stats",
-    "messages",
-    "client_msg_ids",
-    "read_markers",
-    "direct_pairs",
-    "last_seen",
-    "calls",
-    "calls_by_user",
-    "live_calls_by_user",
-    "live_rooms_by_conversation",
-    "locations",
-    "media",
-];
 
 pub(super) async fn user(db: &Db, id: UserId) -> Result<Option<User>, StoreError> {
     Ok(db.user(id.0).await?.map(UserRow::into_user))
@@ -86,7 +63,7 @@ pub(super) async fn conversation(
 /// Current members in join order.
 async fn members(db: &Db, id: ConversationId) -> Result<Vec<UserId>, StoreError> {
     let mut members = db.members(id.0).await?;
-    members.sort_unstable_by_key(|member| member.join_order);
+    members.sort_unstable_by_key(|member| (member.join_order, member.user_id));
     Ok(members.into_iter().map(|member| UserId(member.user_id)).collect())
 }
 
@@ -254,34 +231,4 @@ pub(super) async fn call_history(
     let before = before.map_or(i64::MAX, |call| call.0);
     let limit = i32::try_from(limit).unwrap_or(i32::MAX);
     db.calls(db.call_history(user.0, before, limit).await?).await
-}
-
-/// One line per row, `table column=value …` with the key columns first, sorted. The checkpoint
-/// is left out so that a rebuilt store and a live one compare equal.
-pub(super) async fn dump(db: &Db) -> Result<String, StoreError> {
-    let mut lines = Vec::new();
-    for table in DUMPED_TABLES {
-        let what = || format!("dumping {table}");
-        let pager = db
-            .session
-            .query_iter(format!("SELECT * FROM {table}"), ())
-            .await
-            .map_err(|e| failed(what(), e))?;
-        let columns: Vec<String> =
-            pager.column_specs().iter().map(|spec| spec.name().to_owned()).collect();
-        let mut rows = pager.rows_stream::<Row>().map_err(|e| failed(what(), e))?;
-        while let Some(row) = rows.try_next().await.map_err(|e| failed(what(), e))? {
-            let mut line = table.to_owned();
-            for (column, value) in columns.iter().zip(&row.columns) {
-                // Writing to a String cannot fail.
-                let _ = match value {
-                    Some(value) => write!(line, " {column}={value}"),
-                    None => write!(line, " {column}=null"),
-                };
-            }
-            lines.push(line);
-        }
-    }
-    lines.sort_unstable();
-    Ok(lines.into_iter().map(|line| line + "\n").collect())
 }

@@ -25,6 +25,10 @@ use switchboard_schemas::{ConversationId, ConversationKind, MediaId, MessageId, 
 
 use super::error::{corrupt, failed};
 use super::statements::Statements;
+use crate::store::rows::{
+    ConversationRecord, LocationRecord, MediaRecord, MemberRecord, MessageRecord, ReadRecord,
+    StatsRecord, UserRecord,
+};
 use crate::store::{Call, Location, Media, Message, StoreError, User};
 
 /// The session, switched to the store's keyspace, and the statements prepared on it.
@@ -100,8 +104,6 @@ pub(super) struct ConversationRow {
     pub title: Sparse<String>,
     pub created_by: Sparse<i64>,
     pub created_at: i64,
-    /// The join order the next member gets.
-    pub next_member: i64,
 }
 
 impl ConversationRow {
@@ -511,4 +513,207 @@ impl Db {
         }
         Ok(cursor)
     }
+}
+
+// Each row as the projection rules see it (`store::rows`), and back.
+impl UserRow {
+    pub fn new(id: UserId, user: UserRecord) -> UserRow {
+        UserRow {
+            user_id: id.0,
+            handle: user.handle,
+            display_name: user.display_name,
+            created_at: user.created_at,
+            password_hash: user.password_hash,
+        }
+    }
+
+    pub fn record(self) -> UserRecord {
+        UserRecord {
+            handle: self.handle,
+            display_name: self.display_name,
+            created_at: self.created_at,
+            password_hash: self.password_hash,
+        }
+    }
+}
+
+impl ConversationRow {
+    pub fn new(id: ConversationId, conversation: ConversationRecord) -> ConversationRow {
+        ConversationRow {
+            conversation_id: id.0,
+            kind: ConversationRow::kind_name(conversation.kind).to_owned(),
+            title: Sparse(conversation.title),
+            created_by: Sparse(conversation.created_by.map(|user| user.0)),
+            created_at: conversation.created_at,
+        }
+    }
+
+    pub fn record(self) -> Result<ConversationRecord, StoreError> {
+        Ok(ConversationRecord {
+            kind: self.kind()?,
+            title: self.title.0,
+            created_by: self.created_by.0.map(UserId),
+            created_at: self.created_at,
+        })
+    }
+}
+
+impl MemberRow {
+    pub fn record(&self) -> Result<MemberRecord, StoreError> {
+        let what = format_args!("join order of {} in {}", self.user_id, self.conversation_id);
+        Ok(MemberRecord { order: count(self.join_order, what)? })
+    }
+}
+
+impl StatsRow {
+    pub fn record(&self) -> Result<StatsRecord, StoreError> {
+        let what = format_args!("message count of {}", self.conversation_id);
+        Ok(StatsRecord {
+            message_count: count(self.message_count, what)?,
+            last_message: Some(MessageId(self.last_message_id)),
+        })
+    }
+
+    /// The row after a send, which `stats` counts: the bucket range grows to take in the
+    /// bucket of the message sent.
+    pub fn after_send(
+        current: Option<&StatsRow>,
+        conversation: ConversationId,
+        stats: &StatsRecord,
+    ) -> StatsRow {
+        let last_message_id = stats.last_message.map_or(0, |message| message.0);
+        let bucket = super::bucket(last_message_id);
+        StatsRow {
+            conversation_id: conversation.0,
+            message_count: signed(stats.message_count),
+            last_message_id,
+            first_bucket: current.map_or(bucket, |row| row.first_bucket.min(bucket)),
+            last_bucket: current.map_or(bucket, |row| row.last_bucket.max(bucket)),
+        }
+    }
+}
+
+impl MessageRow {
+    /// The attachments of a deleted message are written as an empty list: leaving the column
+    /// unset would keep the ones stored.
+    pub fn new(conversation: ConversationId, id: MessageId, message: MessageRecord) -> MessageRow {
+        let attachments: Vec<i64> = message.attachments.iter().map(|media| media.0).collect();
+        MessageRow {
+            conversation_id: conversation.0,
+            bucket: super::bucket(id.0),
+            message_id: id.0,
+            sender: message.sender.0,
+            client_msg_id: message.client_msg_id,
+            body: message.body,
+            reply_to: Sparse(message.reply_to.map(|reply| reply.0)),
+            sent_at: message.sent_at,
+            edited_at: Sparse(message.edited_at),
+            deleted: message.deleted,
+            seq: signed(message.seq),
+            attachments: Sparse(Some(attachments).filter(|ids| message.deleted || !ids.is_empty())),
+        }
+    }
+
+    pub fn record(self) -> Result<MessageRecord, StoreError> {
+        Ok(MessageRecord {
+            seq: count(self.seq, format_args!("seq of message {}", self.message_id))?,
+            sender: UserId(self.sender),
+            client_msg_id: self.client_msg_id,
+            body: self.body,
+            reply_to: self.reply_to.0.map(MessageId),
+            sent_at: self.sent_at,
+            edited_at: self.edited_at.0,
+            deleted: self.deleted,
+            attachments: self.attachments.0.unwrap_or_default().into_iter().map(MediaId).collect(),
+        })
+    }
+}
+
+impl MarkerRow {
+    pub fn new(conversation: ConversationId, user: UserId, read: ReadRecord) -> MarkerRow {
+        MarkerRow {
+            conversation_id: conversation.0,
+            user_id: user.0,
+            message_id: read.message_id.0,
+            seq: signed(read.seq),
+            read_at: read.at,
+        }
+    }
+
+    pub fn record(&self) -> Result<ReadRecord, StoreError> {
+        let what = format_args!("read marker of {} in {}", self.user_id, self.conversation_id);
+        Ok(ReadRecord {
+            message_id: MessageId(self.message_id),
+            seq: count(self.seq, what)?,
+            at: self.read_at,
+        })
+    }
+}
+
+impl MediaRow {
+    pub fn new(id: MediaId, media: MediaRecord) -> MediaRow {
+        MediaRow {
+            media_id: id.0,
+            conversation_id: media.conversation_id.0,
+            uploader: media.uploader.0,
+            content_type: media.content_type,
+            size: signed(media.size),
+            file_name: Sparse(media.name),
+            created_at: media.created_at,
+            object_key: media.object_key,
+        }
+    }
+
+    pub fn record(self) -> Result<MediaRecord, StoreError> {
+        let media = self.into_media()?;
+        Ok(MediaRecord {
+            conversation_id: media.conversation_id,
+            uploader: media.uploader,
+            content_type: media.content_type,
+            size: media.size,
+            name: media.name,
+            created_at: media.created_at,
+            object_key: media.object_key,
+        })
+    }
+}
+
+impl LocationRow {
+    pub fn new(
+        conversation: ConversationId,
+        user: UserId,
+        location: LocationRecord,
+    ) -> LocationRow {
+        LocationRow {
+            conversation_id: conversation.0,
+            user_id: user.0,
+            latitude: location.latitude,
+            longitude: location.longitude,
+            accuracy_m: location.accuracy_m,
+            updated_at: location.updated_at,
+            expires_at: location.expires_at,
+            stopped: location.stopped,
+            log_offset: signed(location.log_offset),
+        }
+    }
+
+    pub fn record(&self) -> Result<LocationRecord, StoreError> {
+        let what =
+            format_args!("log offset of {}'s location in {}", self.user_id, self.conversation_id);
+        Ok(LocationRecord {
+            latitude: self.latitude,
+            longitude: self.longitude,
+            accuracy_m: self.accuracy_m,
+            updated_at: self.updated_at,
+            expires_at: self.expires_at,
+            stopped: self.stopped,
+            log_offset: count(self.log_offset, what)?,
+        })
+    }
+}
+
+/// A count, offset or size as the `bigint` that holds it. Every one of them starts from a log
+/// offset, an event's `i64` or a count of events, none of which reaches `i64::MAX`.
+fn signed(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
 }

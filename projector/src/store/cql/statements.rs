@@ -57,11 +57,11 @@ statements! {
     handle_claims = "SELECT user_id FROM handles WHERE handle = ?";
     insert_handle_claim = "INSERT INTO handles (handle, user_id) VALUES (?, ?)";
 
-    conversation = "SELECT conversation_id, kind, title, created_by, created_at, next_member \
+    conversation = "SELECT conversation_id, kind, title, created_by, created_at \
                     FROM conversations WHERE conversation_id = ?";
     insert_conversation = "INSERT INTO conversations \
-                           (conversation_id, kind, title, created_by, created_at, next_member) \
-                           VALUES (?, ?, ?, ?, ?, ?)";
+                           (conversation_id, kind, title, created_by, created_at) \
+                           VALUES (?, ?, ?, ?, ?)";
 
     members = "SELECT conversation_id, user_id, join_order FROM members \
                WHERE conversation_id = ?";

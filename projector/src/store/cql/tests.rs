@@ -1,6 +1,7 @@
 //! The CQL store against a real engine: the conformance suite, and what only this backend has to
-//! show — its URLs, its migrations, paging across message buckets, the id-based rules for handles
-//! and direct pairs, and failing fast when the cluster is out of reach.
+//! show — its URLs, its migrations, paging across message buckets,
+//! failing fast when the cluster is out of reach — and that it folds any history to the same read
+//! models as the embedded store.
 //!
 //! Engine tests use the ScyllaDB or Cassandra node named by `SWITCHBOARD_CQL` (`host:port`;
 //! `ops/engines/start.sh` runs Cassandra at `127.0.0.1:19042`), each in a keyspace of its own that
@@ -11,18 +12,20 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use proptest::prelude::*;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use switchboard_ingest::log::Cursor;
 use switchboard_schemas::{
     ConversationCreated, ConversationId, ConversationKind, Event, EventMeta, MessageId,
-    MessageSent, Payload, Position, ReadUpTo, UserId, UserRegistered,
+    MessageSent, Payload, Position, ReadUpTo, UserId,
 };
 
 use super::config::{CqlConfig, Replication};
 use super::migrations::{self, MIGRATIONS};
 use super::{CqlStore, bucket};
-use crate::store::{Logged, Message, ReadMarker, ReadModel, StoreError, conformance};
+use crate::store::embedded::EmbeddedStore;
+use crate::store::{Logged, Message, ReadMarker, ReadModel, StoreError, conformance, history};
 
 const START_ENGINES: &str =
     "SWITCHBOARD_CQL is unset: run ops/engines/start.sh and set SWITCHBOARD_CQL=127.0.0.1:19042";
@@ -102,6 +105,7 @@ conformance! {
     retried_send_is_deduplicated,
     membership_and_inbox,
     direct_conversation_lookup,
+    contested_handles_and_pairs_go_to_the_smallest_id,
     edit_and_delete,
     handle_uniqueness,
     checkpoint_round_trip,
@@ -125,6 +129,7 @@ async fn the_whole_suite_can_share_one_store() -> Result<(), StoreError> {
         conformance::retried_send_is_deduplicated(&store).await?;
         conformance::membership_and_inbox(&store).await?;
         conformance::direct_conversation_lookup(&store).await?;
+        conformance::contested_handles_and_pairs_go_to_the_smallest_id(&store).await?;
         conformance::edit_and_delete(&store).await?;
         conformance::handle_uniqueness(&store).await?;
         conformance::last_seen(&store).await?;
@@ -405,84 +410,6 @@ async fn paging_walks_across_buckets() -> Result<(), StoreError> {
     .await
 }
 
-fn register(offset: u64, user: i64, handle: &str) -> Logged {
-    logged(
-        offset,
-        offset as i64,
-        UserRegistered {
-            user_id: UserId(user),
-            handle: handle.to_owned(),
-            display_name: format!("user {user}"),
-            password_hash: "h".to_owned(),
-        },
-    )
-}
-
-fn direct(offset: u64, id: i64, a: i64, b: i64) -> Logged {
-    logged(
-        offset,
-        offset as i64,
-        ConversationCreated {
-            conversation_id: ConversationId(id),
-            kind: ConversationKind::Direct,
-            title: None,
-            members: vec![UserId(a), UserId(b)],
-        },
-    )
-}
-
-/// Handles and direct pairs go to the smallest id, whichever registration or conversation was
-/// applied first, so that a rebuild reading the log's partitions in another order agrees.
-#[tokio::test]
-async fn contested_handles_and_pairs_go_to_the_smallest_id() -> Result<(), StoreError> {
-    with_store(|store| async move {
-        // `ada` and the pair (1, 2) come in id order, one event per batch; `bob` and the pair
-        // (3, 4) in reverse order within one batch; `cy` in reverse order across batches.
-        let in_order = [
-            register(0, 100, "ada"),
-            register(1, 200, "ADA"),
-            direct(2, 10, 1, 2),
-            direct(3, 20, 2, 1),
-        ];
-        apply_one_by_one(&store, &in_order).await?;
-        let reversed = [
-            register(4, 400, "bob"),
-            register(5, 300, "Bob"),
-            direct(6, 40, 3, 4),
-            direct(7, 30, 4, 3),
-        ];
-        apply(&store, &reversed).await?;
-        let late = [register(8, 600, "cy"), register(9, 500, "cy")];
-        apply_one_by_one(&store, &late).await?;
-
-        for (handle, holder, loser) in [("ada", 100, 200), ("BOB", 300, 400), ("Cy", 500, 600)] {
-            let found = store.user_by_handle(handle).await?.map(|user| user.id);
-            assert_eq!(found, Some(UserId(holder)), "{handle}");
-            assert_eq!(
-                store.user(UserId(loser)).await?,
-                None,
-                "{handle}: the loser leaves no user"
-            );
-        }
-        assert_eq!(
-            store.direct_conversation(UserId(2), UserId(1)).await?,
-            Some(ConversationId(10))
-        );
-        assert_eq!(
-            store.direct_conversation(UserId(3), UserId(4)).await?,
-            Some(ConversationId(30))
-        );
-
-        // Replaying everything changes nothing.
-        let dump = store.dump().await?;
-        let all: Vec<Logged> = in_order.into_iter().chain(reversed).chain(late).collect();
-        apply(&store, &all).await?;
-        assert_eq!(store.dump().await?, dump);
-        Ok(())
-    })
-    .await
-}
-
 /// A lane longer than one write batch ends as the same events applied one at a time do, and
 /// replaying it changes nothing.
 #[tokio::test]
@@ -537,4 +464,29 @@ async fn long_lanes_are_written_in_several_batches() -> Result<(), StoreError> {
         Ok(())
     })
     .await
+}
+
+proptest! {
+    // Each case makes a keyspace, which takes the engine a few seconds.
+    #![proptest_config(ProptestConfig::with_cases(6))]
+
+    /// The two stores run the same rules: a history, however each is handed it, leaves them with
+    /// the same read models.
+    #[test]
+    fn a_history_folds_to_the_same_read_models_as_in_the_embedded_store(
+        (_, embedded, cql) in history::history_delivered_twice(80)
+    ) {
+        if engine().is_none() {
+            return Ok(());
+        }
+        let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+        runtime.block_on(with_store(|store| async move {
+            let dir = tempfile::TempDir::new().expect("temp dir");
+            let local = EmbeddedStore::open(dir.path())?;
+            history::deliver(&local, &embedded).await?;
+            history::deliver(&store, &cql).await?;
+            assert_eq!(store.dump().await?, local.dump().await?);
+            Ok(())
+        }))?;
+    }
 }

@@ -32,7 +32,7 @@ pub(super) fn ids(parts: &[i64]) -> Vec<u8> {
 /// The key under which the checkpoint is kept in [`Table::Meta`].
 pub(super) const CHECKPOINT: &[u8] = b"checkpoint";
 
-/// Every keyspace of the store. The value of each is JSON (see `records.rs`), except where noted.
+/// Every keyspace of the store. The value of each is JSON (see `store::rows`), except where noted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Table {
     /// `"checkpoint"` → the cursor's text form. Not a read model, so left out of dumps.
@@ -161,7 +161,7 @@ impl Table {
 
 /// The handle key: handles are unique regardless of case.
 pub(super) fn handle(handle: &str) -> Vec<u8> {
-    handle.to_lowercase().into_bytes()
+    crate::store::rules::handle_key(handle).into_bytes()
 }
 
 /// The key of a sender's `client_msg_id` within a conversation.

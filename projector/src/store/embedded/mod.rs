@@ -1,8 +1,8 @@
 //! The read models in a local fjall database: the default when switchboard runs on one machine.
 //!
 //! - `keys` lays out one keyspace per table with order-preserving id keys;
-//! - `records` is what each table stores, `tables` the fjall keyspaces holding them;
-//! - `fold` applies a batch of events, atomically with the checkpoint;
+//! - `tables` are the fjall keyspaces holding the rows of `store::rows`, as JSON;
+//! - `fold` applies a batch of events by `store::rules`, atomically with the checkpoint;
 //! - `filter` keeps the client ids in memory, for the retry check of every send;
 //! - `query` answers reads, each from one snapshot;
 //! - `background` is the thread that applies batches, one at a time and at a low priority.
@@ -36,7 +36,6 @@ mod filter;
 mod fold;
 mod keys;
 mod query;
-mod records;
 mod tables;
 #[cfg(test)]
 mod tests;

@@ -4,7 +4,6 @@
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
-use std::fmt::Write as _;
 
 use fjall::{Iter, Readable, Slice, Snapshot};
 use serde::de::DeserializeOwned;
@@ -12,11 +11,12 @@ use switchboard_ingest::log::Cursor;
 use switchboard_schemas::{CallId, ConversationId, MediaId, MessageId, UserId};
 
 use super::keys::{self, ID_LEN, Table};
-use super::records::{
+use super::tables::{Tables, decode, storage};
+use crate::store::dump::Dump;
+use crate::store::rows::{
     ConversationRecord, LocationRecord, MediaRecord, MemberRecord, MessageRecord, ReadRecord,
     StatsRecord, UserRecord,
 };
-use super::tables::{Tables, decode, storage};
 use crate::store::{
     Call, Conversation, InboxEntry, Location, Media, Message, ReadMarker, StoreError, User,
 };
@@ -136,7 +136,7 @@ impl<'a> View<'a> {
             let record: MemberRecord = decode(Table::Members, &key, &value)?;
             members.push((record.order, UserId(second_id(Table::Members, &key)?)));
         }
-        members.sort_unstable_by_key(|&(order, _)| order);
+        members.sort_unstable();
         Ok(members.into_iter().map(|(_, user)| user).collect())
     }
 
@@ -335,25 +335,18 @@ impl<'a> View<'a> {
         Ok(calls)
     }
 
-    /// One line per stored key, `table key value`, tables in a fixed order and keys in key
-    /// order; the checkpoint is left out so a rebuilt store and a live one compare equal.
+    /// Every stored row but the checkpoint, in the form of `store::dump`: the stored JSON is
+    /// already the row of `store::rows`.
     pub(super) fn dump(&self) -> Result<String, StoreError> {
-        let mut out = String::new();
+        let mut dump = Dump::default();
         for table in Table::ALL.into_iter().filter(|&table| table != Table::Meta) {
             let iter = self.snapshot.iter(self.tables.get(table));
             for entry in View::entries(table, iter) {
                 let (key, value) = entry?;
-                // Writing to a String cannot fail.
-                let _ = writeln!(
-                    out,
-                    "{} {} {}",
-                    table.name(),
-                    table.describe_key(&key),
-                    String::from_utf8_lossy(&value)
-                );
+                dump.line(table.name(), table.describe_key(&key), String::from_utf8_lossy(&value));
             }
         }
-        Ok(out)
+        Ok(dump.finish())
     }
 }
 

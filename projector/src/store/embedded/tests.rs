@@ -1,8 +1,10 @@
 //! The conformance suite against [`EmbeddedStore`], plus what only a store on disk has to show:
-//! its data and checkpoint outlive the process that wrote them.
+//! its data and checkpoint outlive the process that wrote them, and it folds a history to the same
+//! read models however the history is delivered.
 
 use std::path::Path;
 
+use proptest::prelude::*;
 use switchboard_ingest::log::Cursor;
 use switchboard_schemas::{
     ConversationCreated, ConversationId, ConversationKind, Event, EventMeta, MessageId,
@@ -11,7 +13,7 @@ use switchboard_schemas::{
 use tempfile::TempDir;
 
 use super::EmbeddedStore;
-use crate::store::{Logged, ReadModel, StoreError, conformance};
+use crate::store::{Logged, ReadModel, StoreError, conformance, history};
 
 fn open(dir: &Path) -> EmbeddedStore {
     EmbeddedStore::open(dir).expect("open the store")
@@ -35,6 +37,7 @@ conformance! {
     retried_send_is_deduplicated,
     membership_and_inbox,
     direct_conversation_lookup,
+    contested_handles_and_pairs_go_to_the_smallest_id,
     edit_and_delete,
     handle_uniqueness,
     checkpoint_round_trip,
@@ -58,6 +61,7 @@ async fn the_whole_suite_can_share_one_store() -> Result<(), StoreError> {
     conformance::retried_send_is_deduplicated(&store).await?;
     conformance::membership_and_inbox(&store).await?;
     conformance::direct_conversation_lookup(&store).await?;
+    conformance::contested_handles_and_pairs_go_to_the_smallest_id(&store).await?;
     conformance::edit_and_delete(&store).await?;
     conformance::handle_uniqueness(&store).await?;
     conformance::last_seen(&store).await?;
@@ -236,4 +240,25 @@ async fn an_applied_batch_survives_an_abort() -> Result<(), StoreError> {
     assert_eq!(store.checkpoint().await?, checkpoint);
     assert_eq!(store.conversation(ConversationId(10)).await?.map(|c| c.message_count), Some(3));
     Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// However a projector is handed a history — partitions interleaved any way, stretches of
+    /// them delivered again, any batch sizes — the read models come out the same.
+    #[test]
+    fn every_delivery_of_a_history_folds_to_the_same_store(
+        (_, one, other) in history::history_delivered_twice(80)
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
+        let (one_dir, other_dir) = (TempDir::new().expect("temp dir"), TempDir::new().expect("temp dir"));
+        let (one_dump, other_dump) = runtime.block_on(async {
+            let (one_store, other_store) = (open(one_dir.path()), open(other_dir.path()));
+            history::deliver(&one_store, &one).await?;
+            history::deliver(&other_store, &other).await?;
+            Ok::<_, StoreError>((one_store.dump().await?, other_store.dump().await?))
+        })?;
+        prop_assert_eq!(one_dump, other_dump);
+    }
 }

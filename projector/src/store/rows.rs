@@ -1,9 +1,11 @@
-//! What the embedded store keeps under each key.
+//! The rows of the read models, as the projection rules read and write them.
 //!
 //! The public model types ([`User`], [`Conversation`], …) are shaped for answers: a conversation
 //! carries its members and last message, a user hides its password hash from serde. The records
 //! here are shaped for storage instead: each holds only what its own table owns, so that folding
-//! one event touches few keys, and they round-trip through JSON (which also keeps dumps readable).
+//! one event touches few rows. [`rules`](super::rules) works on them for every store; the
+//! embedded store keeps them as they are (as JSON, which also keeps dumps readable), the CQL store
+//! maps each to the columns of its table. Dumps of either store print them as JSON.
 
 use serde::{Deserialize, Serialize};
 use switchboard_schemas::{ConversationId, ConversationKind, MediaId, MessageId, UserId};
@@ -11,7 +13,7 @@ use switchboard_schemas::{ConversationId, ConversationKind, MediaId, MessageId, 
 use crate::store::{Location, Media, Message, User};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub(super) struct UserRecord {
+pub struct UserRecord {
     pub handle: String,
     pub display_name: String,
     pub created_at: i64,
@@ -32,19 +34,18 @@ impl UserRecord {
 
 /// What the conversations topic says about a conversation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub(super) struct ConversationRecord {
+pub struct ConversationRecord {
     pub kind: ConversationKind,
     pub title: Option<String>,
     pub created_by: Option<UserId>,
     pub created_at: i64,
-    /// The join order the next member gets; members are listed by it.
-    pub next_member: u64,
 }
 
 /// A current member of a conversation.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub(super) struct MemberRecord {
-    /// Position in join order; a member who leaves and comes back joins at the end.
+pub struct MemberRecord {
+    /// Position in join order (see `rules::join_order`); a member who leaves and comes back
+    /// joins at the end.
     pub order: u64,
 }
 
@@ -54,7 +55,7 @@ pub(super) struct MemberRecord {
 /// reader may interleave in any order (a rebuild can read every message before the conversation
 /// that holds them); keeping them apart means neither has to wait for the other.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub(super) struct StatsRecord {
+pub struct StatsRecord {
     /// Messages ever sent, which is also the `seq` of the latest one.
     pub message_count: u64,
     /// The message with the highest `seq`.
@@ -62,7 +63,7 @@ pub(super) struct StatsRecord {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub(super) struct MessageRecord {
+pub struct MessageRecord {
     pub sender: UserId,
     pub client_msg_id: String,
     pub body: String,
@@ -96,7 +97,7 @@ impl MessageRecord {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub(super) struct MediaRecord {
+pub struct MediaRecord {
     pub conversation_id: ConversationId,
     pub uploader: UserId,
     pub content_type: String,
@@ -123,7 +124,7 @@ impl MediaRecord {
 
 /// How far a user has read in a conversation.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub(super) struct ReadRecord {
+pub struct ReadRecord {
     pub message_id: MessageId,
     /// The `seq` of `message_id`: unread is the message count minus this.
     pub seq: u64,
@@ -132,7 +133,7 @@ pub(super) struct ReadRecord {
 
 /// The last location a user shared with a conversation.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub(super) struct LocationRecord {
+pub struct LocationRecord {
     pub latitude: f64,
     pub longitude: f64,
     pub accuracy_m: Option<f64>,
