@@ -41,13 +41,15 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_STORE")]
     pub store: Option<String>,
 
-    /// Presence, rate limits and idempotency claims: `memory://` keeps them in this process.
+    /// Presence, rate limits and idempotency claims: `memory://` keeps them in this process,
+    /// `redis://[[user]:password@]host:port[/db][?prefix=P]` shares them between nodes
+    /// (`rediss://` for TLS; `&ca=FILE` trusts the CA certificates in FILE).
     #[arg(long, env = "SWITCHBOARD_PRESENCE", default_value = "memory://")]
     pub presence: String,
 
     /// Users' feeds, which deliver every event in order and serve resumes: `file://DIR` keeps
-    /// them in this process, `redis://…` shares them between nodes [default: the presence URL
-    /// when it is redis://, else file://<data-dir>/feeds].
+    /// them in this process, `redis[s]://…` shares them between nodes [default: the presence URL
+    /// when it is redis[s]://, else file://<data-dir>/feeds].
     #[arg(long, env = "SWITCHBOARD_FEEDS")]
     pub feeds: Option<String>,
 

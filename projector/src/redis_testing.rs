@@ -3,6 +3,7 @@
 //! prefix of each test's own in it, and a throwaway `redis-server` for tests that stop, freeze or
 //! kill Redis without disturbing the shared one.
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -114,9 +115,16 @@ impl Throwaway {
 
     /// Starts the server and waits until it accepts connections.
     pub async fn start(port: u16) -> Throwaway {
+        Throwaway::start_with(port, &[]).await
+    }
+
+    /// Starts the server with `settings` after its own (a later setting wins), and waits until
+    /// `port` accepts connections.
+    pub async fn start_with(port: u16, settings: &[&str]) -> Throwaway {
         let process = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(settings)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server (ops/engines/fetch.sh redis installs it)");
@@ -152,4 +160,53 @@ impl Drop for Throwaway {
 /// A failure guard only: a call that takes this long has hung.
 pub async fn within<T>(call: impl Future<Output = T>) -> T {
     timeout(Duration::from_secs(10), call).await.expect("a call hung instead of failing")
+}
+
+/// A CA and a certificate it signed for `127.0.0.1`, made with the `openssl` command.
+pub struct Certificates {
+    /// The CA's certificate, which clients trust.
+    pub ca: String,
+    pub server_certificate: String,
+    pub server_key: String,
+}
+
+impl Certificates {
+    /// Makes them in `dir`, which must have a UTF-8 path.
+    pub fn make(dir: &Path) -> Certificates {
+        let path = |name: &str| dir.join(name).to_str().expect("a UTF-8 path").to_owned();
+        let [ca, ca_key, certificate, key, request, san] =
+            ["ca.pem", "ca.key", "server.pem", "server.key", "server.csr", "san.cnf"].map(path);
+        std::fs::write(&san, "subjectAltName=IP:127.0.0.1\n").expect("write the SAN extension");
+        let openssl = |args: &[&str]| {
+            let output = Command::new("openssl")
+                .args(args)
+                .output()
+                .expect("openssl (ops/deps.sh installs it)");
+            let error = String::from_utf8_lossy(&output.stderr);
+            assert!(output.status.success(), "openssl {args:?}: {error}");
+        };
+        let new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let ca_subject = ["req", "-x509", "-days", "1", "-subj", "/CN=switchboard test CA"];
+        openssl(&[&ca_subject[..], &new_key, &["-keyout", &ca_key, "-out", &ca]].concat());
+        let server_subject = ["req", "-subj", "/CN=127.0.0.1"];
+        openssl(&[&server_subject[..], &new_key, &["-keyout", &key, "-out", &request]].concat());
+        openssl(&[
+            "x509",
+            "-req",
+            "-days",
+            "1",
+            "-in",
+            &request,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-extfile",
+            &san,
+            "-out",
+            &certificate,
+        ]);
+        Certificates { ca, server_certificate: certificate, server_key: key }
+    }
 }

@@ -36,7 +36,8 @@ pub mod embedded;
 pub mod redis;
 
 /// Opens the feeds a URL names: `file://DIR` (this process only) or
-/// `redis://host:port[/db][?prefix=P]`, shared by every node using it.
+/// `redis[s]://…` as presence takes it (see [`crate::presence::redis::RedisConfig::from_url`]),
+/// shared by every node using it.
 pub async fn open(url: &str, retention: Retention) -> Result<Arc<dyn Feeds>, FeedError> {
     match url.split_once("://") {
         Some(("file", dir)) => {
@@ -49,7 +50,9 @@ pub async fn open(url: &str, retention: Retention) -> Result<Arc<dyn Feeds>, Fee
                     })??;
             Ok(Arc::new(feeds))
         }
-        Some(("redis", _)) => Ok(Arc::new(redis::RedisFeeds::connect(url, retention).await?)),
+        Some(("redis" | "rediss", _)) => {
+            Ok(Arc::new(redis::RedisFeeds::connect(url, retention).await?))
+        }
         _ => Err(FeedError::Storage(format!(
             "`{url}` names no feed backend: use file://DIR or redis://HOST:PORT"
         ))),

@@ -16,12 +16,15 @@ pub mod memory;
 pub mod redis;
 
 /// Opens the presence backend a URL names: `memory://` (this process only) or
-/// `redis://host:port[/db][?prefix=P]`, shared by every node using it. `node_id` is the node whose
+/// `redis[s]://[[user]:password@]host:port[/db][?prefix=P][&ca=FILE]` (see
+/// [`redis::RedisConfig::from_url`]), shared by every node using it. `node_id` is the node whose
 /// sessions this handle opens.
 pub async fn open(url: &str, node_id: &str) -> Result<Arc<dyn Presence>, PresenceError> {
     match url.split_once("://") {
         Some(("memory", "")) => Ok(Arc::new(memory::MemoryPresence::new(node_id))),
-        Some(("redis", _)) => Ok(Arc::new(redis::RedisPresence::connect(url, node_id).await?)),
+        Some(("redis" | "rediss", _)) => {
+            Ok(Arc::new(redis::RedisPresence::connect(url, node_id).await?))
+        }
         _ => Err(PresenceError::Unavailable(format!(
             "`{url}` names no presence backend: use memory:// or redis://HOST:PORT"
         ))),

@@ -67,8 +67,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{
-    Client, FromRedisValue, ProtocolVersion, PushInfo, PushKind, RedisError, RedisResult,
-    RetryMethod, Script, Value,
+    FromRedisValue, ProtocolVersion, PushInfo, PushKind, RedisError, RedisResult, RetryMethod,
+    Script, Value,
 };
 use switchboard_schemas::UserId;
 use tokio::sync::mpsc;
@@ -152,7 +152,7 @@ impl RedisFeeds {
         // Without a response timeout of the client's own: an append's pipeline may take longer
         // than one command, and every call has a limit of ours (see `RedisFeeds::call`).
         let redis = ConnectionManager::new_lazy_with_config(
-            Client::open(config.connection.clone()).map_err(unusable)?,
+            config.client(config.connection.clone()).map_err(unusable)?,
             manager.clone().set_response_timeout(None),
         )
         .map_err(unusable)?;
@@ -160,7 +160,7 @@ impl RedisFeeds {
         let resp3 = config.connection.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
         let (pushes, pushed) = mpsc::unbounded_channel();
         let subscriber = ConnectionManager::new_lazy_with_config(
-            Client::open(config.connection.clone().set_redis_settings(resp3)).map_err(unusable)?,
+            config.client(config.connection.clone().set_redis_settings(resp3)).map_err(unusable)?,
             manager
                 .set_response_timeout(Some(config.response_timeout))
                 .set_push_sender(pushes)

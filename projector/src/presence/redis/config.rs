@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use redis::{ConnectionInfo, IntoConnectionInfo};
+use redis::{
+    Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisResult, TlsCertificates,
+};
 
 use crate::presence::PresenceError;
 
@@ -22,38 +24,70 @@ pub const CONNECTION_TIMEOUT: Duration = Duration::from_millis(500);
 /// operations, which Redis answers in well under a millisecond; the margin absorbs a busy machine.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// A parsed `redis://` presence URL plus the timeouts.
+/// A parsed `redis://` or `rediss://` URL plus the timeouts.
 #[derive(Clone)]
 pub struct RedisConfig {
+    /// Where Redis is, and the credentials the URL gave.
     pub connection: ConnectionInfo,
     /// Prepended to every key.
     pub prefix: String,
+    /// The CA certificates (PEM) that a TLS server's certificate must chain to, when the URL names
+    /// a file of them (`ca=`); otherwise the system's trust store decides.
+    pub root_cert: Option<Vec<u8>>,
     pub connection_timeout: Duration,
     pub response_timeout: Duration,
 }
 
 impl RedisConfig {
-    /// Parses `redis://[user:password@]host:port[/db][?prefix=P]` with the default timeouts.
-    /// The prefix defaults to [`DEFAULT_PREFIX`]; the other query parameters the redis crate
-    /// knows (such as `protocol`) keep their meaning.
+    /// Parses `redis[s]://[[user]:password@]host:port[/db][?prefix=P][&ca=FILE]` with the
+    /// default timeouts. `rediss://` speaks TLS, checking the server's certificate against the CA
+    /// certificates in FILE (PEM) when given, else against the system's trust store. The prefix
+    /// defaults to [`DEFAULT_PREFIX`]; the other query parameters the redis crate knows (such as
+    /// `protocol`) keep their meaning.
     pub fn from_url(url: &str) -> Result<RedisConfig, PresenceError> {
+        let refused = |why: String| PresenceError::Unavailable(why);
         // The URL may carry a password, so errors do not repeat it.
         let parsed = redis::parse_redis_url(url).ok_or_else(|| {
-            PresenceError::Unavailable("the presence URL is not a valid redis:// URL".to_owned())
+            refused("the presence URL is not a valid redis:// or rediss:// URL".to_owned())
         })?;
-        let prefix = parsed
-            .query_pairs()
-            .find(|(name, _)| name == "prefix")
-            .map_or_else(|| DEFAULT_PREFIX.to_owned(), |(_, value)| value.into_owned());
-        let connection = parsed.into_connection_info().map_err(|error| {
-            PresenceError::Unavailable(format!("the presence URL is not usable: {error}"))
-        })?;
+        let parameter = |name: &str| {
+            parsed.query_pairs().find(|(key, _)| key == name).map(|(_, value)| value.into_owned())
+        };
+        let prefix = parameter("prefix").unwrap_or_else(|| DEFAULT_PREFIX.to_owned());
+        let ca = parameter("ca");
+        let connection = parsed
+            .into_connection_info()
+            .map_err(|error| refused(format!("the presence URL is not usable: {error}")))?;
+        let root_cert = match (ca, connection.addr()) {
+            (None, _) => None,
+            (Some(path), ConnectionAddr::TcpTls { .. }) => {
+                Some(std::fs::read(&path).map_err(|error| {
+                    refused(format!("cannot read the CA certificates in {path}: {error}"))
+                })?)
+            }
+            (Some(_), _) => {
+                return Err(refused("`ca=` is for TLS: use a rediss:// URL".to_owned()));
+            }
+        };
         Ok(RedisConfig {
             connection,
             prefix,
+            root_cert,
             connection_timeout: CONNECTION_TIMEOUT,
             response_timeout: RESPONSE_TIMEOUT,
         })
+    }
+
+    /// A client for `connection` (this configuration's, or one derived from it), trusting the
+    /// configured CA certificates.
+    pub fn client(&self, connection: ConnectionInfo) -> RedisResult<Client> {
+        match &self.root_cert {
+            Some(root_cert) => Client::build_with_tls(
+                connection,
+                TlsCertificates { client_tls: None, root_cert: Some(root_cert.clone()) },
+            ),
+            None => Client::open(connection),
+        }
     }
 
     /// The longest one presence call may take: connecting (when the connection was lost) and
@@ -66,8 +100,6 @@ impl RedisConfig {
 
 #[cfg(test)]
 mod tests {
-    use redis::ConnectionAddr;
-
     use super::*;
 
     #[test]
@@ -80,6 +112,23 @@ mod tests {
         assert_eq!(custom.prefix, "chat:eu:");
         assert_eq!(custom.connection.redis_settings().db(), 3);
         Ok(())
+    }
+
+    #[test]
+    fn tls_takes_a_ca_file_and_only_tls_does() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "PEM").expect("write");
+        let url = format!("rediss://:secret@redis.internal:6380?ca={}", ca.display());
+        let config = RedisConfig::from_url(&url).expect("a TLS URL");
+        assert!(matches!(config.connection.addr(), ConnectionAddr::TcpTls { .. }));
+        assert_eq!(config.root_cert.as_deref(), Some(&b"PEM"[..]));
+
+        let missing = RedisConfig::from_url("rediss://redis.internal?ca=/nowhere/ca.pem");
+        assert!(missing.is_err_and(|e| e.to_string().contains("/nowhere/ca.pem")));
+        let plain = RedisConfig::from_url(&format!("redis://:secret@host?ca={}", ca.display()));
+        let refused = plain.err().expect("ca= without TLS is refused").to_string();
+        assert!(refused.contains("rediss://") && !refused.contains("secret"), "{refused}");
     }
 
     #[test]

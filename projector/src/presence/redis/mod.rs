@@ -49,7 +49,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Cmd, FromRedisValue, RedisResult, Script, ScriptInvocation};
+use redis::{Cmd, FromRedisValue, RedisResult, Script, ScriptInvocation};
 use switchboard_schemas::UserId;
 
 pub use self::config::RedisConfig;
@@ -136,7 +136,7 @@ impl RedisPresence {
                 "cannot set up a client for Redis at {address}: {error}"
             ))
         };
-        let client = Client::open(config.connection).map_err(unusable)?;
+        let client = config.client(config.connection.clone()).map_err(unusable)?;
         // No retries inside the manager: a reconnection with back-off would hold every call that
         // waits on it for the whole back-off. The next call after a failure starts a new attempt.
         let manager = ConnectionManagerConfig::new()

@@ -14,7 +14,7 @@ use tokio::time::sleep;
 
 use super::RedisPresence;
 use crate::presence::{Presence, PresenceError, Quota, RateDecision, conformance};
-use crate::redis_testing::{Namespace, Throwaway, shared_redis, within};
+use crate::redis_testing::{Certificates, Namespace, Throwaway, shared_redis, within};
 
 const NODE: &str = "node-a";
 const OTHER_NODE: &str = "node-b";
@@ -177,5 +177,55 @@ async fn presence_degrades_while_redis_is_away_and_recovers_by_itself() -> Resul
     assert_eq!(within(presence.claim("k", "v", LONG)).await?, None);
     within(presence.renew_lease(NODE, LONG)).await?;
     assert!(within(online(&presence, user)).await?);
+    Ok(())
+}
+
+/// A Redis that wants TLS and a password is reached through the URL alone: `rediss://`, the
+/// password, and the CA that signed the server's certificate. A wrong password or an untrusted
+/// certificate leaves presence unavailable, and the error does not repeat the password.
+#[tokio::test]
+async fn a_redis_behind_tls_and_a_password_is_reached_through_the_url() -> Result<(), PresenceError>
+{
+    if shared_redis().is_none() {
+        return Ok(());
+    }
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let certificates = Certificates::make(dir.path());
+    let port = Throwaway::free_port().to_string();
+    let _server = Throwaway::start_with(
+        port.parse().expect("a port"),
+        &[
+            "--port",
+            "0",
+            "--tls-port",
+            &port,
+            "--tls-cert-file",
+            &certificates.server_certificate,
+            "--tls-key-file",
+            &certificates.server_key,
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            "s3cret-pass",
+        ],
+    )
+    .await;
+    let url = |password: &str, ca: Option<&str>| {
+        let ca = ca.map(|ca| format!("?ca={ca}")).unwrap_or_default();
+        format!("rediss://:{password}@127.0.0.1:{port}{ca}")
+    };
+    let user = UserId(7);
+
+    let presence =
+        RedisPresence::connect(&url("s3cret-pass", Some(&certificates.ca)), NODE).await?;
+    assert!(within(presence.open_session(user, "s", NODE)).await?, "the user came online");
+    assert!(within(online(&presence, user)).await?);
+
+    let wrong = RedisPresence::connect(&url("guessed", Some(&certificates.ca)), NODE).await?;
+    let refused = within(wrong.status(&[user])).await.expect_err("a wrong password is refused");
+    assert!(!refused.to_string().contains("guessed"), "{refused}");
+
+    let untrusting = RedisPresence::connect(&url("s3cret-pass", None), NODE).await?;
+    assert_unavailable(untrusting.status(&[user])).await;
     Ok(())
 }
