@@ -212,7 +212,27 @@ pub struct Config {
     pub shutdown_grace: Dur,
 }
 
+/// The `serve` flags alone, for [`Config::from_args`].
+#[derive(clap::Parser)]
+struct Flags {
+    #[command(flatten)]
+    config: Config,
+}
+
 impl Config {
+    /// The configuration `args` (the `serve` flags, without the program name) give, with
+    /// environment variables and defaults for the rest, checked: for starting a node from code.
+    pub fn from_args<I>(args: I) -> anyhow::Result<Config>
+    where
+        I: IntoIterator,
+        I::Item: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{CommandFactory, FromArgMatches};
+        let args = std::iter::once("switchboard".into()).chain(args.into_iter().map(Into::into));
+        let matches = Flags::command().try_get_matches_from(args)?;
+        Flags::from_arg_matches(&matches)?.config.layered(&matches, None)
+    }
+
     /// Fills in what the TOML file at `path` sets, for every option not given as a flag or an
     /// environment variable, then checks the result.
     pub fn layered(
@@ -452,22 +472,16 @@ serde_as_text!(Dur, Rate, MediaTypes);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::{CommandFactory, FromArgMatches, Parser};
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        config: Config,
-    }
+    use clap::{CommandFactory, FromArgMatches};
 
     fn load(args: &[&str], file: &str) -> anyhow::Result<Config> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("switchboard.toml");
         std::fs::write(&path, file)?;
-        let matches = Cli::command()
+        let matches = Flags::command()
             .try_get_matches_from(std::iter::once("switchboard").chain(args.iter().copied()))?;
-        let cli = Cli::from_arg_matches(&matches)?;
-        cli.config.layered(&matches, Some(&path))
+        let flags = Flags::from_arg_matches(&matches)?;
+        flags.config.layered(&matches, Some(&path))
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! `switchboard serve`: assembles the backends, runs the projector, the fan-out and the HTTP
-//! server in one process, and shuts them down in order.
+//! `switchboard serve`: a [`Node`] (the backends, the projector, the fan-out and the other
+//! background work of its role) behind an HTTP server, shut down in order.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use axum::Router;
 use axum::serve::ListenerExt;
 use switchboard_ingest::ids::IdGenerator;
 use switchboard_ingest::log::Cursor;
@@ -38,140 +39,228 @@ const CHECKPOINT_POLL: Duration = Duration::from_millis(20);
 /// How long a failed background task waits before it starts again.
 const RESTART_DELAY: Duration = Duration::from_secs(1);
 
+/// Runs a node until SIGINT or SIGTERM (or the loss of its node id's lease), then shuts it down
+/// in order: sockets closed, requests finished, the projector caught up, the log flushed.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let metrics = telemetry::install_metrics()?;
-    let node_id = format!("{}-{}", config.node_id, &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let log = backends::open_log(&config).await?;
-    let store = backends::open_store(&config).await?;
-    let presence = backends::open_presence(&config, &node_id).await?;
-    let lease =
-        NodeLease::take(presence.clone(), config.node_id, &node_id, &config.data_dir, NODE_LEASE)
-            .await?;
-    let feeds = backends::open_feeds(&config).await?;
-    let blobs = Blobs::open(&config.media_store_url())
-        .with_context(|| format!("opening the media store at {}", config.media_store_url()))?;
-    let ids = IdGenerator::new(config.node_id).context("node id")?;
-    let limits = Limits {
-        max_body_bytes: config.max_message_bytes,
-        max_group_members: config.max_group_members,
-    };
+    // Bound first, so that a port in use fails the start before any backend is touched.
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
-
-    let stop = CancellationToken::new();
-    let hub = Hub::new(feeds.clone());
-    let progress = Progress::new(Cursor::default());
-    let delivery = match config.role.projects() {
-        true => [deliver::HISTORY, deliver::PRESENCE]
-            .into_iter()
-            .map(|lane| {
-                let (store, presence) = (store.clone(), presence.clone());
-                let members = hub.memberships().clone();
-                Stage::new(
-                    lane,
-                    log.clone(),
-                    store,
-                    presence,
-                    feeds.clone(),
-                    members,
-                    progress.clone(),
-                )
-            })
-            .collect(),
-        false => Vec::new(),
-    };
-    let state = AppState::new(Services {
-        local_limits: MemoryPresence::new(&node_id),
-        node_id,
-        ingest: Ingest::new(log.clone(), ids, limits),
-        store: store.clone(),
-        presence: presence.clone(),
-        progress,
-        blobs,
-        hub,
-        feeds,
-        delivery,
-        claims: Settling::default(),
-        tokens: crate::auth::Tokens::new(
-            config.jwt_secret.as_deref(),
-            &config.data_dir,
-            config.token_ttl.0,
-        )?,
-        connections: Arc::new(Semaphore::new(config.max_connections)),
-        user_sockets: Default::default(),
-        shutdown: CancellationToken::new(),
-        metrics,
-        config,
-    });
-
-    let mut tasks = JoinSet::new();
-    let role = state.config.role;
-    let lease_lost = CancellationToken::new();
-    tasks.spawn(lease.keep(stop.clone(), lease_lost.clone()));
-    if role.projects() {
-        tasks.spawn(supervise("projector", stop.clone(), {
-            let state = state.clone();
-            move |stop| {
-                let projector = Projector::new(
-                    state.ingest.log().clone(),
-                    state.store.clone(),
-                    state.progress.clone(),
-                );
-                async move { projector.run(stop).await.map_err(anyhow::Error::from) }
-            }
-        }));
-    }
-    if role.projects() {
-        tasks.spawn(supervise("call-timer", stop.clone(), {
-            let state = state.clone();
-            move |stop| crate::calls::timer::run(state.clone(), stop)
-        }));
-    }
-    if role != Role::All || !state.config.store_url().starts_with("file://") {
-        // Other processes project (part of) the log: learn their progress from the store.
-        tasks.spawn(follow_store_checkpoint(state.clone(), stop.clone()));
-    }
-    tasks.spawn(supervise("memberships", stop.clone(), {
-        let state = state.clone();
-        move |stop| {
-            let members = state.hub.memberships().clone();
-            let run = members.follow(state.ingest.log().clone(), state.progress.clone(), stop);
-            async move { run.await.map_err(anyhow::Error::from) }
+    let node = Node::start(config).await?;
+    let state = node.state();
+    let address = listener.local_addr().context("listening address")?;
+    tracing::info!(
+        listen = %address,
+        node = %state.node_id,
+        log = %backends::redacted(&state.config.log_url()),
+        store = %backends::redacted(&state.config.store_url()),
+        presence = %backends::redacted(&state.config.presence),
+        feeds = %backends::redacted(&state.config.feeds_url()),
+        media = %state.blobs,
+        "switchboard serving"
+    );
+    // A machine-readable line for scripts and tests that start a node on port 0.
+    println!("listening on http://{address}");
+    let app = node.router().into_make_service_with_connect_info::<SocketAddr>();
+    // Small frames go out at once: without TCP_NODELAY a reply waits for the client's delayed
+    // ACK of the previous frame (up to 40 ms), which dominated latency at moderate rates.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY");
         }
-    }));
-    for stage in &state.delivery {
-        tasks.spawn(supervise(stage.lane.group, stop.clone(), {
-            let stage = stage.clone();
-            move |stop| {
-                let stage = stage.clone();
-                async move { stage.run(stop).await.map_err(anyhow::Error::from) }
+    });
+    let (shutdown, lease_lost) = (state.shutdown.clone(), node.lease_lost.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                () = lease_lost.cancelled() => {}
             }
-        }));
-    }
-    if role.serves_clients() {
-        tasks.spawn(supervise("fan-out", stop.clone(), {
-            let hub = state.hub.clone();
-            move |stop| {
-                let hub = hub.clone();
-                async move { hub.run(stop).await.map_err(anyhow::Error::from) }
-            }
-        }));
-        tasks.spawn(renew_lease(state.clone(), stop.clone()));
-        tasks.spawn(claims::release_projected(state.clone(), stop.clone()));
+            tracing::info!("shutting down: closing sockets and finishing requests");
+            shutdown.cancel();
+        })
+        .await
+        .context("HTTP server")?;
+    tracing::info!("HTTP server stopped; waiting for sockets to close");
+    node.stop().await
+}
+
+/// A running node without its listener: backends open, its node id leased, background work
+/// (projector, fan-out, delivery, timers) running. [`serve`] puts it behind a socket; tests can
+/// call its [`router`](Node::router) in process.
+pub struct Node {
+    state: AppState,
+    tasks: JoinSet<()>,
+    /// Cancelled to end the background work, once clients are gone.
+    stop: CancellationToken,
+    /// Cancelled when another node took this node's id: the node must shut down.
+    lease_lost: CancellationToken,
+}
+
+impl Node {
+    /// Opens the backends `config` names, takes the lease on its node id, starts the background
+    /// work of its role and, for a node that serves clients, waits for the read models and the
+    /// fan-out to catch up with the log (see [`Node::catch_up`]).
+    pub async fn start(config: Config) -> anyhow::Result<Node> {
+        let metrics = telemetry::install_metrics()?;
+        let node_id =
+            format!("{}-{}", config.node_id, &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let log = backends::open_log(&config).await?;
+        let store = backends::open_store(&config).await?;
+        let presence = backends::open_presence(&config, &node_id).await?;
+        let lease = NodeLease::take(
+            presence.clone(),
+            config.node_id,
+            &node_id,
+            &config.data_dir,
+            NODE_LEASE,
+        )
+        .await?;
+        let feeds = backends::open_feeds(&config).await?;
+        let blobs = Blobs::open(&config.media_store_url())
+            .with_context(|| format!("opening the media store at {}", config.media_store_url()))?;
+        let ids = IdGenerator::new(config.node_id).context("node id")?;
+        let limits = Limits {
+            max_body_bytes: config.max_message_bytes,
+            max_group_members: config.max_group_members,
+        };
+        let hub = Hub::new(feeds.clone());
+        let progress = Progress::new(Cursor::default());
+        let delivery = match config.role.projects() {
+            true => [deliver::HISTORY, deliver::PRESENCE]
+                .into_iter()
+                .map(|lane| {
+                    let (store, presence) = (store.clone(), presence.clone());
+                    let members = hub.memberships().clone();
+                    Stage::new(
+                        lane,
+                        log.clone(),
+                        store,
+                        presence,
+                        feeds.clone(),
+                        members,
+                        progress.clone(),
+                    )
+                })
+                .collect(),
+            false => Vec::new(),
+        };
+        let state = AppState::new(Services {
+            local_limits: MemoryPresence::new(&node_id),
+            node_id,
+            ingest: Ingest::new(log, ids, limits),
+            store,
+            presence,
+            progress,
+            blobs,
+            hub,
+            feeds,
+            delivery,
+            claims: Settling::default(),
+            tokens: crate::auth::Tokens::new(
+                config.jwt_secret.as_deref(),
+                &config.data_dir,
+                config.token_ttl.0,
+            )?,
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            user_sockets: Default::default(),
+            shutdown: CancellationToken::new(),
+            metrics,
+            config,
+        });
+        let mut node = Node {
+            state,
+            tasks: JoinSet::new(),
+            stop: CancellationToken::new(),
+            lease_lost: CancellationToken::new(),
+        };
+        node.tasks.spawn(lease.keep(node.stop.clone(), node.lease_lost.clone()));
+        node.spawn_background_work();
+        if node.state.config.role.serves_clients() {
+            node.catch_up().await?;
+        }
+        Ok(node)
     }
 
-    // Serve clients only once the read models hold everything logged before this start, so that
-    // membership checks and retried sends see the state clients last saw, and once the fan-out
-    // pushes. When another process does the projecting, wait only so long: readiness says what
-    // is missing from then on.
-    if role.serves_clients() {
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// What the node serves over HTTP: the whole API, or only health and metrics on a node that
+    /// just projects.
+    pub fn router(&self) -> Router {
+        match self.state.config.role {
+            Role::Projector => routes::operations(self.state.clone()),
+            Role::All | Role::Api => routes::router(self.state.clone()),
+        }
+    }
+
+    fn spawn_background_work(&mut self) {
+        let (state, stop, tasks) = (&self.state, &self.stop, &mut self.tasks);
+        let role = state.config.role;
+        if role.projects() {
+            tasks.spawn(supervise("projector", stop.clone(), {
+                let state = state.clone();
+                move |stop| {
+                    let projector = Projector::new(
+                        state.ingest.log().clone(),
+                        state.store.clone(),
+                        state.progress.clone(),
+                    );
+                    async move { projector.run(stop).await.map_err(anyhow::Error::from) }
+                }
+            }));
+            tasks.spawn(supervise("call-timer", stop.clone(), {
+                let state = state.clone();
+                move |stop| crate::calls::timer::run(state.clone(), stop)
+            }));
+        }
+        if role != Role::All || !state.config.store_url().starts_with("file://") {
+            // Other processes project (part of) the log: learn their progress from the store.
+            tasks.spawn(follow_store_checkpoint(state.clone(), stop.clone()));
+        }
+        tasks.spawn(supervise("memberships", stop.clone(), {
+            let state = state.clone();
+            move |stop| {
+                let members = state.hub.memberships().clone();
+                let run = members.follow(state.ingest.log().clone(), state.progress.clone(), stop);
+                async move { run.await.map_err(anyhow::Error::from) }
+            }
+        }));
+        for stage in &state.delivery {
+            tasks.spawn(supervise(stage.lane.group, stop.clone(), {
+                let stage = stage.clone();
+                move |stop| {
+                    let stage = stage.clone();
+                    async move { stage.run(stop).await.map_err(anyhow::Error::from) }
+                }
+            }));
+        }
+        if role.serves_clients() {
+            tasks.spawn(supervise("fan-out", stop.clone(), {
+                let hub = state.hub.clone();
+                move |stop| {
+                    let hub = hub.clone();
+                    async move { hub.run(stop).await.map_err(anyhow::Error::from) }
+                }
+            }));
+            tasks.spawn(renew_lease(state.clone(), stop.clone()));
+            tasks.spawn(claims::release_projected(state.clone(), stop.clone()));
+        }
+    }
+
+    /// Waits until the read models hold everything logged before this start, so that membership
+    /// checks and retried sends see the state clients last saw, and until the fan-out pushes.
+    /// When another process does the projecting, waits only so long: readiness says what is
+    /// missing from then on.
+    async fn catch_up(&self) -> anyhow::Result<()> {
+        let state = &self.state;
         let backlog =
             Cursor::end(state.ingest.log().as_ref(), &switchboard_projector::PROJECTED_TOPICS)
                 .await?;
         tracing::info!(until = %backlog, "catching up with the log");
         let caught_up = state.progress.wait_for_cursor(&backlog);
-        if role.projects() && state.config.store_url().starts_with("file://") {
+        if state.config.role.projects() && state.config.store_url().starts_with("file://") {
             caught_up.await;
         } else if tokio::time::timeout(BACKLOG_WAIT, caught_up).await.is_err() {
             tracing::warn!("the read models are still behind the log; serving anyway");
@@ -191,66 +280,32 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 );
             }
         }
+        Ok(())
     }
 
-    let address = listener.local_addr().context("listening address")?;
-    tracing::info!(
-        listen = %address,
-        node = %state.node_id,
-        log = %backends::redacted(&state.config.log_url()),
-        store = %backends::redacted(&state.config.store_url()),
-        presence = %backends::redacted(&state.config.presence),
-        feeds = %backends::redacted(&state.config.feeds_url()),
-        media = %state.blobs,
-        "switchboard serving"
-    );
-    // A machine-readable line for scripts and tests that start a node on port 0.
-    println!("listening on http://{address}");
-    let app = match role {
-        Role::Projector => routes::operations(state.clone()),
-        Role::All | Role::Api => routes::router(state.clone()),
-    };
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    let shutdown = state.shutdown.clone();
-    // Small frames go out at once: without TCP_NODELAY a reply waits for the client's delayed
-    // ACK of the previous frame (up to 40 ms), which dominated latency at moderate rates.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "could not set TCP_NODELAY");
+    /// Shuts the node down once its HTTP server has stopped: waits for sockets to close and the
+    /// projector to apply what they logged, stops the background work and flushes the log. Fails
+    /// when the node stopped because it lost its node id's lease.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let state = &self.state;
+        state.shutdown.cancel();
+        drain_sockets(state).await;
+        if state.config.role.projects() {
+            settle_projection(state).await;
         }
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown({
-            let lease_lost = lease_lost.clone();
-            async move {
-                tokio::select! {
-                    () = shutdown_signal() => {}
-                    () = lease_lost.cancelled() => {}
-                }
-                tracing::info!("shutting down: closing sockets and finishing requests");
-                shutdown.cancel();
-            }
-        })
-        .await
-        .context("HTTP server")?;
-
-    tracing::info!("HTTP server stopped; waiting for sockets to close");
-    drain_sockets(&state).await;
-    if role.projects() {
-        settle_projection(&state).await;
+        tracing::info!("stopping background tasks");
+        self.stop.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        state.ingest.log().close().await.context("flushing the log")?;
+        if self.lease_lost.is_cancelled() {
+            bail!(
+                "stopped: another node took node id {} while this one could not renew its lease",
+                state.config.node_id
+            );
+        }
+        tracing::info!("switchboard stopped");
+        Ok(())
     }
-    tracing::info!("stopping background tasks");
-    stop.cancel();
-    while tasks.join_next().await.is_some() {}
-    state.ingest.log().close().await.context("flushing the log")?;
-    if lease_lost.is_cancelled() {
-        bail!(
-            "stopped: another node took node id {} while this one could not renew its lease",
-            state.config.node_id
-        );
-    }
-    tracing::info!("switchboard stopped");
-    Ok(())
 }
 
 /// Runs a background task, restarting it after a failure until `stop` is cancelled.

@@ -1,6 +1,8 @@
 //! Logs and metrics: the tracing subscriber, the Prometheus recorder, and the process figures
 //! (memory, CPU, open files) the capacity analysis asks to track.
 
+use std::sync::{Mutex, PoisonError};
+
 use anyhow::Context;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
@@ -15,14 +17,22 @@ pub fn init_logging() {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
+/// The Prometheus recorder every metric goes to, installed on first use. It is the process's:
+/// nodes started in one process (as tests do) share it.
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     const LATENCY_BUCKETS: &[f64] =
         &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-    PrometheusBuilder::new()
+    static INSTALLED: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
+    let mut installed = INSTALLED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(handle) = installed.as_ref() {
+        return Ok(handle.clone());
+    }
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
         .context("metric buckets")?
         .install_recorder()
-        .context("installing the metrics recorder")
+        .context("installing the metrics recorder")?;
+    Ok(installed.insert(handle).clone())
 }
 
 /// Samples memory, CPU time and open files from `/proc` (Linux), where present.

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 
-use futures_util::TryStreamExt;
 use scylla::deserialize::row::DeserializeRow;
 use switchboard_schemas::{ConversationId, MediaId, MessageId, UserId};
 
@@ -106,13 +105,6 @@ where
     R: for<'frame, 'metadata> DeserializeRow<'frame, 'metadata>,
 {
     let what = || format!("dumping: {cql}");
-    db.session
-        .query_iter(cql, ())
-        .await
-        .map_err(|e| failed(what(), e))?
-        .rows_stream::<R>()
-        .map_err(|e| failed(what(), e))?
-        .try_collect()
-        .await
-        .map_err(|e| failed(what(), e))
+    let statement = db.session.prepare(cql).await.map_err(|e| failed(what(), e))?;
+    db.paged_rows(&statement, (), what).await
 }

@@ -196,7 +196,7 @@ pub(super) async fn location(
     conversation: ConversationId,
     user: UserId,
 ) -> Result<Option<Location>, StoreError> {
-    Ok(db.location(conversation.0, user.0).await?.map(LocationRow::into_location))
+    db.location(conversation.0, user.0).await?.map(LocationRow::into_location).transpose()
 }
 
 /// The locations of current members, in join order.
@@ -208,10 +208,10 @@ pub(super) async fn locations(
         tokio::try_join!(members(db, conversation), db.locations(conversation.0))?;
     let mut locations: HashMap<i64, LocationRow> =
         locations.into_iter().map(|row| (row.user_id, row)).collect();
-    Ok(members
+    members
         .into_iter()
         .filter_map(|user| locations.remove(&user.0).map(LocationRow::into_location))
-        .collect())
+        .collect()
 }
 
 pub(super) async fn media(db: &Db, id: MediaId) -> Result<Option<Media>, StoreError> {

@@ -86,13 +86,8 @@ pub(super) struct UserRow {
 
 impl UserRow {
     pub fn into_user(self) -> User {
-        User {
-            id: UserId(self.user_id),
-            handle: self.handle,
-            display_name: self.display_name,
-            created_at: self.created_at,
-            password_hash: self.password_hash,
-        }
+        let id = UserId(self.user_id);
+        self.record().into_user(id)
     }
 }
 
@@ -164,19 +159,8 @@ pub(super) struct MessageRow {
 
 impl MessageRow {
     pub fn into_message(self) -> Result<Message, StoreError> {
-        Ok(Message {
-            id: MessageId(self.message_id),
-            conversation_id: ConversationId(self.conversation_id),
-            sender: UserId(self.sender),
-            seq: count(self.seq, format_args!("seq of message {}", self.message_id))?,
-            client_msg_id: self.client_msg_id,
-            body: self.body,
-            reply_to: self.reply_to.0.map(MessageId),
-            sent_at: self.sent_at,
-            edited_at: self.edited_at.0,
-            deleted: self.deleted,
-            attachments: self.attachments.0.unwrap_or_default().into_iter().map(MediaId).collect(),
-        })
+        let (conversation, id) = (ConversationId(self.conversation_id), MessageId(self.message_id));
+        Ok(self.record()?.into_message(conversation, id))
     }
 }
 
@@ -194,16 +178,8 @@ pub(super) struct MediaRow {
 
 impl MediaRow {
     pub fn into_media(self) -> Result<Media, StoreError> {
-        Ok(Media {
-            id: MediaId(self.media_id),
-            conversation_id: ConversationId(self.conversation_id),
-            uploader: UserId(self.uploader),
-            size: count(self.size, format_args!("size of media {}", self.media_id))?,
-            content_type: self.content_type,
-            name: self.file_name.0,
-            created_at: self.created_at,
-            object_key: self.object_key,
-        })
+        let id = MediaId(self.media_id);
+        Ok(self.record()?.into_media(id))
     }
 }
 
@@ -233,16 +209,8 @@ pub(super) struct LocationRow {
 }
 
 impl LocationRow {
-    pub fn into_location(self) -> Location {
-        Location {
-            user_id: UserId(self.user_id),
-            latitude: self.latitude,
-            longitude: self.longitude,
-            accuracy_m: self.accuracy_m,
-            updated_at: self.updated_at,
-            expires_at: self.expires_at,
-            stopped: self.stopped,
-        }
+    pub fn into_location(self) -> Result<Location, StoreError> {
+        Ok(self.record()?.into_location(UserId(self.user_id)))
     }
 }
 
@@ -304,7 +272,7 @@ impl Db {
             .map_err(|e| failed(what(), e))
     }
 
-    async fn paged_rows<R>(
+    pub(super) async fn paged_rows<R>(
         &self,
         statement: &PreparedStatement,
         values: impl SerializeRow,
@@ -665,15 +633,14 @@ impl MediaRow {
     }
 
     pub fn record(self) -> Result<MediaRecord, StoreError> {
-        let media = self.into_media()?;
         Ok(MediaRecord {
-            conversation_id: media.conversation_id,
-            uploader: media.uploader,
-            content_type: media.content_type,
-            size: media.size,
-            name: media.name,
-            created_at: media.created_at,
-            object_key: media.object_key,
+            conversation_id: ConversationId(self.conversation_id),
+            uploader: UserId(self.uploader),
+            size: count(self.size, format_args!("size of media {}", self.media_id))?,
+            content_type: self.content_type,
+            name: self.file_name.0,
+            created_at: self.created_at,
+            object_key: self.object_key,
         })
     }
 }
