@@ -12,6 +12,8 @@
 # engines; everything else it installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Each crate is built once per run: incremental state would only fill the disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 if ! command -v cargo >/dev/null; then
     echo "ops/test.sh: cargo is missing; install a Rust toolchain (rustup) first" >&2
