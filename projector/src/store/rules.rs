@@ -34,6 +34,13 @@
 //! the effect of an event already applied and returns no change: the message or its client id is
 //! stored, the conversation or member exists, the marker is as far on. Changes carry whole rows,
 //! never increments, so a store writing one twice writes it once.
+//!
+//! More than that: a stretch of a partition applied again after later events (a projector
+//! restarting from its checkpoint) must end as it did the first time. So no rule counts or
+//! appends what a replay would count or append again: join orders come from log offsets, a
+//! room's participants are listed in the order they first joined, and an event that changed
+//! nothing the first time round (a room's leave on a 1:1 call) is never folded. The property
+//! tests in `history.rs` deliver histories that way.
 
 use std::collections::HashSet;
 
