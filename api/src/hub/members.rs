@@ -242,4 +242,19 @@ mod tests {
         assert_eq!(memberships.is_member(group, ada, &Progress::new(Cursor::default())), None);
         assert_eq!(memberships.changes(), before, "nothing known changed");
     }
+
+    /// As in the read models: a creation applied again (a replay) leaves later changes alone,
+    /// and a member listed twice is one member.
+    #[test]
+    fn a_creation_applied_again_changes_nothing() {
+        let memberships = Memberships::default();
+        let (group, ada, bob) = (ConversationId(7), UserId(1), UserId(2));
+        let creation = created(group, vec![ada, ada]);
+        memberships.apply(&creation);
+        memberships.apply(&MemberAdded { conversation_id: group, user_id: bob }.into());
+        let before = memberships.changes();
+        memberships.apply(&creation);
+        assert_eq!(memberships.changes(), before, "nothing changed");
+        assert_eq!(memberships.read().members[&group], [ada, bob]);
+    }
 }

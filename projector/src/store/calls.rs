@@ -338,4 +338,44 @@ mod tests {
         }
         assert_eq!(twice.unwrap(), once);
     }
+
+    #[test]
+    fn participants_are_listed_in_the_order_they_first_joined() {
+        let started = RoomStarted {
+            call_id: CALL,
+            conversation_id: ConversationId(4),
+            media: CallMedia::Audio,
+        };
+        let join = |user| ParticipantJoined {
+            call_id: CALL,
+            user_id: UserId(user),
+            session_id: "s".into(),
+        };
+        let call = run(&[
+            event(10, 1, started),
+            event(11, 1, join(1)),
+            event(12, 2, join(2)),
+            event(13, 1, ParticipantLeft { call_id: CALL, user_id: UserId(1) }),
+            event(14, 1, join(1)),
+        ])
+        .unwrap();
+        assert_eq!(call.participants, [UserId(1), UserId(2)], "coming back keeps one's place");
+    }
+
+    /// A replay after the answer must not drop the caller: leaving is for rooms.
+    #[test]
+    fn leaving_is_for_rooms() {
+        let invited = CallInvited {
+            call_id: CALL,
+            caller: UserId(1),
+            callee: UserId(2),
+            media: CallMedia::Audio,
+            conversation_id: None,
+        };
+        let left = event(11, 1, ParticipantLeft { call_id: CALL, user_id: UserId(1) });
+        let accepted = CallAccepted { call_id: CALL, user_id: UserId(2), session_id: "s".into() };
+        let answered = run(&[event(10, 1, invited), left.clone(), event(12, 2, accepted)]).unwrap();
+        assert_eq!(answered.participants, [UserId(1), UserId(2)]);
+        assert_eq!(fold(Some(&answered), &left), None, "a leave applied again changes nothing");
+    }
 }
