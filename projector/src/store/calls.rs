@@ -285,6 +285,18 @@ mod tests {
 
     const CALL: CallId = CallId(9);
 
+    fn room_started() -> RoomStarted {
+        RoomStarted { call_id: CALL, conversation_id: ConversationId(4), media: CallMedia::Audio }
+    }
+
+    fn join(user: i64) -> ParticipantJoined {
+        ParticipantJoined { call_id: CALL, user_id: UserId(user), session_id: "s".into() }
+    }
+
+    fn leave(user: i64) -> ParticipantLeft {
+        ParticipantLeft { call_id: CALL, user_id: UserId(user) }
+    }
+
     #[test]
     fn the_first_outcome_stands_and_an_answered_call_times_its_talk() {
         let invited = CallInvited {
@@ -310,21 +322,11 @@ mod tests {
 
     #[test]
     fn a_room_tracks_participants_and_replaying_its_events_changes_nothing() {
-        let started = RoomStarted {
-            call_id: CALL,
-            conversation_id: ConversationId(4),
-            media: CallMedia::Audio,
-        };
-        let join = |user| ParticipantJoined {
-            call_id: CALL,
-            user_id: UserId(user),
-            session_id: "s".into(),
-        };
         let events = [
-            event(10, 1, started),
+            event(10, 1, room_started()),
             event(11, 1, join(1)),
             event(12, 2, join(2)),
-            event(13, 1, ParticipantLeft { call_id: CALL, user_id: UserId(1) }),
+            event(13, 1, leave(1)),
             event(14, 3, join(3)),
         ];
         let once = run(&events).unwrap();
@@ -341,21 +343,11 @@ mod tests {
 
     #[test]
     fn participants_are_listed_in_the_order_they_first_joined() {
-        let started = RoomStarted {
-            call_id: CALL,
-            conversation_id: ConversationId(4),
-            media: CallMedia::Audio,
-        };
-        let join = |user| ParticipantJoined {
-            call_id: CALL,
-            user_id: UserId(user),
-            session_id: "s".into(),
-        };
         let call = run(&[
-            event(10, 1, started),
+            event(10, 1, room_started()),
             event(11, 1, join(1)),
             event(12, 2, join(2)),
-            event(13, 1, ParticipantLeft { call_id: CALL, user_id: UserId(1) }),
+            event(13, 1, leave(1)),
             event(14, 1, join(1)),
         ])
         .unwrap();
@@ -372,7 +364,7 @@ mod tests {
             media: CallMedia::Audio,
             conversation_id: None,
         };
-        let left = event(11, 1, ParticipantLeft { call_id: CALL, user_id: UserId(1) });
+        let left = event(11, 1, leave(1));
         let accepted = CallAccepted { call_id: CALL, user_id: UserId(2), session_id: "s".into() };
         let answered = run(&[event(10, 1, invited), left.clone(), event(12, 2, accepted)]).unwrap();
         assert_eq!(answered.participants, [UserId(1), UserId(2)]);
