@@ -1,5 +1,5 @@
-//! Who is calling: password hashing, access tokens, and the extractor that turns a bearer token
-//! into a [`Caller`].
+//! Who is calling: password hashing, and the access tokens that say who the caller of a request
+//! is (the extractors that read them are in `routes::extract`).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -8,7 +8,6 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use argon2::password_hash::SaltString;
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
-use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -16,7 +15,6 @@ use serde::{Deserialize, Serialize};
 use switchboard_schemas::UserId;
 
 use crate::error::ApiError;
-use crate::state::AppState;
 
 /// The shortest secret that may sign tokens: HS256 keys shorter than its 32-byte hash are
 /// guessable offline from any one token.
@@ -181,21 +179,6 @@ pub async fn verify_password(password: String, hash: String) -> bool {
 #[derive(Clone, Copy, Debug)]
 pub struct Caller(pub UserId);
 
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
-        match header_token(parts) {
-            Some(token) => state.tokens.verify(token).map(Caller),
-            None if query_token(parts).is_some() => Err(ApiError::unauthorized(
-                "send the access token as `Authorization: Bearer …`; only /v1/ws and media \
-                 downloads take it as a `token` query parameter",
-            )),
-            None => Err(ApiError::unauthorized("an access token is required")),
-        }
-    }
-}
-
 /// The authenticated user of a request a browser makes without letting the page set headers:
 /// the WebSocket upgrade, and a media download as the source of an `<img>` or `<video>`. Besides
 /// the header, these take the token as a `token` query parameter. No other route does: URLs end
@@ -203,33 +186,19 @@ impl FromRequestParts<AppState> for Caller {
 #[derive(Clone, Copy, Debug)]
 pub struct LinkCaller(pub UserId);
 
-impl FromRequestParts<AppState> for LinkCaller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<LinkCaller, ApiError> {
-        let token = header_token(parts)
-            .or_else(|| query_token(parts))
-            .ok_or_else(|| ApiError::unauthorized("an access token is required"))?;
-        state.tokens.verify(token).map(LinkCaller)
-    }
-}
-
 /// The access token a request carries, wherever it carries it: who the caller is for rate
 /// limiting, before a route decides whether it accepts the token where it was given.
 pub fn presented_token(parts: &Parts) -> Option<&str> {
     header_token(parts).or_else(|| query_token(parts))
 }
 
-fn header_token(parts: &Parts) -> Option<&str> {
+pub fn header_token(parts: &Parts) -> Option<&str> {
     let header = parts.headers.get(axum::http::header::AUTHORIZATION)?;
     header.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
 }
 
 /// The `token` query parameter, as-is: JWTs need no percent-decoding.
-fn query_token(parts: &Parts) -> Option<&str> {
+pub fn query_token(parts: &Parts) -> Option<&str> {
     parts.uri.query()?.split('&').find_map(|pair| pair.strip_prefix("token="))
 }
 

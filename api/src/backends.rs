@@ -1,5 +1,5 @@
 //! Turns the backend URLs of the configuration into implementations of the log, read-model,
-//! presence and feed abstractions; each crate knows the URLs of its own backends.
+//! presence, coordination and feed abstractions; each module knows the URLs of its own backends.
 
 use std::sync::Arc;
 
@@ -10,6 +10,7 @@ use switchboard_projector::presence::{self, Presence};
 use switchboard_projector::store::{self, ReadModel};
 
 use crate::config::Config;
+use crate::coordination::{self, Coordination};
 
 pub async fn open_log(config: &Config) -> anyhow::Result<Arc<dyn Log>> {
     let url = config.log_url();
@@ -30,6 +31,13 @@ pub async fn open_presence(config: &Config, node_id: &str) -> anyhow::Result<Arc
     presence::open(url, node_id)
         .await
         .with_context(|| format!("opening presence at {}", redacted(url)))
+}
+
+/// Rate limits and claims live beside presence: in this process, or in the same Redis.
+pub fn open_coordination(config: &Config) -> anyhow::Result<Arc<dyn Coordination>> {
+    let url = &config.presence;
+    coordination::open(url)
+        .with_context(|| format!("opening rate limits and claims at {}", redacted(url)))
 }
 
 pub async fn open_feeds(config: &Config) -> anyhow::Result<Arc<dyn Feeds>> {

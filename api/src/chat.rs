@@ -153,7 +153,7 @@ pub async fn submit(
     let claim_key = claims::key(caller, request.conversation_id, &request.client_msg_id);
     let message_id = MessageId(state.ingest.next_id());
     let in_flight = message_id.to_string();
-    let claimed = match state.presence.claim(&claim_key, &in_flight, RETRY_WINDOW).await {
+    let claimed = match state.coordination.claim(&claim_key, &in_flight, RETRY_WINDOW).await {
         Ok(None) => true,
         Ok(Some(existing)) => {
             match first_send(state, &request, &claim_key, &in_flight, existing).await? {
@@ -170,7 +170,7 @@ pub async fn submit(
         }
     };
     let mut alive = claims::InFlight::new(claimed.then(|| claim_key.clone()), in_flight);
-    match alive.during(state, stored_send(state, caller, &request)).await {
+    match alive.during(&*state.coordination, stored_send(state, caller, &request)).await {
         Ok(None) => {}
         // Nothing new was logged: let a retry try again.
         Ok(Some(sent)) => {
@@ -195,14 +195,14 @@ pub async fn submit(
     let logging = state.ingest.send_message(&Origin::user(caller, trace), event);
     let state = state.clone();
     Ok(Box::pin(async move {
-        let position = match alive.during(&state, logging).await {
+        let position = match alive.during(&*state.coordination, logging).await {
             Ok((position, _)) => position,
             // The log may have taken it all the same (a timeout): a retry must look in the log
             // before it sends again.
             Err(error) => {
                 if claimed
                     && let Err(claim_error) =
-                        state.presence.update_claim(&claim_key, UNSETTLED, RETRY_WINDOW).await
+                        state.coordination.update_claim(&claim_key, UNSETTLED, RETRY_WINDOW).await
                 {
                     tracing::warn!(error = %claim_error, "could not mark a failed send unsettled");
                 }
@@ -214,7 +214,7 @@ pub async fn submit(
         }
         let token = position.to_string();
         let done = format!("{message_id} {token}");
-        if let Err(error) = state.presence.update_claim(&claim_key, &done, RETRY_WINDOW).await {
+        if let Err(error) = state.coordination.update_claim(&claim_key, &done, RETRY_WINDOW).await {
             tracing::warn!(%error, "could not record the finished send for retries");
         }
         state.claims.hold(position, claim_key);
@@ -230,7 +230,7 @@ fn answered(sent: Sent) -> Sending {
 
 async fn release_if(state: &AppState, claimed: bool, claim_key: &str) {
     if claimed {
-        let _ = state.presence.release_claims(&[claim_key]).await;
+        let _ = state.coordination.release_claims(&[claim_key]).await;
     }
 }
 
@@ -302,7 +302,11 @@ async fn first_send(
         // to wait for it.
         let settled = claimed == UNSETTLED;
         if settled || changed.elapsed() >= claims::IN_FLIGHT {
-            if state.presence.replace_claim(claim_key, &claimed, in_flight, RETRY_WINDOW).await? {
+            if state
+                .coordination
+                .replace_claim(claim_key, &claimed, in_flight, RETRY_WINDOW)
+                .await?
+            {
                 break;
             }
         } else if started.elapsed() >= state.config.consistency_timeout.0 {
@@ -311,7 +315,7 @@ async fn first_send(
             ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-        match state.presence.claim(claim_key, in_flight, RETRY_WINDOW).await? {
+        match state.coordination.claim(claim_key, in_flight, RETRY_WINDOW).await? {
             Some(value) if value == claimed => {}
             Some(value) => {
                 claimed = value;
@@ -325,7 +329,7 @@ async fn first_send(
     // everything logged, the check that follows finds it.
     let conversation = request.conversation_id.to_string();
     if let Err(error) = catch_up_with(state, Topic::Messages, &conversation).await {
-        let _ = state.presence.release_claims(&[claim_key]).await;
+        let _ = state.coordination.release_claims(&[claim_key]).await;
         return Err(error);
     }
     Ok(None)

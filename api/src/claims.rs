@@ -1,6 +1,6 @@
 //! Claims on `client_msg_id`s, and when they are let go.
 //!
-//! A send claims its sender, conversation and `client_msg_id` in the presence backend before
+//! A send claims its sender, conversation and `client_msg_id` in the coordination backend before
 //! anything else, so that a retry arriving while the first send is in flight gets the first
 //! send's answer rather than a second message. Once the read models hold the message, a retry
 //! finds it there instead, and the claim has done its job: [`Settling`] keeps each finished
@@ -19,10 +19,11 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use switchboard_ingest::log::Cursor;
+use switchboard_projector::Progress;
 use switchboard_schemas::{ConversationId, Position, UserId};
 use tokio_util::sync::CancellationToken;
 
-use crate::state::AppState;
+use crate::coordination::Coordination;
 
 /// How long a finished send's claim lives at most: the backstop for claims whose node stopped
 /// before it could release them.
@@ -60,7 +61,11 @@ impl InFlight {
     }
 
     /// Runs one step of the send, renewing the claim every third of [`IN_FLIGHT`] until it ends.
-    pub async fn during<T>(&mut self, state: &AppState, step: impl Future<Output = T>) -> T {
+    pub async fn during<T>(
+        &mut self,
+        claims: &dyn Coordination,
+        step: impl Future<Output = T>,
+    ) -> T {
         let Some(claim) = &self.claim else { return step.await };
         let mut step = std::pin::pin!(step);
         loop {
@@ -69,7 +74,7 @@ impl InFlight {
                 () = tokio::time::sleep(IN_FLIGHT / 3) => {
                     self.renewals += 1;
                     let renewed = in_flight(&self.value, self.renewals);
-                    if let Err(error) = state.presence.update_claim(claim, &renewed, RETRY_WINDOW).await {
+                    if let Err(error) = claims.update_claim(claim, &renewed, RETRY_WINDOW).await {
                         tracing::warn!(%error, "could not renew the claim of a send in flight");
                     }
                 }
@@ -110,8 +115,14 @@ impl Settling {
     }
 }
 
-/// Releases the claims of sends the read models have caught up with, until `stop`.
-pub async fn release_projected(state: AppState, stop: CancellationToken) {
+/// Releases the claims of sends the read models have caught up with, as `progress` tells,
+/// until `stop`.
+pub async fn release_projected(
+    settling: &Settling,
+    progress: &Progress,
+    claims: &dyn Coordination,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(RELEASE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -119,12 +130,12 @@ pub async fn release_projected(state: AppState, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let settled = state.claims.take_projected(&state.progress.current());
+        let settled = settling.take_projected(&progress.current());
         if settled.is_empty() {
             continue;
         }
         let keys: Vec<&str> = settled.iter().map(String::as_str).collect();
-        if let Err(error) = state.presence.release_claims(&keys).await {
+        if let Err(error) = claims.release_claims(&keys).await {
             // Harmless: they expire at the end of the retry window.
             tracing::debug!(%error, claims = keys.len(), "could not release settled claims");
         }

@@ -12,8 +12,8 @@ use anyhow::{Context, bail};
 use clap::parser::ValueSource;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use switchboard_projector::feed::Retention;
-use switchboard_projector::presence::Quota;
 
+use crate::coordination::Quota;
 use crate::media::{BlobUrl, MediaTypes};
 
 #[derive(clap::Args, Clone, Debug, Serialize, Deserialize)]

@@ -11,6 +11,8 @@ use switchboard_ingest::IngestError;
 use switchboard_ingest::log::LogError;
 use switchboard_projector::feed::FeedError;
 use switchboard_projector::presence::PresenceError;
+
+use crate::coordination::CoordinationError;
 use switchboard_projector::store::StoreError;
 
 /// A typed error: `{"error": {"code": ..., "message": ..., "retry_after_ms": ...}}`.
@@ -315,6 +317,12 @@ impl From<FeedError> for ApiError {
 
 impl From<PresenceError> for ApiError {
     fn from(error: PresenceError) -> ApiError {
+        ApiError::unavailable(error.to_string())
+    }
+}
+
+impl From<CoordinationError> for ApiError {
+    fn from(error: CoordinationError) -> ApiError {
         ApiError::unavailable(error.to_string())
     }
 }

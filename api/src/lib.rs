@@ -8,6 +8,7 @@ mod calls;
 mod chat;
 mod claims;
 pub mod config;
+mod coordination;
 mod error;
 pub mod fuzzing;
 mod hub;

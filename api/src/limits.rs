@@ -1,12 +1,11 @@
-//! Rate limits, checked against the shared presence backend so they hold across API nodes.
+//! Rate limits, checked against the shared coordination backend so they hold across API nodes.
 //!
 //! While that backend is down, each node counts on its own: a user could then make as many
 //! requests as the limit allows on every node, but no more, where letting requests through
 //! would leave a flood unchecked exactly when the backends are weakest.
 
-use switchboard_projector::presence::{Presence, RateDecision};
-
 use crate::config::Rate;
+use crate::coordination::RateDecision;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -78,13 +77,12 @@ pub async fn check(state: &AppState, limit: Limit, who: &str) -> Result<(), ApiE
         return Ok(());
     };
     let key = format!("rate:{}:{who}", limit.name());
-    let decision = match state.presence.check_rate(&key, quota).await {
+    let decision = match state.coordination.check_rate(&key, quota).await {
         Ok(decision) => decision,
         Err(error) => {
-            tracing::warn!(%error, "presence backend unavailable; rate limits counted on this node");
+            tracing::warn!(%error, "rate limits counted on this node alone");
             metrics::counter!("rate_checks_local_total").increment(1);
-            // Counting in memory cannot fail.
-            state.local_limits.check_rate(&key, quota).await.unwrap_or(RateDecision::Allowed)
+            state.local_limits.count(&key, quota)
         }
     };
     match decision {

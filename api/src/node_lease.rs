@@ -2,8 +2,9 @@
 //!
 //! A node's number (`--node-id`) is part of every id it generates, so two nodes sharing a log must
 //! never run with the same one: their ids would collide, and the projector keeps only the first
-//! of two messages with one id. Each node therefore holds a lease on its number, a claim in
-//! presence (which every node of a deployment shares), for as long as it runs: taken before it
+//! of two messages with one id. Each node therefore holds a lease on its number, a claim in the
+//! coordination backend (which every node of a deployment shares), for as long as it runs: taken
+//! before it
 //! serves, renewed with its heartbeat, let go once it has stopped.
 //!
 //! A node stopped without letting go (killed, crashed) leaves its lease to run out. Restarted on
@@ -17,9 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use switchboard_projector::presence::{Presence, PresenceError};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::coordination::{Coordination, CoordinationError};
 
 /// In the data directory: names the run of the node that took the lease, and is locked while the
 /// node runs, so that no second node shares the directory.
@@ -32,7 +34,7 @@ const TAKE_MARGIN: Duration = Duration::from_secs(2);
 const TAKE_RETRY: Duration = Duration::from_secs(1);
 
 pub struct NodeLease {
-    presence: Arc<dyn Presence>,
+    claims: Arc<dyn Coordination>,
     key: String,
     number: u16,
     /// This run of the node: the value of the claim.
@@ -44,10 +46,10 @@ pub struct NodeLease {
 impl NodeLease {
     /// Takes the lease on node number `number` for `holder` (this run of the node), for `ttl` at
     /// a time. Fails when another node runs on `data_dir`, or holds the number for longer than a
-    /// lease lasts. While presence cannot be reached, the node starts without the lease, says so,
+    /// lease lasts. While the coordination backend cannot be reached, the node starts without the lease, says so,
     /// and takes it as soon as it can.
     pub async fn take(
-        presence: Arc<dyn Presence>,
+        claims: Arc<dyn Coordination>,
         number: u16,
         holder: &str,
         data_dir: &Path,
@@ -74,7 +76,7 @@ impl NodeLease {
         file.read_to_string(&mut previous)
             .with_context(|| format!("reading {}", path.display()))?;
         let lease = NodeLease {
-            presence,
+            claims,
             key: format!("node-id:{number}"),
             number,
             holder: holder.to_owned(),
@@ -90,10 +92,10 @@ impl NodeLease {
         let give_up = Instant::now() + self.ttl + TAKE_MARGIN;
         let mut waiting = false;
         loop {
-            let taken = match self.presence.claim(&self.key, &self.holder, self.ttl).await {
+            let taken = match self.claims.claim(&self.key, &self.holder, self.ttl).await {
                 Ok(None) => return Ok(()),
                 Ok(Some(holder)) if holder == previous => {
-                    self.presence.replace_claim(&self.key, &holder, &self.holder, self.ttl).await
+                    self.claims.replace_claim(&self.key, &holder, &self.holder, self.ttl).await
                 }
                 Ok(Some(holder)) => {
                     if Instant::now() >= give_up {
@@ -175,13 +177,12 @@ impl NodeLease {
     }
 
     /// Renews the lease; the other node's name if another node holds it.
-    async fn renew(&self) -> Result<Option<String>, PresenceError> {
-        let presence = &self.presence;
-        if presence.replace_claim(&self.key, &self.holder, &self.holder, self.ttl).await? {
+    async fn renew(&self) -> Result<Option<String>, CoordinationError> {
+        if self.claims.replace_claim(&self.key, &self.holder, &self.holder, self.ttl).await? {
             return Ok(None);
         }
-        // Run out (presence was out of reach for longer than a lease), or never taken.
-        match presence.claim(&self.key, &self.holder, self.ttl).await? {
+        // Run out (the backend was out of reach for longer than a lease), or never taken.
+        match self.claims.claim(&self.key, &self.holder, self.ttl).await? {
             Some(holder) if holder != self.holder => Ok(Some(holder)),
             _ => Ok(None),
         }
@@ -192,7 +193,7 @@ impl NodeLease {
     async fn release(&self) {
         let now = Duration::from_millis(1);
         if let Err(error) =
-            self.presence.replace_claim(&self.key, &self.holder, &self.holder, now).await
+            self.claims.replace_claim(&self.key, &self.holder, &self.holder, now).await
         {
             tracing::debug!(%error, "could not let go of the lease on this node's id");
         }
@@ -201,28 +202,27 @@ impl NodeLease {
 
 #[cfg(test)]
 mod tests {
-    use switchboard_projector::presence::memory::MemoryPresence;
-
     use super::*;
+    use crate::coordination::memory::MemoryCoordination;
 
     /// The tests below run on tokio's paused clock: the time they see pass is what the code chose
     /// to wait, whatever the machine's speed.
     const TTL: Duration = Duration::from_secs(15);
 
-    fn presence() -> Arc<dyn Presence> {
-        Arc::new(MemoryPresence::new("test"))
+    fn claims() -> Arc<dyn Coordination> {
+        Arc::new(MemoryCoordination::default())
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_number_held_by_a_live_node_is_refused_after_a_lease_and_taken_once_let_go() {
-        let presence = presence();
+        let claims = claims();
         let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let first = NodeLease::take(presence.clone(), 5, "5-first", one.path(), TTL).await.unwrap();
+        let first = NodeLease::take(claims.clone(), 5, "5-first", one.path(), TTL).await.unwrap();
         let (stop, lost) = (CancellationToken::new(), CancellationToken::new());
         let kept = tokio::spawn(first.keep(stop.clone(), lost.clone()));
 
         let started = Instant::now();
-        let refused = NodeLease::take(presence.clone(), 5, "5-second", two.path(), TTL).await;
+        let refused = NodeLease::take(claims.clone(), 5, "5-second", two.path(), TTL).await;
         let error = refused.err().expect("a second node with the number is refused").to_string();
         assert!(error.contains("node id 5 is in use by another running node (5-first)"), "{error}");
         assert!(started.elapsed() >= TTL, "it waited for the lease to run out first");
@@ -230,49 +230,46 @@ mod tests {
 
         stop.cancel();
         kept.await.unwrap();
-        // Let go as a lease of a millisecond, on the presence's clock, which is not paused.
+        // Let go as a lease of a millisecond, on the backend's clock, which is not paused.
         std::thread::sleep(Duration::from_millis(5));
-        NodeLease::take(presence, 5, "5-second", two.path(), TTL).await.expect("let go on stop");
+        NodeLease::take(claims, 5, "5-second", two.path(), TTL).await.expect("let go on stop");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_node_restarted_on_its_data_directory_takes_its_lease_back_at_once() {
-        let presence = presence();
+        let claims = claims();
         let dir = tempfile::tempdir().unwrap();
-        let crashed = NodeLease::take(presence.clone(), 3, "3-before", dir.path(), TTL).await;
+        let crashed = NodeLease::take(claims.clone(), 3, "3-before", dir.path(), TTL).await;
         drop(crashed.unwrap());
 
         let started = Instant::now();
-        NodeLease::take(presence.clone(), 3, "3-after", dir.path(), TTL).await.unwrap();
+        NodeLease::take(claims.clone(), 3, "3-after", dir.path(), TTL).await.unwrap();
         assert_eq!(started.elapsed(), Duration::ZERO);
         let other = tempfile::tempdir().unwrap();
-        let error = NodeLease::take(presence, 3, "3-other", other.path(), TTL).await.err().unwrap();
+        let error = NodeLease::take(claims, 3, "3-other", other.path(), TTL).await.err().unwrap();
         assert!(error.to_string().contains("(3-after)"), "{error}");
     }
 
     #[tokio::test]
     async fn two_nodes_cannot_share_a_data_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let _running = NodeLease::take(presence(), 1, "1-a", dir.path(), TTL).await.unwrap();
-        let error = NodeLease::take(presence(), 2, "2-b", dir.path(), TTL).await.err().unwrap();
+        let _running = NodeLease::take(claims(), 1, "1-a", dir.path(), TTL).await.unwrap();
+        let error = NodeLease::take(claims(), 2, "2-b", dir.path(), TTL).await.err().unwrap();
         assert!(error.to_string().contains("give each node its own --data-dir"), "{error}");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_node_whose_number_was_taken_while_it_could_not_renew_is_told_to_stop() {
-        let presence = presence();
+        let claims = claims();
         let dir = tempfile::tempdir().unwrap();
-        let lease = NodeLease::take(presence.clone(), 7, "7-late", dir.path(), TTL).await.unwrap();
+        let lease = NodeLease::take(claims.clone(), 7, "7-late", dir.path(), TTL).await.unwrap();
         // Its lease ran out unrenewed, and another node took the number.
-        presence.release_claims(&["node-id:7"]).await.unwrap();
-        presence.claim("node-id:7", "7-other", TTL).await.unwrap();
+        claims.release_claims(&["node-id:7"]).await.unwrap();
+        claims.claim("node-id:7", "7-other", TTL).await.unwrap();
 
         let (stop, lost) = (CancellationToken::new(), CancellationToken::new());
         lease.keep(stop, lost.clone()).await;
         assert!(lost.is_cancelled());
-        assert_eq!(
-            presence.claim("node-id:7", "x", TTL).await.unwrap().as_deref(),
-            Some("7-other")
-        );
+        assert_eq!(claims.claim("node-id:7", "x", TTL).await.unwrap().as_deref(), Some("7-other"));
     }
 }

@@ -12,7 +12,6 @@ use axum::serve::ListenerExt;
 use switchboard_ingest::ids::IdGenerator;
 use switchboard_ingest::log::Cursor;
 use switchboard_ingest::{Ingest, Limits, Origin};
-use switchboard_projector::presence::memory::MemoryPresence;
 use switchboard_projector::{Progress, Projector};
 use switchboard_schemas::NodeHeartbeat;
 use tokio::sync::Semaphore;
@@ -22,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backends;
 use crate::claims::{self, Settling};
 use crate::config::{Config, Role};
+use crate::coordination::memory::MemoryCoordination;
 use crate::hub::Hub;
 use crate::hub::deliver::{self, Stage};
 use crate::media::Blobs;
@@ -108,8 +108,9 @@ impl Node {
         let log = backends::open_log(&config).await?;
         let store = backends::open_store(&config).await?;
         let presence = backends::open_presence(&config, &node_id).await?;
+        let coordination = backends::open_coordination(&config)?;
         let lease = NodeLease::take(
-            presence.clone(),
+            coordination.clone(),
             config.node_id,
             &node_id,
             &config.data_dir,
@@ -146,7 +147,8 @@ impl Node {
             false => Vec::new(),
         };
         let state = AppState::new(Services {
-            local_limits: MemoryPresence::new(&node_id),
+            coordination,
+            local_limits: MemoryCoordination::default(),
             node_id,
             ingest: Ingest::new(log, ids, limits),
             store,
@@ -245,7 +247,17 @@ impl Node {
                 }
             }));
             tasks.spawn(renew_lease(state.clone(), stop.clone()));
-            tasks.spawn(claims::release_projected(state.clone(), stop.clone()));
+            let (state, stop) = (state.clone(), stop.clone());
+            tasks.spawn(async move {
+                let state = &*state;
+                claims::release_projected(
+                    &state.claims,
+                    &state.progress,
+                    &*state.coordination,
+                    stop,
+                )
+                .await;
+            });
         }
     }
 

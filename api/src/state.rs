@@ -1,4 +1,10 @@
 //! What every handler is given: the backends, the configuration and the node's own services.
+//!
+//! Dependencies point one way. The services held here (tokens, coordination, claims, the hub,
+//! blobs, socket slots) are built from their own modules, none of which sees [`AppState`]; the
+//! code that serves requests (`routes`, `ws`, `chat`, `calls`, `locations`, `sync`, the media
+//! uploads and `limits`) takes an `AppState` and uses them. So a service can be built and tested
+//! on its own, and nothing here is reached through a cycle.
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -8,7 +14,6 @@ use switchboard_ingest::Ingest;
 use switchboard_projector::Progress;
 use switchboard_projector::feed::Feeds;
 use switchboard_projector::presence::Presence;
-use switchboard_projector::presence::memory::MemoryPresence;
 use switchboard_projector::store::ReadModel;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -16,10 +21,12 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Tokens;
 use crate::claims::Settling;
 use crate::config::Config;
+use crate::coordination::Coordination;
+use crate::coordination::memory::MemoryCoordination;
 use crate::hub::Hub;
 use crate::hub::deliver::Stage;
-use crate::media::Blobs;
-use crate::ws::UserSockets;
+use crate::media::blobs::Blobs;
+use crate::ws::slots::UserSockets;
 
 #[derive(Clone)]
 pub struct AppState(Arc<Services>);
@@ -31,8 +38,10 @@ pub struct Services {
     pub ingest: Ingest,
     pub store: Arc<dyn ReadModel>,
     pub presence: Arc<dyn Presence>,
-    /// Rate limits counted on this node alone, while `presence` cannot be reached.
-    pub local_limits: MemoryPresence,
+    /// Rate limits and claims, shared with the other nodes.
+    pub coordination: Arc<dyn Coordination>,
+    /// Rate limits counted on this node alone, while `coordination` cannot be reached.
+    pub local_limits: MemoryCoordination,
     pub progress: Progress,
     /// Where uploaded files are kept.
     pub blobs: Blobs,

@@ -8,8 +8,10 @@ pub mod feed;
 pub mod presence;
 mod progress;
 mod projector;
-#[cfg(test)]
-mod redis_testing;
+pub mod redis_client;
+// Also for the API's tests, through the `testing` feature.
+#[cfg(any(test, feature = "testing"))]
+pub mod redis_testing;
 pub mod store;
 
 pub use progress::{Behind, Progress};

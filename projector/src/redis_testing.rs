@@ -1,7 +1,7 @@
-//! What the tests of the Redis backends (presence and feeds) share: the shared Redis named by
-//! `SWITCHBOARD_REDIS` (`ops/engines/start.sh` runs one at `redis://127.0.0.1:16379`), a key
-//! prefix of each test's own in it, and a throwaway `redis-server` for tests that stop, freeze or
-//! kill Redis without disturbing the shared one.
+//! What the tests of the Redis backends (presence, feeds and the API's coordination) share: the
+//! shared Redis named by `SWITCHBOARD_REDIS` (`ops/engines/start.sh` runs one at
+//! `redis://127.0.0.1:16379`), a key prefix of each test's own in it, and a throwaway
+//! `redis-server` for tests that stop, freeze or kill Redis without disturbing the shared one.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use redis::Client;
 use tokio::time::{sleep, timeout};
 
-use crate::presence::redis::RedisConfig;
+use crate::redis_client::RedisConfig;
 
 /// Why a test fails when the engines are required but not configured.
 const UNSET: &str = "SWITCHBOARD_REDIS is unset: run ops/engines/start.sh and set \

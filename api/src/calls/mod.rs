@@ -123,10 +123,10 @@ pub async fn invite(
 
     let call_id = CallId(state.ingest.next_id());
     let origin = Origin::user(caller, trace);
-    if state.presence.claim(&line(caller), &call_id.to_string(), LINE_TTL).await?.is_some() {
+    if state.coordination.claim(&line(caller), &call_id.to_string(), LINE_TTL).await?.is_some() {
         return Err(ApiError::already_in_call());
     }
-    if state.presence.claim(&line(callee), &call_id.to_string(), LINE_TTL).await?.is_some() {
+    if state.coordination.claim(&line(callee), &call_id.to_string(), LINE_TTL).await?.is_some() {
         release_lines(state, &[caller]).await;
         let busy =
             CallBusy { call_id, user_id: callee, caller: Some(caller), media: Some(request.media) };
@@ -168,7 +168,7 @@ pub async fn accept(
     let position = state.ingest.append(&Origin::user(user, session), accepted.into()).await?;
     let held = call_id.to_string();
     for party in &call.involved {
-        if let Err(error) = state.presence.update_claim(&line(*party), &held, LINE_TTL).await {
+        if let Err(error) = state.coordination.update_claim(&line(*party), &held, LINE_TTL).await {
             tracing::warn!(%error, "line of an answered call not extended");
         }
     }
@@ -232,7 +232,7 @@ async fn hang_up(
     call: &Call,
 ) -> Result<Accepted, ApiError> {
     let key = ended_key(call.id);
-    if state.presence.claim(&key, "hangup", OUTCOME_TTL).await?.is_some() {
+    if state.coordination.claim(&key, "hangup", OUTCOME_TTL).await?.is_some() {
         return Err(ApiError::call_ended());
     }
     let ended = CallEnded { call_id: call.id, reason: "hangup".to_owned() };
@@ -250,7 +250,7 @@ pub async fn start_room(
     chat::ensure_member(state, user, conversation).await?;
     let call_id = CallId(state.ingest.next_id());
     let room_key = room_of(conversation);
-    if let Some(open) = state.presence.claim(&room_key, &call_id.to_string(), LINE_TTL).await? {
+    if let Some(open) = state.coordination.claim(&room_key, &call_id.to_string(), LINE_TTL).await? {
         // A room whose end the timer has logged but not yet unclaimed does not count.
         let open_room = match open.parse().map(CallId) {
             Ok(id) => fresh_call(state, id, Call::is_live).await?.filter(Call::is_live),
@@ -262,12 +262,12 @@ pub async fn start_room(
                 room.id
             )));
         }
-        state.presence.update_claim(&room_key, &call_id.to_string(), LINE_TTL).await?;
+        state.coordination.update_claim(&room_key, &call_id.to_string(), LINE_TTL).await?;
     }
     let origin = Origin::user(user, session);
     let started = RoomStarted { call_id, conversation_id: conversation, media: request.media };
     if let Err(error) = state.ingest.append(&origin, started.into()).await {
-        let _ = state.presence.release_claims(&[&room_key]).await;
+        let _ = state.coordination.release_claims(&[&room_key]).await;
         return Err(error.into());
     }
     metrics::counter!("calls_started_total", "kind" => "room").increment(1);
@@ -309,7 +309,7 @@ async fn enter_room(
     call_id: CallId,
 ) -> Result<Accepted, ApiError> {
     let ours = call_id.to_string();
-    match state.presence.claim(&line(user), &ours, LINE_TTL).await? {
+    match state.coordination.claim(&line(user), &ours, LINE_TTL).await? {
         Some(held) if held != ours => return Err(ApiError::already_in_call()),
         _ => {}
     }
@@ -412,7 +412,7 @@ async fn claim_outcome(
     call: CallId,
     decision: &str,
 ) -> Result<Option<String>, ApiError> {
-    Ok(state.presence.claim(&outcome(call), decision, OUTCOME_TTL).await?)
+    Ok(state.coordination.claim(&outcome(call), decision, OUTCOME_TTL).await?)
 }
 
 fn not_ringing(how: Option<&str>) -> ApiError {
@@ -439,7 +439,7 @@ async fn finish(
     match state.ingest.append(&origin, event).await {
         Ok(position) => Ok(position.into()),
         Err(error) => {
-            let _ = state.presence.release_claims(&[decision]).await;
+            let _ = state.coordination.release_claims(&[decision]).await;
             Err(error.into())
         }
     }
@@ -448,14 +448,14 @@ async fn finish(
 async fn release_lines(state: &AppState, users: &[UserId]) {
     let lines: Vec<String> = users.iter().map(|&user| line(user)).collect();
     let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
-    if let Err(error) = state.presence.release_claims(&lines).await {
+    if let Err(error) = state.coordination.release_claims(&lines).await {
         tracing::warn!(%error, ?users, "call lines not released; they expire by themselves");
     }
 }
 
 /// The open room of a conversation is no longer held once it closed.
 pub async fn release_room(state: &AppState, conversation: ConversationId) {
-    if let Err(error) = state.presence.release_claims(&[&room_of(conversation)]).await {
+    if let Err(error) = state.coordination.release_claims(&[&room_of(conversation)]).await {
         tracing::warn!(%error, "room claim not released; it expires by itself");
     }
 }

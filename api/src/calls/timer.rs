@@ -260,10 +260,10 @@ fn watched_users(call: &Call) -> &[UserId] {
 /// Logs what `action` decides, unless someone settled the call first. `Ok(true)`: logged.
 async fn act(state: &AppState, call: &Call, action: Action) -> anyhow::Result<bool> {
     let id = call.id;
-    let presence = &state.presence;
+    let claims = &state.coordination;
     let event: Payload = match action {
         Action::Miss => {
-            match presence.claim(&outcome(id), "missed", OUTCOME_TTL).await? {
+            match claims.claim(&outcome(id), "missed", OUTCOME_TTL).await? {
                 None => {}
                 // Claimed (by us before a restart, or by a node that died before logging).
                 Some(claimed)
@@ -275,13 +275,13 @@ async fn act(state: &AppState, call: &Call, action: Action) -> anyhow::Result<bo
         }
         // The timer's own claims say so: a claim it made before failing to log is retried.
         Action::Cancel => {
-            if !ours(presence.claim(&outcome(id), CANCELLED, OUTCOME_TTL).await?, CANCELLED) {
+            if !ours(claims.claim(&outcome(id), CANCELLED, OUTCOME_TTL).await?, CANCELLED) {
                 return Ok(false);
             }
             CallEnded { call_id: id, reason: "disconnected".to_owned() }.into()
         }
         Action::Hangup => {
-            if !ours(presence.claim(&ended_key(id), HUNG_UP, OUTCOME_TTL).await?, HUNG_UP) {
+            if !ours(claims.claim(&ended_key(id), HUNG_UP, OUTCOME_TTL).await?, HUNG_UP) {
                 return Ok(false);
             }
             CallEnded { call_id: id, reason: "disconnected".to_owned() }.into()

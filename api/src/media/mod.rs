@@ -12,7 +12,7 @@
 //! - `upload` streams a request body into the blob store, or leaves nothing behind;
 //! - `range` reads a download's `Range` header.
 
-mod blobs;
+pub(crate) mod blobs;
 mod range;
 mod types;
 mod upload;

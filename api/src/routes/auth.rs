@@ -57,7 +57,7 @@ pub async fn register(
     // The claim keeps two registrations of one handle from both reaching the log (the store
     // only knows a handle once the first is projected).
     let claim = format!("handle:{handle}");
-    match state.presence.claim(&claim, "registering", HANDLE_CLAIM).await {
+    match state.coordination.claim(&claim, "registering", HANDLE_CLAIM).await {
         Ok(None) => {}
         Ok(Some(_)) => return Err(ApiError::conflict(format!("the handle `{handle}` is taken"))),
         Err(error) => tracing::warn!(%error, "handle claim unavailable"),
@@ -70,7 +70,7 @@ pub async fn register(
     let (user_id, position) = match registered {
         Ok(registered) => registered,
         Err(error) => {
-            let _ = state.presence.release_claims(&[&claim]).await;
+            let _ = state.coordination.release_claims(&[&claim]).await;
             return Err(error.into());
         }
     };

@@ -1,5 +1,6 @@
 //! Axum's extractors, with their rejections turned into typed [`ApiError`]s so that a malformed
-//! body, path or query gets the same JSON error shape as everything else.
+//! body, path or query gets the same JSON error shape as everything else; and the extractors of
+//! the caller an access token names.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -8,6 +9,7 @@ use axum::http::request::Parts;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use crate::auth::{Caller, LinkCaller, header_token, query_token};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -74,5 +76,34 @@ impl<T: DeserializeOwned> FromRequestParts<AppState> for QueryParams<T> {
             .await
             .map(|axum::extract::Query(value)| QueryParams(value))
             .map_err(|rejection| ApiError::bad_request(rejection.body_text()))
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
+        match header_token(parts) {
+            Some(token) => state.tokens.verify(token).map(Caller),
+            None if query_token(parts).is_some() => Err(ApiError::unauthorized(
+                "send the access token as `Authorization: Bearer …`; only /v1/ws and media \
+                 downloads take it as a `token` query parameter",
+            )),
+            None => Err(ApiError::unauthorized("an access token is required")),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for LinkCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<LinkCaller, ApiError> {
+        let token = header_token(parts)
+            .or_else(|| query_token(parts))
+            .ok_or_else(|| ApiError::unauthorized("an access token is required"))?;
+        state.tokens.verify(token).map(LinkCaller)
     }
 }

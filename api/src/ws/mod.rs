@@ -4,7 +4,7 @@
 
 pub(crate) mod protocol;
 mod session;
-mod slots;
+pub(crate) mod slots;
 
 use std::net::SocketAddr;
 
@@ -18,8 +18,6 @@ use crate::error::ApiError;
 use crate::hub::Resume;
 use crate::limits::{self, Limit};
 use crate::state::AppState;
-
-pub use slots::UserSockets;
 
 /// A hard cap, well above the configured frame limit: frames between the two get an error
 /// reply and the socket stays open; past it, the socket is closed with code 1009.

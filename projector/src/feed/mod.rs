@@ -36,7 +36,7 @@ pub mod embedded;
 pub mod redis;
 
 /// Opens the feeds a URL names: `file://DIR` (this process only) or
-/// `redis[s]://…` as presence takes it (see [`crate::presence::redis::RedisConfig::from_url`]),
+/// `redis[s]://…` as presence takes it (see [`crate::redis_client::RedisConfig::from_url`]),
 /// shared by every node using it.
 pub async fn open(url: &str, retention: Retention) -> Result<Arc<dyn Feeds>, FeedError> {
     match url.split_once("://") {

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use switchboard_schemas::UserId;
 use tokio::time::sleep;
 
-use super::{Presence, PresenceError, Quota, RateDecision};
+use super::{Presence, PresenceError};
 
 static NEXT: LazyLock<AtomicI64> = LazyLock::new(|| {
     let micros = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros());
@@ -69,74 +69,6 @@ pub async fn sessions_come_and_go_on_edges(
     let answer: Vec<(UserId, bool)> = status.iter().map(|s| (s.user_id, s.online)).collect();
     assert_eq!(answer, [(bystander, false), (u, true)], "one answer per user, in order");
     assert!(presence.close_session(u, "tablet").await?);
-    Ok(())
-}
-
-/// A key gets `limit` requests at once, is then limited with a retry time of at most one
-/// emission interval, and is allowed again once that has passed. Keys do not share a budget.
-pub async fn rate_limits_follow_gcra(presence: &dyn Presence) -> Result<(), PresenceError> {
-    // An emission interval of 200 ms: far longer than the few calls below take back to back.
-    let quota = Quota { limit: 4, period: Duration::from_millis(800) };
-    let interval = quota.period / quota.limit;
-    let (k, other) = (key("rate"), key("rate"));
-
-    for i in 0..quota.limit {
-        assert_eq!(presence.check_rate(&k, quota).await?, RateDecision::Allowed, "request {i}");
-    }
-    let RateDecision::Limited { retry_after } = presence.check_rate(&k, quota).await? else {
-        panic!("request {} of a burst of {} was allowed", quota.limit + 1, quota.limit);
-    };
-    assert!(retry_after > Duration::ZERO, "a limited request must wait");
-    assert!(retry_after <= interval, "{retry_after:?} is longer than one interval ({interval:?})");
-    assert!(
-        matches!(presence.check_rate(&k, quota).await?, RateDecision::Limited { .. }),
-        "a limited request does not earn the next one a slot"
-    );
-    assert_eq!(presence.check_rate(&other, quota).await?, RateDecision::Allowed);
-
-    sleep(retry_after + Duration::from_millis(50)).await;
-    assert_eq!(presence.check_rate(&k, quota).await?, RateDecision::Allowed, "after waiting");
-    Ok(())
-}
-
-/// A claim returns the value already there until it is released or expires, and is replaced only
-/// by a caller that saw its current value.
-pub async fn claims_hold_until_released_or_expired(
-    presence: &dyn Presence,
-) -> Result<(), PresenceError> {
-    let k = key("claim");
-    assert_eq!(presence.claim(&k, "first", LONG).await?, None, "a free key is claimed");
-    assert_eq!(presence.claim(&k, "second", LONG).await?, Some("first".to_owned()));
-
-    presence.update_claim(&k, "done", LONG).await?;
-    assert_eq!(presence.claim(&k, "third", LONG).await?, Some("done".to_owned()));
-
-    assert!(!presence.replace_claim(&k, "first", "mine", LONG).await?, "not what is there now");
-    assert!(presence.replace_claim(&k, "done", "mine", LONG).await?, "what the caller saw");
-    assert!(!presence.replace_claim(&k, "done", "yours", LONG).await?, "taken over once only");
-    assert_eq!(presence.claim(&k, "third", LONG).await?, Some("mine".to_owned()));
-    assert!(!presence.replace_claim(&key("never-claimed"), "", "mine", LONG).await?);
-
-    presence.release_claims(&[&k]).await?;
-    assert_eq!(presence.claim(&k, "fourth", LONG).await?, None, "released keys are free");
-    assert_eq!(presence.claim(&k, "fifth", LONG).await?, Some("fourth".to_owned()));
-    presence.release_claims(&[&key("never-claimed")]).await?;
-    presence.release_claims(&[]).await?;
-
-    let (a, b, kept) = (key("claim"), key("claim"), key("claim"));
-    for claimed in [&a, &b, &kept] {
-        assert_eq!(presence.claim(claimed, "held", LONG).await?, None);
-    }
-    presence.release_claims(&[&a, &b]).await?;
-    assert_eq!(presence.claim(&a, "again", LONG).await?, None, "every key released at once");
-    assert_eq!(presence.claim(&b, "again", LONG).await?, None, "every key released at once");
-    assert_eq!(presence.claim(&kept, "again", LONG).await?, Some("held".to_owned()));
-
-    let short = key("claim");
-    assert_eq!(presence.claim(&short, "brief", Duration::from_millis(100)).await?, None);
-    sleep(Duration::from_millis(400)).await;
-    assert_eq!(presence.claim(&short, "later", LONG).await?, None, "expired claims are free");
-    assert_eq!(presence.claim(&short, "again", LONG).await?, Some("later".to_owned()));
     Ok(())
 }
 

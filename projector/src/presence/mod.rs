@@ -1,8 +1,7 @@
-//! Presence and the other short-lived state API nodes share: who is online, rate limits and
-//! idempotency claims.
+//! Presence: who is online, shared by the API nodes.
 //!
-//! [`memory`] keeps it in process (one node); a Redis implementation shares it between nodes.
-//! Sessions are held under per-node leases: when a node stops renewing, its users go offline.
+//! [`memory`] keeps it in process (one node); [`redis`] shares it between nodes. Sessions are
+//! held under per-node leases: when a node stops renewing, its users go offline.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +16,7 @@ pub mod redis;
 
 /// Opens the presence backend a URL names: `memory://` (this process only) or
 /// `redis[s]://[[user]:password@]host:port[/db][?prefix=P][&ca=FILE]` (see
-/// [`redis::RedisConfig::from_url`]), shared by every node using it. `node_id` is the node whose
+/// [`RedisConfig::from_url`](crate::redis_client::RedisConfig::from_url)), shared by every node using it. `node_id` is the node whose
 /// sessions this handle opens.
 pub async fn open(url: &str, node_id: &str) -> Result<Arc<dyn Presence>, PresenceError> {
     match url.split_once("://") {
@@ -44,22 +43,6 @@ pub struct Status {
     pub online: bool,
 }
 
-/// A rate: at most `limit` requests per `period`, with bursts up to `limit`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Quota {
-    pub limit: u32,
-    pub period: Duration,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RateDecision {
-    Allowed,
-    /// Over the limit; the next request would be allowed after this long.
-    Limited {
-        retry_after: Duration,
-    },
-}
-
 #[async_trait]
 pub trait Presence: Send + Sync + 'static {
     /// Records an open session held by `node_id`. Returns whether the user just came online.
@@ -78,36 +61,4 @@ pub trait Presence: Send + Sync + 'static {
 
     /// Extends `node_id`'s lease; its sessions count as online until the lease runs out.
     async fn renew_lease(&self, node_id: &str, lease: Duration) -> Result<(), PresenceError>;
-
-    /// Generic cell rate algorithm over `key`: allows `quota.limit` requests per `quota.period`.
-    async fn check_rate(&self, key: &str, quota: Quota) -> Result<RateDecision, PresenceError>;
-
-    /// Sets `key` to `value` for `ttl` unless it is set; returns the value already there.
-    async fn claim(
-        &self,
-        key: &str,
-        value: &str,
-        ttl: Duration,
-    ) -> Result<Option<String>, PresenceError>;
-
-    /// Overwrites a claim's value (e.g. once the claimed work is done).
-    async fn update_claim(
-        &self,
-        key: &str,
-        value: &str,
-        ttl: Duration,
-    ) -> Result<(), PresenceError>;
-
-    /// Overwrites a claim's value only if it is still `seen`: of several callers taking over one
-    /// abandoned claim, one succeeds. `false` if the claim holds another value or none.
-    async fn replace_claim(
-        &self,
-        key: &str,
-        seen: &str,
-        value: &str,
-        ttl: Duration,
-    ) -> Result<bool, PresenceError>;
-
-    /// Drops claims, so that their work may be tried again or because it is settled elsewhere.
-    async fn release_claims(&self, keys: &[&str]) -> Result<(), PresenceError>;
 }

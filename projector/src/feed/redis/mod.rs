@@ -13,7 +13,7 @@
 //! # Keys
 //!
 //! Every key and channel starts with the URL's prefix, `P` below (default
-//! [`DEFAULT_PREFIX`](crate::presence::redis::config::DEFAULT_PREFIX)). The braces around the
+//! [`DEFAULT_PREFIX`](crate::redis_client::config::DEFAULT_PREFIX)). The braces around the
 //! user are part of the name: they make the user the Redis Cluster hash tag, so a feed's keys
 //! share a slot and each script may touch both (they are passed to it as `KEYS`).
 //!
@@ -76,8 +76,7 @@ use tokio::sync::mpsc;
 use super::{
     Delivery, Entry, FeedError, Feeds, Head, PUBLISHED_CAPACITY, Published, Retention, source_key,
 };
-use crate::presence::PresenceError;
-use crate::presence::redis::RedisConfig;
+use crate::redis_client::{RedisConfig, RedisFailure};
 
 /// The most old entries one append removes from one feed. Retention is thereby never late by
 /// more than a few appends, and a feed that got far behind (the window was shortened) catches up
@@ -125,7 +124,7 @@ impl RedisFeeds {
     /// `retention`. Fails only for a URL that cannot be used: Redis need not be up, and until it
     /// answers every call fails with [`FeedError::Unavailable`].
     pub async fn connect(url: &str, retention: Retention) -> Result<RedisFeeds, FeedError> {
-        let config = RedisConfig::from_url(url).map_err(|PresenceError::Unavailable(reason)| {
+        let config = RedisConfig::from_url(url).map_err(|RedisFailure(reason)| {
             FeedError::Storage(format!("cannot use the feeds URL: {reason}"))
         })?;
         RedisFeeds::with_config(config, retention).await

@@ -1,4 +1,4 @@
-//! Presence, rate limits and claims in Redis: the backend that lets many API nodes share them.
+//! Presence in Redis: the backend that lets many API nodes share who is online.
 //!
 //! Every node talks to one Redis (a primary, with or without replicas; not Redis Cluster, because
 //! the session scripts reach keys they discover while running). Redis 7.0 or newer is needed for
@@ -17,11 +17,8 @@
 //! | `{P}user:USER:sessions` | hash | session id → the node holding it |
 //! | `{P}node:NODE:sessions` | set | the node's session registry: `USER:SESSION` members |
 //! | `{P}nodes` | set | nodes that held sessions or leases; where lapsed nodes are swept from |
-//! | `{P}rate:KEY` | string, TTL until it no longer matters | GCRA theoretical arrival time, µs |
-//! | `{P}claim:KEY` | string, TTL = the claim's | the claim's value |
 //!
-//! The session, lease and registry keys are spelled out only in `scripts/sessions.lua`, the
-//! prelude every session script shares; rate and claim keys only here.
+//! The keys are spelled out only in `scripts/sessions.lua`, the prelude every script shares.
 //!
 //! # Leases and clean-up
 //!
@@ -35,26 +32,24 @@
 //!
 //! # When Redis is down
 //!
-//! Calls go through a reconnecting [`ConnectionManager`] with short timeouts (see [`config`]) and
-//! an overall guard, and fail with [`PresenceError::Unavailable`] instead of waiting, so that
+//! Calls go through a [`RedisClient`] with short timeouts and an overall guard, and fail with
+//! [`PresenceError::Unavailable`] instead of waiting, so that
 //! messaging carries on without presence. The manager reconnects by itself on the next call once
 //! Redis answers again. [`RedisPresence::connect`] does not need Redis either: it only parses the
 //! URL, then tries once to take the node's first lease, and starts degraded if that fails.
 
-pub mod config;
 #[cfg(test)]
 mod tests;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, FromRedisValue, RedisResult, Script, ScriptInvocation};
+use redis::{FromRedisValue, Script, ScriptInvocation};
 use switchboard_schemas::UserId;
 
-pub use self::config::RedisConfig;
 use super::memory::DEFAULT_LEASE;
-use super::{Presence, PresenceError, Quota, RateDecision, Status};
+use super::{Presence, PresenceError, Status};
+use crate::redis_client::{RedisClient, RedisConfig, RedisFailure, Request, millis};
 
 /// How many known nodes each lease renewal checks for a lapsed lease.
 const SWEEP_NODES: u32 = 3;
@@ -65,13 +60,10 @@ const SWEEP_BATCH: u32 = 500;
 
 /// Presence shared through Redis. See the module docs.
 pub struct RedisPresence {
-    redis: ConnectionManager,
-    /// Where Redis is, for error messages (the URL may hold a password; this never does).
-    address: String,
+    redis: RedisClient,
     prefix: String,
     /// The node this process runs; see [`RedisPresence::connect`].
     node_id: String,
-    call_timeout: Duration,
     scripts: Scripts,
 }
 
@@ -83,8 +75,6 @@ struct Scripts {
     status: Script,
     renew_lease: Script,
     node_sessions: Script,
-    check_rate: Script,
-    replace_claim: Script,
 }
 
 /// A script that works on sessions: the shared prelude, then the script's own body.
@@ -105,8 +95,6 @@ impl Scripts {
             status: session_script!("status.lua"),
             renew_lease: session_script!("renew_lease.lua"),
             node_sessions: session_script!("node_sessions.lua"),
-            check_rate: Script::new(include_str!("scripts/check_rate.lua")),
-            replace_claim: Script::new(include_str!("scripts/replace_claim.lua")),
         }
     }
 }
@@ -129,27 +117,10 @@ impl RedisPresence {
         config: RedisConfig,
         node_id: &str,
     ) -> Result<RedisPresence, PresenceError> {
-        let call_timeout = config.call_timeout();
-        let address = config.connection.addr().to_string();
-        let unusable = |error: redis::RedisError| {
-            PresenceError::Unavailable(format!(
-                "cannot set up a client for Redis at {address}: {error}"
-            ))
-        };
-        let client = config.client(config.connection.clone()).map_err(unusable)?;
-        // No retries inside the manager: a reconnection with back-off would hold every call that
-        // waits on it for the whole back-off. The next call after a failure starts a new attempt.
-        let manager = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connection_timeout))
-            .set_response_timeout(Some(config.response_timeout))
-            .set_number_of_retries(0);
-        let redis = ConnectionManager::new_lazy_with_config(client, manager).map_err(unusable)?;
         let presence = RedisPresence {
-            redis,
-            address,
+            redis: RedisClient::new(&config)?,
             prefix: config.prefix,
             node_id: node_id.to_owned(),
-            call_timeout,
             scripts: Scripts::new(),
         };
         if let Err(error) = presence.renew_lease(node_id, DEFAULT_LEASE).await {
@@ -175,71 +146,19 @@ impl RedisPresence {
         script.arg(&self.prefix)
     }
 
-    /// Sends `request`, giving up after the call timeout; `what` says what the call was for.
     async fn run<T: FromRedisValue + Send>(
         &self,
         what: &str,
         request: &impl Request,
     ) -> Result<T, PresenceError> {
-        let mut redis = self.redis.clone();
-        let attempt = async {
-            match request.send(&mut redis).await {
-                // The manager failed on a connection attempt made before this call and has just
-                // started a new one. A refused connection means the request never left, so it is
-                // safe to send again, and it then waits for the fresh attempt: the first call after
-                // Redis comes back succeeds instead of reporting the outage that has ended.
-                Err(error) if error.is_connection_refusal() => request.send(&mut redis).await,
-                result => result,
-            }
-        };
-        match tokio::time::timeout(self.call_timeout, attempt).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(PresenceError::Unavailable(format!(
-                "{what}: Redis at {}: {error}",
-                self.address
-            ))),
-            Err(_) => Err(PresenceError::Unavailable(format!(
-                "{what}: Redis at {} did not answer within {:?}",
-                self.address, self.call_timeout
-            ))),
-        }
-    }
-
-    fn key(&self, kind: &str, key: &str) -> String {
-        format!("{}{kind}:{key}", self.prefix)
+        Ok(self.redis.run(what, request).await?)
     }
 }
 
-/// One request to Redis, a command or a script invocation, so that [`RedisPresence::run`] can
-/// send either and, when it is safe, send it again.
-trait Request: Sync {
-    fn send<T: FromRedisValue + Send>(
-        &self,
-        redis: &mut ConnectionManager,
-    ) -> impl Future<Output = RedisResult<T>> + Send;
-}
-
-impl Request for Cmd {
-    fn send<T: FromRedisValue + Send>(
-        &self,
-        redis: &mut ConnectionManager,
-    ) -> impl Future<Output = RedisResult<T>> + Send {
-        self.query_async(redis)
+impl From<RedisFailure> for PresenceError {
+    fn from(RedisFailure(reason): RedisFailure) -> PresenceError {
+        PresenceError::Unavailable(reason)
     }
-}
-
-impl Request for ScriptInvocation<'_> {
-    fn send<T: FromRedisValue + Send>(
-        &self,
-        redis: &mut ConnectionManager,
-    ) -> impl Future<Output = RedisResult<T>> + Send {
-        self.invoke_async(redis)
-    }
-}
-
-/// Whole milliseconds for a TTL, at least one: Redis refuses an expiry of zero.
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 #[async_trait]
@@ -287,71 +206,5 @@ impl Presence for RedisPresence {
         let mut script = self.session_script(&self.scripts.renew_lease);
         script.arg(node_id).arg(millis(lease)).arg(SWEEP_NODES).arg(SWEEP_BATCH);
         self.run(&format!("renewing the lease of node {node_id}"), &script).await
-    }
-
-    /// GCRA as in the in-process backend (burst = limit, a zero quota allows nothing), computed
-    /// by `scripts/check_rate.lua` on Redis's clock, in microseconds.
-    async fn check_rate(&self, key: &str, quota: Quota) -> Result<RateDecision, PresenceError> {
-        if quota.limit == 0 {
-            return Ok(RateDecision::Limited { retry_after: quota.period });
-        }
-        let in_micros =
-            |duration: Duration| u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
-        // An interval below a microsecond would round to no spacing at all.
-        let interval = in_micros(quota.period / quota.limit).max(1);
-        let mut script = self.scripts.check_rate.key(self.key("rate", key));
-        script.arg(interval).arg(in_micros(quota.period));
-        let retry_after: u64 = self.run(&format!("checking rate limit {key}"), &script).await?;
-        Ok(match retry_after {
-            0 => RateDecision::Allowed,
-            micros => RateDecision::Limited { retry_after: Duration::from_micros(micros) },
-        })
-    }
-
-    async fn claim(
-        &self,
-        key: &str,
-        value: &str,
-        ttl: Duration,
-    ) -> Result<Option<String>, PresenceError> {
-        // NX with GET sets the key only when it is free and answers what was there, in one step.
-        let mut set = redis::cmd("SET");
-        set.arg(self.key("claim", key)).arg(value).arg("NX").arg("GET").arg("PX").arg(millis(ttl));
-        self.run(&format!("claiming {key}"), &set).await
-    }
-
-    async fn update_claim(
-        &self,
-        key: &str,
-        value: &str,
-        ttl: Duration,
-    ) -> Result<(), PresenceError> {
-        let mut set = redis::cmd("SET");
-        set.arg(self.key("claim", key)).arg(value).arg("PX").arg(millis(ttl));
-        self.run(&format!("updating claim {key}"), &set).await
-    }
-
-    async fn replace_claim(
-        &self,
-        key: &str,
-        seen: &str,
-        value: &str,
-        ttl: Duration,
-    ) -> Result<bool, PresenceError> {
-        let mut script = self.scripts.replace_claim.key(self.key("claim", key));
-        script.arg(seen).arg(value).arg(millis(ttl));
-        self.run(&format!("taking over claim {key}"), &script).await
-    }
-
-    async fn release_claims(&self, keys: &[&str]) -> Result<(), PresenceError> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        // One command however many: releasing is done in bulk as sends settle.
-        let mut del = redis::cmd("DEL");
-        for key in keys {
-            del.arg(self.key("claim", key));
-        }
-        self.run(&format!("releasing {} claims", keys.len()), &del).await
     }
 }

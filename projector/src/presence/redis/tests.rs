@@ -13,7 +13,7 @@ use switchboard_schemas::UserId;
 use tokio::time::sleep;
 
 use super::RedisPresence;
-use crate::presence::{Presence, PresenceError, Quota, RateDecision, conformance};
+use crate::presence::{Presence, PresenceError, conformance};
 use crate::redis_testing::{Certificates, Namespace, Throwaway, shared_redis, within};
 
 const NODE: &str = "node-a";
@@ -40,8 +40,6 @@ macro_rules! conformance_tests {
 
 conformance_tests! {
     sessions_come_and_go_on_edges(NODE);
-    rate_limits_follow_gcra();
-    claims_hold_until_released_or_expired();
     a_lapsed_lease_takes_its_users_offline(NODE);
 }
 
@@ -64,26 +62,6 @@ async fn two_nodes_see_each_others_sessions() -> Result<(), PresenceError> {
     assert!(a.node_sessions(NODE).await?.is_empty(), "a closed session leaves its node's registry");
     assert!(a.close_session(user, "laptop").await?, "the last session, wherever it was opened");
     assert!(!online(&b, user).await?);
-    namespace.remove_keys().await;
-    Ok(())
-}
-
-#[tokio::test]
-async fn two_nodes_share_one_rate_limit() -> Result<(), PresenceError> {
-    let Some(namespace) = Namespace::new() else { return Ok(()) };
-    let (a, b) = (node(&namespace, NODE).await, node(&namespace, OTHER_NODE).await);
-    let quota = Quota { limit: 6, period: LONG };
-
-    for (i, node) in [&a, &b].into_iter().cycle().take(6).enumerate() {
-        assert_eq!(node.check_rate("sender", quota).await?, RateDecision::Allowed, "request {i}");
-    }
-    for node in [&a, &b] {
-        let decision = node.check_rate("sender", quota).await?;
-        assert!(
-            matches!(decision, RateDecision::Limited { retry_after } if retry_after <= quota.period / quota.limit),
-            "the seventh request, on either node: {decision:?}"
-        );
-    }
     namespace.remove_keys().await;
     Ok(())
 }
@@ -145,7 +123,6 @@ async fn presence_degrades_while_redis_is_away_and_recovers_by_itself() -> Resul
     }
     let port = Throwaway::free_port();
     let user = UserId(7);
-    let quota = Quota { limit: 10, period: LONG };
 
     let presence =
         within(RedisPresence::connect(&format!("redis://127.0.0.1:{port}"), NODE)).await?;
@@ -166,15 +143,11 @@ async fn presence_degrades_while_redis_is_away_and_recovers_by_itself() -> Resul
     drop(server);
     assert_unavailable(presence.status(&[user])).await;
     assert_unavailable(presence.open_session(user, "s2", NODE)).await;
-    assert_unavailable(presence.check_rate("k", quota)).await;
-    assert_unavailable(presence.claim("k", "v", LONG)).await;
     assert_unavailable(presence.renew_lease(NODE, LONG)).await;
 
     // A Redis without persistence comes back empty.
     let _server = Throwaway::start(port).await;
     assert!(within(presence.open_session(user, "s2", NODE)).await?);
-    assert_eq!(within(presence.check_rate("k", quota)).await?, RateDecision::Allowed);
-    assert_eq!(within(presence.claim("k", "v", LONG)).await?, None);
     within(presence.renew_lease(NODE, LONG)).await?;
     assert!(within(online(&presence, user)).await?);
     Ok(())

@@ -1,8 +1,9 @@
-//! Where the shared presence lives and how long a call may wait for it.
+//! Where Redis is and how long a call may wait for it.
 //!
-//! The timeouts are short on purpose: presence is an aid, not a dependency. When Redis is slow or
-//! gone, a call gives up within [`RedisConfig::call_timeout`] and the caller carries on without
-//! presence, rather than holding a socket, a send or an HTTP request hostage.
+//! The timeouts are short on purpose: what nodes share in Redis (presence, limits, claims) is an
+//! aid, not a dependency. When Redis is slow or gone, a call gives up within
+//! [`RedisConfig::call_timeout`] and the caller carries on without it, rather than holding a
+//! socket, a send or an HTTP request hostage.
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use redis::{
     Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisResult, TlsCertificates,
 };
 
-use crate::presence::PresenceError;
+use super::RedisFailure;
 
 /// What every key starts with unless the URL says otherwise, so that switchboard can share a
 /// Redis with other programs.
@@ -44,11 +45,10 @@ impl RedisConfig {
     /// certificates in FILE (PEM) when given, else against the system's trust store. The prefix
     /// defaults to [`DEFAULT_PREFIX`]; the other query parameters the redis crate knows (such as
     /// `protocol`) keep their meaning.
-    pub fn from_url(url: &str) -> Result<RedisConfig, PresenceError> {
-        let refused = |why: String| PresenceError::Unavailable(why);
+    pub fn from_url(url: &str) -> Result<RedisConfig, RedisFailure> {
         // The URL may carry a password, so errors do not repeat it.
         let parsed = redis::parse_redis_url(url).ok_or_else(|| {
-            refused("the presence URL is not a valid redis:// or rediss:// URL".to_owned())
+            RedisFailure("the Redis URL is not a valid redis:// or rediss:// URL".to_owned())
         })?;
         let parameter = |name: &str| {
             parsed.query_pairs().find(|(key, _)| key == name).map(|(_, value)| value.into_owned())
@@ -57,16 +57,16 @@ impl RedisConfig {
         let ca = parameter("ca");
         let connection = parsed
             .into_connection_info()
-            .map_err(|error| refused(format!("the presence URL is not usable: {error}")))?;
+            .map_err(|error| RedisFailure(format!("the Redis URL is not usable: {error}")))?;
         let root_cert = match (ca, connection.addr()) {
             (None, _) => None,
             (Some(path), ConnectionAddr::TcpTls { .. }) => {
                 Some(std::fs::read(&path).map_err(|error| {
-                    refused(format!("cannot read the CA certificates in {path}: {error}"))
+                    RedisFailure(format!("cannot read the CA certificates in {path}: {error}"))
                 })?)
             }
             (Some(_), _) => {
-                return Err(refused("`ca=` is for TLS: use a rediss:// URL".to_owned()));
+                return Err(RedisFailure("`ca=` is for TLS: use a rediss:// URL".to_owned()));
             }
         };
         Ok(RedisConfig {
@@ -90,7 +90,7 @@ impl RedisConfig {
         }
     }
 
-    /// The longest one presence call may take: connecting (when the connection was lost) and
+    /// The longest one call may take: connecting (when the connection was lost) and
     /// then waiting for the answer. A guard over the client's own timeouts, so that no call can
     /// hang whatever state the connection is in.
     pub fn call_timeout(&self) -> Duration {
@@ -103,7 +103,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_prefix_defaults_and_can_be_set() -> Result<(), PresenceError> {
+    fn the_prefix_defaults_and_can_be_set() -> Result<(), RedisFailure> {
         let plain = RedisConfig::from_url("redis://127.0.0.1:16379")?;
         assert_eq!(plain.prefix, DEFAULT_PREFIX);
         assert_eq!(plain.connection.addr(), &ConnectionAddr::Tcp("127.0.0.1".to_owned(), 16379));
