@@ -3,7 +3,8 @@
 #   1. the system packages the build needs (Debian: cmake and the C headers librdkafka builds with),
 #   2. formatting and lints,
 #   3. every suite on the embedded backends, and each fuzz target for 30 s (ops/fuzz.sh),
-#   4. the real engines (Kafka, Cassandra, Redis: ops/engines/start.sh fetches and starts them),
+#   4. the real engines (Kafka, Cassandra, Redis and a Redis Cluster: ops/engines/start.sh fetches
+#      and starts them),
 #   5. the backend conformance suites and the end-to-end suites again, on those engines.
 #
 #   ops/test.sh
@@ -48,7 +49,7 @@ source ops/engines/common.sh
 on_exit() {
     local status=$?
     if [ "$status" -ne 0 ]; then
-        for log in "$RUN_ROOT"/kafka/logs/server.log "$RUN_ROOT"/cassandra/logs/system.log "$RUN_ROOT"/redis/redis.log; do
+        for log in "$RUN_ROOT"/kafka/logs/server.log "$RUN_ROOT"/cassandra/logs/system.log "$RUN_ROOT"/redis/redis.log "$RUN_ROOT"/redis-cluster/*/redis.log; do
             [ -f "$log" ] && { echo "== last lines of $log"; tail -n 30 "$log"; }
         done
     fi
@@ -65,5 +66,6 @@ SWITCHBOARD_REQUIRE_ENGINES=1 \
 SWITCHBOARD_KAFKA="127.0.0.1:${KAFKA_PORT}" \
 SWITCHBOARD_CQL="127.0.0.1:${CQL_PORT}" \
 SWITCHBOARD_REDIS="redis://127.0.0.1:${REDIS_PORT}" \
+SWITCHBOARD_REDIS_CLUSTER="redis+cluster://$(printf '127.0.0.1:%s,' "${REDIS_CLUSTER_PORTS[@]}" | sed 's/,$//')" \
 SWITCHBOARD_TEST_BACKEND_ARGS="--log kafka://127.0.0.1:${KAFKA_PORT}?prefix={unique}. --store scylla://127.0.0.1:${CQL_PORT}/{unique} --presence redis://127.0.0.1:${REDIS_PORT}?prefix={unique}: --consistency-timeout 30s" \
     cargo test --workspace --locked 2>&1 | tee -a "$results"

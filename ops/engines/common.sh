@@ -9,6 +9,7 @@
 #   SWITCHBOARD_KAFKA_PORT / SWITCHBOARD_KAFKA_CONTROLLER_PORT
 #   SWITCHBOARD_CQL_PORT / SWITCHBOARD_CASSANDRA_STORAGE_PORT / SWITCHBOARD_CASSANDRA_JMX_PORT
 #   SWITCHBOARD_REDIS_PORT
+#   SWITCHBOARD_REDIS_CLUSTER_PORT (the cluster's three nodes take it and the next two ports)
 
 KAFKA_VERSION="${SWITCHBOARD_KAFKA_VERSION:-4.4.0}"
 CASSANDRA_VERSION="${SWITCHBOARD_CASSANDRA_VERSION:-5.0.9}"
@@ -26,9 +27,11 @@ CQL_PORT="${SWITCHBOARD_CQL_PORT:-19042}"
 CASSANDRA_STORAGE_PORT="${SWITCHBOARD_CASSANDRA_STORAGE_PORT:-17000}"
 CASSANDRA_JMX_PORT="${SWITCHBOARD_CASSANDRA_JMX_PORT:-17199}"
 REDIS_PORT="${SWITCHBOARD_REDIS_PORT:-16379}"
+REDIS_CLUSTER_PORT="${SWITCHBOARD_REDIS_CLUSTER_PORT:-16380}"
+REDIS_CLUSTER_PORTS=("$REDIS_CLUSTER_PORT" "$((REDIS_CLUSTER_PORT + 1))" "$((REDIS_CLUSTER_PORT + 2))")
 
 ENGINES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ALL_ENGINES=(kafka cassandra redis)
+ALL_ENGINES=(kafka cassandra redis redis-cluster)
 
 log() { printf '[engines] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -38,8 +41,8 @@ select_engines() {
   local which="${1:-all}"
   case "$which" in
     all) ENGINES=("${ALL_ENGINES[@]}") ;;
-    kafka | cassandra | redis) ENGINES=("$which") ;;
-    *) die "unknown engine '$which' (expected kafka, cassandra, redis or all)" ;;
+    kafka | cassandra | redis | redis-cluster) ENGINES=("$which") ;;
+    *) die "unknown engine '$which' (expected kafka, cassandra, redis, redis-cluster or all)" ;;
   esac
 }
 
@@ -94,6 +97,14 @@ redis_answers() {
   command -v redis-cli >/dev/null 2>&1 || return 1
   [[ "$(timeout 3 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)" == "PONG" ]]
 }
+# Every node of the cluster answers, and says every slot is served.
+redis-cluster_answers() {
+  command -v redis-cli >/dev/null 2>&1 || return 1
+  local port
+  for port in "${REDIS_CLUSTER_PORTS[@]}"; do
+    timeout 3 redis-cli -h 127.0.0.1 -p "$port" cluster info 2>/dev/null | grep -q '^cluster_state:ok' || return 1
+  done
+}
 engine_answers() { "${1}_answers"; }
 
 engine_port() {
@@ -101,5 +112,6 @@ engine_port() {
     kafka) printf '%s\n' "$KAFKA_PORT" ;;
     cassandra) printf '%s\n' "$CQL_PORT" ;;
     redis) printf '%s\n' "$REDIS_PORT" ;;
+    redis-cluster) printf '%s\n' "$REDIS_CLUSTER_PORT" ;;
   esac
 }

@@ -95,6 +95,9 @@ fetch_redis() {
   # Debian's package starts a system redis on 6379 where an init system runs; ours is separate.
 }
 
+# The cluster runs the same redis-server.
+fetch_redis-cluster() { fetch_redis; }
+
 main() {
   select_engines "${1:-all}"
   local e

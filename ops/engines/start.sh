@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Start the real engines on loopback and wait until each really answers.
 #
-# Usage: ops/engines/start.sh [kafka|cassandra|redis|all]   (default: all)
+# Usage: ops/engines/start.sh [kafka|cassandra|redis|redis-cluster|all]   (default: all)
 #
 #   kafka      Kafka KRaft broker+controller, 127.0.0.1:${SWITCHBOARD_KAFKA_PORT:-19092} (controller 19093)
 #   cassandra  Cassandra CassandraDaemon, CQL on 127.0.0.1:${SWITCHBOARD_CQL_PORT:-19042}
 #   redis      redis-server on 127.0.0.1:${SWITCHBOARD_REDIS_PORT:-16379}
+#   redis-cluster  a Redis Cluster of three primaries, 127.0.0.1:${SWITCHBOARD_REDIS_CLUSTER_PORT:-16380}
+#              and the next two ports (ops/engines/redis-cluster.sh)
 #
 # Runs ops/engines/fetch.sh first (a no-op once the cache is filled). Each engine lives in
 # ${SWITCHBOARD_ENGINES_RUN:-/tmp/switchboard-engines}/<engine>: config, data, <engine>.pid and logs.
@@ -51,6 +53,7 @@ engine_log() { # the engine's own log file
     kafka) printf '%s\n' "$RUN_ROOT/kafka/logs/server.log" ;;
     cassandra) printf '%s\n' "$RUN_ROOT/cassandra/logs/system.log" ;;
     redis) printf '%s\n' "$RUN_ROOT/redis/redis.log" ;;
+    redis-cluster) printf '%s\n' "$RUN_ROOT/redis-cluster/$REDIS_CLUSTER_PORT/redis.log" ;;
   esac
 }
 
@@ -277,11 +280,17 @@ start_redis() {
     --appendfsync everysec --daemonize no --dir "$dir" --logfile "$dir/redis.log"
 }
 
+start_redis-cluster() {
+  command -v redis-server >/dev/null 2>&1 || die "redis-server is missing (run ops/engines/fetch.sh redis)"
+  mkdir -p "$RUN_ROOT/redis-cluster"
+  launch redis-cluster "$ENGINES_DIR/redis-cluster.sh" "$RUN_ROOT/redis-cluster" "${REDIS_CLUSTER_PORTS[@]}"
+}
+
 engine_timeout() {
   case "$1" in
     kafka) printf '%s\n' "${SWITCHBOARD_KAFKA_TIMEOUT:-120}" ;;
     cassandra) printf '%s\n' "${SWITCHBOARD_CASSANDRA_TIMEOUT:-240}" ;;
-    redis) printf '%s\n' "${SWITCHBOARD_REDIS_TIMEOUT:-30}" ;;
+    redis | redis-cluster) printf '%s\n' "${SWITCHBOARD_REDIS_TIMEOUT:-30}" ;;
   esac
 }
 

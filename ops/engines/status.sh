@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Print each engine, its port, whether it answers, and its pid and RSS when started from here.
 #
-# Usage: ops/engines/status.sh [kafka|cassandra|redis|all]   (default: all)
+# Usage: ops/engines/status.sh [kafka|cassandra|redis|redis-cluster|all]   (default: all)
 # Exit status 0 when every engine asked about answers, 1 otherwise.
 set -euo pipefail
 
@@ -14,6 +14,7 @@ detail() {
     cassandra) python3 "$ENGINES_DIR/probe.py" cql 127.0.0.1 "$CQL_PORT" 2>/dev/null ;;
     redis) printf 'redis %s\n' "$(timeout 3 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" info server 2>/dev/null |
       sed -n 's/^redis_version:\([^[:space:]]*\).*/\1/p')" ;;
+    redis-cluster) printf 'redis cluster on ports %s\n' "${REDIS_CLUSTER_PORTS[*]}" ;;
   esac
 }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Stop engines started by ops/engines/start.sh.
 #
-# Usage: ops/engines/stop.sh [kafka|cassandra|redis|all]   (default: all)
+# Usage: ops/engines/stop.sh [kafka|cassandra|redis|redis-cluster|all]   (default: all)
 #        KEEP=1 ops/engines/stop.sh ...   keeps the run directories (data and logs)
 #
 # Sends SIGTERM to all of them at once, waits for a clean shutdown (kafka 30 s, cassandra 45 s,
@@ -21,7 +21,7 @@ grace() {
   case "$1" in
     kafka) echo 30 ;;
     cassandra) echo 45 ;;
-    redis) echo 10 ;;
+    redis | redis-cluster) echo 10 ;;
   esac
 }
 

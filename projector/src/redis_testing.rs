@@ -1,7 +1,8 @@
 //! What the tests of the Redis backends (presence, feeds and the API's coordination) share: the
-//! shared Redis named by `SWITCHBOARD_REDIS` (`ops/engines/start.sh` runs one at
-//! `redis://127.0.0.1:16379`), a key prefix of each test's own in it, and a throwaway
-//! `redis-server` for tests that stop, freeze or kill Redis without disturbing the shared one.
+//! shared Redis named by `SWITCHBOARD_REDIS` and the shared Redis Cluster named by
+//! `SWITCHBOARD_REDIS_CLUSTER` (`ops/engines/start.sh` runs both), a key prefix of each test's own
+//! in them, and a throwaway `redis-server` for tests that stop, freeze or kill Redis without
+//! disturbing the shared one.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -13,15 +14,20 @@ use tokio::time::{sleep, timeout};
 
 use crate::redis_client::RedisConfig;
 
-/// Why a test fails when the engines are required but not configured.
-const UNSET: &str = "SWITCHBOARD_REDIS is unset: run ops/engines/start.sh and set \
-                     SWITCHBOARD_REDIS=redis://127.0.0.1:16379";
-
 /// The shared Redis, or `None` when the test is to be skipped.
 pub fn shared_redis() -> Option<String> {
-    let Ok(url) = std::env::var("SWITCHBOARD_REDIS") else {
-        assert!(std::env::var("SWITCHBOARD_REQUIRE_ENGINES").as_deref() != Ok("1"), "{UNSET}");
-        eprintln!("skipped: SWITCHBOARD_REDIS is unset");
+    engine_url("SWITCHBOARD_REDIS")
+}
+
+/// The URL in `variable`, or `None` when the test is to be skipped; a failure when the engines
+/// are required but not configured.
+fn engine_url(variable: &str) -> Option<String> {
+    let Ok(url) = std::env::var(variable) else {
+        assert!(
+            std::env::var("SWITCHBOARD_REQUIRE_ENGINES").as_deref() != Ok("1"),
+            "{variable} is unset: run ops/engines/start.sh and set it as ops/test.sh does"
+        );
+        eprintln!("skipped: {variable} is unset");
         return None;
     };
     Some(url)
@@ -34,8 +40,17 @@ pub struct Namespace {
 }
 
 impl Namespace {
-    /// A fresh namespace, or `None` when the test is to be skipped.
+    /// A fresh namespace in the shared Redis, or `None` when the test is to be skipped.
     pub fn new() -> Option<Namespace> {
+        Namespace::in_engine("SWITCHBOARD_REDIS")
+    }
+
+    /// A fresh namespace in the shared Redis Cluster, or `None` when the test is to be skipped.
+    pub fn in_cluster() -> Option<Namespace> {
+        Namespace::in_engine("SWITCHBOARD_REDIS_CLUSTER")
+    }
+
+    fn in_engine(variable: &str) -> Option<Namespace> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let started = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let prefix = format!(
@@ -43,34 +58,54 @@ impl Namespace {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        Some(Namespace { url: shared_redis()?, prefix })
+        Some(Namespace { url: engine_url(variable)?, prefix })
     }
 
     /// The configuration of a backend that keeps its keys under this namespace's prefix.
     pub fn config(&self) -> RedisConfig {
         let mut config =
-            RedisConfig::from_url(&self.url).expect("SWITCHBOARD_REDIS is a redis:// URL");
+            RedisConfig::from_url(&self.url).expect("the shared Redis has a Redis URL");
         config.prefix.clone_from(&self.prefix);
         config
     }
 
-    /// Every key under the prefix, sorted.
+    /// Every key under the prefix, bare or in a hash tag (`{prefix}…`), on every server, sorted.
     pub async fn keys(&self) -> Vec<String> {
-        let mut redis = self.connection().await;
+        let mut keys = Vec::new();
+        for mut server in self.servers().await {
+            keys.extend(self.keys_on(&mut server).await);
+        }
+        keys.sort();
+        keys
+    }
+
+    /// The servers: the one Redis, or each node of the cluster the URL names.
+    async fn servers(&self) -> Vec<redis::aio::MultiplexedConnection> {
+        let config = self.config();
+        let servers = if config.is_cluster() { config.cluster } else { vec![config.connection] };
+        let mut connections = Vec::new();
+        for server in servers {
+            let client = Client::open(server).expect("a Redis server's address");
+            connections
+                .push(client.get_multiplexed_async_connection().await.expect("a connection"));
+        }
+        connections
+    }
+
+    async fn keys_on(&self, redis: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
         let (mut cursor, mut keys) = (0_u64, Vec::new());
         loop {
             let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
-                .arg(format!("{}*", self.prefix))
+                .arg(format!("*{}*", self.prefix))
                 .arg("COUNT")
                 .arg(1000)
-                .query_async(&mut redis)
+                .query_async(redis)
                 .await
                 .expect("SCAN on the shared Redis");
             keys.extend(batch);
             if next == 0 {
-                keys.sort();
                 return keys;
             }
             cursor = next;
@@ -89,8 +124,20 @@ impl Namespace {
         }
     }
 
+    /// Removes every key under the prefix, from each server the keys it holds.
     pub async fn remove_keys(&self) {
-        self.delete(&self.keys().await).await;
+        for mut server in self.servers().await {
+            // One key per command: in a cluster, one command's keys must share a slot.
+            let keys = self.keys_on(&mut server).await;
+            if keys.is_empty() {
+                continue;
+            }
+            let mut unlink = redis::pipe();
+            for key in keys {
+                unlink.cmd("UNLINK").arg(key).ignore();
+            }
+            let () = unlink.query_async(&mut server).await.expect("UNLINK on the shared Redis");
+        }
     }
 
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {

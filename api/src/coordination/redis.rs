@@ -139,12 +139,12 @@ mod tests {
         RedisCoordination::with_config(&namespace.config()).expect("a RedisCoordination")
     }
 
-    /// The conformance functions, each against a fresh namespace.
+    /// The conformance functions, each against a fresh namespace that `$namespace` opens.
     macro_rules! conformance_tests {
-        ($($name:ident;)*) => {$(
+        ($namespace:expr => $($name:ident;)*) => {$(
             #[tokio::test]
             async fn $name() -> Result<(), CoordinationError> {
-                let Some(namespace) = Namespace::new() else { return Ok(()) };
+                let Some(namespace) = $namespace else { return Ok(()) };
                 conformance::$name(&node(&namespace)).await?;
                 namespace.remove_keys().await;
                 Ok(())
@@ -152,9 +152,20 @@ mod tests {
         )*};
     }
 
-    conformance_tests! {
+    conformance_tests! { Namespace::new() =>
         rate_limits_follow_gcra;
         claims_hold_until_released_or_expired;
+    }
+
+    /// The same behaviour on a Redis Cluster of three primaries, where the keys of one call
+    /// (claims released together) may be in different slots.
+    mod on_a_cluster {
+        use super::*;
+
+        conformance_tests! { Namespace::in_cluster() =>
+            rate_limits_follow_gcra;
+            claims_hold_until_released_or_expired;
+        }
     }
 
     #[tokio::test]

@@ -25,11 +25,15 @@ pub const CONNECTION_TIMEOUT: Duration = Duration::from_millis(500);
 /// operations, which Redis answers in well under a millisecond; the margin absorbs a busy machine.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// A parsed `redis://` or `rediss://` URL plus the timeouts.
+/// A parsed `redis://`, `rediss://` or `redis[s]+cluster://` URL plus the timeouts.
 #[derive(Clone)]
 pub struct RedisConfig {
-    /// Where Redis is, and the credentials the URL gave.
+    /// Where Redis is, and the credentials the URL gave: the server, or the first node the URL
+    /// names of a cluster.
     pub connection: ConnectionInfo,
+    /// For a Redis Cluster, every node the URL names, which the client learns the cluster from;
+    /// empty for a single Redis.
+    pub cluster: Vec<ConnectionInfo>,
     /// Prepended to every key.
     pub prefix: String,
     /// The CA certificates (PEM) that a TLS server's certificate must chain to, when the URL names
@@ -45,7 +49,46 @@ impl RedisConfig {
     /// certificates in FILE (PEM) when given, else against the system's trust store. The prefix
     /// defaults to [`DEFAULT_PREFIX`]; the other query parameters the redis crate knows (such as
     /// `protocol`) keep their meaning.
+    ///
+    /// `redis+cluster://[[user]:password@]host:port[,host:port…][?prefix=P]` (`rediss+cluster://`
+    /// with TLS, taking `ca=` as well) names a Redis Cluster by some of its nodes. A cluster has
+    /// one database only, so the URL has no `/db`, and the prefix may not hold `{` or `}`: the
+    /// keys that must share a slot put the prefix in a hash tag.
     pub fn from_url(url: &str) -> Result<RedisConfig, RedisFailure> {
+        let Some((scheme, rest)) = url.split_once("+cluster://") else {
+            return RedisConfig::single(url);
+        };
+        let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (credentials, hosts) = match authority.rsplit_once('@') {
+            Some((credentials, hosts)) => (format!("{credentials}@"), hosts),
+            None => (String::new(), authority),
+        };
+        if hosts.contains('/') {
+            return Err(RedisFailure(
+                "a Redis Cluster has one database: its URL takes no /db".to_owned(),
+            ));
+        }
+        let query = if query.is_empty() { String::new() } else { format!("?{query}") };
+        let nodes = hosts
+            .split(',')
+            .map(|host| RedisConfig::single(&format!("{scheme}://{credentials}{host}{query}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut config = nodes[0].clone();
+        if config.prefix.contains(['{', '}']) {
+            return Err(RedisFailure(
+                "on a Redis Cluster the key prefix may not hold `{` or `}`".to_owned(),
+            ));
+        }
+        config.cluster = nodes.into_iter().map(|node| node.connection).collect();
+        Ok(config)
+    }
+
+    /// Whether the URL named a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        !self.cluster.is_empty()
+    }
+
+    fn single(url: &str) -> Result<RedisConfig, RedisFailure> {
         // The URL may carry a password, so errors do not repeat it.
         let parsed = redis::parse_redis_url(url).ok_or_else(|| {
             RedisFailure("the Redis URL is not a valid redis:// or rediss:// URL".to_owned())
@@ -71,6 +114,7 @@ impl RedisConfig {
         };
         Ok(RedisConfig {
             connection,
+            cluster: Vec::new(),
             prefix,
             root_cert,
             connection_timeout: CONNECTION_TIMEOUT,
@@ -129,6 +173,27 @@ mod tests {
         let plain = RedisConfig::from_url(&format!("redis://:secret@host?ca={}", ca.display()));
         let refused = plain.err().expect("ca= without TLS is refused").to_string();
         assert!(refused.contains("rediss://") && !refused.contains("secret"), "{refused}");
+    }
+
+    #[test]
+    fn a_cluster_is_named_by_its_nodes_sharing_credentials_and_prefix() {
+        let url = "redis+cluster://app:secret@10.0.0.1:7000,10.0.0.2:7001?prefix=chat:";
+        let config = RedisConfig::from_url(url).expect("a cluster URL");
+        assert!(config.is_cluster());
+        assert_eq!(config.prefix, "chat:");
+        let nodes: Vec<_> = config.cluster.iter().map(|node| node.addr().to_string()).collect();
+        assert_eq!(nodes, ["10.0.0.1:7000", "10.0.0.2:7001"]);
+        for node in &config.cluster {
+            assert_eq!(node.redis_settings().username(), Some("app"));
+            assert_eq!(node.redis_settings().password(), Some("secret"));
+        }
+        assert!(!RedisConfig::from_url("redis://10.0.0.1:7000").expect("a URL").is_cluster());
+
+        let database = RedisConfig::from_url("redis+cluster://:secret@h1:7000,h2:7001/2");
+        let refused = database.err().expect("a cluster has one database").to_string();
+        assert!(refused.contains("/db") && !refused.contains("secret"), "{refused}");
+        let tagged = RedisConfig::from_url("redis+cluster://h1:7000?prefix=%7Bsb%7D");
+        assert!(tagged.is_err_and(|e| e.to_string().contains("`{` or `}`")));
     }
 
     #[test]

@@ -135,6 +135,14 @@ impl RedisFeeds {
         config: RedisConfig,
         retention: Retention,
     ) -> Result<RedisFeeds, FeedError> {
+        // An append writes many users' feeds in one script, and the fan-out listens on one
+        // subscription: both want one server.
+        if config.is_cluster() {
+            return Err(FeedError::Storage(
+                "feeds need a single Redis, not a Redis Cluster: give --feeds a redis:// URL of                  its own, or file://DIR"
+                    .to_owned(),
+            ));
+        }
         let call_timeout = config.call_timeout();
         let address = config.connection.addr().to_string();
         let unusable = |error: RedisError| {

@@ -266,3 +266,13 @@ async fn feeds_fail_fast_while_redis_is_away_and_followers_hear_again() -> Resul
     assert_eq!(next_entry(&mut heard, user, head.epoch).await, 2, "resubscribed");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_redis_cluster_is_refused_with_what_to_use_instead() {
+    let url = "redis+cluster://127.0.0.1:16380,127.0.0.1:16381";
+    let Err(FeedError::Storage(reason)) = RedisFeeds::connect(url, Retention::default()).await
+    else {
+        panic!("feeds on a Redis Cluster were accepted");
+    };
+    assert!(reason.contains("a single Redis") && reason.contains("file://"), "{reason}");
+}

@@ -1,15 +1,13 @@
 //! Presence in Redis: the backend that lets many API nodes share who is online.
 //!
-//! Every node talks to one Redis (a primary, with or without replicas; not Redis Cluster, because
-//! the session scripts reach keys they discover while running). Redis 7.0 or newer is needed for
-//! `SET … NX GET`. Each call is one round trip: one command, or one Lua script where several keys
-//! must change together, so the edges `open_session`/`close_session` report and the rate limits
-//! hold however many nodes call at once.
+//! Every node talks to one Redis (a primary, with or without replicas) or one Redis Cluster. Each
+//! call is one round trip, one Lua script, so the edges `open_session`/`close_session` report hold
+//! however many nodes call at once.
 //!
 //! # Keys
 //!
-//! Every key starts with the URL's prefix, `{P}` below (default
-//! [`DEFAULT_PREFIX`](config::DEFAULT_PREFIX)):
+//! Every key starts with the URL's prefix `P` (default
+//! [`DEFAULT_PREFIX`](crate::redis_client::config::DEFAULT_PREFIX)) in braces, a Redis hash tag:
 //!
 //! | key | type | holds |
 //! |---|---|---|
@@ -18,7 +16,13 @@
 //! | `{P}node:NODE:sessions` | set | the node's session registry: `USER:SESSION` members |
 //! | `{P}nodes` | set | nodes that held sessions or leases; where lapsed nodes are swept from |
 //!
-//! The keys are spelled out only in `scripts/sessions.lua`, the prelude every script shares.
+//! The keys are spelled out only in `scripts/sessions.lua`, the prelude every script shares. The
+//! scripts reach keys they find while running (the nodes a user's sessions are on, a lapsed
+//! node's registry), which no caller could name beforehand. The hash tag puts every presence key
+//! of a deployment in one slot, so on a Redis Cluster they are all on the node that runs the
+//! script, which each script is routed to by the one key it names, `{P}nodes`. Presence is light
+//! (a call per connect, disconnect and status query, a renewal per node every few seconds), so one
+//! slot carries it; the per-message traffic, rate limits and claims, spreads over the cluster.
 //!
 //! # Leases and clean-up
 //!
@@ -61,7 +65,8 @@ const SWEEP_BATCH: u32 = 500;
 /// Presence shared through Redis. See the module docs.
 pub struct RedisPresence {
     redis: RedisClient,
-    prefix: String,
+    /// The prefix in braces: what every key starts with.
+    tag: String,
     /// The node this process runs; see [`RedisPresence::connect`].
     node_id: String,
     scripts: Scripts,
@@ -119,7 +124,7 @@ impl RedisPresence {
     ) -> Result<RedisPresence, PresenceError> {
         let presence = RedisPresence {
             redis: RedisClient::new(&config)?,
-            prefix: config.prefix,
+            tag: format!("{{{}}}", config.prefix),
             node_id: node_id.to_owned(),
             scripts: Scripts::new(),
         };
@@ -143,7 +148,9 @@ impl RedisPresence {
     }
 
     fn session_script<'a>(&self, script: &'a Script) -> ScriptInvocation<'a> {
-        script.arg(&self.prefix)
+        let mut invocation = script.key(format!("{}nodes", self.tag));
+        invocation.arg(&self.tag);
+        invocation
     }
 
     async fn run<T: FromRedisValue + Send>(

@@ -25,12 +25,12 @@ async fn node(namespace: &Namespace, node_id: &str) -> RedisPresence {
     RedisPresence::with_config(namespace.config(), node_id).await.expect("a RedisPresence")
 }
 
-/// The conformance functions, each against a fresh namespace.
+/// The conformance functions, each against a fresh namespace that `$namespace` opens.
 macro_rules! conformance_tests {
-    ($($name:ident($($node:expr)?);)*) => {$(
+    ($namespace:expr => $($name:ident($($node:expr)?);)*) => {$(
         #[tokio::test]
         async fn $name() -> Result<(), PresenceError> {
-            let Some(namespace) = Namespace::new() else { return Ok(()) };
+            let Some(namespace) = $namespace else { return Ok(()) };
             conformance::$name(&node(&namespace, NODE).await $(, $node)?).await?;
             namespace.remove_keys().await;
             Ok(())
@@ -38,9 +38,19 @@ macro_rules! conformance_tests {
     )*};
 }
 
-conformance_tests! {
+conformance_tests! { Namespace::new() =>
     sessions_come_and_go_on_edges(NODE);
     a_lapsed_lease_takes_its_users_offline(NODE);
+}
+
+/// The same behaviour on a Redis Cluster of three primaries.
+mod on_a_cluster {
+    use super::*;
+
+    conformance_tests! { Namespace::in_cluster() =>
+        sessions_come_and_go_on_edges(NODE);
+        a_lapsed_lease_takes_its_users_offline(NODE);
+    }
 }
 
 async fn online(presence: &RedisPresence, user: UserId) -> Result<bool, PresenceError> {
@@ -98,10 +108,10 @@ async fn renewals_sweep_lapsed_nodes_away() -> Result<(), PresenceError> {
     sleep(Duration::from_millis(500)).await;
     // Nobody asks about these users; the survivor's renewal alone removes them.
     survivor.renew_lease(OTHER_NODE, LONG).await?;
-    let prefix = &namespace.prefix;
+    let tag = format!("{{{}}}", namespace.prefix);
     assert_eq!(
         namespace.keys().await,
-        [format!("{prefix}lease:{OTHER_NODE}"), format!("{prefix}nodes")],
+        [format!("{tag}lease:{OTHER_NODE}"), format!("{tag}nodes")],
         "nothing of the lapsed node is left"
     );
     namespace.remove_keys().await;

@@ -1,13 +1,14 @@
 -- Prelude of every session script: the key layout of sessions, leases and the session registry,
--- and the lazy clean-up of sessions held by nodes whose lease lapsed. ARGV[1] is the key prefix;
--- each script's own arguments start at ARGV[2].
+-- and the lazy clean-up of sessions held by nodes whose lease lapsed. ARGV[1] is the key prefix,
+-- a hash tag that puts every key below in the slot of KEYS[1], the set of known nodes; each
+-- script's own arguments start at ARGV[2].
 --
 -- Invariant kept by every script: member 'USER:SESSION' is in a node's registry exactly when
 -- USER's session hash maps SESSION to that node. None of these keys has a TTL (only the lease
 -- keys do), so expiry cannot break it.
 
 local prefix = ARGV[1]
-local nodes_key = prefix .. 'nodes'
+local nodes_key = KEYS[1]
 
 local function lease_key(node)
   return prefix .. 'lease:' .. node
