@@ -6,10 +6,16 @@
 //!   compared with a live one by a plain `diff`.
 //! - [`load`]: drives real WebSocket clients against a running node and reports what it held
 //!   and how fast, in place of the capacity estimates this project was asked to replace.
+//! - [`tail`]: prints a topic's events as JSON lines, decoded with their schemas, from either
+//!   log: what an operator or analyst reaches for before writing a consumer.
 //!
 //! Each command's options are a clap [`Args`](clap::Args) struct in its module, so the binary
 //! only has to list them.
 
 pub mod dump;
 pub mod load;
+mod log_source;
 pub mod rebuild;
+pub mod tail;
+#[cfg(test)]
+mod testing;

@@ -6,7 +6,6 @@
 //! is a definite point in the log even if something keeps appending.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,25 +14,18 @@ use switchboard_ingest::log::{Cursor, Log};
 use switchboard_projector::store::ReadModel;
 use switchboard_projector::{PROJECTED_TOPICS, Progress, Projector};
 
+use crate::log_source::LogArgs;
+
 /// Options of `switchboard rebuild`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Data directory of the node, for the default log location. Stop a node that uses an
-    /// embedded log first: it can only be open in one process.
-    #[arg(long, env = "SWITCHBOARD_DATA_DIR", default_value = "./data")]
-    pub data_dir: PathBuf,
-
-    /// The log to replay: file://DIR or kafka://HOST:PORT[?prefix=P] [default: file://<data-dir>/log].
-    #[arg(long, env = "SWITCHBOARD_LOG")]
-    pub log: Option<String>,
+    /// The log to replay.
+    #[command(flatten)]
+    pub source: LogArgs,
 
     /// The new, empty store to fold it into: a directory, file://DIR or scylla://HOST:PORT/KEYSPACE.
     #[arg(long)]
     pub into: String,
-
-    /// Partitions per topic of the log, as `switchboard serve` created it.
-    #[arg(long, env = "SWITCHBOARD_PARTITIONS", default_value_t = 8)]
-    pub partitions: u32,
 }
 
 /// What a rebuild did.
@@ -59,15 +51,7 @@ impl fmt::Display for Report {
 /// Runs `switchboard rebuild`: opens the log and the new store, replays, and prints the
 /// [`Report`].
 pub async fn command(args: Args) -> anyhow::Result<()> {
-    let log_url =
-        args.log.unwrap_or_else(|| format!("file://{}", args.data_dir.join("log").display()));
-    // Opening an embedded log creates it when missing, and an empty log would "rebuild" nothing.
-    if let Some(dir) = log_url.strip_prefix("file://") {
-        ensure!(Path::new(dir).is_dir(), "{dir} holds no log");
-    }
-    let log = switchboard_ingest::log::open(&log_url, args.partitions)
-        .await
-        .with_context(|| format!("opening the log at {log_url}"))?;
+    let log = args.source.open().await?;
     let into = store_url(&args.into);
     let store = switchboard_projector::store::open(&into)
         .await
@@ -106,38 +90,10 @@ pub async fn rebuild(log: Arc<dyn Log>, into: Arc<dyn ReadModel>) -> anyhow::Res
 mod tests {
     use super::*;
     use crate::dump::write_dump;
-    use switchboard_ingest::ids::IdGenerator;
+    use crate::testing::{ingest, written_log};
+    use switchboard_ingest::Origin;
     use switchboard_ingest::log::embedded::EmbeddedLog;
-    use switchboard_ingest::{Ingest, Limits, Origin};
     use switchboard_projector::store::embedded::EmbeddedStore;
-    use switchboard_schemas::{ConversationKind, MessageId, MessageSent};
-
-    /// A log holding two users, a conversation between them and `messages` messages.
-    async fn written_log(dir: &Path, messages: usize) -> (Arc<dyn Log>, u64) {
-        let log: Arc<dyn Log> = Arc::new(EmbeddedLog::open(dir, 2).unwrap());
-        let limits = Limits { max_body_bytes: 1024, max_group_members: 8 };
-        let ingest = Ingest::new(Arc::clone(&log), IdGenerator::new(1).unwrap(), limits);
-        let origin = Origin::system("test");
-        let (ada, _) = ingest.register_user(&origin, "ada", "Ada", "hash".into()).await.unwrap();
-        let (bob, _) = ingest.register_user(&origin, "bob", "Bob", "hash".into()).await.unwrap();
-        let (conversation_id, _) = ingest
-            .create_conversation(&origin, ConversationKind::Direct, None, vec![ada, bob])
-            .await
-            .unwrap();
-        for i in 0..messages {
-            let message = MessageSent {
-                conversation_id,
-                message_id: MessageId(ingest.next_id()),
-                sender: ada,
-                client_msg_id: format!("m{i}"),
-                body: format!("hello {i}"),
-                reply_to: None,
-                attachments: Vec::new(),
-            };
-            ingest.send_message(&Origin::user(ada, "test"), message).await.unwrap();
-        }
-        (log, 3 + messages as u64)
-    }
 
     async fn dumped(store: &EmbeddedStore) -> String {
         let mut out = Vec::new();
@@ -169,10 +125,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (log, written) = written_log(&dir.path().join("log"), 2).await;
         let until = Cursor::end(log.as_ref(), &PROJECTED_TOPICS).await.unwrap();
-        let origin = Origin::system("test");
-        let limits = Limits { max_body_bytes: 1024, max_group_members: 8 };
-        Ingest::new(Arc::clone(&log), IdGenerator::new(2).unwrap(), limits)
-            .register_user(&origin, "late", "Late", "hash".into())
+        ingest(&log, 2)
+            .register_user(&Origin::system("test"), "late", "Late", "hash".into())
             .await
             .unwrap();
 

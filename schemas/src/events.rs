@@ -87,6 +87,9 @@ macro_rules! events {
         }
 
         impl Payload {
+            /// Every [`Payload::type_name`], topic by topic.
+            pub const TYPE_NAMES: &[&str] = &[$($($type_name,)*)*];
+
             /// The topic this event is appended to.
             pub fn topic(&self) -> Topic {
                 match self {

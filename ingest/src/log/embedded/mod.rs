@@ -92,10 +92,15 @@ impl EmbeddedLog {
         std::fs::create_dir_all(dir)
             .map_err(|e| LogError::Storage(format!("creating log directory {shown}: {e}")))?;
         // Every write is made durable explicitly: by the writer's sync after each batch.
-        let db = Database::builder(dir)
-            .manual_journal_persist(true)
-            .open()
-            .map_err(|e| LogError::Storage(format!("opening log in {shown}: {e}")))?;
+        let db = Database::builder(dir).manual_journal_persist(true).open().map_err(|e| {
+            LogError::Storage(match e {
+                fjall::Error::Locked => format!(
+                    "another process holds the log in {shown} (a running node?): an embedded log \
+                     is open in one process at a time"
+                ),
+                e => format!("opening log in {shown}: {e}"),
+            })
+        })?;
         let storage =
             |what: &str, e: fjall::Error| LogError::Storage(format!("{what} in {shown}: {e}"));
 
