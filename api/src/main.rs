@@ -35,6 +35,8 @@ enum Command {
     Rebuild(switchboard_ops::rebuild::Args),
     /// Print every read model of a store in a stable text form, for comparing stores.
     Dump(switchboard_ops::dump::Args),
+    /// Compare two stores table by table, with checksums; name the first row that differs.
+    Verify(switchboard_ops::verify::Args),
     /// Print a topic's events as JSON lines, decoded with their schemas.
     Tail(switchboard_ops::tail::Args),
     /// Drive a running node with WebSocket clients and report the capacity it showed.
@@ -57,6 +59,7 @@ fn main() -> std::process::ExitCode {
         }
         Command::Rebuild(args) => run(switchboard_ops::rebuild::command(args)),
         Command::Dump(args) => run(switchboard_ops::dump::command(args)),
+        Command::Verify(args) => run(switchboard_ops::verify::command(args)),
         Command::Tail(args) => run(switchboard_ops::tail::command(args)),
         Command::Load(args) => run(switchboard_ops::load::command(args)),
     };

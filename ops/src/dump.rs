@@ -4,6 +4,7 @@
 //! rebuild with nothing more than `diff <(switchboard dump --store a) <(switchboard dump --store b)`.
 
 use std::io::Write;
+use std::sync::Arc;
 
 use anyhow::{Context, ensure};
 use switchboard_projector::store::ReadModel;
@@ -20,15 +21,24 @@ pub struct Args {
 
 /// Runs `switchboard dump`.
 pub async fn command(args: Args) -> anyhow::Result<()> {
-    let url = crate::rebuild::store_url(&args.store);
-    // Opening an embedded store creates it when missing; a typo should not dump an empty store.
+    let store = open(&crate::rebuild::store_url(&args.store)).await?;
+    write_dump(store.as_ref(), &mut std::io::stdout()).await
+}
+
+/// The dump of the store at `url`, which must exist.
+pub async fn dump_of(url: &str) -> anyhow::Result<String> {
+    let store = open(url).await?;
+    store.dump().await.with_context(|| format!("reading the store at {url}"))
+}
+
+async fn open(url: &str) -> anyhow::Result<Arc<dyn ReadModel>> {
+    // Opening an embedded store creates it when missing; a typo should not read as an empty store.
     if let Some(dir) = url.strip_prefix("file://") {
         ensure!(std::path::Path::new(dir).is_dir(), "{dir} is not a store directory");
     }
-    let store = switchboard_projector::store::open(&url)
+    switchboard_projector::store::open(url)
         .await
-        .with_context(|| format!("opening the store at {url}"))?;
-    write_dump(store.as_ref(), &mut std::io::stdout()).await
+        .with_context(|| format!("opening the store at {url}"))
 }
 
 /// Writes the dump of `store` to `out`, ending with a newline.

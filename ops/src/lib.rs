@@ -6,6 +6,8 @@
 //!   compared with a live one by a plain `diff`.
 //! - [`load`]: drives real WebSocket clients against a running node and reports what it held
 //!   and how fast, in place of the capacity estimates this project was asked to replace.
+//! - [`verify`]: compares two stores table by table, with checksums, and names the first row
+//!   that differs.
 //! - [`tail`]: prints a topic's events as JSON lines, decoded with their schemas, from either
 //!   log: what an operator or analyst reaches for before writing a consumer.
 //!
@@ -19,3 +21,4 @@ pub mod rebuild;
 pub mod tail;
 #[cfg(test)]
 mod testing;
+pub mod verify;
