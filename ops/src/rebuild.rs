@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use switchboard_ingest::log::{Cursor, Log};
 use switchboard_projector::store::ReadModel;
 use switchboard_projector::{PROJECTED_TOPICS, Progress, Projector};
@@ -78,12 +79,38 @@ pub async fn rebuild(log: Arc<dyn Log>, into: Arc<dyn ReadModel>) -> anyhow::Res
     );
     let until =
         Cursor::end(log.as_ref(), &PROJECTED_TOPICS).await.context("reading where the log ends")?;
-    let projector = Projector::new(log, into, Progress::new(Cursor::default()));
-    let events = projector
-        .catch_up(&until)
-        .await
-        .with_context(|| format!("replaying the log up to {until}"))?;
+    let progress = Progress::new(Cursor::default());
+    let shown = tokio::spawn(show(progress.clone(), until.clone()));
+    let projector = Projector::new(log, into, progress);
+    let events = projector.catch_up(&until).await;
+    shown.abort();
+    let events = events.with_context(|| format!("replaying the log up to {until}"))?;
     Ok(Report { events, elapsed: started.elapsed() })
+}
+
+/// How often the progress bar is redrawn.
+const SHOW_EVERY: Duration = Duration::from_millis(200);
+
+/// Draws the replay's progress on the terminal (nothing when stderr is not one): events done,
+/// events/s and the time left, counted in log offsets, which number the events.
+async fn show(progress: Progress, until: Cursor) {
+    let offsets = |cursor: &Cursor| -> u64 {
+        until
+            .iter()
+            .map(|(topic, partition, end)| cursor.get(topic, partition).unwrap_or(0).min(end))
+            .sum()
+    };
+    let bar = ProgressBar::with_draw_target(Some(offsets(&until)), ProgressDrawTarget::stderr())
+        .with_style(
+            ProgressStyle::with_template(
+                "{bar:40} {human_pos}/{human_len} events  {per_sec}  {eta} left",
+            )
+            .expect("a valid template"),
+        );
+    loop {
+        bar.set_position(offsets(&progress.current()));
+        tokio::time::sleep(SHOW_EVERY).await;
+    }
 }
 
 #[cfg(test)]
