@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Installs the Debian packages building switchboard needs beyond a Rust toolchain: cmake and a C
 # compiler for librdkafka (built from source by the rdkafka crate), and the headers it compiles
-# against, and openssl, with which the tests make TLS certificates. Does nothing when they are all
-# there.
+# against, openssl, with which the tests make TLS certificates, and Prometheus, against which the
+# dashboards and alerts are checked. Does nothing when they are all there.
 set -euo pipefail
 
 needed=()
 command -v cmake >/dev/null || needed+=(cmake)
 command -v cc >/dev/null || needed+=(build-essential)
 command -v openssl >/dev/null || needed+=(openssl)
+# The monitoring check runs a real Prometheus (with promtool) and reads the rules with PyYAML.
+command -v prometheus >/dev/null || needed+=(prometheus)
+python3 -c 'import yaml' 2>/dev/null || needed+=(python3-yaml)
 for package in libcurl4-openssl-dev libsasl2-dev zlib1g-dev; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || needed+=("$package")
 done

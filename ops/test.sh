@@ -2,7 +2,8 @@
 # Runs every test of switchboard, on a fresh machine too:
 #   1. the system packages the build needs (Debian: cmake and the C headers librdkafka builds with),
 #   2. formatting and lints,
-#   3. every suite on the embedded backends, and each fuzz target for 30 s (ops/fuzz.sh),
+#   3. every suite on the embedded backends, the dashboards and alerts against a live node and
+#      Prometheus (ops/monitoring/check.sh), and each fuzz target for 30 s (ops/fuzz.sh),
 #   4. the real engines (Kafka, Cassandra, Redis and a Redis Cluster: ops/engines/start.sh fetches
 #      and starts them),
 #   5. the backend conformance suites and the end-to-end suites again, on those engines.
@@ -36,6 +37,12 @@ total() {
 
 echo "== tests on the embedded backends"
 cargo test --workspace --locked 2>&1 | tee -a "$results"
+
+echo "== dashboards and alerts against a live node and a real Prometheus"
+cargo build --locked -p switchboard-api --bin switchboard
+target_dir=$(cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+ops/monitoring/check.sh "$target_dir/debug/switchboard"
 
 echo "== fuzzing what clients and the log send, 30 s per target"
 ops/fuzz.sh 30

@@ -326,11 +326,14 @@ where
     F: Fn(CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    // Exported from the start, so that an alert on restarts sees each task at zero.
+    let restarts = metrics::counter!("task_restarts_total", "task" => name);
+    restarts.increment(0);
     while !stop.is_cancelled() {
         match start(stop.clone()).await {
             Ok(()) => break,
             Err(error) => {
-                metrics::counter!("task_restarts_total", "task" => name).increment(1);
+                restarts.increment(1);
                 tracing::error!(
                     task = name,
                     error = format!("{error:#}"),

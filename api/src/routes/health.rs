@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
-use switchboard_ingest::log::Cursor;
+use switchboard_ingest::log::{Cursor, LogError};
 use switchboard_projector::PROJECTED_TOPICS;
 
 use crate::hub::StageState;
@@ -19,13 +19,9 @@ pub async fn healthz() -> Json<Value> {
 /// hears its users' feeds, and (on a node that projects) every delivery lane routes. Reports how
 /// far the projector lags.
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let log = state.ingest.log();
-    let end = Cursor::end(log.as_ref(), &PROJECTED_TOPICS).await;
+    let end = log_end(&state).await;
     let store = state.store.checkpoint().await;
-    let lag = end.as_ref().ok().map(|end| lag(end, &state.progress.current()));
-    if let Some(lag) = lag {
-        metrics::gauge!("projector_lag_events").set(lag as f64);
-    }
+    let lag = end.as_ref().ok().map(|end| lag(&state, end));
     let fanout = state.config.role.serves_clients().then(|| state.hub.state());
     let delivery: Vec<(&str, StageState)> =
         state.delivery.iter().map(|stage| (stage.lane.group, stage.state())).collect();
@@ -51,17 +47,28 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     (status, Json(body))
 }
 
-/// Events appended but not yet applied to the read models.
-fn lag(end: &Cursor, applied: &Cursor) -> u64 {
-    end.iter()
+async fn log_end(state: &AppState) -> Result<Cursor, LogError> {
+    Cursor::end(state.ingest.log().as_ref(), &PROJECTED_TOPICS).await
+}
+
+/// Events appended but not yet applied to the read models, also kept as a gauge.
+fn lag(state: &AppState, end: &Cursor) -> u64 {
+    let applied = state.progress.current();
+    let lag = end
+        .iter()
         .map(|(topic, partition, next)| {
             next.saturating_sub(applied.get(topic, partition).unwrap_or(0))
         })
-        .sum()
+        .sum();
+    metrics::gauge!("projector_lag_events").set(lag as f64);
+    lag
 }
 
-/// Prometheus text format.
+/// Prometheus text format, with the process figures and the projector's lag as of now.
 pub async fn metrics(State(state): State<AppState>) -> String {
     crate::telemetry::record_process_metrics();
+    if let Ok(end) = log_end(&state).await {
+        lag(&state, &end);
+    }
     state.metrics.render()
 }
