@@ -196,6 +196,12 @@ const METRICS: &[Metric] = &[
         help: "events in the log not yet in the read models",
     },
     Metric {
+        name: "consumer_lag_events",
+        kind: Kind::Gauge,
+        labels: &["group", "topic", "partition"],
+        help: "events in a partition a consumer group has not committed",
+    },
+    Metric {
         name: "delivery_ready",
         kind: Kind::Gauge,
         labels: &["lane"],

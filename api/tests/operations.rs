@@ -37,6 +37,29 @@ async fn health_readiness_and_metrics_answer() {
     assert!(value("process_resident_memory_bytes") > 1e6);
     assert!(metrics.contains("http_request_duration_seconds_bucket"), "response times per route");
     assert!(metrics.contains("log_append_seconds"), "log append latency");
+    assert!(metrics.contains("# HELP messages_sent_total "), "every metric says what it is");
+
+    // Every partition of the projector's topics has its lag, which falls to zero once the
+    // read models hold the message.
+    let projector_lag = |metrics: &str| -> (usize, f64) {
+        let series: Vec<f64> = metrics
+            .lines()
+            .filter(|l| l.starts_with("consumer_lag_events{group=\"projector\""))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        (series.len(), series.iter().sum())
+    };
+    let partitions = 8 * switchboard_projector::PROJECTED_TOPICS.len();
+    let mut lag = projector_lag(&metrics);
+    for _ in 0..50 {
+        if lag.1 == 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let (_, metrics) = api.call(Method::GET, "/metrics", None, None).await;
+        lag = projector_lag(metrics.as_str().unwrap());
+    }
+    assert_eq!(lag, (partitions, 0.0), "series per partition, and the projector caught up");
 }
 
 #[tokio::test]

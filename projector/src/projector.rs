@@ -14,7 +14,8 @@ pub const PROJECTED_TOPICS: [Topic; 5] =
     [Topic::Users, Topic::Conversations, Topic::Messages, Topic::Presence, Topic::Calls];
 
 /// The consumer group projector workers share the log's partitions in.
-const GROUP: &str = "projector";
+/// The consumer group the projector workers share.
+pub const GROUP: &str = "projector";
 
 /// How many records one read-model write takes at most.
 const BATCH: usize = 2048;

@@ -38,7 +38,8 @@ const SWEEP: Duration = Duration::from_millis(500);
 /// How long a room may stay empty: a room's first participant joins just after it starts.
 const EMPTY_ROOM: Duration = Duration::from_secs(2);
 
-const GROUP: &str = "call-timer";
+/// The consumer group of the ring timers, one per node that serves clients.
+pub const GROUP: &str = "call-timer";
 
 /// What the timer logs for a call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -5,9 +5,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 use switchboard_ingest::log::{Cursor, LogError};
-use switchboard_projector::PROJECTED_TOPICS;
+use switchboard_projector::{PROJECTED_TOPICS, PROJECTOR_GROUP};
+use switchboard_schemas::Topic;
 
+use crate::calls::timer;
 use crate::hub::StageState;
+use crate::hub::deliver;
 use crate::state::AppState;
 
 /// The process is up.
@@ -64,11 +67,44 @@ fn lag(state: &AppState, end: &Cursor) -> u64 {
     lag
 }
 
-/// Prometheus text format, with the process figures and the projector's lag as of now.
+/// Prometheus text format, with the process figures and the consumers' lag as of now.
 pub async fn metrics(State(state): State<AppState>) -> String {
     crate::telemetry::record_process_metrics();
     if let Ok(end) = log_end(&state).await {
         lag(&state, &end);
     }
+    if let Err(error) = record_consumer_lag(&state).await {
+        tracing::debug!(%error, "consumer lag left out of the metrics");
+    }
     state.metrics.render()
+}
+
+/// Every consumer group of a deployment and the topics it reads.
+const GROUPS: [(&str, &[Topic]); 4] = [
+    (PROJECTOR_GROUP, &PROJECTED_TOPICS),
+    (deliver::HISTORY.group, deliver::HISTORY.topics),
+    (deliver::PRESENCE.group, deliver::PRESENCE.topics),
+    (timer::GROUP, &[Topic::Calls]),
+];
+
+/// Each group's lag per partition: the log's end less the group's committed offset, which is
+/// what `kafka-consumer-groups --describe` shows. Every node reports every group, whichever node
+/// consumes it. A group that never committed (one not run yet) has no lag to report. The ring
+/// timer commits only up to the oldest call still live, so its lag holds those calls' events.
+async fn record_consumer_lag(state: &AppState) -> Result<(), LogError> {
+    let log = state.ingest.log();
+    let end = Cursor::end(log.as_ref(), &Topic::ALL).await?;
+    for (group, topics) in GROUPS {
+        let committed = log.committed(group).await?;
+        if committed.is_empty() {
+            continue;
+        }
+        for (topic, partition, end) in end.iter().filter(|(topic, ..)| topics.contains(topic)) {
+            let lag = end.saturating_sub(committed.get(topic, partition).unwrap_or(0));
+            let (topic, partition) = (topic.name(), partition.to_string());
+            metrics::gauge!("consumer_lag_events", "group" => group, "topic" => topic, "partition" => partition)
+                .set(lag as f64);
+        }
+    }
+    Ok(())
 }
