@@ -39,6 +39,8 @@ enum Command {
     Verify(switchboard_ops::verify::Args),
     /// Print a topic's events as JSON lines, decoded with their schemas.
     Tail(switchboard_ops::tail::Args),
+    /// Ask each node of a deployment how it is; print its readiness and the consumers' lag.
+    Status(switchboard_ops::status::Args),
     /// Drive a running node with WebSocket clients and report the capacity it showed.
     Load(switchboard_ops::load::Args),
 }
@@ -61,6 +63,7 @@ fn main() -> std::process::ExitCode {
         Command::Dump(args) => run(switchboard_ops::dump::command(args)),
         Command::Verify(args) => run(switchboard_ops::verify::command(args)),
         Command::Tail(args) => run(switchboard_ops::tail::command(args)),
+        Command::Status(args) => run(switchboard_ops::status::command(args)),
         Command::Load(args) => run(switchboard_ops::load::command(args)),
     };
     match result {

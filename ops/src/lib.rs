@@ -8,6 +8,7 @@
 //!   and how fast, in place of the capacity estimates this project was asked to replace.
 //! - [`verify`]: compares two stores table by table, with checksums, and names the first row
 //!   that differs.
+//! - [`status`]: asks each node of a deployment how it is, and prints the consumer groups' lag.
 //! - [`tail`]: prints a topic's events as JSON lines, decoded with their schemas, from either
 //!   log: what an operator or analyst reaches for before writing a consumer.
 //!
@@ -18,6 +19,7 @@ pub mod dump;
 pub mod load;
 mod log_source;
 pub mod rebuild;
+pub mod status;
 pub mod tail;
 #[cfg(test)]
 mod testing;

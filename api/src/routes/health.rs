@@ -39,6 +39,8 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
             .collect::<serde_json::Map<_, _>>()
     });
     let body = json!({
+        "node": state.node_id,
+        "role": state.config.role.to_string(),
         "ready": ready,
         "log": end.err().map_or("ok".to_owned(), |e| e.to_string()),
         "store": store.err().map_or("ok".to_owned(), |e| e.to_string()),
