@@ -43,6 +43,8 @@ enum Command {
     Status(switchboard_ops::status::Args),
     /// Drive a running node with WebSocket clients and report the capacity it showed.
     Load(switchboard_ops::load::Args),
+    /// Plan nodes, partitions, cores and memory for a number of users from measured figures.
+    Capacity(switchboard_ops::capacity::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -65,6 +67,7 @@ fn main() -> std::process::ExitCode {
         Command::Tail(args) => run(switchboard_ops::tail::command(args)),
         Command::Status(args) => run(switchboard_ops::status::command(args)),
         Command::Load(args) => run(switchboard_ops::load::command(args)),
+        Command::Capacity(args) => switchboard_ops::capacity::command(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

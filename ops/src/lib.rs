@@ -4,6 +4,7 @@
 //!   truth, so any read model can be thrown away and rebuilt; this is how.
 //! - [`dump`]: prints every read model in a stable text form, so a rebuilt store can be
 //!   compared with a live one by a plain `diff`.
+//! - [`capacity`]: the seed's capacity tables, computed from the figures `ops/bench.sh` measured.
 //! - [`load`]: drives real WebSocket clients against a running node and reports what it held
 //!   and how fast, in place of the capacity estimates this project was asked to replace.
 //! - [`verify`]: compares two stores table by table, with checksums, and names the first row
@@ -15,6 +16,7 @@
 //! Each command's options are a clap [`Args`](clap::Args) struct in its module, so the binary
 //! only has to list them.
 
+pub mod capacity;
 pub mod dump;
 pub mod load;
 mod log_source;
