@@ -18,6 +18,8 @@ use std::path::PathBuf;
 use anyhow::{Context, ensure};
 use serde::Deserialize;
 
+use crate::load::report::thousands;
+
 /// The figures measured on the test machine.
 const MEASURED: &str = include_str!("../capacity/figures.json");
 
@@ -200,18 +202,6 @@ pub fn command(args: Args) -> anyhow::Result<()> {
 }
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
-
-fn thousands(n: f64) -> String {
-    let digits = format!("{:.0}", n.max(0.0));
-    let mut out = String::new();
-    for (i, digit) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(digit);
-    }
-    out
-}
 
 /// The seed's comparison table, with measured figures in place of its guesses.
 pub fn table(figures: &Figures, users: u64, profile: &Profile) -> String {

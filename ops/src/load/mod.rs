@@ -33,7 +33,7 @@ mod idle;
 mod metrics;
 mod pacing;
 mod reconnect;
-mod report;
+pub(crate) mod report;
 mod saved;
 mod setup;
 mod tally;

@@ -331,7 +331,7 @@ pub(super) fn percentile_row(name: &str, p: &Percentiles, decimals: usize) -> Ve
     ]
 }
 
-pub(super) fn thousands(value: f64) -> String {
+pub(crate) fn thousands(value: f64) -> String {
     let digits = format!("{:.0}", value.abs());
     let mut grouped = String::new();
     for (i, digit) in digits.chars().enumerate() {
