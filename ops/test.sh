@@ -6,12 +6,14 @@
 #      Prometheus (ops/monitoring/check.sh), and each fuzz target for 30 s (ops/fuzz.sh),
 #   4. the real engines (Kafka, Cassandra, Redis and a Redis Cluster: ops/engines/start.sh fetches
 #      and starts them),
-#   5. the backend conformance suites and the end-to-end suites again, on those engines.
+#   5. the backend conformance suites and the end-to-end suites again, on those engines, with
+#      examples/analytics run on Kafka by Confluent's Python client (pip installs it, at the
+#      pinned versions, in a virtual environment under the target directory).
 #
 #   ops/test.sh
 #
-# Needs a Rust toolchain (cargo, and rustup's nightly for the fuzz targets) and Java 17 for the
-# engines; everything else it installs.
+# Needs a Rust toolchain (cargo, and rustup's nightly for the fuzz targets), Java 17 for the
+# engines and Python 3 for the analytics example; everything else it installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Each crate is built once per run: incremental state would only fill the disk.
@@ -47,6 +49,12 @@ ops/monitoring/check.sh "$target_dir/debug/switchboard"
 echo "== fuzzing what clients and the log send, 30 s per target"
 ops/fuzz.sh 30
 
+echo "== Python environment of examples/analytics"
+analytics_venv="${CARGO_TARGET_DIR:-target}/analytics-venv"
+[ -x "$analytics_venv/bin/python" ] || python3 -m venv "$analytics_venv"
+"$analytics_venv/bin/pip" install --quiet --disable-pip-version-check -r examples/analytics/requirements.txt
+analytics_python="$(cd "$analytics_venv" && pwd)/bin/python"
+
 echo "== engines"
 # Kafka's storage format takes every shape of cluster id a start may draw.
 ops/engines/check-cluster-ids.sh
@@ -70,6 +78,7 @@ echo "== tests on Kafka, Cassandra and Redis"
 # Each test server gets its own topics, keyspace and key prefix: {unique} is filled in per server.
 # A consumer group takes seconds to form on a busy machine: consistency waits get room for it.
 SWITCHBOARD_REQUIRE_ENGINES=1 \
+SWITCHBOARD_ANALYTICS_PYTHON="$analytics_python" \
 SWITCHBOARD_KAFKA="127.0.0.1:${KAFKA_PORT}" \
 SWITCHBOARD_CQL="127.0.0.1:${CQL_PORT}" \
 SWITCHBOARD_REDIS="redis://127.0.0.1:${REDIS_PORT}" \

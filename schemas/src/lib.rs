@@ -13,10 +13,13 @@ mod codec;
 mod events;
 mod ids;
 mod registry;
+// Also for other crates' tests, through the `testing` feature.
+#[cfg(any(test, feature = "testing"))]
+pub mod samples;
 mod topic;
 
 pub use codec::{Codec, CodecError, MAX_FIELD_LENGTH};
 pub use events::*;
 pub use ids::{CallId, ConversationId, MediaId, MessageId, UserId};
-pub use registry::{Registry, RegistryError, SchemaVersion};
+pub use registry::{COMPATIBILITY_LEVEL, Registry, RegistryError, SchemaVersion};
 pub use topic::{Position, Topic};

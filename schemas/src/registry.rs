@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use apache_avro::Schema;
+use apache_avro::error::CompatibilityError;
+use apache_avro::schema_compatibility::SchemaCompatibility;
 
 /// Registered versions: subject, version, id and the schema text.
 const REGISTERED: &[(&str, u32, u32, &str)] = &[
@@ -21,6 +23,11 @@ const REGISTERED: &[(&str, u32, u32, &str)] = &[
     ("signals-value", 1, 6, include_str!("../avro/versions/signals-value.v1.avsc")),
     ("calls-value", 2, 8, include_str!("../avro/versions/calls-value.v2.avsc")),
 ];
+
+/// The evolution rule every subject follows, in Confluent's terms: each new version reads what
+/// all earlier versions of its subject wrote (`tests/compatibility.rs` holds the registered
+/// versions to it).
+pub const COMPATIBILITY_LEVEL: &str = "BACKWARD_TRANSITIVE";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -37,6 +44,14 @@ pub struct SchemaVersion {
     /// The schema as registered, for serving over HTTP.
     pub text: &'static str,
     pub schema: Schema,
+}
+
+impl SchemaVersion {
+    /// Whether `reader` reads every datum written with this version: what a new version must
+    /// do for each earlier one under [`COMPATIBILITY_LEVEL`].
+    pub fn readable_by(&self, reader: &Schema) -> Result<(), CompatibilityError> {
+        SchemaCompatibility::can_read(&self.schema, reader)
+    }
 }
 
 #[derive(Debug)]
@@ -89,6 +104,15 @@ impl Registry {
         self.versions(subject).max_by_key(|v| v.version)
     }
 
+    /// The version of `subject` that is `schema`. Both are compared as parsed schemas written
+    /// out again, so layout, key order and how a type is spelled (`"string"` or
+    /// `{"type":"string"}`) do not matter, while what a reader resolves by (names, defaults,
+    /// aliases, logical types) does.
+    pub fn find(&self, subject: &str, schema: &Schema) -> Option<&SchemaVersion> {
+        let wanted = normalized(schema);
+        self.versions(subject).find(|version| normalized(&version.schema) == wanted)
+    }
+
     pub fn subjects(&self) -> Vec<&'static str> {
         let mut subjects: Vec<_> = Vec::new();
         for version in &self.versions {
@@ -98,6 +122,10 @@ impl Registry {
         }
         subjects
     }
+}
+
+fn normalized(schema: &Schema) -> serde_json::Value {
+    serde_json::to_value(schema).expect("a parsed schema writes out as JSON")
 }
 
 #[cfg(test)]
@@ -110,5 +138,19 @@ mod tests {
         let subjects = registry.subjects();
         assert_eq!(subjects.len(), 6, "{subjects:?}");
         assert_eq!(registry.latest("calls-value").map(|v| (v.version, v.id)), Some((2, 8)));
+    }
+
+    #[test]
+    fn a_schema_is_found_under_its_subject_however_its_text_is_laid_out() {
+        let registry = Registry::builtin();
+        let v1 = registry.versions("messages-value").next().unwrap();
+        let mut json: serde_json::Value = serde_json::from_str(v1.text).unwrap();
+        let compact = Schema::parse_str(&json.to_string()).unwrap();
+        assert_eq!(registry.find("messages-value", &compact).map(|v| v.id), Some(v1.id));
+        assert!(registry.find("calls-value", &compact).is_none(), "another subject's schema");
+
+        json["fields"][0]["default"] = serde_json::json!("changed");
+        let changed = Schema::parse_str(&json.to_string()).unwrap();
+        assert!(registry.find("messages-value", &changed).is_none(), "a default is part of it");
     }
 }

@@ -7,123 +7,6 @@ use apache_avro::schema::UnionSchema;
 use apache_avro::types::Value;
 use switchboard_schemas::*;
 
-fn samples() -> Vec<Payload> {
-    let (u1, u2) = (UserId(1_234_567_890_123), UserId(9_876_543_210_987));
-    let conv = ConversationId(7_000_000_000_000_000_001);
-    let msg = MessageId(7_100_000_000_000_000_002);
-    let call = CallId(7_200_000_000_000_000_003);
-    let media = MediaId(7_300_000_000_000_000_004);
-    vec![
-        UserRegistered {
-            user_id: u1,
-            handle: "ada".into(),
-            display_name: "Ada Lovelace".into(),
-            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
-        }
-        .into(),
-        ProfileUpdated { user_id: u1, display_name: "Ada".into() }.into(),
-        ConversationCreated {
-            conversation_id: conv,
-            kind: ConversationKind::Group,
-            title: Some("engines".into()),
-            members: vec![u1, u2],
-        }
-        .into(),
-        ConversationCreated {
-            conversation_id: conv,
-            kind: ConversationKind::Direct,
-            title: None,
-            members: vec![u1, u2],
-        }
-        .into(),
-        MemberAdded { conversation_id: conv, user_id: u2 }.into(),
-        MemberRemoved { conversation_id: conv, user_id: u2 }.into(),
-        ConversationRenamed { conversation_id: conv, title: "analytical".into() }.into(),
-        MessageSent {
-            conversation_id: conv,
-            message_id: msg,
-            sender: u1,
-            client_msg_id: "c-1".into(),
-            body: "hello, ünïcode ✓".into(),
-            reply_to: Some(MessageId(5)),
-            attachments: vec![media, MediaId(7_300_000_000_000_000_005)],
-        }
-        .into(),
-        MessageEdited { conversation_id: conv, message_id: msg, body: "hi".into() }.into(),
-        MessageDeleted { conversation_id: conv, message_id: msg }.into(),
-        ReadUpTo { conversation_id: conv, user_id: u2, message_id: msg }.into(),
-        Delivered { conversation_id: conv, user_id: u2, message_id: msg }.into(),
-        MediaUploaded {
-            conversation_id: conv,
-            media_id: media,
-            uploader: u1,
-            content_type: "image/png".into(),
-            size: 524_288_000,
-            file_name: Some("tea party.png".into()),
-            object_key: format!("{conv}/{media}"),
-        }
-        .into(),
-        MediaUploaded {
-            conversation_id: conv,
-            media_id: media,
-            uploader: u2,
-            content_type: "application/octet-stream".into(),
-            size: 0,
-            file_name: None,
-            object_key: format!("{conv}/{media}"),
-        }
-        .into(),
-        SessionOpened {
-            user_id: u1,
-            session_id: "s-1".into(),
-            node_id: "node-a".into(),
-            device: Some("phone".into()),
-        }
-        .into(),
-        SessionClosed { user_id: u1, session_id: "s-1".into(), node_id: "node-a".into() }.into(),
-        Typing { user_id: u1, conversation_id: conv, active: true }.into(),
-        LocationShared {
-            user_id: u1,
-            conversation_id: conv,
-            latitude: 51.5072,
-            longitude: -0.1276,
-            accuracy_m: Some(12.5),
-            expires_at: 1_800_000_000_000,
-        }
-        .into(),
-        LocationStopped { user_id: u1, conversation_id: conv }.into(),
-        NodeHeartbeat { node_id: "node-a".into(), lease_ms: 15_000 }.into(),
-        CallInvited {
-            call_id: call,
-            caller: u1,
-            callee: u2,
-            media: CallMedia::Video,
-            conversation_id: Some(conv),
-        }
-        .into(),
-        CallRinging { call_id: call, user_id: u2, session_id: "s-2".into() }.into(),
-        CallAccepted { call_id: call, user_id: u2, session_id: "s-2".into() }.into(),
-        CallDeclined { call_id: call, user_id: u2 }.into(),
-        CallBusy { call_id: call, user_id: u2, caller: Some(u1), media: Some(CallMedia::Video) }
-            .into(),
-        CallBusy { call_id: call, user_id: u2, caller: None, media: None }.into(),
-        CallMissed { call_id: call }.into(),
-        CallEnded { call_id: call, reason: "hangup".into() }.into(),
-        RoomStarted { call_id: call, conversation_id: conv, media: CallMedia::Audio }.into(),
-        ParticipantJoined { call_id: call, user_id: u1, session_id: "s-1".into() }.into(),
-        ParticipantLeft { call_id: call, user_id: u1 }.into(),
-        SignalRelayed {
-            call_id: call,
-            from_user: u1,
-            to_user: u2,
-            kind: SignalKind::IceCandidate,
-            payload: r#"{"candidate":"candidate:1 1 udp 2122260223 127.0.0.1 54400 typ host"}"#
-                .into(),
-        }
-        .into(),
-    ]
-}
-
 fn event(payload: Payload, actor: Option<UserId>) -> Event {
     Event {
         meta: EventMeta {
@@ -139,7 +22,7 @@ fn event(payload: Payload, actor: Option<UserId>) -> Event {
 #[test]
 fn every_event_type_round_trips() {
     let codec = Codec::new();
-    for (i, payload) in samples().into_iter().enumerate() {
+    for (i, payload) in samples::payloads().into_iter().enumerate() {
         let actor = (i % 2 == 0).then_some(UserId(i as i64 + 1));
         let original = event(payload, actor);
         let frame = codec.encode(&original).unwrap_or_else(|e| panic!("{original:?}: {e}"));
@@ -156,7 +39,7 @@ fn every_event_type_round_trips() {
 #[test]
 fn frames_are_what_a_generic_avro_encoder_writes() {
     let codec = Codec::new();
-    for (i, payload) in samples().into_iter().enumerate() {
+    for (i, payload) in samples::payloads().into_iter().enumerate() {
         let actor = (i % 2 == 0).then_some(UserId(i as i64 + 1));
         let event = event(payload, actor);
         let writer = Registry::builtin().latest(&event.topic().subject()).unwrap();
@@ -198,7 +81,8 @@ fn payload_union(schema: &Schema) -> &UnionSchema {
 
 #[test]
 fn samples_cover_every_record_of_every_topic() {
-    let sampled: BTreeSet<String> = samples().iter().map(|p| p.record_name().to_owned()).collect();
+    let sampled: BTreeSet<String> =
+        samples::payloads().iter().map(|p| p.record_name().to_owned()).collect();
     let mut declared = BTreeSet::new();
     for topic in Topic::ALL {
         let latest = Registry::builtin().latest(&topic.subject()).unwrap();
@@ -230,7 +114,7 @@ fn a_message_written_before_attachments_still_decodes() {
 #[test]
 fn bad_frames_are_rejected_not_panicked_on() {
     let codec = Codec::new();
-    let good = codec.encode(&event(samples().remove(0), None)).unwrap();
+    let good = codec.encode(&event(samples::payloads().remove(0), None)).unwrap();
     assert!(matches!(codec.decode(&[]), Err(CodecError::NotFramed)));
     assert!(matches!(codec.decode(&[1, 0, 0, 0, 1, 0]), Err(CodecError::NotFramed)));
     assert!(matches!(codec.decode(&[0, 0, 0, 0, 99, 0]), Err(CodecError::UnknownSchema(99))));
