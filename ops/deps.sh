@@ -12,6 +12,8 @@ command -v openssl >/dev/null || needed+=(openssl)
 # The monitoring check runs a real Prometheus (with promtool) and reads the rules with PyYAML.
 command -v prometheus >/dev/null || needed+=(prometheus)
 python3 -c 'import yaml' 2>/dev/null || needed+=(python3-yaml)
+# examples/analytics runs in a virtual environment of its own.
+python3 -c 'import ensurepip' 2>/dev/null || needed+=(python3-venv)
 for package in libcurl4-openssl-dev libsasl2-dev zlib1g-dev; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || needed+=("$package")
 done
