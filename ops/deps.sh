@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian packages building switchboard needs beyond a Rust toolchain: cmake and a C
 # compiler for librdkafka (built from source by the rdkafka crate), and the headers it compiles
-# against, and openssl, with which the tests make TLS certificates. Does nothing when they are all
-# there.
+# against (OpenSSL's for TLS and SCRAM, found through pkg-config), and openssl, with which the
+# engine scripts make TLS certificates. Does nothing when they are all there.
 set -euo pipefail
 
 needed=()
 command -v cmake >/dev/null || needed+=(cmake)
 command -v cc >/dev/null || needed+=(build-essential)
 command -v openssl >/dev/null || needed+=(openssl)
-for package in libcurl4-openssl-dev libsasl2-dev zlib1g-dev; do
+for package in libcurl4-openssl-dev libsasl2-dev libssl-dev pkg-config zlib1g-dev; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || needed+=("$package")
 done
 if [ ${#needed[@]} -eq 0 ]; then
