@@ -34,7 +34,6 @@ REDIS_PORT="${SWITCHBOARD_REDIS_PORT:-16379}"
 # superuser.
 KAFKA_SASL_USER=switchboard
 KAFKA_SASL_PASSWORD='sb:kafka@secret'
-KAFKA_SASL_PASSWORD_IN_URL='sb%3Akafka%40secret'
 CQL_USER=cassandra
 CQL_PASSWORD=cassandra
 # Protects the engines' PKCS12 keystores, which hold a throw-away key.
@@ -42,6 +41,11 @@ TLS_STORE_PASSWORD=switchboard
 
 ENGINES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ALL_ENGINES=(kafka cassandra redis)
+
+# url_encode TEXT: TEXT percent-encoded, to go into a URL's userinfo.
+url_encode() {
+  python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$1"
+}
 
 log() { printf '[engines] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }

@@ -6,6 +6,7 @@
 use std::io::Write;
 
 use anyhow::{Context, ensure};
+use switchboard_ingest::url::redacted;
 use switchboard_projector::store::ReadModel;
 
 /// Options of `switchboard dump`.
@@ -27,7 +28,7 @@ pub async fn command(args: Args) -> anyhow::Result<()> {
     }
     let store = switchboard_projector::store::open(&url)
         .await
-        .with_context(|| format!("opening the store at {url}"))?;
+        .with_context(|| format!("opening the store at {}", redacted(&url)))?;
     write_dump(store.as_ref(), &mut std::io::stdout()).await
 }
 
