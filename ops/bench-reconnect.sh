@@ -46,7 +46,7 @@ for run in $(seq 1 "$runs"); do
     id="benchrc$(date +%s)r$run"
     backends=()
     if [ "$mode" = distributed ]; then
-        backends=(--log "kafka://127.0.0.1:${KAFKA_PORT}?prefix=$id." --store "scylla://127.0.0.1:${CQL_PORT}/$id"
+        backends=(--log "kafka://127.0.0.1:${KAFKA_PORT}?prefix=$id." --store "scylla://$CQL_USER:$CQL_PASSWORD@127.0.0.1:${CQL_PORT}/$id"
                   --presence "redis://127.0.0.1:${REDIS_PORT}?prefix=$id:")
     fi
     "$bin" serve --data-dir "$data" --listen "127.0.0.1:$port" "${backends[@]}" \

@@ -88,7 +88,7 @@ start_server() {
     local data=$1 id=${2:-}
     local backends=()
     if [ "$mode" = distributed ]; then
-        backends=(--log "kafka://127.0.0.1:${KAFKA_PORT}?prefix=$id." --store "scylla://127.0.0.1:${CQL_PORT}/$id"
+        backends=(--log "kafka://127.0.0.1:${KAFKA_PORT}?prefix=$id." --store "scylla://$CQL_USER:$CQL_PASSWORD@127.0.0.1:${CQL_PORT}/$id"
                   --presence "redis://127.0.0.1:${REDIS_PORT}?prefix=$id:")
     fi
     "$bin" serve --data-dir "$data" --listen "127.0.0.1:$port" "${backends[@]}" \

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages building switchboard needs beyond a Rust toolchain: cmake and a C
 # compiler for librdkafka (built from source by the rdkafka crate), and the headers it compiles
-# against, openssl, with which the tests make TLS certificates, and Prometheus, against which the
-# dashboards and alerts are checked. Does nothing when they are all there.
+# against (OpenSSL's for TLS and SCRAM, found through pkg-config), openssl, with which the engine
+# scripts and tests make TLS certificates, and Prometheus, against which the dashboards and alerts
+# are checked. Does nothing when they are all there.
 set -euo pipefail
 
 needed=()
@@ -14,7 +15,7 @@ command -v prometheus >/dev/null || needed+=(prometheus)
 python3 -c 'import yaml' 2>/dev/null || needed+=(python3-yaml)
 # examples/analytics runs in a virtual environment of its own.
 python3 -c 'import ensurepip' 2>/dev/null || needed+=(python3-venv)
-for package in libcurl4-openssl-dev libsasl2-dev zlib1g-dev; do
+for package in libcurl4-openssl-dev libsasl2-dev libssl-dev pkg-config zlib1g-dev; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || needed+=("$package")
 done
 if [ ${#needed[@]} -eq 0 ]; then

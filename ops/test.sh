@@ -77,11 +77,16 @@ trap on_exit EXIT
 echo "== tests on Kafka, Cassandra and Redis"
 # Each test server gets its own topics, keyspace and key prefix: {unique} is filled in per server.
 # A consumer group takes seconds to form on a busy machine: consistency waits get room for it.
+# Cassandra asks every client for a password; Kafka's SASL_SSL listener and Cassandra's TLS trust
+# the throw-away CAs start.sh made.
+cql="$CQL_USER:$CQL_PASSWORD@127.0.0.1:${CQL_PORT}"
 SWITCHBOARD_REQUIRE_ENGINES=1 \
 SWITCHBOARD_ANALYTICS_PYTHON="$analytics_python" \
 SWITCHBOARD_KAFKA="127.0.0.1:${KAFKA_PORT}" \
-SWITCHBOARD_CQL="127.0.0.1:${CQL_PORT}" \
+SWITCHBOARD_KAFKA_SASL="kafka://$KAFKA_SASL_USER:$(url_encode "$KAFKA_SASL_PASSWORD")@127.0.0.1:${KAFKA_SASL_PORT}?ca=$RUN_ROOT/kafka/tls/ca.pem" \
+SWITCHBOARD_CQL="$cql" \
+SWITCHBOARD_CQL_CA="$RUN_ROOT/cassandra/tls/ca.pem" \
 SWITCHBOARD_REDIS="redis://127.0.0.1:${REDIS_PORT}" \
 SWITCHBOARD_REDIS_CLUSTER="redis+cluster://$(printf '127.0.0.1:%s,' "${REDIS_CLUSTER_PORTS[@]}" | sed 's/,$//')" \
-SWITCHBOARD_TEST_BACKEND_ARGS="--log kafka://127.0.0.1:${KAFKA_PORT}?prefix={unique}. --store scylla://127.0.0.1:${CQL_PORT}/{unique} --presence redis://127.0.0.1:${REDIS_PORT}?prefix={unique}: --consistency-timeout 30s" \
+SWITCHBOARD_TEST_BACKEND_ARGS="--log kafka://127.0.0.1:${KAFKA_PORT}?prefix={unique}. --store scylla://$cql/{unique} --presence redis://127.0.0.1:${REDIS_PORT}?prefix={unique}: --consistency-timeout 30s" \
     cargo test --workspace --locked 2>&1 | tee -a "$results"

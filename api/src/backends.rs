@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use switchboard_ingest::log::{self, Log};
+pub use switchboard_ingest::url::redacted;
 use switchboard_projector::feed::{self, Feeds};
 use switchboard_projector::presence::{self, Presence};
 use switchboard_projector::store::{self, ReadModel};
@@ -45,34 +46,4 @@ pub async fn open_feeds(config: &Config) -> anyhow::Result<Arc<dyn Feeds>> {
     feed::open(&url, config.retention())
         .await
         .with_context(|| format!("opening the feeds at {}", redacted(&url)))
-}
-
-/// `url` without the credentials it may hold (`user:password@`), for logs and errors.
-pub fn redacted(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
-    match authority.rfind('@') {
-        Some(at) => format!("{scheme}://…{}", &rest[at..]),
-        None => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redacted;
-
-    #[test]
-    fn credentials_are_left_out_of_described_urls() {
-        for (url, described) in [
-            ("redis://:hunter2@10.0.0.5:6379/0?prefix=sb:", "redis://…@10.0.0.5:6379/0?prefix=sb:"),
-            ("scylla://app:s3cret@db1:9042/chat", "scylla://…@db1:9042/chat"),
-            ("redis://10.0.0.5:6379?prefix=a@b", "redis://10.0.0.5:6379?prefix=a@b"),
-            ("file:///var/lib/switchboard/log", "file:///var/lib/switchboard/log"),
-            ("memory://", "memory://"),
-        ] {
-            assert_eq!(redacted(url), described);
-        }
-    }
 }

@@ -8,5 +8,6 @@
 mod commands;
 pub mod ids;
 pub mod log;
+pub mod url;
 
 pub use commands::{Ingest, IngestError, Limits, Logging, Origin, now_ms};

@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
 """Readiness probes for the engines, standard library only.
 
-Usage: probe.py kafka HOST PORT   # ApiVersions, then Metadata: >= 1 broker and a controller
-       probe.py cql HOST PORT     # CQL OPTIONS frame (protocol v4) answered by SUPPORTED
+Usage: probe.py kafka HOST PORT             # ApiVersions, then Metadata: >= 1 broker and a controller
+       probe.py cql HOST PORT [USER PASSWORD]  # CQL (protocol v4): OPTIONS answered by SUPPORTED,
+                                               # then STARTUP answered by READY, or by AUTHENTICATE
+                                               # and then the login accepted
 Exit 0 when the engine answers properly, 1 otherwise (reason on stderr).
+A node with password authentication refuses logins for a few seconds after it answers OPTIONS,
+until it has created its default role: only an accepted login means it is ready.
 """
 import socket
 import struct
@@ -83,15 +87,30 @@ def probe_kafka(host, port):
         return "kafka cluster %s brokers %s controller %d" % (cluster_id, ",".join(brokers), controller)
 
 
-def probe_cql(host, port):
+def cql_call(sock, stream, opcode, body):
+    # Frame header v4: version 0x04 (request), flags 0, stream, opcode, body length.
+    sock.sendall(struct.pack(">BBhBi", 0x04, 0x00, stream, opcode, len(body)) + body)
+    version, _flags, got, reply, length = struct.unpack(">BBhBi", recv_exact(sock, 9))
+    body = recv_exact(sock, length)
+    if version != 0x84 or got != stream:
+        raise ValueError("unexpected reply version=%#x stream=%d" % (version, got))
+    if reply == 0x00:  # ERROR: code, message
+        (code, mlen) = struct.unpack(">ih", body[:6])
+        raise ValueError("error %#x: %s" % (code, body[6 : 6 + mlen].decode(errors="replace")))
+    return reply, body
+
+
+def cql_string(text):
+    data = text.encode()
+    return struct.pack(">h", len(data)) + data
+
+
+def probe_cql(host, port, user=None, password=None):
     with socket.create_connection((host, port), timeout=TIMEOUT) as sock:
         sock.settimeout(TIMEOUT)
-        # Frame header v4: version 0x04 (request), flags 0, stream 1, opcode 0x05 OPTIONS, length 0.
-        sock.sendall(struct.pack(">BBhBi", 0x04, 0x00, 1, 0x05, 0))
-        version, _flags, stream, opcode, length = struct.unpack(">BBhBi", recv_exact(sock, 9))
-        body = recv_exact(sock, length)
-        if version != 0x84 or stream != 1 or opcode != 0x06:
-            raise ValueError("unexpected reply version=%#x stream=%d opcode=%#x" % (version, stream, opcode))
+        opcode, body = cql_call(sock, 1, 0x05, b"")  # OPTIONS
+        if opcode != 0x06:
+            raise ValueError("OPTIONS answered by opcode %#x, not SUPPORTED" % opcode)
         # SUPPORTED body: string multimap; show CQL_VERSION if present.
         (n,) = struct.unpack(">h", body[:2])
         off, info = 2, {}
@@ -107,16 +126,34 @@ def probe_cql(host, port):
                 vals.append(body[off + 2 : off + 2 + vlen].decode())
                 off += 2 + vlen
             info[key] = vals
-        return "cql %s protocols %s" % (",".join(info.get("CQL_VERSION", [])), ",".join(info.get("PROTOCOL_VERSIONS", [])))
+        # STARTUP: a string map with the CQL version.
+        opcode, _ = cql_call(sock, 2, 0x01, struct.pack(">h", 1) + cql_string("CQL_VERSION") + cql_string("3.0.0"))
+        login = "no login"
+        if opcode == 0x03:  # AUTHENTICATE
+            if user is None:
+                raise ValueError("the node asks for a login: give USER and PASSWORD")
+            token = b"\0" + user.encode() + b"\0" + password.encode()  # SASL PLAIN
+            opcode, _ = cql_call(sock, 3, 0x0F, struct.pack(">i", len(token)) + token)  # AUTH_RESPONSE
+            if opcode != 0x10:
+                raise ValueError("the login was answered by opcode %#x, not AUTH_SUCCESS" % opcode)
+            login = "logged in as %s" % user
+        elif opcode != 0x02:
+            raise ValueError("STARTUP answered by opcode %#x, not READY or AUTHENTICATE" % opcode)
+        return "cql %s protocols %s, %s" % (
+            ",".join(info.get("CQL_VERSION", [])),
+            ",".join(info.get("PROTOCOL_VERSIONS", [])),
+            login,
+        )
 
 
 def main():
-    if len(sys.argv) != 4 or sys.argv[1] not in ("kafka", "cql"):
+    kind = sys.argv[1] if len(sys.argv) > 1 else None
+    if not (kind == "kafka" and len(sys.argv) == 4 or kind == "cql" and len(sys.argv) in (4, 6)):
         sys.stderr.write(__doc__)
         return 2
-    kind, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    host, port = sys.argv[2], int(sys.argv[3])
     try:
-        print((probe_kafka if kind == "kafka" else probe_cql)(host, port))
+        print(probe_kafka(host, port) if kind == "kafka" else probe_cql(host, port, *sys.argv[4:]))
         return 0
     except Exception as exc:  # any failure means "not answering yet"
         sys.stderr.write("%s %s:%d: %s\n" % (kind, host, port, exc))

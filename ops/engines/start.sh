@@ -3,14 +3,18 @@
 #
 # Usage: ops/engines/start.sh [kafka|cassandra|redis|redis-cluster|all]   (default: all)
 #
-#   kafka      Kafka KRaft broker+controller, 127.0.0.1:${SWITCHBOARD_KAFKA_PORT:-19092} (controller 19093)
-#   cassandra  Cassandra CassandraDaemon, CQL on 127.0.0.1:${SWITCHBOARD_CQL_PORT:-19042}
+#   kafka      Kafka KRaft broker+controller, 127.0.0.1:${SWITCHBOARD_KAFKA_PORT:-19092} (controller 19093),
+#              SASL_SSL (SCRAM-SHA-512) on 127.0.0.1:${SWITCHBOARD_KAFKA_SASL_PORT:-19094}
+#   cassandra  Cassandra CassandraDaemon, CQL on 127.0.0.1:${SWITCHBOARD_CQL_PORT:-19042}, password
+#              authentication, TLS optional on the same port
 #   redis      redis-server on 127.0.0.1:${SWITCHBOARD_REDIS_PORT:-16379}
 #   redis-cluster  a Redis Cluster of three primaries, 127.0.0.1:${SWITCHBOARD_REDIS_CLUSTER_PORT:-16380}
 #              and the next two ports (ops/engines/redis-cluster.sh)
 #
 # Runs ops/engines/fetch.sh first (a no-op once the cache is filled). Each engine lives in
-# ${SWITCHBOARD_ENGINES_RUN:-/tmp/switchboard-engines}/<engine>: config, data, <engine>.pid and logs.
+# ${SWITCHBOARD_ENGINES_RUN:-/tmp/switchboard-engines}/<engine>: config, data, <engine>.pid and logs;
+# Kafka and Cassandra also tls/, with a throw-away CA (tls/ca.pem, for clients) and their
+# certificate. Credentials: see common.sh.
 # An engine already answering on its port is left alone. Data kept by `KEEP=1 stop.sh` is reused.
 # Exits non-zero, with the last 50 lines of the engine's log, if one does not answer in time.
 # Timeouts (seconds): SWITCHBOARD_KAFKA_TIMEOUT (120), SWITCHBOARD_CASSANDRA_TIMEOUT (240),
@@ -72,15 +76,24 @@ start_kafka() {
   [[ -f "$KAFKA_HOME/.complete" ]] || die "kafka is not fetched ($KAFKA_HOME)"
   java="$(find_java)"
   mkdir -p "$dir/data" "$dir/logs"
+  make_tls "$dir/tls"
+  # Two client listeners: PLAINTEXT for most tests, and SASL_SSL with SCRAM-SHA-512, as a
+  # production cluster would be reached.
   cat >"$dir/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_PORT
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$dir/tls/server.p12
+ssl.keystore.password=$TLS_STORE_PASSWORD
+ssl.key.password=$TLS_STORE_PASSWORD
 log.dirs=$dir/data
 num.partitions=8
 default.replication.factor=1
@@ -120,10 +133,12 @@ PROPS
     -Djava.net.preferIPv4Stack=true
     -Dkafka.logs.dir="$dir/logs" -Dlog4j2.configurationFile="file:$dir/log4j2.properties"
     -cp "$KAFKA_HOME/lib/*")
+  # The SCRAM user is part of the cluster's first metadata, so kept data keeps it too.
   if [[ ! -f "$dir/data/meta.properties" ]]; then
     cid="$(kafka_cluster_id)"
     log "kafka: formatting storage (cluster id $cid)"
-    kafka_format_storage "$java" "$dir/server.properties" "$cid" >"$dir/format.out" 2>&1 ||
+    kafka_format_storage "$java" "$dir/server.properties" "$cid" \
+      --add-scram "SCRAM-SHA-512=[name=$KAFKA_SASL_USER,password=$KAFKA_SASL_PASSWORD]" >"$dir/format.out" 2>&1 ||
       { cat "$dir/format.out" >&2; die "kafka storage format failed"; }
   fi
   local extra=()
@@ -138,6 +153,7 @@ start_cassandra() {
   jamm="$(find "$CASSANDRA_HOME/lib" -name 'jamm-*.jar' | head -n1)"
   [[ -n "$jamm" ]] || die "no jamm jar in $CASSANDRA_HOME/lib"
   mkdir -p "$dir"/data/{data,commitlog,saved_caches,hints,cdc_raw} "$dir/logs" "$dir/triggers"
+  make_tls "$dir/tls"
   cat >"$dir/cassandra.yaml" <<YAML
 cluster_name: switchboard
 num_tokens: 16
@@ -154,10 +170,19 @@ rpc_address: 127.0.0.1
 storage_port: $CASSANDRA_STORAGE_PORT
 start_native_transport: true
 native_transport_port: $CQL_PORT
-authenticator: AllowAllAuthenticator
+# Clients log in (as the default superuser, cassandra/cassandra), as in production.
+authenticator: PasswordAuthenticator
 authorizer: AllowAllAuthorizer
 role_manager: CassandraRoleManager
 network_authorizer: AllowAllNetworkAuthorizer
+# TLS is optional, so that plain and TLS clients share the one CQL port.
+client_encryption_options:
+  enabled: true
+  optional: true
+  keystore: $dir/tls/server.p12
+  keystore_password: $TLS_STORE_PASSWORD
+  store_type: PKCS12
+  require_client_auth: false
 data_file_directories:
   - $dir/data/data
 commitlog_directory: $dir/data/commitlog

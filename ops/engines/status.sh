@@ -11,7 +11,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 detail() {
   case "$1" in
     kafka) python3 "$ENGINES_DIR/probe.py" kafka 127.0.0.1 "$KAFKA_PORT" 2>/dev/null ;;
-    cassandra) python3 "$ENGINES_DIR/probe.py" cql 127.0.0.1 "$CQL_PORT" 2>/dev/null ;;
+    cassandra) python3 "$ENGINES_DIR/probe.py" cql 127.0.0.1 "$CQL_PORT" "$CQL_USER" "$CQL_PASSWORD" 2>/dev/null ;;
     redis) printf 'redis %s\n' "$(timeout 3 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" info server 2>/dev/null |
       sed -n 's/^redis_version:\([^[:space:]]*\).*/\1/p')" ;;
     redis-cluster) printf 'redis cluster on ports %s\n' "${REDIS_CLUSTER_PORTS[*]}" ;;

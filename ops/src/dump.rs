@@ -7,6 +7,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::{Context, ensure};
+use switchboard_ingest::url::redacted;
 use switchboard_projector::store::ReadModel;
 
 /// Options of `switchboard dump`.
@@ -28,7 +29,7 @@ pub async fn command(args: Args) -> anyhow::Result<()> {
 /// The dump of the store at `url`, which must exist.
 pub async fn dump_of(url: &str) -> anyhow::Result<String> {
     let store = open(url).await?;
-    store.dump().await.with_context(|| format!("reading the store at {url}"))
+    store.dump().await.with_context(|| format!("reading the store at {}", redacted(url)))
 }
 
 async fn open(url: &str) -> anyhow::Result<Arc<dyn ReadModel>> {
@@ -38,7 +39,7 @@ async fn open(url: &str) -> anyhow::Result<Arc<dyn ReadModel>> {
     }
     switchboard_projector::store::open(url)
         .await
-        .with_context(|| format!("opening the store at {url}"))
+        .with_context(|| format!("opening the store at {}", redacted(url)))
 }
 
 /// Writes the dump of `store` to `out`, ending with a newline.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, ensure};
 use switchboard_ingest::log::Log;
+use switchboard_ingest::url::redacted;
 
 /// Options naming the log to read.
 #[derive(clap::Args, Debug)]
@@ -37,6 +38,6 @@ impl LogArgs {
         }
         switchboard_ingest::log::open(&url, self.partitions)
             .await
-            .with_context(|| format!("opening the log at {url}"))
+            .with_context(|| format!("opening the log at {}", redacted(&url)))
     }
 }

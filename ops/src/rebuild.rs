@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use switchboard_ingest::log::{Cursor, Log};
+use switchboard_ingest::url::redacted;
 use switchboard_projector::store::ReadModel;
 use switchboard_projector::{PROJECTED_TOPICS, Progress, Projector};
 
@@ -56,7 +57,7 @@ pub async fn command(args: Args) -> anyhow::Result<()> {
     let into = store_url(&args.into);
     let store = switchboard_projector::store::open(&into)
         .await
-        .with_context(|| format!("opening the new store at {into}"))?;
+        .with_context(|| format!("opening the new store at {}", redacted(&into)))?;
     let report = rebuild(Arc::clone(&log), store).await?;
     log.close().await.context("closing the log")?;
     println!("{report}");

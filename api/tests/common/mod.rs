@@ -240,19 +240,16 @@ impl Drop for Server {
 /// in its heap, and a suite's worth of test keyspaces would run the engine's small heap out.
 fn drop_keyspace(data_dir: &Path) {
     let (_, store) = backend_urls(data_dir);
-    let Some((node, keyspace)) = store.strip_prefix("scylla://").and_then(|s| s.split_once('/'))
-    else {
+    let Ok(config) = switchboard_projector::store::cql::CqlConfig::from_url(&store) else {
         return;
     };
-    let keyspace = keyspace.split('?').next().unwrap_or_default().to_owned();
-    let node = node.to_owned();
     // Drop may run on a test's runtime, which must not be blocked: this gets a thread of its own.
     let dropping = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
         runtime.block_on(async {
-            let builder = scylla::client::session_builder::SessionBuilder::new().known_node(&node);
-            let session = builder.build().await.ok()?;
-            session.query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), ()).await.ok()
+            let session = switchboard_projector::store::cql::open_session(&config).await.ok()?;
+            let drop = format!("DROP KEYSPACE IF EXISTS {}", config.keyspace);
+            session.query_unpaged(drop, ()).await.ok()
         })
     });
     let _ = dropping.join();

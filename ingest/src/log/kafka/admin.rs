@@ -15,7 +15,7 @@ use switchboard_schemas::Topic;
 use tokio::time::{Instant, sleep};
 
 use super::config::{KafkaConfig, TopicNames};
-use super::{blocking, error_from_code, kafka_error};
+use super::{access, blocking, error_from_code, kafka_error};
 use crate::log::LogError;
 
 /// Relay messages only matter while a call is being set up.
@@ -24,12 +24,14 @@ const SIGNALS_RETENTION_MS: &str = "3600000";
 /// How often metadata is asked again while new topics appear.
 const METADATA_POLL: Duration = Duration::from_millis(100);
 
-/// Creates the missing topics and waits until every topic is in the cluster's metadata with all
-/// its partitions led, failing if one has a partition count other than the configured one.
+/// Checks that the cluster lets this client in, creates the missing topics and waits until every
+/// topic is in the cluster's metadata with all its partitions led, failing if one has a partition
+/// count other than the configured one.
 pub(super) async fn ensure_topics(
     config: &KafkaConfig,
     names: &TopicNames,
 ) -> Result<(), LogError> {
+    access::check(config, names.name(Topic::ALL[0])).await?;
     let admin: AdminClient<DefaultClientContext> = config
         .client_config()
         .create()

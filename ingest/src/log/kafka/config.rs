@@ -1,9 +1,13 @@
 //! Where the Kafka log lives and how it talks to it, parsed from a `kafka://` URL.
 //!
 //! The URL is how every other backend is chosen too (`--log kafka://host:9092`), so everything an
-//! operator may need to set goes in its query string. Anything else in the URL is refused with a
-//! message that says what is wrong, rather than ignored: a misspelt parameter would otherwise
-//! silently run with the default.
+//! operator may need to set goes in it: credentials in the userinfo, the rest in the query
+//! string. Anything else in the URL is refused with a message that says what is wrong, rather
+//! than ignored: a misspelt parameter would otherwise silently run with the default. Messages
+//! never repeat the password.
+//!
+//! Security follows the URL: credentials turn on SASL, `tls=true` or `ca=FILE` turns on TLS, so
+//! `kafka://app:secret@k1:9093?ca=/etc/kafka/ca.pem` speaks SASL_SSL with SCRAM-SHA-512.
 
 use std::time::Duration;
 
@@ -11,19 +15,21 @@ use rdkafka::ClientConfig;
 use switchboard_schemas::Topic;
 
 use crate::log::LogError;
+use crate::url::{Credentials, Tls, TlsParameters, redacted, split_credentials};
 
 /// Kafka's own limit on topic names.
 const MAX_TOPIC_NAME: usize = 249;
 
 /// The query parameters [`KafkaConfig::from_url`] understands, for error messages.
-const PARAMETERS: &str = "prefix, replication, partitions, delivery_timeout_ms, fetch_wait_ms";
+const PARAMETERS: &str =
+    "prefix, replication, partitions, delivery_timeout_ms, fetch_wait_ms, sasl, tls, ca";
 
 /// How to reach Kafka and how the log's topics are laid out.
 ///
 /// Written as a URL ([`KafkaConfig::from_url`]):
 ///
 /// ```text
-/// kafka://host:port[,host:port…][?name=value&…]
+/// kafka://[user:password@]host:port[,host:port…][?name=value&…]
 /// ```
 ///
 /// | parameter | default | what it sets |
@@ -33,6 +39,13 @@ const PARAMETERS: &str = "prefix, replication, partitions, delivery_timeout_ms, 
 /// | `partitions` | the node's configured count | partitions per topic |
 /// | `delivery_timeout_ms` | 10000 | how long an append may take before it fails as unavailable |
 /// | `fetch_wait_ms` | 10 | the most a reader at the tail adds to an append's latency |
+/// | `sasl` | `SCRAM-SHA-512` | the SASL mechanism for the credentials: `SCRAM-SHA-512`, `SCRAM-SHA-256` or `PLAIN` |
+/// | `tls` | `false` | `true` speaks TLS, checking the brokers' certificates against the system's trust store |
+/// | `ca` | none | a PEM file of the CA certificates the brokers' certificates must chain to; turns TLS on |
+///
+/// User and password are percent-decoded (`%40` for `@`, `%3A` for `:`, `%2F` for `/`), as is
+/// the `ca` path. Brokers' certificates must name the host the URL (or the cluster's metadata)
+/// gives for them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KafkaConfig {
     /// `host:port` pairs joined by `,` (librdkafka's `bootstrap.servers`).
@@ -55,15 +68,54 @@ pub struct KafkaConfig {
     /// How long the broker may hold a fetch open when there is nothing new (`fetch.wait.max.ms`):
     /// the worst added latency between an append and a reader at the tail seeing it.
     pub fetch_wait: Duration,
+    /// Who the clients authenticate as, when the URL has credentials.
+    pub sasl: Option<Sasl>,
+    /// Whether the clients speak TLS, and which CA they trust.
+    pub tls: Option<Tls>,
+}
+
+/// SASL authentication: a mechanism and the credentials it proves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sasl {
+    pub mechanism: SaslMechanism,
+    pub credentials: Credentials,
+}
+
+/// The SASL mechanisms a `kafka://` URL may name. SCRAM never sends the password; PLAIN does, so
+/// it belongs on TLS only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SaslMechanism {
+    ScramSha512,
+    ScramSha256,
+    Plain,
+}
+
+impl SaslMechanism {
+    /// The name Kafka and librdkafka use (`sasl.mechanism`).
+    pub fn name(self) -> &'static str {
+        match self {
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::Plain => "PLAIN",
+        }
+    }
+
+    fn parse(name: &str) -> Option<SaslMechanism> {
+        [SaslMechanism::ScramSha512, SaslMechanism::ScramSha256, SaslMechanism::Plain]
+            .into_iter()
+            .find(|mechanism| mechanism.name().eq_ignore_ascii_case(name))
+    }
 }
 
 impl KafkaConfig {
-    /// Parses `kafka://host:port[,host:port…][?name=value&…]` (see [`KafkaConfig`]).
+    /// Parses `kafka://[user:password@]host:port[,host:port…][?name=value&…]` (see
+    /// [`KafkaConfig`]).
     ///
     /// `partitions` is the node's configured default; a `partitions` query parameter overrides
     /// it.
     pub fn from_url(url: &str, partitions: u32) -> Result<KafkaConfig, LogError> {
-        let bad = |why: String| LogError::Storage(format!("bad Kafka URL `{url}`: {why}"));
+        let bad =
+            |why: String| LogError::Storage(format!("bad Kafka URL `{}`: {why}", redacted(url)));
         let rest = url
             .strip_prefix("kafka://")
             .ok_or_else(|| bad("it must start with kafka://".into()))?;
@@ -73,22 +125,27 @@ impl KafkaConfig {
                 "it has a path (`/{path}`), but topics are named by the `prefix` parameter"
             )));
         }
-        if authority.is_empty() {
+        let (credentials, brokers) = split_credentials(authority).map_err(bad)?;
+        if brokers.is_empty() {
             return Err(bad("it names no broker: use kafka://host:port".into()));
         }
-        for broker in authority.split(',') {
+        for broker in brokers.split(',') {
             check_broker(broker).map_err(bad)?;
         }
 
         let mut config = KafkaConfig {
-            brokers: authority.to_owned(),
+            brokers: brokers.to_owned(),
             prefix: String::new(),
             partitions,
             replication: 1,
             delivery_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
             fetch_wait: Duration::from_millis(10),
+            sasl: None,
+            tls: None,
         };
+        let mut mechanism = None;
+        let mut tls = TlsParameters::default();
         for pair in query.split('&').filter(|pair| !pair.is_empty()) {
             let (name, value) =
                 pair.split_once('=').ok_or_else(|| bad(format!("`{pair}` is not name=value")))?;
@@ -105,9 +162,31 @@ impl KafkaConfig {
                     config.delivery_timeout = Duration::from_millis(number(1, i32::MAX as u64)?)
                 }
                 "fetch_wait_ms" => config.fetch_wait = Duration::from_millis(number(0, 300_000)?),
+                "sasl" => {
+                    mechanism = Some(SaslMechanism::parse(value).ok_or_else(|| {
+                        bad(format!(
+                            "sasl must be SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN, not `{value}`"
+                        ))
+                    })?)
+                }
+                _ if tls.take(name, value).map_err(bad)? => {}
                 _ => return Err(bad(format!("unknown parameter `{name}`; known: {PARAMETERS}"))),
             }
         }
+        config.tls = tls.finish().map_err(bad)?;
+        config.sasl = match (credentials, mechanism) {
+            (Some(credentials), mechanism) => Some(Sasl {
+                mechanism: mechanism.unwrap_or(SaslMechanism::ScramSha512),
+                credentials,
+            }),
+            (None, Some(mechanism)) => {
+                return Err(bad(format!(
+                    "sasl={} needs credentials: kafka://user:password@host:port",
+                    mechanism.name()
+                )));
+            }
+            (None, None) => None,
+        };
         if config.partitions == 0 || config.partitions > i32::MAX as u32 {
             return Err(bad(format!(
                 "topics need 1 to {} partitions, not {}",
@@ -124,15 +203,32 @@ impl KafkaConfig {
         format!("{}{}", self.prefix, topic.name())
     }
 
-    /// What every client of this log shares: where the cluster is, and that no client may
-    /// create a topic by naming it (with the broker's default partition count and retention,
-    /// where the broker allows that), since [`super::admin`] creates them as they must be.
+    /// What every client of this log shares: where the cluster is, how to authenticate to it,
+    /// and that no client may create a topic by naming it (with the broker's default partition
+    /// count and retention, where the broker allows that), since [`super::admin`] creates them
+    /// as they must be.
     pub(super) fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.brokers)
             .set("client.id", "switchboard")
             .set("allow.auto.create.topics", "false");
+        let protocol = match (&self.sasl, &self.tls) {
+            (None, None) => "PLAINTEXT",
+            (None, Some(_)) => "SSL",
+            (Some(_), None) => "SASL_PLAINTEXT",
+            (Some(_), Some(_)) => "SASL_SSL",
+        };
+        config.set("security.protocol", protocol);
+        if let Some(Sasl { mechanism, credentials }) = &self.sasl {
+            config
+                .set("sasl.mechanism", mechanism.name())
+                .set("sasl.username", &credentials.user)
+                .set("sasl.password", &credentials.password);
+        }
+        if let Some(Tls { ca: Some(ca) }) = &self.tls {
+            config.set("ssl.ca.location", ca.to_string_lossy());
+        }
         config
     }
 }

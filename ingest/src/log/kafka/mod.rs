@@ -6,7 +6,9 @@
 //!
 //! The pieces:
 //!
-//! - `config`: the `kafka://` URL and the settings it carries.
+//! - `config`: the `kafka://` URL and the settings it carries, credentials and TLS included.
+//! - `access`: at start-up, fails at once when the cluster refuses the credentials or the TLS
+//!   handshake, which librdkafka would otherwise retry until a request times out.
 //! - `admin`: at start-up, creates missing topics and refuses ones with another partition
 //!   count.
 //! - `producer`: one idempotent producer (`acks=all`) for every append; an append resolves with
@@ -17,6 +19,7 @@
 //! Errors: a cluster that does not answer in time (or a broker, leader or coordinator that is
 //! momentarily missing) is [`LogError::Unavailable`], anything else [`LogError::Storage`].
 
+mod access;
 mod admin;
 mod config;
 mod group;
@@ -37,7 +40,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use switchboard_schemas::{Position, Topic};
 use tokio::sync::watch;
 
-pub use config::KafkaConfig;
+pub use config::{KafkaConfig, Sasl, SaslMechanism};
 
 use super::{Appending, Cursor, Log, LogError, LogReader};
 use config::TopicNames;

@@ -6,7 +6,9 @@
 //!
 //! The tests that need a cluster use the one at `SWITCHBOARD_KAFKA` (`host:port`;
 //! `ops/engines/start.sh` starts one at 127.0.0.1:19092), each on topics under a prefix of its
-//! own, deleted again when the test passes.
+//! own, deleted again when the test passes. The tests of authentication and TLS use the same
+//! broker's SASL_SSL listener, at the URL in `SWITCHBOARD_KAFKA_SASL`
+//! (`kafka://user:password@127.0.0.1:19094?ca=FILE`, written by `ops/test.sh`).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -19,7 +21,7 @@ use switchboard_schemas::{Position, Topic};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{KafkaConfig, KafkaLog};
+use super::{KafkaConfig, KafkaLog, SaslMechanism};
 use crate::log::{Cursor, Log, LogError, Record, conformance};
 
 const PARTITIONS: u32 = 3;
@@ -28,17 +30,30 @@ const PARTITIONS: u32 = 3;
 /// an expected duration.
 const GUARD: Duration = Duration::from_secs(120);
 
-/// Why a test that needs Kafka cannot run.
-const UNSET: &str = "SWITCHBOARD_KAFKA is unset: run ops/engines/start.sh and set \
-                     SWITCHBOARD_KAFKA=127.0.0.1:19092";
+/// How to start the engines the tests need.
+const START: &str = "run ops/engines/start.sh and set SWITCHBOARD_KAFKA=127.0.0.1:19092 and \
+                     SWITCHBOARD_KAFKA_SASL=kafka://USER:PASSWORD@127.0.0.1:19094?ca=FILE \
+                     (as ops/test.sh does)";
 
 /// The Kafka to test against, or `None` (after saying so) when there is none.
 fn kafka() -> Option<String> {
-    let address = std::env::var("SWITCHBOARD_KAFKA").ok();
+    engine("SWITCHBOARD_KAFKA")
+}
+
+/// The URL of the same Kafka's SASL_SSL listener, with credentials and CA, or `None`.
+fn kafka_sasl() -> Option<String> {
+    engine("SWITCHBOARD_KAFKA_SASL")
+}
+
+fn engine(variable: &str) -> Option<String> {
+    let value = std::env::var(variable).ok();
     let required = std::env::var("SWITCHBOARD_REQUIRE_ENGINES").as_deref() == Ok("1");
-    assert!(address.is_some() || !required, "SWITCHBOARD_REQUIRE_ENGINES=1 but {UNSET}");
-    address.is_none().then(|| eprintln!("skipped: {UNSET}"));
-    address
+    assert!(
+        value.is_some() || !required,
+        "SWITCHBOARD_REQUIRE_ENGINES=1 but {variable} is unset: {START}"
+    );
+    value.is_none().then(|| eprintln!("skipped: {variable} is unset: {START}"));
+    value
 }
 
 /// A topic prefix no other test, run or process has used.
@@ -50,9 +65,19 @@ fn unique_prefix() -> String {
 }
 
 async fn fresh(address: &str) -> KafkaLog {
-    let url = format!("kafka://{address}?prefix={}", unique_prefix());
-    let config = KafkaConfig::from_url(&url, PARTITIONS).expect("config");
+    fresh_at(&format!("kafka://{address}")).await
+}
+
+/// A log on fresh topics of the cluster at `url` (a `kafka://` URL, perhaps with a query).
+async fn fresh_at(url: &str) -> KafkaLog {
+    let config = KafkaConfig::from_url(&with_prefix(url), PARTITIONS).expect("config");
     guard(KafkaLog::connect(config)).await.expect("connect")
+}
+
+/// `url` with a fresh topic prefix added to its query.
+fn with_prefix(url: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}prefix={}", unique_prefix())
 }
 
 /// Closes the log and deletes its topics, so that test runs do not pile up topics on a shared
@@ -140,6 +165,114 @@ fn urls_are_parsed_and_bad_ones_refused_with_the_reason() {
             error.contains(url) && error.contains(reason),
             "{url}: the error should say `{reason}`, but says: {error}"
         );
+    }
+}
+
+#[test]
+fn credentials_and_tls_choose_the_security_protocol() {
+    let protocol = |url: &str| {
+        let config = KafkaConfig::from_url(url, 8).expect(url).client_config();
+        let get = |key: &str| config.get(key).map(str::to_owned);
+        (get("security.protocol"), get("sasl.mechanism"), get("ssl.ca.location"))
+    };
+    let some = |text: &str| Some(text.to_owned());
+    assert_eq!(protocol("kafka://a:1"), (some("PLAINTEXT"), None, None));
+    assert_eq!(protocol("kafka://a:1?tls=true"), (some("SSL"), None, None));
+    assert_eq!(protocol("kafka://a:1?tls=false"), (some("PLAINTEXT"), None, None));
+    assert_eq!(
+        protocol("kafka://app:pw@a:1,b:2"),
+        (some("SASL_PLAINTEXT"), some("SCRAM-SHA-512"), None)
+    );
+    assert_eq!(
+        protocol("kafka://app:pw@a:1?ca=/etc/kafka/ca%201.pem&sasl=scram-sha-256"),
+        (some("SASL_SSL"), some("SCRAM-SHA-256"), some("/etc/kafka/ca 1.pem"))
+    );
+    assert_eq!(protocol("kafka://app:pw@a:1?tls=true&sasl=PLAIN").1, some("PLAIN"));
+
+    let config = KafkaConfig::from_url("kafka://app%2B1:p%40ss%3Aw0rd@a:1,b:2", 8).expect("valid");
+    assert_eq!(config.brokers, "a:1,b:2");
+    let sasl = config.sasl.as_ref().expect("credentials turn SASL on");
+    assert_eq!(sasl.mechanism, SaslMechanism::ScramSha512);
+    assert_eq!(
+        (sasl.credentials.user.as_str(), sasl.credentials.password.as_str()),
+        ("app+1", "p@ss:w0rd")
+    );
+    let client = config.client_config();
+    assert_eq!(client.get("sasl.username"), Some("app+1"));
+    assert_eq!(client.get("sasl.password"), Some("p@ss:w0rd"));
+    assert!(!format!("{config:?}").contains("p@ss"), "Debug shows the password: {config:?}");
+}
+
+#[test]
+fn bad_security_settings_are_refused_without_the_password() {
+    for (url, reason) in [
+        (
+            "kafka://app:hunter2@a:1?sasl=GSSAPI",
+            "sasl must be SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN",
+        ),
+        ("kafka://a:1?sasl=PLAIN", "sasl=PLAIN needs credentials"),
+        ("kafka://app@a:1", "the password is missing"),
+        ("kafka://app:hunter2@a:1?tls=maybe", "tls must be true or false"),
+        ("kafka://app:hunter2@a:1?tls=false&ca=/ca.pem", "tls=false turns it off"),
+        ("kafka://app:hunter2@a:1?ssl=true", "unknown parameter `ssl`"),
+        ("kafka://app:hunter2@a:1/x", "has a path"),
+        ("kafka://app:hunter2@a", "`a` is not host:port"),
+    ] {
+        let error = KafkaConfig::from_url(url, 8).expect_err(url).to_string();
+        assert!(
+            error.contains(reason),
+            "{url}: the error should say `{reason}`, but says: {error}"
+        );
+        assert!(!error.contains("hunter2"), "{url}: the error shows the password: {error}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_over_tls_appends_and_reads_back() {
+    let Some(url) = kafka_sasl() else { return };
+    let log = fresh_at(&url).await;
+    assert!(log.config().sasl.is_some() && log.config().tls.is_some(), "{url} is not SASL_SSL");
+    guard(conformance::appends_are_read_back_in_order(&log)).await;
+    guard(conformance::a_group_resumes_after_its_commit(&log)).await;
+    remove(log).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_fails_at_once_naming_the_cause() {
+    let Some(url) = kafka_sasl() else { return };
+    let mut config = KafkaConfig::from_url(&with_prefix(&url), PARTITIONS).expect("config");
+    let sasl = config.sasl.as_mut().expect("SWITCHBOARD_KAFKA_SASL has credentials");
+    sasl.credentials.password = "not-the-password-0451".to_owned();
+    // Long enough that a refusal taken for a broker that is down would show as a timeout.
+    config.request_timeout = Duration::from_secs(60);
+    let started = std::time::Instant::now();
+    match guard(KafkaLog::connect(config)).await {
+        Err(LogError::Storage(message)) => {
+            assert!(message.contains("Authentication failed"), "the cause is not named: {message}");
+            assert!(!message.contains("not-the-password-0451"), "the password shows: {message}");
+        }
+        Err(other) => panic!("a wrong password should be refused as such, not {other}"),
+        Ok(_) => panic!("connected with a wrong password"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_of_another_ca_is_refused() {
+    let Some(url) = kafka_sasl() else { return };
+    let mut config = KafkaConfig::from_url(&with_prefix(&url), PARTITIONS).expect("config");
+    // The system's trust store does not know the test CA.
+    config.tls = Some(crate::url::Tls { ca: None });
+    config.request_timeout = Duration::from_secs(60);
+    match guard(KafkaLog::connect(config)).await {
+        Err(LogError::Storage(message)) => {
+            assert!(
+                message.contains("certificate verify failed"),
+                "the cause is not named: {message}"
+            );
+        }
+        Err(other) => panic!("an untrusted certificate should be refused as such, not {other}"),
+        Ok(_) => panic!("trusted a certificate no CA of the trust store signed"),
     }
 }
 

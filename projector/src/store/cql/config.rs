@@ -1,7 +1,8 @@
-//! Where the CQL read models live, from a store URL:
+//! Where the CQL read models live, and how to log in, from a store URL:
 //!
 //! ```text
-//! scylla://host[:port][,host[:port]…]/keyspace[?replication=N][&dc=NAME[,NAME…]]
+//! scylla://[user:password@]host[:port][,host[:port]…]/keyspace[?replication=N][&dc=NAME[,NAME…]]
+//!     [&tls=true][&ca=FILE]
 //! ```
 //!
 //! `cassandra://` means the same. The hosts are contact points only: the driver learns the rest
@@ -11,8 +12,18 @@
 //! `NetworkTopologyStrategy` with that many replicas in each. A keyspace that already exists keeps
 //! its own replication; changing it is an operator's `ALTER KEYSPACE`, not something a start-up
 //! should do behind their back.
+//!
+//! Credentials log in with the password authenticator (`PasswordAuthenticator` in Cassandra and
+//! ScyllaDB); user and password are percent-decoded (`%40` for `@`, `%3A` for `:`, `%2F` for
+//! `/`). `tls=true` speaks TLS, checking the nodes' certificates against the system's trust
+//! store; `ca=FILE` (a PEM file, percent-decoded path) checks them against the CA certificates in
+//! it instead, and turns TLS on by itself. The driver checks a certificate against the IP address
+//! it connects to (nodes are found by address), so each node's certificate must name its address.
+//! Error messages never repeat the password.
 
 use std::fmt::Write as _;
+
+use switchboard_ingest::url::{Credentials, Tls, TlsParameters, redacted, split_credentials};
 
 /// The CQL native protocol's port.
 pub const DEFAULT_PORT: u16 = 9042;
@@ -26,6 +37,10 @@ pub struct CqlConfig {
     pub keyspace: String,
     /// How to replicate the keyspace when it has to be created.
     pub replication: Replication,
+    /// Who to log in as, when the URL has credentials.
+    pub credentials: Option<Credentials>,
+    /// Whether to speak TLS, and which CA to trust.
+    pub tls: Option<Tls>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,10 +54,11 @@ pub enum Replication {
 /// A store URL that cannot be used, and why.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "invalid CQL store URL `{url}`: {reason} \
-     (expected scylla://host:port[,host:port]/keyspace[?replication=N][&dc=NAME])"
+    "invalid CQL store URL `{url}`: {reason} (expected \
+     scylla://[user:password@]host:port[,host:port]/keyspace[?replication=N][&dc=NAME][&tls=true][&ca=FILE])"
 )]
 pub struct UrlError {
+    /// The URL without its credentials.
     pub url: String,
     pub reason: String,
 }
@@ -52,18 +68,19 @@ const MAX_KEYSPACE_LEN: usize = 48;
 
 impl CqlConfig {
     pub fn from_url(url: &str) -> Result<CqlConfig, UrlError> {
-        let fail = |reason: String| UrlError { url: url.to_owned(), reason };
+        let fail = |reason: String| UrlError { url: redacted(url), reason };
         let rest = ["scylla://", "cassandra://"]
             .iter()
             .find_map(|scheme| url.strip_prefix(scheme))
             .ok_or_else(|| fail("the scheme must be scylla:// or cassandra://".to_owned()))?;
         let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (hosts, keyspace) =
+        let (authority, keyspace) =
             location.split_once('/').ok_or_else(|| fail("the keyspace is missing".to_owned()))?;
+        let (credentials, hosts) = split_credentials(authority).map_err(fail)?;
         let nodes = hosts.split(',').map(node).collect::<Result<Vec<_>, _>>().map_err(fail)?;
         let keyspace = keyspace_name(keyspace).map_err(fail)?;
-        let replication = replication(query).map_err(fail)?;
-        Ok(CqlConfig { nodes, keyspace, replication })
+        let (replication, tls) = parameters(query).map_err(fail)?;
+        Ok(CqlConfig { nodes, keyspace, replication, credentials, tls })
     }
 }
 
@@ -138,9 +155,11 @@ fn keyspace_name(name: &str) -> Result<String, String> {
     Ok(name.to_ascii_lowercase())
 }
 
-fn replication(query: &str) -> Result<Replication, String> {
+/// The query's replication and TLS settings.
+fn parameters(query: &str) -> Result<(Replication, Option<Tls>), String> {
     let mut factor = 1;
     let mut datacenters = None;
+    let mut tls = TlsParameters::default();
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
         match pair.split_once('=') {
             Some(("replication", value)) => {
@@ -157,13 +176,20 @@ fn replication(query: &str) -> Result<Replication, String> {
                 }
                 datacenters = Some(names);
             }
-            _ => return Err(format!("unknown parameter `{pair}`")),
+            Some((name, value)) if tls.take(name, value)? => {}
+            _ => {
+                return Err(format!(
+                    "unknown parameter `{pair}`; known: replication, dc, {}",
+                    TlsParameters::NAMES
+                ));
+            }
         }
     }
-    Ok(match datacenters {
+    let replication = match datacenters {
         Some(datacenters) => Replication::PerDatacenter { datacenters, factor },
         None => Replication::Simple { factor },
-    })
+    };
+    Ok((replication, tls.finish()?))
 }
 
 fn is_datacenter_name(name: &str) -> bool {

@@ -9,9 +9,10 @@ use std::fmt::Display;
 
 use scylla::deserialize::{DeserializationError, TypeCheckError};
 use scylla::errors::{
-    DbError, ExecutionError, IntoRowsResultError, MaybeFirstRowError, NewSessionError,
-    NextPageError, NextRowError, PagerExecutionError, PrepareError, RequestAttemptError,
-    RequestError, RowsError, UseKeyspaceError,
+    ConnectionError, ConnectionPoolError, ConnectionSetupRequestErrorKind, DbError, ExecutionError,
+    IntoRowsResultError, MaybeFirstRowError, MetadataError, NewSessionError, NextPageError,
+    NextRowError, PagerExecutionError, PrepareError, RequestAttemptError, RequestError, RowsError,
+    UseKeyspaceError,
 };
 
 use crate::store::StoreError;
@@ -125,10 +126,32 @@ impl Transient for NextRowError {
 }
 
 /// Every way of failing to open a session is the cluster being out of reach, except for a
-/// configuration the driver refuses outright.
+/// configuration the driver refuses outright and a node that turns this client away.
 impl Transient for NewSessionError {
     fn is_transient(&self) -> bool {
-        !matches!(self, NewSessionError::EmptyKnownNodesList | NewSessionError::IllegalConfig(_))
+        match self {
+            NewSessionError::EmptyKnownNodesList | NewSessionError::IllegalConfig(_) => false,
+            NewSessionError::MetadataError(MetadataError::ConnectionPoolError(
+                ConnectionPoolError::Broken { last_connection_error },
+            )) => !refused(last_connection_error),
+            _ => true,
+        }
+    }
+}
+
+/// Whether the node turned this client away: refused its login, or failed the TLS handshake
+/// (a certificate that does not chain to the trusted CAs, or no TLS on the other end). Trying
+/// again with the same settings cannot get past that.
+fn refused(error: &ConnectionError) -> bool {
+    match error {
+        ConnectionError::ConnectionSetupRequestError(setup) => matches!(
+            setup.get_error(),
+            ConnectionSetupRequestErrorKind::DbError(DbError::AuthenticationError, _)
+        ),
+        ConnectionError::IoError(io) => {
+            io.get_ref().is_some_and(|inner| inner.is::<openssl::ssl::Error>())
+        }
+        _ => false,
     }
 }
 

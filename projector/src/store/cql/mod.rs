@@ -2,7 +2,8 @@
 //! machine. Everything here is CQL both engines run (no materialized views, secondary indexes,
 //! SAI or engine-only options), spoken through the `scylla` driver.
 //!
-//! - `config` parses the store URL (`scylla://host:port/keyspace`);
+//! - `config` parses the store URL (`scylla://[user:password@]host:port/keyspace[?…]`);
+//! - `session` opens a driver session as the URL says: contact points, login and TLS;
 //! - `migrations` creates the keyspace and brings its tables (`migrations/*.cql`) up to date when
 //!   a store connects;
 //! - `statements` prepares every statement once; `rows` maps each table's rows to Rust and reads
@@ -57,31 +58,26 @@ mod lane;
 mod migrations;
 mod query;
 mod rows;
+mod session;
 mod statements;
 #[cfg(test)]
 mod tests;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use scylla::client::session_builder::SessionBuilder;
-use scylla::policies::timestamp_generator::MonotonicTimestampGenerator;
 use switchboard_ingest::ids::timestamp_ms;
 use switchboard_ingest::log::Cursor;
 use switchboard_schemas::{CallId, ConversationId, MediaId, MessageId, UserId};
 
 pub use self::config::{CqlConfig, DEFAULT_PORT, Replication, UrlError};
-use self::error::failed;
 use self::rows::Db;
+pub use self::session::open as open_session;
 use self::statements::Statements;
 use crate::store::{
     Call, Conversation, InboxEntry, Location, Logged, Media, Message, ReadMarker, ReadModel,
     StoreError, User,
 };
-
-/// How long opening a connection to a node may take before the node counts as unreachable.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Ten days, in milliseconds: the time span of one message partition. Small enough that a busy
 /// conversation's partition stays far below the sizes the engines handle well, large enough that
@@ -108,17 +104,7 @@ impl CqlStore {
     /// Connects to the cluster, creates or migrates the keyspace and prepares every statement.
     /// A cluster that cannot be reached is [`StoreError::Unavailable`].
     pub async fn connect(config: CqlConfig) -> Result<CqlStore, StoreError> {
-        let session = SessionBuilder::new()
-            .known_nodes(&config.nodes)
-            .connection_timeout(CONNECT_TIMEOUT)
-            // Only this keyspace's metadata is needed (for routing), not every keyspace's.
-            .keyspaces_to_fetch([config.keyspace.clone()])
-            // A row rewritten by a later batch must win over an earlier write of it, whichever
-            // node coordinates each; server-side timestamps from two nodes' clocks may not.
-            .timestamp_generator(Arc::new(MonotonicTimestampGenerator::new()))
-            .build()
-            .await
-            .map_err(|e| failed(format_args!("connecting to {}", config.nodes.join(",")), e))?;
+        let session = session::open(&config).await?;
         // Another process migrating the same keyspace at this moment can replace a table after
         // this one has checked it (see `migrations::run`): migrating again heals that.
         let mut attempts = 0;

@@ -3,9 +3,11 @@
 //! failing fast when the cluster is out of reach — and that it folds any history to the same read
 //! models as the embedded store.
 //!
-//! Engine tests use the ScyllaDB or Cassandra node named by `SWITCHBOARD_CQL` (`host:port`;
-//! `ops/engines/start.sh` runs Cassandra at `127.0.0.1:19042`), each in a keyspace of its own that
-//! is dropped when the test ends, pass or fail.
+//! Engine tests use the ScyllaDB or Cassandra node named by `SWITCHBOARD_CQL`
+//! (`[user:password@]host:port`; `ops/engines/start.sh` runs Cassandra at `127.0.0.1:19042`, with
+//! password authentication), each in a keyspace of its own that is dropped when the test ends,
+//! pass or fail. The TLS test trusts the CA certificates in `SWITCHBOARD_CQL_CA` (a PEM file:
+//! `ops/engines/start.sh` makes one for its node).
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -13,9 +15,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use proptest::prelude::*;
-use scylla::client::session::Session;
-use scylla::client::session_builder::SessionBuilder;
 use switchboard_ingest::log::Cursor;
+use switchboard_ingest::url::Tls;
 use switchboard_schemas::{
     ConversationCreated, ConversationId, ConversationKind, Event, EventMeta, MessageId,
     MessageSent, Payload, Position, ReadUpTo, UserId,
@@ -23,25 +24,31 @@ use switchboard_schemas::{
 
 use super::config::{CqlConfig, Replication};
 use super::migrations::{self, MIGRATIONS};
-use super::{CqlStore, bucket};
+use super::{CqlStore, bucket, open_session};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::{Logged, Message, ReadMarker, ReadModel, StoreError, conformance, history};
 
-const START_ENGINES: &str =
-    "SWITCHBOARD_CQL is unset: run ops/engines/start.sh and set SWITCHBOARD_CQL=127.0.0.1:19042";
+const START_ENGINES: &str = "run ops/engines/start.sh and set \
+                             SWITCHBOARD_CQL=cassandra:cassandra@127.0.0.1:19042 and \
+                             SWITCHBOARD_CQL_CA=FILE (as ops/test.sh does)";
 
-/// The engine's `host:port`, or `None` when the test is to be skipped.
+/// The engine's `[user:password@]host:port`, or `None` when the test is to be skipped.
 fn engine() -> Option<String> {
-    let address = std::env::var("SWITCHBOARD_CQL").ok();
-    if address.is_none() {
+    setting("SWITCHBOARD_CQL")
+}
+
+/// The variable's value, or `None` when it is unset and the test is to be skipped.
+fn setting(variable: &str) -> Option<String> {
+    let value = std::env::var(variable).ok();
+    if value.is_none() {
         assert_ne!(
             std::env::var("SWITCHBOARD_REQUIRE_ENGINES").as_deref(),
             Ok("1"),
-            "{START_ENGINES}"
+            "{variable} is unset: {START_ENGINES}"
         );
-        eprintln!("skipped: SWITCHBOARD_CQL is unset");
+        eprintln!("skipped: {variable} is unset");
     }
-    address
+    value
 }
 
 /// A keyspace name no other test, run or process uses.
@@ -49,10 +56,6 @@ fn unique_keyspace() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let micros = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros());
     format!("sb_test_{}_{micros}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
-}
-
-async fn session(address: &str) -> Session {
-    SessionBuilder::new().known_node(address).build().await.expect("a session with the engine")
 }
 
 /// Runs `test` with the URL of a fresh keyspace, then drops the keyspace whatever the outcome
@@ -67,9 +70,10 @@ where
     };
     let keyspace = unique_keyspace();
     let config = CqlConfig::from_url(&format!("scylla://{address}/{keyspace}")).expect("a URL");
-    let outcome = tokio::spawn(test(config)).await;
-    session(&address)
+    let outcome = tokio::spawn(test(config.clone())).await;
+    open_session(&config)
         .await
+        .expect("a session with the engine")
         .query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), ())
         .await
         .expect("dropping the test keyspace");
@@ -170,6 +174,39 @@ fn urls_name_nodes_keyspace_and_replication() {
 }
 
 #[test]
+fn urls_carry_credentials_and_tls() {
+    let plain = CqlConfig::from_url("scylla://h/ks").expect("valid");
+    assert_eq!((plain.credentials, plain.tls), (None, None));
+
+    let url = "scylla://app%2B1:p%40ss%3Aw%2Fd@a:1,b/ks?replication=3&ca=/etc/cql/ca%201.pem";
+    let config = CqlConfig::from_url(url).expect("valid");
+    assert_eq!(config.nodes, ["a:1", "b:9042"]);
+    let credentials = config.credentials.as_ref().expect("credentials");
+    assert_eq!((credentials.user.as_str(), credentials.password.as_str()), ("app+1", "p@ss:w/d"));
+    assert_eq!(config.tls, Some(Tls { ca: Some("/etc/cql/ca 1.pem".into()) }));
+    assert_eq!(config.replication, Replication::Simple { factor: 3 });
+    assert!(!format!("{config:?}").contains("p@ss"), "Debug shows the password: {config:?}");
+
+    let system = CqlConfig::from_url("cassandra://h/ks?tls=true").expect("valid");
+    assert_eq!(system.tls, Some(Tls { ca: None }));
+    assert_eq!(CqlConfig::from_url("scylla://h/ks?tls=false").expect("valid").tls, None);
+
+    for (url, reason) in [
+        ("scylla://app:hunter2@h/ks?tls=on", "tls must be true or false"),
+        ("scylla://app:hunter2@h/ks?tls=false&ca=/ca.pem", "tls=false"),
+        ("scylla://app:hunter2@h/ks?ssl=true", "unknown parameter `ssl=true`"),
+        ("scylla://app:hunter2@h:x/ks", "not a port"),
+        ("scylla://app:hunter2@/ks", "host is missing"),
+        ("scylla://app@h/ks", "password is missing"),
+    ] {
+        let message = CqlConfig::from_url(url).expect_err(url).to_string();
+        assert!(message.contains(reason), "`{url}`: `{message}` does not mention {reason}");
+        assert!(!message.contains("hunter2"), "`{url}`: the password shows: {message}");
+        assert!(message.contains("scylla://…@"), "`{message}` does not quote the URL");
+    }
+}
+
+#[test]
 fn bad_urls_say_what_is_wrong() {
     let long = format!("scylla://h/k{}", "s".repeat(48));
     let cases = [
@@ -243,6 +280,65 @@ async fn an_unreachable_cluster_is_unavailable() {
     }
 }
 
+#[tokio::test]
+async fn a_store_works_over_tls() -> Result<(), StoreError> {
+    let Some(ca) = setting("SWITCHBOARD_CQL_CA") else {
+        return Ok(());
+    };
+    in_keyspace(|mut config| async move {
+        config.tls = Some(Tls { ca: Some(ca.into()) });
+        let store = CqlStore::connect(config).await?;
+        conformance::membership_and_inbox(&store).await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_certificate_of_another_ca_is_refused() -> Result<(), StoreError> {
+    in_keyspace(|mut config| async move {
+        // The system's trust store does not know the test CA.
+        config.tls = Some(Tls { ca: None });
+        match CqlStore::connect(config).await {
+            Err(StoreError::Storage(message)) => {
+                assert!(
+                    message.contains("certificate verify failed"),
+                    "the cause is not named: {message}"
+                );
+            }
+            Err(other) => panic!("an untrusted certificate is no outage: {other:?}"),
+            Ok(_) => panic!("trusted a certificate no CA of the trust store signed"),
+        }
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_refused_naming_the_cause() -> Result<(), StoreError> {
+    in_keyspace(|mut config| async move {
+        let Some(credentials) = config.credentials.as_mut() else {
+            panic!("SWITCHBOARD_CQL has no credentials, but the engine is to ask for them");
+        };
+        credentials.password = "not-the-password-0451".to_owned();
+        match CqlStore::connect(config).await {
+            Err(StoreError::Storage(message)) => {
+                assert!(
+                    message.contains("password are incorrect"),
+                    "the cause is not named: {message}"
+                );
+                assert!(
+                    !message.contains("not-the-password-0451"),
+                    "the password shows: {message}"
+                );
+            }
+            Err(other) => panic!("a wrong password is no outage: {other:?}"),
+            Ok(_) => panic!("connected with a wrong password"),
+        }
+        Ok(())
+    })
+    .await
+}
+
 fn all_versions() -> Vec<i32> {
     MIGRATIONS.iter().map(|m| m.version).collect()
 }
@@ -250,8 +346,7 @@ fn all_versions() -> Vec<i32> {
 #[tokio::test]
 async fn migrations_apply_once() -> Result<(), StoreError> {
     in_keyspace(|config| async move {
-        let address = config.nodes[0].clone();
-        let session = session(&address).await;
+        let session = open_session(&config).await?;
         assert_eq!(migrations::run(&session, &config).await?, all_versions());
         assert_eq!(migrations::run(&session, &config).await?, Vec::<i32>::new(), "nothing left");
         // A process that died after running a migration but before recording it runs all of it
