@@ -243,9 +243,9 @@ async fn a_wrong_password_fails_at_once_naming_the_cause() {
     let mut config = KafkaConfig::from_url(&with_prefix(&url), PARTITIONS).expect("config");
     let sasl = config.sasl.as_mut().expect("SWITCHBOARD_KAFKA_SASL has credentials");
     sasl.credentials.password = "not-the-password-0451".to_owned();
-    // Long enough that a refusal taken for a broker that is down would show as a timeout.
+    // Long enough that a refusal taken for a broker that is down would show as a timeout, which
+    // fails as unavailable: only a refusal seen for what it is fails as a storage error.
     config.request_timeout = Duration::from_secs(60);
-    let started = std::time::Instant::now();
     match guard(KafkaLog::connect(config)).await {
         Err(LogError::Storage(message)) => {
             assert!(message.contains("Authentication failed"), "the cause is not named: {message}");
@@ -254,7 +254,6 @@ async fn a_wrong_password_fails_at_once_naming_the_cause() {
         Err(other) => panic!("a wrong password should be refused as such, not {other}"),
         Ok(_) => panic!("connected with a wrong password"),
     }
-    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
