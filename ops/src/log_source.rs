@@ -2,10 +2,20 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::UNIX_EPOCH;
 
 use anyhow::{Context, ensure};
 use switchboard_ingest::log::Log;
 use switchboard_ingest::url::redacted;
+
+/// A time as commands take it, RFC 3339 (`2026-12-05T10:00:00Z`, or without the zone for UTC),
+/// in milliseconds since the Unix epoch.
+pub fn parse_time(text: &str) -> Result<i64, String> {
+    let time = humantime::parse_rfc3339_weak(text)
+        .map_err(|e| format!("`{text}` is not a time such as 2026-12-05T10:00:00Z: {e}"))?;
+    let millis = time.duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis());
+    Ok(i64::try_from(millis).unwrap_or(i64::MAX))
+}
 
 /// Options naming the log to read.
 #[derive(clap::Args, Debug)]

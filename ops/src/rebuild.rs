@@ -4,8 +4,13 @@
 //! is brought up, the fix is to fold the log into a fresh store rather than to migrate the old
 //! one. The replay stops at the end of the log as it was when the replay started, so the result
 //! is a definite point in the log even if something keeps appending.
+//!
+//! `--until` stops it earlier, at a time or at given offsets: the store then holds the read
+//! models as they were at that point in history, for `switchboard serve --read-only` to show
+//! during an investigation (time travel).
 
 use std::fmt;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +21,7 @@ use switchboard_ingest::url::redacted;
 use switchboard_projector::store::ReadModel;
 use switchboard_projector::{PROJECTED_TOPICS, Progress, Projector};
 
-use crate::log_source::LogArgs;
+use crate::log_source::{LogArgs, parse_time};
 
 /// Options of `switchboard rebuild`.
 #[derive(clap::Args, Debug)]
@@ -28,6 +33,64 @@ pub struct Args {
     /// The new, empty store to fold it into: a directory, file://DIR or scylla://HOST:PORT/KEYSPACE.
     #[arg(long)]
     pub into: String,
+
+    /// Replay only the events the log took before this time (RFC 3339, e.g.
+    /// 2026-12-05T10:00:00Z), or before these offsets (`topic.partition=offset,…`, the form of
+    /// a checkpoint; partitions it does not name are replayed whole) [default: the end].
+    #[arg(long, default_value = "end")]
+    pub until: Until,
+}
+
+/// Where a replay stops.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Until {
+    /// The end of the log when the replay starts.
+    #[default]
+    End,
+    /// Before the first record taken at or after this time (milliseconds since the epoch).
+    Time(i64),
+    /// Before these offsets.
+    Offsets(Cursor),
+}
+
+impl FromStr for Until {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Until, String> {
+        if s == "end" {
+            Ok(Until::End)
+        } else if s.contains('=') {
+            s.parse().map(Until::Offsets)
+        } else {
+            parse_time(s).map(Until::Time)
+        }
+    }
+}
+
+impl Until {
+    /// The offsets, within the log's current end, that the replay stops before.
+    async fn cursor(&self, log: &dyn Log) -> anyhow::Result<Cursor> {
+        let end =
+            Cursor::end(log, &PROJECTED_TOPICS).await.context("reading where the log ends")?;
+        Ok(match self {
+            Until::End => end,
+            Until::Time(time_ms) => Cursor::at_time(log, &PROJECTED_TOPICS, *time_ms)
+                .await
+                .context("finding that time in the log")?,
+            Until::Offsets(offsets) => {
+                let mut until = end.clone();
+                for (topic, partition, offset) in offsets.iter() {
+                    let end = end.get(topic, partition).with_context(|| {
+                        format!(
+                            "{topic}.{partition} is not a partition the read models are built from"
+                        )
+                    })?;
+                    until.set(topic, partition, offset.min(end));
+                }
+                until
+            }
+        })
+    }
 }
 
 /// What a rebuild did.
@@ -36,6 +99,8 @@ pub struct Report {
     /// Events folded into the new store.
     pub events: u64,
     pub elapsed: Duration,
+    /// The offsets the replay stopped before.
+    pub until: Cursor,
 }
 
 impl fmt::Display for Report {
@@ -44,8 +109,9 @@ impl fmt::Display for Report {
         let rate = if seconds > 0.0 { self.events as f64 / seconds } else { 0.0 };
         write!(
             f,
-            "rebuilt the read models from {} events in {seconds:.2} s ({rate:.0} events/s)",
-            self.events
+            "rebuilt the read models from {} events in {seconds:.2} s ({rate:.0} events/s), up \
+             to {}",
+            self.events, self.until
         )
     }
 }
@@ -58,7 +124,7 @@ pub async fn command(args: Args) -> anyhow::Result<()> {
     let store = switchboard_projector::store::open(&into)
         .await
         .with_context(|| format!("opening the new store at {}", redacted(&into)))?;
-    let report = rebuild(Arc::clone(&log), store).await?;
+    let report = rebuild(Arc::clone(&log), store, &args.until).await?;
     log.close().await.context("closing the log")?;
     println!("{report}");
     Ok(())
@@ -69,24 +135,26 @@ pub fn store_url(location: &str) -> String {
     if location.contains("://") { location.to_owned() } else { format!("file://{location}") }
 }
 
-/// Projects the log, from offset 0 up to the end it has when this starts, into `into`, which
-/// must be empty.
-pub async fn rebuild(log: Arc<dyn Log>, into: Arc<dyn ReadModel>) -> anyhow::Result<Report> {
+/// Projects the log, from offset 0 up to `until`, into `into`, which must be empty.
+pub async fn rebuild(
+    log: Arc<dyn Log>,
+    into: Arc<dyn ReadModel>,
+    until: &Until,
+) -> anyhow::Result<Report> {
     let started = Instant::now();
     let existing = into.checkpoint().await.context("reading the target store's checkpoint")?;
     ensure!(
         existing.iter().next().is_none(),
         "the target store already holds read models (at {existing}); rebuild into an empty one"
     );
-    let until =
-        Cursor::end(log.as_ref(), &PROJECTED_TOPICS).await.context("reading where the log ends")?;
+    let until = until.cursor(log.as_ref()).await?;
     let progress = Progress::new(Cursor::default());
     let shown = tokio::spawn(show(progress.clone(), until.clone()));
     let projector = Projector::new(log, into, progress);
     let events = projector.catch_up(&until).await;
     shown.abort();
     let events = events.with_context(|| format!("replaying the log up to {until}"))?;
-    Ok(Report { events, elapsed: started.elapsed() })
+    Ok(Report { events, elapsed: started.elapsed(), until })
 }
 
 /// How often the progress bar is redrawn.
@@ -118,7 +186,7 @@ async fn show(progress: Progress, until: Cursor) {
 mod tests {
     use super::*;
     use crate::dump::write_dump;
-    use crate::testing::{ingest, written_log};
+    use crate::testing::{Chat, ingest, written_log};
     use switchboard_ingest::Origin;
     use switchboard_ingest::log::embedded::EmbeddedLog;
     use switchboard_projector::store::embedded::EmbeddedStore;
@@ -135,16 +203,16 @@ mod tests {
         let (log, written) = written_log(&dir.path().join("log"), 5).await;
 
         let first = Arc::new(EmbeddedStore::open(&dir.path().join("first")).unwrap());
-        let report = rebuild(Arc::clone(&log), first.clone()).await.unwrap();
+        let report = rebuild(Arc::clone(&log), first.clone(), &Until::End).await.unwrap();
         assert_eq!(report.events, written);
         let second = Arc::new(EmbeddedStore::open(&dir.path().join("second")).unwrap());
-        rebuild(Arc::clone(&log), second.clone()).await.unwrap();
+        rebuild(Arc::clone(&log), second.clone(), &Until::End).await.unwrap();
 
         let dump = dumped(&first).await;
         assert!(dump.contains("hello 4"), "{dump}");
         assert_eq!(dump, dumped(&second).await);
 
-        let again = format!("{:#}", rebuild(log, first).await.unwrap_err());
+        let again = format!("{:#}", rebuild(log, first, &Until::End).await.unwrap_err());
         assert!(again.contains("already holds read models"), "{again}");
     }
 
@@ -171,7 +239,64 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log: Arc<dyn Log> = Arc::new(EmbeddedLog::open(&dir.path().join("log"), 2).unwrap());
         let store = Arc::new(EmbeddedStore::open(&dir.path().join("store")).unwrap());
-        assert_eq!(rebuild(log, store).await.unwrap().events, 0);
+        assert_eq!(rebuild(log, store, &Until::End).await.unwrap().events, 0);
+    }
+
+    #[tokio::test]
+    async fn a_rebuild_until_a_time_holds_the_read_models_of_that_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut chat = Chat::written(&dir.path().join("log"), 2).await;
+        chat.say("before the incident").await;
+        let (log, written) = (Arc::clone(&chat.log), chat.events);
+        let end = Cursor::end(log.as_ref(), &PROJECTED_TOPICS).await.unwrap();
+        // Everything so far was taken before `incident`; everything after, at or after it.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let incident = switchboard_ingest::now_ms();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        chat.say("after the incident").await;
+
+        let then = Arc::new(EmbeddedStore::open(&dir.path().join("then")).unwrap());
+        let report = rebuild(Arc::clone(&log), then.clone(), &Until::Time(incident)).await.unwrap();
+        assert_eq!(report.events, written);
+        assert_eq!(report.until, end);
+        let dump = dumped(&then).await;
+        assert!(dump.contains("before the incident"), "{dump}");
+        assert!(!dump.contains("after the incident"), "{dump}");
+        let beginning = Cursor::beginning(log.as_ref(), &PROJECTED_TOPICS);
+        let checkpoint = then.checkpoint().await.unwrap().or(&beginning);
+        assert_eq!(checkpoint, end, "the store says what point it holds");
+
+        let by_offsets = Arc::new(EmbeddedStore::open(&dir.path().join("offsets")).unwrap());
+        let until = Until::Offsets(end.clone());
+        rebuild(Arc::clone(&log), by_offsets.clone(), &until).await.unwrap();
+        assert_eq!(dumped(&by_offsets).await, dump, "the same point named by its offsets");
+
+        let now = Arc::new(EmbeddedStore::open(&dir.path().join("now")).unwrap());
+        rebuild(log, now.clone(), &Until::End).await.unwrap();
+        assert!(dumped(&now).await.contains("after the incident"));
+    }
+
+    #[tokio::test]
+    async fn offsets_past_the_end_stop_at_the_end_and_unknown_partitions_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, written) = written_log(&dir.path().join("log"), 2).await;
+        let store = Arc::new(EmbeddedStore::open(&dir.path().join("store")).unwrap());
+        let far: Until = "messages.0=1000000,messages.1=1000000".parse().unwrap();
+        assert_eq!(rebuild(Arc::clone(&log), store, &far).await.unwrap().events, written);
+
+        let store = Arc::new(EmbeddedStore::open(&dir.path().join("other")).unwrap());
+        let unknown: Until = "messages.9=1".parse().unwrap();
+        let refused = format!("{:#}", rebuild(log, store, &unknown).await.unwrap_err());
+        assert!(refused.contains("messages.9 is not a partition"), "{refused}");
+    }
+
+    #[test]
+    fn until_reads_a_time_offsets_or_the_end() {
+        assert_eq!("end".parse(), Ok(Until::End));
+        assert_eq!("1970-01-01T00:00:01Z".parse(), Ok(Until::Time(1000)));
+        assert_eq!("users.1=4".parse::<Until>(), Ok(Until::Offsets("users.1=4".parse().unwrap())));
+        assert!("yesterday".parse::<Until>().unwrap_err().contains("is not a time"));
+        assert!("users.x=4".parse::<Until>().is_err());
     }
 
     #[test]
@@ -182,10 +307,15 @@ mod tests {
 
     #[test]
     fn the_report_reads_as_a_sentence() {
-        let report = Report { events: 1000, elapsed: Duration::from_millis(500) };
+        let report = Report {
+            events: 1000,
+            elapsed: Duration::from_millis(500),
+            until: "messages.0=600,users.0=400".parse().unwrap(),
+        };
         assert_eq!(
             report.to_string(),
-            "rebuilt the read models from 1000 events in 0.50 s (2000 events/s)"
+            "rebuilt the read models from 1000 events in 0.50 s (2000 events/s), up to \
+             users.0=400,messages.0=600"
         );
     }
 }

@@ -9,14 +9,13 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::str::FromStr;
-use std::time::UNIX_EPOCH;
 
 use anyhow::{Context, ensure};
 use serde::Serialize;
 use switchboard_ingest::log::{Cursor, Log, Record};
 use switchboard_schemas::{Codec, EventMeta, Payload, Topic};
 
-use crate::log_source::LogArgs;
+use crate::log_source::{LogArgs, parse_time};
 
 /// What is printed in place of a password hash.
 const REDACTED: &str = "[redacted]";
@@ -85,16 +84,11 @@ impl FromStr for Start {
             _ if s.bytes().all(|b| b.is_ascii_digit()) => {
                 s.parse().map(Start::Offset).map_err(|e| format!("offset `{s}`: {e}"))
             }
-            _ => {
-                let time = humantime::parse_rfc3339_weak(s).map_err(|_| {
-                    format!(
-                        "`{s}` is not beginning, end, an offset or a time such as \
-                         2026-12-05T10:00:00Z"
-                    )
-                })?;
-                let millis = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
-                Ok(Start::Time(i64::try_from(millis).unwrap_or(i64::MAX)))
-            }
+            _ => parse_time(s).map(Start::Time).map_err(|_| {
+                format!(
+                    "`{s}` is not beginning, end, an offset or a time such as 2026-12-05T10:00:00Z"
+                )
+            }),
         }
     }
 }
@@ -131,16 +125,19 @@ pub async fn tail(
         );
     }
     let ends = log.end_offsets(topic).await.context("reading where the log ends")?;
+    let starts = match select.from {
+        Start::Beginning => vec![0; ends.len()],
+        Start::End => ends.clone(),
+        Start::Offset(offset) => vec![offset; ends.len()],
+        Start::Time(time_ms) => {
+            log.offsets_at(topic, time_ms).await.context("finding that time in the log")?
+        }
+    };
     let mut cursor = Cursor::default();
     // Partitions not yet read up to the end they had when the tail started.
     let mut unfinished = BTreeMap::new();
     for partition in (0..partitions).filter(|p| select.partition.is_none_or(|only| only == *p)) {
-        let end = ends[partition as usize];
-        let start = match select.from {
-            Start::Beginning | Start::Time(_) => 0,
-            Start::End => end,
-            Start::Offset(offset) => offset,
-        };
+        let (start, end) = (starts[partition as usize], ends[partition as usize]);
         cursor.set(topic, partition, start);
         if start < end {
             unfinished.insert(partition, end);
@@ -183,11 +180,7 @@ pub async fn tail(
 
 /// Whether `record` passes the filters that need no decoding.
 fn wanted(select: &Select, record: &Record) -> bool {
-    let after_start = match select.from {
-        Start::Time(since) => record.timestamp_ms >= since,
-        _ => true,
-    };
-    after_start && select.key.as_ref().is_none_or(|key| record.key == key.as_bytes())
+    select.key.as_ref().is_none_or(|key| record.key == key.as_bytes())
 }
 
 /// One printed line.

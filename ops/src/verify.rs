@@ -148,7 +148,7 @@ mod tests {
     use switchboard_projector::store::embedded::EmbeddedStore;
 
     use super::*;
-    use crate::rebuild::rebuild;
+    use crate::rebuild::{Until, rebuild};
     use crate::testing::{ingest, written_log};
 
     #[tokio::test]
@@ -160,7 +160,7 @@ mod tests {
             let (log, into) = (Arc::clone(&log), path(name));
             async move {
                 let store = Arc::new(EmbeddedStore::open(into.as_ref()).unwrap());
-                rebuild(log, store).await.unwrap();
+                rebuild(log, store, &Until::End).await.unwrap();
             }
         };
         rebuilt("a").await;

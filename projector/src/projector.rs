@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use switchboard_ingest::log::{Cursor, Log, LogError, Record};
-use switchboard_schemas::{Codec, Topic};
+use switchboard_schemas::{Codec, Position, Topic};
 use tokio_util::sync::CancellationToken;
 
 use crate::Progress;
@@ -84,6 +84,19 @@ impl Projector {
         let mut applied = 0;
         while behind(&cursor) {
             let mut records = reader.next_batch(BATCH).await?;
+            // A partition's records come in order: one at or past `until` means that partition
+            // has nothing left before it, even when the log no longer keeps the records between
+            // the checkpoint and `until` (retention took them).
+            for record in records.iter().filter(|record| !until.has_passed(record.position)) {
+                let Position { topic, partition, .. } = record.position;
+                if let Some(end) = until.get(topic, partition) {
+                    cursor.set(
+                        topic,
+                        partition,
+                        end.max(cursor.get(topic, partition).unwrap_or(0)),
+                    );
+                }
+            }
             records.retain(|record| until.has_passed(record.position));
             // A batch wholly past `until` has nothing to write.
             if !records.is_empty() {

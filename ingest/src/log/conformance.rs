@@ -36,6 +36,7 @@ pub async fn run_all(log: &dyn Log) {
     // These share a topic with a check above, so they run after the others.
     a_group_resumes_after_its_commit(log).await;
     appends_keep_the_order_they_were_made_in(log).await;
+    a_time_names_the_first_record_taken_from_then_on(log).await;
 }
 
 /// Sequential appends come back from a reader with the positions, keys and values the appends
@@ -347,6 +348,43 @@ pub async fn a_group_resumes_after_its_commit(log: &dyn Log) {
     let mut later = log.join_group(&group, &[topic], ahead).await.expect("rejoin");
     let last = read_tagged_from(later.as_mut(), &tag, 1).await;
     assert_eq!(last[0].position, positions[3], "a checkpoint past the commit wins");
+}
+
+/// `offsets_at` gives, in each partition, the first record taken at or after a time: the record
+/// itself for its own timestamp, the one after it for a later time, the end for a time to come.
+pub async fn a_time_names_the_first_record_taken_from_then_on(log: &dyn Log) {
+    let topic = Topic::Calls;
+    let tag = run_tag("time");
+    let key = format!("{tag}/call");
+    let partition = Topic::partition_for(key.as_bytes(), log.partitions(topic)) as usize;
+    let start = Cursor::end(log, &[topic]).await.expect("end offsets");
+
+    let first = log.append(topic, key.as_bytes(), vec![1]).await.expect("append");
+    let first_taken = read_tagged(log, start.clone(), &tag, 1).await[0].timestamp_ms;
+    // The second record must be taken at a later millisecond than the first.
+    while now_ms() <= first_taken {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    let second = log.append(topic, key.as_bytes(), vec![2]).await.expect("append");
+    let second_taken = read_tagged(log, start, &tag, 2).await[1].timestamp_ms;
+    assert!(second_taken > first_taken, "timestamps {first_taken} then {second_taken}");
+
+    let at = |time_ms| async move { log.offsets_at(topic, time_ms).await.expect("offsets_at") };
+    assert_eq!(at(first_taken).await[partition], first.offset, "at the first record's time");
+    assert_eq!(at(first_taken + 1).await[partition], second.offset, "just after it");
+    assert_eq!(at(second_taken).await[partition], second.offset, "at the second record's time");
+    assert_eq!(
+        at(second_taken + 60_000).await,
+        log.end_offsets(topic).await.expect("end offsets"),
+        "a time to come names the end of every partition"
+    );
+    assert_eq!(
+        Cursor::at_time(log, &[topic], first_taken)
+            .await
+            .expect("at_time")
+            .get(topic, partition as u32),
+        Some(first.offset)
+    );
 }
 
 async fn read_tagged(log: &dyn Log, from: Cursor, tag: &str, want: usize) -> Vec<Record> {

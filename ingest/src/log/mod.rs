@@ -84,6 +84,12 @@ pub trait Log: Send + Sync + 'static {
     /// For each partition of `topic`, the offset the next append will get.
     async fn end_offsets(&self, topic: Topic) -> Result<Vec<u64>, LogError>;
 
+    /// For each partition of `topic`, the offset of the first record the log took at or after
+    /// `time_ms` (milliseconds since the Unix epoch), or the partition's end offset if it has
+    /// taken none since. A log's timestamps never go backwards within a partition, so a time
+    /// names one place in each: everything before it was taken earlier.
+    async fn offsets_at(&self, topic: Topic, time_ms: i64) -> Result<Vec<u64>, LogError>;
+
     /// A reader that starts at `from` and follows the tail of the partitions named in it.
     async fn reader(&self, from: Cursor) -> Result<Box<dyn LogReader>, LogError>;
 
@@ -145,10 +151,31 @@ impl Cursor {
 
     /// A cursor at the current end of every partition of `topics`: only new records follow.
     pub async fn end(log: &dyn Log, topics: &[Topic]) -> Result<Cursor, LogError> {
+        Cursor::per_partition(topics, |topic| log.end_offsets(topic)).await
+    }
+
+    /// A cursor at the first record each partition of `topics` took at or after `time_ms`
+    /// ([`Log::offsets_at`]): reading up to it reads the log as it was at that time.
+    pub async fn at_time(
+        log: &dyn Log,
+        topics: &[Topic],
+        time_ms: i64,
+    ) -> Result<Cursor, LogError> {
+        Cursor::per_partition(topics, |topic| log.offsets_at(topic, time_ms)).await
+    }
+
+    /// A cursor from the offsets `offsets` gives for each partition of each topic, in order.
+    async fn per_partition<F>(
+        topics: &[Topic],
+        offsets: impl Fn(Topic) -> F,
+    ) -> Result<Cursor, LogError>
+    where
+        F: Future<Output = Result<Vec<u64>, LogError>>,
+    {
         let mut cursor = Cursor::default();
         for &topic in topics {
-            for (partition, offset) in log.end_offsets(topic).await?.into_iter().enumerate() {
-                cursor.next.insert((topic, partition as u32), offset);
+            for (partition, offset) in (0u32..).zip(offsets(topic).await?) {
+                cursor.next.insert((topic, partition), offset);
             }
         }
         Ok(cursor)

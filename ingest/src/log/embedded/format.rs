@@ -84,6 +84,12 @@ pub(super) fn decode(
     })
 }
 
+/// When a stored record was taken, without decoding the rest of it.
+pub(super) fn decode_timestamp(stored: &[u8]) -> Option<i64> {
+    let timestamp = stored.get(1..HEADER_LEN - 4)?;
+    <[u8; 8]>::try_from(timestamp).ok().map(i64::from_be_bytes)
+}
+
 /// Reads the offset back from a stored key, for recovering where each partition ends.
 pub(super) fn decode_offset(stored_key: &[u8]) -> Option<u64> {
     <[u8; 8]>::try_from(stored_key).ok().map(u64::from_be_bytes)
@@ -102,6 +108,8 @@ mod tests {
         assert_eq!(record.value, b"payload");
         assert_eq!(record.timestamp_ms, 1_700_000_000_123);
         assert_eq!(decode_offset(&offset_key(7)), Some(7));
+        assert_eq!(decode_timestamp(&stored), Some(1_700_000_000_123));
+        assert_eq!(decode_timestamp(&stored[..5]), None);
 
         assert!(decode(position, &offset_key(8), &stored).is_err(), "offset mismatch");
         assert!(decode(position, &offset_key(7), &stored[..10]).is_err(), "truncated header");

@@ -26,7 +26,7 @@ use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use switchboard_schemas::Topic;
+use switchboard_schemas::{Position, Topic};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{Appending, Cursor, Log, LogError, LogReader, Record};
@@ -133,13 +133,16 @@ impl EmbeddedLog {
 
         let mut logs = Vec::with_capacity(Topic::ALL.len() * partitions as usize);
         let mut ends = Vec::with_capacity(logs.capacity());
+        let mut latest_timestamp_ms = i64::MIN;
         for topic in Topic::ALL {
             for partition in 0..partitions {
                 let name = format::partition_keyspace(topic, partition);
                 let keyspace = db
                     .keyspace(&name, KeyspaceCreateOptions::default)
                     .map_err(|e| storage(&format!("opening partition {name}"), e))?;
-                ends.push(recover_end(&keyspace, &name, dir)?);
+                let tail = recover_tail(&keyspace, &name, dir)?;
+                ends.push(tail.end);
+                latest_timestamp_ms = latest_timestamp_ms.max(tail.timestamp_ms);
                 logs.push(keyspace);
             }
         }
@@ -153,7 +156,7 @@ impl EmbeddedLog {
         let (frontier, _) = watch::channel(Frontier { ends, closed: false });
         let store = Arc::new(Store { db, partitions, logs, consumers, frontier });
         let (requests, receiver) = mpsc::unbounded_channel();
-        let thread = writer::spawn(Arc::clone(&store), receiver)
+        let thread = writer::spawn(Arc::clone(&store), receiver, latest_timestamp_ms)
             .map_err(|e| LogError::Storage(format!("starting the log writer thread: {e}")))?;
         Ok(EmbeddedLog {
             store,
@@ -188,26 +191,65 @@ impl EmbeddedLog {
     }
 }
 
-/// The offset the next append to this partition gets: one past the last stored record.
-fn recover_end(keyspace: &Keyspace, name: &str, dir: &Path) -> Result<u64, LogError> {
+/// Where a partition stands when the log is opened.
+struct Tail {
+    /// The offset the next append gets: one past the last stored record.
+    end: u64,
+    /// When the last record was taken; `i64::MIN` for an empty partition.
+    timestamp_ms: i64,
+}
+
+fn recover_tail(keyspace: &Keyspace, name: &str, dir: &Path) -> Result<Tail, LogError> {
     let Some(last) = keyspace.last_key_value() else {
-        return Ok(0);
+        return Ok(Tail { end: 0, timestamp_ms: i64::MIN });
     };
-    let key = last.key().map_err(|e| {
-        LogError::Storage(format!("reading the end of partition {name} in {}: {e}", dir.display()))
-    })?;
-    format::decode_offset(&key).map(|offset| offset + 1).ok_or_else(|| {
-        LogError::Storage(format!(
-            "partition {name} in {} holds a key that is not an offset",
-            dir.display()
-        ))
-    })
+    let damaged =
+        |what: &str| LogError::Storage(format!("partition {name} in {} {what}", dir.display()));
+    let (key, value) =
+        last.into_inner().map_err(|e| damaged(&format!("cannot be read at its end: {e}")))?;
+    let end = format::decode_offset(&key)
+        .map(|offset| offset + 1)
+        .ok_or_else(|| damaged("holds a key that is not an offset"))?;
+    let timestamp_ms =
+        format::decode_timestamp(&value).ok_or_else(|| damaged("ends with a truncated record"))?;
+    Ok(Tail { end, timestamp_ms })
 }
 
 impl Store {
     /// Index of a topic-partition in [`Store::logs`] and [`Frontier::ends`].
     fn slot(&self, topic: Topic, partition: u32) -> usize {
         topic as usize * self.partitions as usize + partition as usize
+    }
+
+    /// The first offset below `end` of a partition whose record was taken at or after
+    /// `time_ms`, or `end`. Blocking.
+    fn first_taken_at(
+        &self,
+        topic: Topic,
+        partition: u32,
+        end: u64,
+        time_ms: i64,
+    ) -> Result<u64, LogError> {
+        let log = &self.logs[self.slot(topic, partition)];
+        let taken_at = |offset: u64| -> Result<i64, LogError> {
+            let position = Position { topic, partition, offset };
+            let stored = log
+                .get(format::offset_key(offset))
+                .map_err(|e| LogError::Storage(format!("reading record {position}: {e}")))?
+                .ok_or_else(|| LogError::Storage(format!("record {position} is missing")))?;
+            format::decode_timestamp(&stored)
+                .ok_or_else(|| LogError::Storage(format!("record {position} is truncated")))
+        };
+        let (mut low, mut high) = (0, end);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            if taken_at(middle)? < time_ms {
+                low = middle + 1;
+            } else {
+                high = middle;
+            }
+        }
+        Ok(low)
     }
 
     fn check_partition(&self, topic: Topic, partition: u32) -> Result<(), LogError> {
@@ -284,6 +326,20 @@ impl Log for EmbeddedLog {
         let first = self.store.slot(topic, 0);
         let frontier = self.store.frontier.borrow();
         Ok(frontier.ends[first..first + self.store.partitions as usize].to_vec())
+    }
+
+    /// A binary search over each partition's timestamps, which the writer keeps from going
+    /// backwards.
+    async fn offsets_at(&self, topic: Topic, time_ms: i64) -> Result<Vec<u64>, LogError> {
+        let store = Arc::clone(&self.store);
+        let ends = self.end_offsets(topic).await?;
+        blocking(move || {
+            (0..store.partitions)
+                .zip(ends)
+                .map(|(partition, end)| store.first_taken_at(topic, partition, end, time_ms))
+                .collect()
+        })
+        .await
     }
 
     async fn reader(&self, from: Cursor) -> Result<Box<dyn LogReader>, LogError> {

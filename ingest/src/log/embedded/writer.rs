@@ -39,23 +39,27 @@ pub(super) enum Request {
     Commit { group: String, cursor: String, reply: oneshot::Sender<Result<(), LogError>> },
 }
 
+/// Starts the writer. `latest_timestamp_ms` is the timestamp of the newest stored record: the
+/// writer's timestamps never go below it.
 pub(super) fn spawn(
     store: Arc<Store>,
     requests: mpsc::UnboundedReceiver<Request>,
+    latest_timestamp_ms: i64,
 ) -> io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("embedded-log-writer".into())
-        .spawn(move || run(&store, requests))
+        .spawn(move || run(&store, requests, latest_timestamp_ms))
 }
 
-fn run(store: &Store, mut requests: mpsc::UnboundedReceiver<Request>) {
+fn run(store: &Store, mut requests: mpsc::UnboundedReceiver<Request>, latest_timestamp_ms: i64) {
     let _closed = MarkClosedOnExit(store);
+    let mut clock = LogClock { latest_ms: latest_timestamp_ms };
     let mut next = store.frontier.borrow().ends.clone();
     let mut pending = Vec::with_capacity(MAX_BATCH);
     // Returns 0 only once every sender is gone and the queue is empty: close() or the last
     // handle dropped, with everything queued before that still written.
     while requests.blocking_recv_many(&mut pending, MAX_BATCH) > 0 {
-        write(store, &mut next, pending.drain(..));
+        write(store, &mut next, clock.now_ms(), pending.drain(..));
     }
 }
 
@@ -77,8 +81,12 @@ enum Waiting {
 
 /// Writes one group of requests under a single sync. `next` holds each partition's next offset
 /// and moves only once the batch is durable.
-fn write(store: &Store, next: &mut Vec<u64>, requests: impl ExactSizeIterator<Item = Request>) {
-    let timestamp_ms = now_ms();
+fn write(
+    store: &Store,
+    next: &mut Vec<u64>,
+    timestamp_ms: i64,
+    requests: impl ExactSizeIterator<Item = Request>,
+) {
     // One item per request: sized up front rather than grown (and copied) by doubling.
     let mut batch = OwnedWriteBatch::with_capacity(store.db.clone(), requests.len());
     let mut ends = next.clone();
@@ -142,8 +150,34 @@ fn write(store: &Store, next: &mut Vec<u64>, requests: impl ExactSizeIterator<It
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
+/// The time records are stamped with: the system clock, except that it never goes backwards, so
+/// that a time names one place in each partition ([`crate::log::Log::offsets_at`]) even when the
+/// clock is stepped back.
+struct LogClock {
+    latest_ms: i64,
+}
+
+impl LogClock {
+    fn now_ms(&mut self) -> i64 {
+        let system = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX));
+        self.latest_ms = self.latest_ms.max(system);
+        self.latest_ms
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LogClock;
+
+    #[test]
+    fn the_clock_never_goes_back_below_the_newest_record() {
+        let ahead = i64::MAX - 1;
+        let mut clock = LogClock { latest_ms: ahead };
+        assert_eq!(clock.now_ms(), ahead, "a stored record from later than the system clock");
+        let mut clock = LogClock { latest_ms: i64::MIN };
+        let first = clock.now_ms();
+        assert!(first > 1_700_000_000_000 && clock.now_ms() >= first);
+    }
 }

@@ -33,10 +33,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use rdkafka::Offset;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::producer::Producer as _;
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
 use switchboard_schemas::{Position, Topic};
 use tokio::sync::watch;
 
@@ -137,6 +138,38 @@ impl Log for KafkaLog {
                 .collect()
         })
         .await
+    }
+
+    /// Kafka's own time index answers (`ListOffsets` by timestamp); the topics stamp records
+    /// with the time the broker appended them, which it keeps from going backwards.
+    async fn offsets_at(&self, topic: Topic, time_ms: i64) -> Result<Vec<u64>, LogError> {
+        let ends = self.end_offsets(topic).await?;
+        let consumer: BaseConsumer = reader::outside_any_group(&self.inner.config)?;
+        let name = self.inner.names.name(topic).to_owned();
+        let mut wanted = TopicPartitionList::new();
+        for partition in 0..self.inner.config.partitions as i32 {
+            wanted
+                .add_partition_offset(&name, partition, Offset::Offset(time_ms))
+                .map_err(|e| kafka_error(format!("asking for {name} at {time_ms} ms"), e))?;
+        }
+        let timeout = self.inner.config.request_timeout;
+        let found = blocking(move || {
+            retrying(timeout, |left| consumer.offsets_for_times(wanted.clone(), left))
+                .map_err(|e| kafka_error(format!("finding {name} at {time_ms} ms"), e))
+        })
+        .await?;
+        let mut offsets = ends;
+        for element in found.elements() {
+            // A partition with nothing taken since comes back as the end (`Offset::End`).
+            if let (Ok(partition), Offset::Offset(offset)) =
+                (usize::try_from(element.partition()), element.offset())
+                && let (Some(slot), Ok(offset)) =
+                    (offsets.get_mut(partition), u64::try_from(offset))
+            {
+                *slot = offset;
+            }
+        }
+        Ok(offsets)
     }
 
     async fn reader(&self, from: Cursor) -> Result<Box<dyn LogReader>, LogError> {

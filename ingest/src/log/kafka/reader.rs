@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures_util::{FutureExt, StreamExt};
+use rdkafka::config::FromClientConfig;
 use rdkafka::consumer::{Consumer, ConsumerContext, DefaultConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::BorrowedMessage;
@@ -46,6 +47,15 @@ pub(super) fn consumer_config(config: &KafkaConfig, group: &str) -> ClientConfig
     client
 }
 
+/// A consumer that reads or looks up offsets by itself: its group id is its own, never joined
+/// nor committed to.
+pub(super) fn outside_any_group<C: FromClientConfig>(config: &KafkaConfig) -> Result<C, LogError> {
+    let group = format!("switchboard-reader-{}", uuid::Uuid::new_v4());
+    consumer_config(config, &group)
+        .create()
+        .map_err(|e| kafka_error("creating a Kafka consumer", e))
+}
+
 /// A reader assigned the partitions of `from`, starting at its offsets.
 pub(super) fn assigned(
     config: &KafkaConfig,
@@ -70,10 +80,7 @@ pub(super) fn assigned(
             "a reader needs a cursor naming at least one partition".into(),
         ));
     }
-    let group = format!("switchboard-reader-{}", uuid::Uuid::new_v4());
-    let consumer: StreamConsumer = consumer_config(config, &group)
-        .create()
-        .map_err(|e| kafka_error("creating a Kafka consumer", e))?;
+    let consumer: StreamConsumer = outside_any_group(config)?;
     consumer.assign(&partitions).map_err(|e| kafka_error(format!("assigning {from}"), e))?;
     Ok(Box::new(Reader::new(consumer, names, closed)))
 }

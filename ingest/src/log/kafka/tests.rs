@@ -119,6 +119,7 @@ conformance!(
     a_reader_starts_where_its_cursor_says,
     a_group_resumes_after_its_commit,
     appends_keep_the_order_they_were_made_in,
+    a_time_names_the_first_record_taken_from_then_on,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
