@@ -15,7 +15,7 @@ use crate::coordination::{self, Coordination};
 
 pub async fn open_log(config: &Config) -> anyhow::Result<Arc<dyn Log>> {
     let url = config.log_url();
-    log::open(&url, config.partitions)
+    log::open_keeping(&url, config.partitions, config.log_retention)
         .await
         .with_context(|| format!("opening the log at {}", redacted(&url)))
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::parser::ValueSource;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use switchboard_ingest::log;
 use switchboard_projector::feed::Retention;
 
 use crate::coordination::Quota;
@@ -56,6 +57,12 @@ pub struct Config {
     /// Partitions per topic, used when the log is created.
     #[arg(long, env = "SWITCHBOARD_PARTITIONS", default_value_t = 8)]
     pub partitions: u32,
+
+    /// How long topics keep their records, as TOPIC=DURATION pairs joined by `,` (`forever`
+    /// keeps a topic whole); topics not named keep the default. users and conversations are kept
+    /// forever. What expires is gone from the log: a rebuild no longer sees it.
+    #[arg(long, env = "SWITCHBOARD_LOG_RETENTION", default_value = "signals=1h,presence=7d")]
+    pub log_retention: log::retention::Retention,
 
     /// This node's number (0–1023); nodes sharing a log need different ones, since it is part of
     /// every id they generate. A node holds a lease on its number in presence while it runs: a

@@ -190,6 +190,7 @@ mod tests {
     use switchboard_ingest::Origin;
     use switchboard_ingest::log::embedded::EmbeddedLog;
     use switchboard_projector::store::embedded::EmbeddedStore;
+    use switchboard_schemas::Topic;
 
     async fn dumped(store: &EmbeddedStore) -> String {
         let mut out = Vec::new();
@@ -288,6 +289,30 @@ mod tests {
         let unknown: Until = "messages.9=1".parse().unwrap();
         let refused = format!("{:#}", rebuild(log, store, &unknown).await.unwrap_err());
         assert!(refused.contains("messages.9 is not a partition"), "{refused}");
+    }
+
+    #[tokio::test]
+    async fn a_rebuild_until_offsets_the_log_no_longer_keeps_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(&dir.path().join("log"), 1).unwrap();
+        for _ in 0..3 {
+            log.append(Topic::Presence, b"user", b"gone by now".to_vec()).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        log.append(Topic::Presence, b"user", b"kept".to_vec()).await.unwrap();
+        log.expire("presence=1s".parse().unwrap());
+        while log.offsets_at(Topic::Presence, 0).await.unwrap() != [3] {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        let store = Arc::new(EmbeddedStore::open(&dir.path().join("store")).unwrap());
+        let until: Until = "presence.0=2".parse().unwrap();
+        let replay = rebuild(Arc::new(log), store, &until);
+        let report = tokio::time::timeout(Duration::from_secs(60), replay)
+            .await
+            .expect("the replay waited for events that expired")
+            .unwrap();
+        assert_eq!(report.events, 0, "the events before offset 2 have expired");
     }
 
     #[test]

@@ -13,13 +13,38 @@ use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 use switchboard_schemas::{Position, Topic};
 
+use retention::Retention;
+
 pub mod conformance;
 pub mod embedded;
 pub mod kafka;
+pub mod retention;
 
 /// Opens the log a URL names: `file://DIR` (the embedded log) or `kafka://host:port[,…][?…]`
 /// (see [`kafka::KafkaConfig::from_url`]). `partitions` is the count new topics get.
+///
+/// This is how tools open a log: how long topics keep records is left as it is. A node opens
+/// its log with [`open_keeping`].
 pub async fn open(url: &str, partitions: u32) -> Result<Arc<dyn Log>, LogError> {
+    open_with(url, partitions, None).await
+}
+
+/// Opens the log a node serves from, which keeps each topic's records as long as `retention`
+/// says: the embedded log removes expired records while it is open; on Kafka, topics are created
+/// with it and existing ones changed to it.
+pub async fn open_keeping(
+    url: &str,
+    partitions: u32,
+    retention: Retention,
+) -> Result<Arc<dyn Log>, LogError> {
+    open_with(url, partitions, Some(retention)).await
+}
+
+async fn open_with(
+    url: &str,
+    partitions: u32,
+    retention: Option<Retention>,
+) -> Result<Arc<dyn Log>, LogError> {
     match url.split_once("://") {
         Some(("file", dir)) => {
             let dir = std::path::PathBuf::from(dir);
@@ -27,10 +52,14 @@ pub async fn open(url: &str, partitions: u32) -> Result<Arc<dyn Log>, LogError> 
                 tokio::task::spawn_blocking(move || embedded::EmbeddedLog::open(&dir, partitions))
                     .await
                     .map_err(|e| LogError::Storage(format!("opening the embedded log: {e}")))??;
+            if let Some(retention) = retention {
+                log.expire(retention);
+            }
             Ok(Arc::new(log))
         }
         Some(("kafka", _)) => {
-            let config = kafka::KafkaConfig::from_url(url, partitions)?;
+            let mut config = kafka::KafkaConfig::from_url(url, partitions)?;
+            config.retention = retention;
             Ok(Arc::new(kafka::KafkaLog::connect(config).await?))
         }
         _ => Err(LogError::Storage(format!(

@@ -28,6 +28,12 @@ pub(super) fn partition_keyspace(topic: Topic, partition: u32) -> String {
     format!("{topic}.{partition}")
 }
 
+/// Where the first offset a partition still keeps is recorded, in [`META_KEYSPACE`]; absent
+/// until retention first removes records from it.
+pub(super) fn start_key(topic: Topic, partition: u32) -> String {
+    format!("start/{topic}.{partition}")
+}
+
 pub(super) fn offset_key(offset: u64) -> [u8; 8] {
     offset.to_be_bytes()
 }

@@ -14,6 +14,7 @@
 //!   each sync, never further, so nothing is read before it is acknowledged; they sleep on that
 //!   frontier when caught up.
 
+mod expiry;
 mod format;
 mod reader;
 #[cfg(test)]
@@ -29,6 +30,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use switchboard_schemas::{Position, Topic};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::retention::Retention;
 use super::{Appending, Cursor, Log, LogError, LogReader, Record};
 use reader::EmbeddedReader;
 use writer::Request;
@@ -52,6 +54,8 @@ struct Store {
     partitions: u32,
     /// One keyspace per topic-partition, indexed by [`Store::slot`].
     logs: Vec<Keyspace>,
+    /// The partition count, and where each partition starts once retention has removed records.
+    meta: Keyspace,
     consumers: Keyspace,
     frontier: watch::Sender<Frontier>,
 }
@@ -59,6 +63,10 @@ struct Store {
 /// What the writer has made durable; readers never look past it.
 #[derive(Debug)]
 struct Frontier {
+    /// The first offset each partition still keeps, indexed by [`Store::slot`]: records before
+    /// it have expired ([`retention`](crate::log::retention)). Moved before the records go, so
+    /// a reader that finds them gone knows why.
+    starts: Vec<u64>,
     /// The next offset of each partition, indexed by [`Store::slot`].
     ends: Vec<u64>,
     /// The writer has stopped: no record will ever come after `ends`.
@@ -132,6 +140,7 @@ impl EmbeddedLog {
         }
 
         let mut logs = Vec::with_capacity(Topic::ALL.len() * partitions as usize);
+        let mut starts = Vec::with_capacity(logs.capacity());
         let mut ends = Vec::with_capacity(logs.capacity());
         let mut latest_timestamp_ms = i64::MIN;
         for topic in Topic::ALL {
@@ -140,8 +149,20 @@ impl EmbeddedLog {
                 let keyspace = db
                     .keyspace(&name, KeyspaceCreateOptions::default)
                     .map_err(|e| storage(&format!("opening partition {name}"), e))?;
+                let start = match meta
+                    .get(format::start_key(topic, partition))
+                    .map_err(|e| storage(&format!("reading where {name} starts"), e))?
+                {
+                    Some(stored) => format::decode_offset(&stored).ok_or_else(|| {
+                        LogError::Storage(format!("{shown} holds an unreadable start of {name}"))
+                    })?,
+                    None => 0,
+                };
                 let tail = recover_tail(&keyspace, &name, dir)?;
-                ends.push(tail.end);
+                starts.push(start);
+                // A partition whose records have all expired is empty, yet still ends where
+                // its last record did.
+                ends.push(tail.end.max(start));
                 latest_timestamp_ms = latest_timestamp_ms.max(tail.timestamp_ms);
                 logs.push(keyspace);
             }
@@ -153,8 +174,8 @@ impl EmbeddedLog {
         // crash) is now served to readers, so it has to be as durable as everything else.
         db.persist(PersistMode::SyncAll).map_err(|e| storage("syncing the recovered log", e))?;
 
-        let (frontier, _) = watch::channel(Frontier { ends, closed: false });
-        let store = Arc::new(Store { db, partitions, logs, consumers, frontier });
+        let (frontier, _) = watch::channel(Frontier { starts, ends, closed: false });
+        let store = Arc::new(Store { db, partitions, logs, meta, consumers, frontier });
         let (requests, receiver) = mpsc::unbounded_channel();
         let thread = writer::spawn(Arc::clone(&store), receiver, latest_timestamp_ms)
             .map_err(|e| LogError::Storage(format!("starting the log writer thread: {e}")))?;
@@ -167,27 +188,11 @@ impl EmbeddedLog {
         })
     }
 
-    /// Queues a request for the writer now; the future waits for its answer.
-    fn request<T: Send + 'static>(
-        &self,
-        request: impl FnOnce(oneshot::Sender<Result<T, LogError>>) -> Request,
-    ) -> impl Future<Output = Result<T, LogError>> + Send + 'static {
-        let (reply, answer) = oneshot::channel();
-        // The sender is not kept: one held while waiting would keep the writer running, waiting
-        // for our own answer.
-        let queued = match self.writer.sender() {
-            Some(sender) => sender.send(request(reply)).map_err(|_| LogError::Closed),
-            None => Err(LogError::Closed),
-        };
-        async move {
-            queued?;
-            answer.await.map_err(|_| {
-                LogError::Unavailable(
-                    "the log writer stopped before confirming; the write may or may not be stored"
-                        .into(),
-                )
-            })?
-        }
+    /// Removes the records `retention` no longer keeps, now and then every minute or so, until
+    /// the log is closed. A node's log does this; tools reading a log leave it as it is.
+    /// Needs a Tokio runtime.
+    pub fn expire(&self, retention: Retention) {
+        tokio::spawn(expiry::run(Arc::clone(&self.store), Arc::downgrade(&self.writer), retention));
     }
 }
 
@@ -221,35 +226,50 @@ impl Store {
         topic as usize * self.partitions as usize + partition as usize
     }
 
-    /// The first offset below `end` of a partition whose record was taken at or after
-    /// `time_ms`, or `end`. Blocking.
-    fn first_taken_at(
-        &self,
-        topic: Topic,
-        partition: u32,
-        end: u64,
-        time_ms: i64,
-    ) -> Result<u64, LogError> {
-        let log = &self.logs[self.slot(topic, partition)];
-        let taken_at = |offset: u64| -> Result<i64, LogError> {
+    /// The offset of the first record a partition took at or after `time_ms`, or its end.
+    /// Blocking.
+    fn first_taken_at(&self, topic: Topic, partition: u32, time_ms: i64) -> Result<u64, LogError> {
+        let slot = self.slot(topic, partition);
+        let log = &self.logs[slot];
+        let (start, end) = {
+            let frontier = self.frontier.borrow();
+            (frontier.starts[slot], frontier.ends[slot])
+        };
+        // `None` for a record that is gone.
+        let taken_at = |offset: u64| -> Result<Option<i64>, LogError> {
             let position = Position { topic, partition, offset };
             let stored = log
                 .get(format::offset_key(offset))
-                .map_err(|e| LogError::Storage(format!("reading record {position}: {e}")))?
-                .ok_or_else(|| LogError::Storage(format!("record {position} is missing")))?;
-            format::decode_timestamp(&stored)
-                .ok_or_else(|| LogError::Storage(format!("record {position} is truncated")))
+                .map_err(|e| LogError::Storage(format!("reading record {position}: {e}")))?;
+            stored
+                .map(|stored| {
+                    format::decode_timestamp(&stored)
+                        .ok_or_else(|| LogError::Storage(format!("record {position} is truncated")))
+                })
+                .transpose()
         };
-        let (mut low, mut high) = (0, end);
+        let (mut low, mut high) = (start, end);
         while low < high {
             let middle = low + (high - low) / 2;
-            if taken_at(middle)? < time_ms {
-                low = middle + 1;
-            } else {
-                high = middle;
+            match taken_at(middle)? {
+                Some(taken) if taken < time_ms => low = middle + 1,
+                Some(_) => high = middle,
+                // Expired while searching: nothing before the new start exists any more.
+                None if middle < self.start(slot) => low = low.max(self.start(slot)).min(high),
+                None => {
+                    return Err(LogError::Storage(format!(
+                        "record {topic}.{partition}@{middle} is missing below the end of its \
+                         partition"
+                    )));
+                }
             }
         }
         Ok(low)
+    }
+
+    /// The first offset a partition still keeps.
+    fn start(&self, slot: usize) -> u64 {
+        self.frontier.borrow().starts[slot]
     }
 
     fn check_partition(&self, topic: Topic, partition: u32) -> Result<(), LogError> {
@@ -265,6 +285,29 @@ impl Store {
 }
 
 impl WriterHandle {
+    /// Queues a request for the writer now; the future waits for its answer.
+    fn request<T: Send + 'static>(
+        &self,
+        request: impl FnOnce(oneshot::Sender<Result<T, LogError>>) -> Request,
+    ) -> impl Future<Output = Result<T, LogError>> + Send + 'static {
+        let (reply, answer) = oneshot::channel();
+        // The sender is not kept: one held while waiting would keep the writer running, waiting
+        // for our own answer.
+        let queued = match self.sender() {
+            Some(sender) => sender.send(request(reply)).map_err(|_| LogError::Closed),
+            None => Err(LogError::Closed),
+        };
+        async move {
+            queued?;
+            answer.await.map_err(|_| {
+                LogError::Unavailable(
+                    "the log writer stopped before confirming; the write may or may not be stored"
+                        .into(),
+                )
+            })?
+        }
+    }
+
     /// A sender to the writer, or `None` once the log is closed.
     fn sender(&self) -> Option<mpsc::UnboundedSender<Request>> {
         self.requests.read().unwrap_or_else(PoisonError::into_inner).clone()
@@ -308,7 +351,7 @@ impl Log for EmbeddedLog {
         let partition = Topic::partition_for(key, self.store.partitions);
         let slot = self.store.slot(topic, partition);
         let key = key.to_vec();
-        Box::pin(self.request(|reply| Request::Append {
+        Box::pin(self.writer.request(|reply| Request::Append {
             topic,
             partition,
             slot,
@@ -332,11 +375,9 @@ impl Log for EmbeddedLog {
     /// backwards.
     async fn offsets_at(&self, topic: Topic, time_ms: i64) -> Result<Vec<u64>, LogError> {
         let store = Arc::clone(&self.store);
-        let ends = self.end_offsets(topic).await?;
         blocking(move || {
             (0..store.partitions)
-                .zip(ends)
-                .map(|(partition, end)| store.first_taken_at(topic, partition, end, time_ms))
+                .map(|partition| store.first_taken_at(topic, partition, time_ms))
                 .collect()
         })
         .await
@@ -393,7 +434,7 @@ impl Log for EmbeddedLog {
         // Through the writer, so a commit shares the sync of the appends around it.
         let group = group.to_owned();
         let cursor = cursor.to_string();
-        self.request(|reply| Request::Commit { group, cursor, reply }).await
+        self.writer.request(|reply| Request::Commit { group, cursor, reply }).await
     }
 
     async fn close(&self) -> Result<(), LogError> {

@@ -57,9 +57,10 @@ impl EmbeddedReader {
         EmbeddedReader { frontier: store.frontier.subscribe(), store, partitions, turn: 0 }
     }
 
-    /// Splits up to `max` records among the partitions that have some below `ends`: each gets an
-    /// equal share first, then what is left of `max` goes round again to those with more.
-    fn plan(partitions: &[Followed], turn: usize, ends: &[u64], max: usize) -> Vec<Take> {
+    /// Splits up to `max` records among the partitions that have some below the frontier's
+    /// ends: each gets an equal share first, then what is left of `max` goes round again to those
+    /// with more. A partition whose next record has expired is read from its start.
+    fn plan(partitions: &[Followed], turn: usize, frontier: &Frontier, max: usize) -> Vec<Take> {
         let n = partitions.len();
         let order = (0..n).map(|i| (turn + i) % n);
         let mut takes: Vec<Take> = order
@@ -70,12 +71,12 @@ impl EmbeddedReader {
                     topic: followed.topic,
                     partition: followed.partition,
                     slot: followed.slot,
-                    from: followed.next,
+                    from: followed.next.max(frontier.starts[followed.slot]),
                     count: 0,
                 }
             })
             .collect();
-        let available = |take: &Take| ends[take.slot].saturating_sub(take.from);
+        let available = |take: &Take| frontier.ends[take.slot].saturating_sub(take.from);
         let with_records = takes.iter().filter(|take| available(take) > 0).count();
         if with_records == 0 {
             return Vec::new();
@@ -96,31 +97,42 @@ impl EmbeddedReader {
     }
 }
 
-/// Reads the planned records; blocking, since fjall may go to disk.
-fn read(store: &Store, plan: &[Take]) -> Result<Vec<Record>, LogError> {
+/// Reads the planned records; blocking, since fjall may go to disk. `None` when records of the
+/// plan expired while it was read: the caller plans again from the new start.
+fn read(store: &Store, plan: &[Take]) -> Result<Option<Vec<Record>>, LogError> {
     let mut records = Vec::with_capacity(plan.iter().map(|take| take.count as usize).sum());
     for take in plan {
-        let range = format::offset_key(take.from)..format::offset_key(take.from + take.count);
-        let mut offset = take.from;
-        for stored in store.logs[take.slot].range(range) {
-            let position = Position { topic: take.topic, partition: take.partition, offset };
-            let (key, value) = stored
-                .into_inner()
-                .map_err(|e| LogError::Storage(format!("reading record {position}: {e}")))?;
-            records.push(format::decode(position, &key, &value)?);
-            offset += 1;
-        }
-        if offset != take.from + take.count {
-            // Below the durable frontier every offset is present; a hole means damage on disk.
-            return Err(LogError::Storage(format!(
-                "partition {}.{} is missing records {offset} to {} below its end",
-                take.topic,
-                take.partition,
-                take.from + take.count - 1
-            )));
+        match read_take(store, take, &mut records) {
+            Err(_) if store.start(take.slot) > take.from => return Ok(None),
+            read => read?,
         }
     }
-    Ok(records)
+    Ok(Some(records))
+}
+
+/// Appends one take's records to `records`.
+fn read_take(store: &Store, take: &Take, records: &mut Vec<Record>) -> Result<(), LogError> {
+    let range = format::offset_key(take.from)..format::offset_key(take.from + take.count);
+    let mut offset = take.from;
+    for stored in store.logs[take.slot].range(range) {
+        let position = Position { topic: take.topic, partition: take.partition, offset };
+        let (key, value) = stored
+            .into_inner()
+            .map_err(|e| LogError::Storage(format!("reading record {position}: {e}")))?;
+        records.push(format::decode(position, &key, &value)?);
+        offset += 1;
+    }
+    if offset != take.from + take.count {
+        // Between the start and the durable frontier every offset is present; a hole means
+        // damage on disk.
+        return Err(LogError::Storage(format!(
+            "partition {}.{} is missing records {offset} to {} below its end",
+            take.topic,
+            take.partition,
+            take.from + take.count - 1
+        )));
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -132,16 +144,18 @@ impl LogReader for EmbeddedReader {
             // wakes the `changed()` below, so no append can slip by unnoticed.
             let (plan, closed) = {
                 let frontier = self.frontier.borrow_and_update();
-                (Self::plan(&self.partitions, self.turn, &frontier.ends, max), frontier.closed)
+                (Self::plan(&self.partitions, self.turn, &frontier, max), frontier.closed)
             };
             if !plan.is_empty() {
                 let store = Arc::clone(&self.store);
                 let taken = plan.clone();
-                let records = blocking(move || read(&store, &taken)).await?;
+                let Some(records) = blocking(move || read(&store, &taken)).await? else {
+                    continue;
+                };
                 // Only now, after the read succeeded: a batch dropped half way (a cancelled
                 // future) leaves the reader where it was, and nothing is skipped.
                 for take in &plan {
-                    self.partitions[take.index].next += take.count;
+                    self.partitions[take.index].next = take.from + take.count;
                 }
                 self.turn = (self.turn + 1) % self.partitions.len();
                 return Ok(records);

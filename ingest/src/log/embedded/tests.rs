@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use switchboard_schemas::{Position, Topic};
@@ -333,4 +334,58 @@ fn kill_9_loses_no_acknowledged_append() {
             );
         }
     });
+}
+
+/// The offset of the first record a reader from offset 0 of `topic`'s partition 0 gets.
+async fn first_kept(log: &dyn Log, topic: Topic) -> u64 {
+    let mut from = Cursor::default();
+    from.set(topic, 0, 0);
+    let mut reader = log.reader(from).await.unwrap();
+    reader.next_batch(1).await.unwrap()[0].position.offset
+}
+
+/// Appends `count` records to partition 0 of `topic`.
+async fn append_to_first_partition(log: &dyn Log, topic: Topic, count: usize) {
+    let key = (0..)
+        .map(|k| format!("key-{k}"))
+        .find(|k| Topic::partition_for(k.as_bytes(), PARTITIONS) == 0)
+        .unwrap();
+    for i in 0..count {
+        log.append(topic, key.as_bytes(), vec![i as u8]).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_records_are_removed_and_offsets_go_on_across_reopening() {
+    const KEPT: Duration = Duration::from_secs(2);
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(dir.path(), PARTITIONS).unwrap();
+    append_to_first_partition(&log, Topic::Presence, 3).await;
+    append_to_first_partition(&log, Topic::Signals, 2).await;
+    append_to_first_partition(&log, Topic::Messages, 2).await;
+    tokio::time::sleep(KEPT + Duration::from_millis(200)).await;
+    append_to_first_partition(&log, Topic::Presence, 1).await;
+    let ends = |log: EmbeddedLog, topic| async move { log.end_offsets(topic).await.unwrap()[0] };
+
+    log.expire("presence=2s,signals=2s".parse().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while first_kept(&log, Topic::Presence).await != 3 {
+        assert!(Instant::now() < deadline, "the three old presence records never expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ends(log.clone(), Topic::Presence).await, 4, "the end stays");
+    assert_eq!(log.offsets_at(Topic::Presence, 0).await.unwrap()[0], 3);
+    assert_eq!(first_kept(&log, Topic::Messages).await, 0, "messages are kept forever");
+    while log.offsets_at(Topic::Signals, 0).await.unwrap()[0] != 2 {
+        assert!(Instant::now() < deadline, "the signals never expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    log.close().await.unwrap();
+    drop(log);
+
+    let log = EmbeddedLog::open(dir.path(), PARTITIONS).unwrap();
+    assert_eq!(first_kept(&log, Topic::Presence).await, 3, "the start survives reopening");
+    assert_eq!(ends(log.clone(), Topic::Signals).await, 2, "an emptied partition keeps its end");
+    append_to_first_partition(&log, Topic::Signals, 1).await;
+    assert_eq!(first_kept(&log, Topic::Signals).await, 2, "offsets are never reused");
 }

@@ -9,6 +9,7 @@
 //!
 //! A plain thread rather than a task, because fjall (and fsync) block.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -37,6 +38,16 @@ pub(super) enum Request {
     },
     /// Stores a consumer group's cursor (text form) in the same batch and sync as the appends.
     Commit { group: String, cursor: String, reply: oneshot::Sender<Result<(), LogError>> },
+    /// Removes a partition's records from its start up to (not including) `before`, which
+    /// becomes its start: they have expired.
+    Expire {
+        topic: Topic,
+        partition: u32,
+        /// [`Store::slot`] of the topic-partition.
+        slot: usize,
+        before: u64,
+        reply: oneshot::Sender<Result<(), LogError>>,
+    },
 }
 
 /// Starts the writer. `latest_timestamp_ms` is the timestamp of the newest stored record: the
@@ -76,7 +87,7 @@ impl Drop for MarkClosedOnExit<'_> {
 /// A request written to the batch, waiting for the sync before it is answered.
 enum Waiting {
     Append(oneshot::Sender<Result<Position, LogError>>, Position),
-    Commit(oneshot::Sender<Result<(), LogError>>),
+    Done(oneshot::Sender<Result<(), LogError>>),
 }
 
 /// Writes one group of requests under a single sync. `next` holds each partition's next offset
@@ -91,6 +102,8 @@ fn write(
     let mut batch = OwnedWriteBatch::with_capacity(store.db.clone(), requests.len());
     let mut ends = next.clone();
     let mut waiting = Vec::with_capacity(requests.len());
+    // Partitions whose start moves in this batch, to where.
+    let mut starts = BTreeMap::new();
     for request in requests {
         match request {
             Request::Append { topic, partition, slot, key, value, reply } => {
@@ -108,12 +121,36 @@ fn write(
             }
             Request::Commit { group, cursor, reply } => {
                 batch.insert(&store.consumers, group, cursor);
-                waiting.push(Waiting::Commit(reply));
+                waiting.push(Waiting::Done(reply));
+            }
+            Request::Expire { topic, partition, slot, before, reply } => {
+                let before = before.min(ends[slot]);
+                let start = starts.get(&slot).copied().unwrap_or_else(|| store.start(slot));
+                if before > start {
+                    for offset in start..before {
+                        batch.remove(&store.logs[slot], format::offset_key(offset));
+                    }
+                    batch.insert(
+                        &store.meta,
+                        format::start_key(topic, partition),
+                        format::offset_key(before),
+                    );
+                    starts.insert(slot, before);
+                }
+                waiting.push(Waiting::Done(reply));
             }
         }
     }
     if waiting.is_empty() {
         return;
+    }
+    if !starts.is_empty() {
+        // Before the records go: a reader that then misses them sees that they expired.
+        store.frontier.send_modify(|frontier| {
+            for (&slot, &start) in &starts {
+                frontier.starts[slot] = start;
+            }
+        });
     }
 
     match batch.commit().and_then(|()| store.db.persist(PersistMode::SyncAll)) {
@@ -129,7 +166,7 @@ fn write(
             for waiting in waiting {
                 match waiting {
                     Waiting::Append(reply, position) => drop(reply.send(Ok(position))),
-                    Waiting::Commit(reply) => drop(reply.send(Ok(()))),
+                    Waiting::Done(reply) => drop(reply.send(Ok(()))),
                 }
             }
         }
@@ -143,7 +180,7 @@ fn write(
                 let error = LogError::Storage(message.clone());
                 match waiting {
                     Waiting::Append(reply, _) => drop(reply.send(Err(error))),
-                    Waiting::Commit(reply) => drop(reply.send(Err(error))),
+                    Waiting::Done(reply) => drop(reply.send(Err(error))),
                 }
             }
         }

@@ -1,5 +1,5 @@
 //! Start-up checks of the cluster: every topic exists, with the partition count keys are hashed
-//! over.
+//! over and the retention the node is configured with.
 //!
 //! A key's partition is `murmur2(key) % partitions`; a topic with another partition count would
 //! put keys where readers (and the embedded log's numbering) do not expect them and break
@@ -8,7 +8,10 @@
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, AlterConfig, ConfigSource, NewTopic, ResourceSpecifier,
+    TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 use switchboard_schemas::Topic;
@@ -17,9 +20,6 @@ use tokio::time::{Instant, sleep};
 use super::config::{KafkaConfig, TopicNames};
 use super::{access, blocking, error_from_code, kafka_error};
 use crate::log::LogError;
-
-/// Relay messages only matter while a call is being set up.
-const SIGNALS_RETENTION_MS: &str = "3600000";
 
 /// How often metadata is asked again while new topics appear.
 const METADATA_POLL: Duration = Duration::from_millis(100);
@@ -46,6 +46,11 @@ pub(super) async fn ensure_topics(
     }
     if !missing.is_empty() {
         create(&admin, config, names, &missing).await?;
+    }
+    if let Some(retention) = &config.retention {
+        for topic in Topic::ALL.into_iter().filter(|topic| !missing.contains(topic)) {
+            keep_for(&admin, config, names.name(topic), retention.kafka_ms(topic)).await?;
+        }
     }
 
     let deadline = Instant::now() + config.request_timeout;
@@ -109,13 +114,16 @@ async fn create(
     missing: &[Topic],
 ) -> Result<(), LogError> {
     let partitions = config.partitions as i32;
+    let retention = config.retention.unwrap_or_default();
+    let retention = Topic::ALL.map(|topic| retention.kafka_ms(topic));
+    let options = options(config);
     // acks=all only protects a write if more than one replica must have it; one broker may still
     // be down without stopping appends.
     let min_insync = (config.replication - 1).max(1).to_string();
     let new_topics: Vec<NewTopic<'_>> = missing
         .iter()
         .map(|&topic| {
-            let new = NewTopic::new(
+            NewTopic::new(
                 names.name(topic),
                 partitions,
                 TopicReplication::Fixed(config.replication),
@@ -123,18 +131,12 @@ async fn create(
             // The timestamp a reader sees is when the log accepted the record, as in the
             // embedded log, not the producing node's clock.
             .set("message.timestamp.type", "LogAppendTime")
-            .set("min.insync.replicas", &min_insync);
-            match topic {
-                Topic::Signals => new.set("retention.ms", SIGNALS_RETENTION_MS),
-                // The log is the source of truth that read models are rebuilt from: it is kept
-                // whole, whatever the broker's default retention is.
-                _ => new.set("retention.ms", "-1"),
-            }
+            .set("min.insync.replicas", &min_insync)
+            // Set whatever the broker's default is: what the log forgets, a rebuild cannot
+            // bring back.
+            .set("retention.ms", &retention[topic as usize])
         })
         .collect();
-    let options = AdminOptions::new()
-        .request_timeout(Some(config.request_timeout))
-        .operation_timeout(Some(config.request_timeout));
     let results = admin
         .create_topics(&new_topics, &options)
         .await
@@ -150,4 +152,62 @@ async fn create(
         }
     }
     Ok(())
+}
+
+/// Changes an existing topic's `retention.ms` to `retention_ms` if it differs, keeping the
+/// topic's other settings: Kafka's `AlterConfigs` replaces a topic's whole configuration, so
+/// every setting made on the topic is sent along.
+async fn keep_for(
+    admin: &AdminClient<DefaultClientContext>,
+    config: &KafkaConfig,
+    name: &str,
+    retention_ms: String,
+) -> Result<(), LogError> {
+    let options = options(config);
+    let described = admin
+        .describe_configs(&[ResourceSpecifier::Topic(name)], &options)
+        .await
+        .map_err(|e| kafka_error(format!("reading the settings of topic {name}"), e))?;
+    let resource = described
+        .into_iter()
+        .next()
+        .ok_or_else(|| LogError::Storage(format!("Kafka described no settings of topic {name}")))?
+        .map_err(|code| error_from_code(format!("reading the settings of topic {name}"), code))?;
+    let current = resource.get("retention.ms").and_then(|entry| entry.value.clone());
+    if current.as_deref() == Some(retention_ms.as_str()) {
+        return Ok(());
+    }
+    let set_on_topic: Vec<(&str, &str)> = resource
+        .entries
+        .iter()
+        .filter(|entry| entry.source == ConfigSource::DynamicTopic && entry.name != "retention.ms")
+        .filter_map(|entry| Some((entry.name.as_str(), entry.value.as_deref()?)))
+        .collect();
+    let mut change = AlterConfig::new(ResourceSpecifier::Topic(name));
+    for (key, value) in set_on_topic {
+        change = change.set(key, value);
+    }
+    change = change.set("retention.ms", &retention_ms);
+    for result in admin
+        .alter_configs(&[change], &options)
+        .await
+        .map_err(|e| kafka_error(format!("changing the retention of topic {name}"), e))?
+    {
+        result.map_err(|(_, code)| {
+            error_from_code(format!("changing the retention of topic {name}"), code)
+        })?;
+    }
+    tracing::info!(
+        topic = name,
+        from_ms = current.as_deref().unwrap_or("unknown"),
+        to_ms = retention_ms,
+        "changed the topic's retention to the configured one"
+    );
+    Ok(())
+}
+
+fn options(config: &KafkaConfig) -> AdminOptions {
+    AdminOptions::new()
+        .request_timeout(Some(config.request_timeout))
+        .operation_timeout(Some(config.request_timeout))
 }

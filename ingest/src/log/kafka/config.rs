@@ -15,6 +15,7 @@ use rdkafka::ClientConfig;
 use switchboard_schemas::Topic;
 
 use crate::log::LogError;
+use crate::log::retention::Retention;
 use crate::url::{Credentials, Tls, TlsParameters, redacted, split_credentials};
 
 /// Kafka's own limit on topic names.
@@ -72,6 +73,10 @@ pub struct KafkaConfig {
     pub sasl: Option<Sasl>,
     /// Whether the clients speak TLS, and which CA they trust.
     pub tls: Option<Tls>,
+    /// What each topic keeps. When set (a node's log), topics are created with it and existing
+    /// topics are changed to it; when not (a tool reading the log), missing topics get the
+    /// default and existing ones are left as they are.
+    pub retention: Option<Retention>,
 }
 
 /// SASL authentication: a mechanism and the credentials it proves.
@@ -143,6 +148,7 @@ impl KafkaConfig {
             fetch_wait: Duration::from_millis(10),
             sasl: None,
             tls: None,
+            retention: None,
         };
         let mut mechanism = None;
         let mut tls = TlsParameters::default();

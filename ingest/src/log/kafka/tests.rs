@@ -290,16 +290,16 @@ async fn topics_get_the_configured_layout_and_a_mismatch_is_refused() {
 
         let retention = match topic {
             Topic::Signals => "3600000",
+            Topic::Presence => "604800000",
             _ => "-1",
         };
-        let configs = admin
-            .describe_configs(&[ResourceSpecifier::Topic(&name)], &AdminOptions::new())
-            .await
-            .expect("describe configs");
-        let config = configs[0].as_ref().expect("topic config");
-        let value = |key: &str| config.get(key).and_then(|entry| entry.value.clone());
-        assert_eq!(value("retention.ms").as_deref(), Some(retention), "retention of {name}");
-        assert_eq!(value("message.timestamp.type").as_deref(), Some("LogAppendTime"));
+        let setting = |key| topic_setting(&admin, &name, key);
+        assert_eq!(
+            setting("retention.ms").await.as_deref(),
+            Some(retention),
+            "retention of {name}"
+        );
+        assert_eq!(setting("message.timestamp.type").await.as_deref(), Some("LogAppendTime"));
     }
 
     let again = guard(KafkaLog::connect(log.config().clone())).await;
@@ -319,6 +319,56 @@ async fn topics_get_the_configured_layout_and_a_mismatch_is_refused() {
             PARTITIONS + 2
         ),
     }
+    remove(log).await;
+}
+
+/// The value of one of a topic's settings.
+async fn topic_setting(
+    admin: &AdminClient<DefaultClientContext>,
+    name: &str,
+    key: &str,
+) -> Option<String> {
+    let configs = admin
+        .describe_configs(&[ResourceSpecifier::Topic(name)], &AdminOptions::new())
+        .await
+        .expect("describe configs");
+    configs[0].as_ref().expect("topic config").get(key).and_then(|entry| entry.value.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_gives_existing_topics_its_retention_and_keeps_their_other_settings() {
+    let Some(address) = kafka() else { return };
+    let log = fresh(&address).await;
+    let admin = admin(&log);
+    let presence = log.config().topic_name(Topic::Presence);
+    let messages = log.config().topic_name(Topic::Messages);
+
+    let mut tool = log.config().clone();
+    tool.retention = Some("presence=1h".parse().unwrap());
+    guard(KafkaLog::connect(tool.clone())).await.expect("connect with a retention");
+    assert_eq!(topic_setting(&admin, &presence, "retention.ms").await.as_deref(), Some("3600000"));
+    assert_eq!(
+        topic_setting(&admin, &presence, "message.timestamp.type").await.as_deref(),
+        Some("LogAppendTime"),
+        "the topic's other settings stay"
+    );
+
+    tool.retention = Some("presence=forever,messages=30d".parse().unwrap());
+    guard(KafkaLog::connect(tool)).await.expect("connect with another retention");
+    assert_eq!(topic_setting(&admin, &presence, "retention.ms").await.as_deref(), Some("-1"));
+    assert_eq!(
+        topic_setting(&admin, &messages, "retention.ms").await.as_deref(),
+        Some("2592000000")
+    );
+
+    let mut reader = log.config().clone();
+    reader.retention = None;
+    guard(KafkaLog::connect(reader)).await.expect("connect as a tool");
+    assert_eq!(
+        topic_setting(&admin, &messages, "retention.ms").await.as_deref(),
+        Some("2592000000"),
+        "a tool leaves retention as it is"
+    );
     remove(log).await;
 }
 
