@@ -13,9 +13,12 @@ use switchboard_projector::store::{self, ReadModel};
 use crate::config::Config;
 use crate::coordination::{self, Coordination};
 
-pub async fn open_log(config: &Config) -> anyhow::Result<Arc<dyn Log>> {
+/// The node's log, where it goes by `node_id` among consumer groups' members.
+pub async fn open_log(config: &Config, node_id: &str) -> anyhow::Result<Arc<dyn Log>> {
     let url = config.log_url();
-    log::open_keeping(&url, config.partitions, config.log_retention)
+    let settings =
+        log::NodeSettings { retention: config.log_retention, member: node_id.to_owned() };
+    log::open_for_node(&url, config.partitions, settings)
         .await
         .with_context(|| format!("opening the log at {}", redacted(&url)))
 }

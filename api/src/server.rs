@@ -105,7 +105,7 @@ impl Node {
         let metrics = telemetry::install_metrics()?;
         let node_id =
             format!("{}-{}", config.node_id, &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let log = backends::open_log(&config).await?;
+        let log = backends::open_log(&config, &node_id).await?;
         let store = backends::open_store(&config).await?;
         let presence = backends::open_presence(&config, &node_id).await?;
         let coordination = backends::open_coordination(&config)?;

@@ -1,5 +1,6 @@
 //! What operators and analytics consumers rely on: health, readiness, metrics that answer the
-//! capacity analysis's key metrics, and the schema registry in Confluent's REST shape.
+//! capacity analysis's key metrics, which node holds which partitions, and the schema registry
+//! in Confluent's REST shape.
 
 mod common;
 
@@ -91,4 +92,50 @@ async fn the_schema_registry_speaks_confluents_rest_shape() {
     assert_eq!((status, missing["error_code"].clone()), (StatusCode::NOT_FOUND, json!(40401)));
     let (status, missing) = api.call(Method::GET, "/registry/schemas/ids/999", None, None).await;
     assert_eq!((status, missing["error_code"].clone()), (StatusCode::NOT_FOUND, json!(40403)));
+}
+
+#[tokio::test]
+async fn each_consumer_groups_partitions_name_the_node_holding_them() {
+    let server = Server::start(&[]);
+    let api = server.api();
+    let (_, ready) = api.call(Method::GET, "/readyz", None, None).await;
+    let node = ready["node"].as_str().expect("the node's id").to_owned();
+    api.pair().await;
+
+    // A group's members settle on their partitions a moment after the node starts, and the
+    // projector commits how far it got a moment after the pair was projected.
+    let mut groups = serde_json::Value::Null;
+    for _ in 0..300 {
+        let (status, answer) = api.call(Method::GET, "/groups", None, None).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        groups = answer;
+        let projector = groups["projector"].as_object().expect("the projector's partitions");
+        let held_here = |state: &serde_json::Value| {
+            state["owner"].as_str().is_some_and(|owner| owner.starts_with(&node))
+        };
+        if projector.values().all(held_here) && projector["users.0"]["lag"].is_u64() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let partitions = 8 * switchboard_projector::PROJECTED_TOPICS.len();
+    let projector = groups["projector"].as_object().unwrap();
+    assert_eq!(projector.len(), partitions, "{groups}");
+    assert!(
+        projector.values().all(|state| state["owner"].as_str().unwrap_or("").starts_with(&node)),
+        "this node holds every partition of its projector: {groups}"
+    );
+    assert!(projector.values().all(|state| state["lag"].is_u64()), "{groups}");
+
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["status", "--node", &format!("http://{}", server.address())])
+        .output()
+        .expect("switchboard status");
+    let printed = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{printed}");
+    let projector_line = printed
+        .lines()
+        .find(|line| line.starts_with("projector") && line.contains("messages"))
+        .unwrap_or_else(|| panic!("no projector line:\n{printed}"));
+    assert!(projector_line.contains(&format!("0,1,2,3,4,5,6,7 by {node}")), "{printed}");
 }

@@ -1,9 +1,10 @@
 //! `switchboard status`: a deployment as an operator sees it, from its nodes' own answers.
 //!
 //! Each node named is asked for `/readyz` and `/metrics`: one line per node (its run, role,
-//! readiness and why not, connections, memory, CPU), then the consumer groups' lag per topic as
-//! the first node that answers reports it (every node reports every group). A node that does not
-//! answer is a line saying so, and the command fails, so that a script can alert on it.
+//! readiness and why not, connections, memory), then, from the first node that answers
+//! (`/groups`: every node reports every group), each consumer group's lag per topic and which
+//! node holds which of its partitions. A node that does not answer is a line saying so, and the
+//! command fails, so that a script can alert on it.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -43,7 +44,20 @@ pub async fn command(args: Args) -> anyhow::Result<()> {
     for address in &args.nodes {
         statuses.push(ask(&http, address.trim_end_matches('/')).await);
     }
-    print!("{}", report(&statuses));
+    let mut groups = None;
+    for status in statuses.iter().filter(|status| status.ready.is_some()) {
+        match ask_json(&http, &format!("{}/groups", status.address)).await {
+            Ok(answer) => {
+                groups = Some((status.address.clone(), answer));
+                break;
+            }
+            Err(error) => eprintln!("{}/groups: {error}", status.address),
+        }
+    }
+    print!(
+        "{}",
+        report(&statuses, groups.as_ref().map(|(address, groups)| (address.as_str(), groups)))
+    );
     let down = statuses.iter().filter(|status| status.ready != Some(true)).count();
     match down {
         0 => Ok(()),
@@ -53,12 +67,7 @@ pub async fn command(args: Args) -> anyhow::Result<()> {
 
 async fn ask(http: &reqwest::Client, address: &str) -> NodeStatus {
     let mut status = NodeStatus { address: address.to_owned(), ..NodeStatus::default() };
-    let ready: Result<Value, reqwest::Error> =
-        match http.get(format!("{address}/readyz")).send().await {
-            Ok(response) => response.json().await,
-            Err(error) => Err(error),
-        };
-    match ready {
+    match ask_json(http, &format!("{address}/readyz")).await {
         Ok(ready) => read_readiness(&mut status, &ready),
         Err(error) => {
             status.problems.push(format!("unreachable: {error}"));
@@ -73,6 +82,10 @@ async fn ask(http: &reqwest::Client, address: &str) -> NodeStatus {
         Err(error) => status.problems.push(format!("metrics: {error}")),
     }
     status
+}
+
+async fn ask_json(http: &reqwest::Client, url: &str) -> Result<Value, reqwest::Error> {
+    http.get(url).send().await?.json().await
 }
 
 fn read_readiness(status: &mut NodeStatus, ready: &Value) {
@@ -109,24 +122,34 @@ fn value(metrics: &BTreeMap<String, f64>, name: &str) -> Option<f64> {
     metrics.get(name).copied()
 }
 
-/// Each group's lag by topic, summed over partitions.
-fn lag_by_group(metrics: &BTreeMap<String, f64>) -> BTreeMap<(String, String), f64> {
-    let mut lag = BTreeMap::new();
-    for (series, value) in metrics {
-        let Some(labels) = series.strip_prefix("consumer_lag_events{") else { continue };
-        let label = |name: &str| {
-            let start = labels.find(&format!("{name}=\""))? + name.len() + 2;
-            Some(labels[start..].split('"').next()?.to_owned())
-        };
-        if let (Some(group), Some(topic)) = (label("group"), label("topic")) {
-            *lag.entry((group, topic)).or_insert(0.0) += value;
-        }
-    }
-    lag
+/// One topic of a consumer group: its lag, summed over partitions, and who holds which
+/// partition.
+#[derive(Debug, Default, PartialEq)]
+struct GroupTopic {
+    lag: u64,
+    /// Partitions by the member holding them; `None` for those nobody holds.
+    holders: BTreeMap<Option<String>, Vec<u32>>,
 }
 
-/// The report: one line per node, then the groups' lag.
-pub fn report(statuses: &[NodeStatus]) -> String {
+/// `/groups` (`{group: {"topic.partition": {"owner": …, "lag": …}}}`) by group and topic.
+fn group_topics(groups: &Value) -> BTreeMap<(String, String), GroupTopic> {
+    let mut topics: BTreeMap<(String, String), GroupTopic> = BTreeMap::new();
+    for (group, partitions) in groups.as_object().into_iter().flatten() {
+        for (place, state) in partitions.as_object().into_iter().flatten() {
+            let Some((topic, partition)) = place.rsplit_once('.') else { continue };
+            let Ok(partition) = partition.parse() else { continue };
+            let entry = topics.entry((group.clone(), topic.to_owned())).or_default();
+            entry.lag += state["lag"].as_u64().unwrap_or(0);
+            let owner = state["owner"].as_str().map(str::to_owned);
+            entry.holders.entry(owner).or_default().push(partition);
+        }
+    }
+    topics
+}
+
+/// The report: one line per node, then the groups' lag and partitions as `groups` (the node
+/// that answered, and its `/groups`) has them.
+pub fn report(statuses: &[NodeStatus], groups: Option<(&str, &Value)>) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -153,11 +176,19 @@ pub fn report(statuses: &[NodeStatus]) -> String {
         );
         let _ = writeln!(out, "{}", line.trim_end());
     }
-    if let Some(reporting) = statuses.iter().find(|status| !status.metrics.is_empty()) {
-        let _ = writeln!(out, "\nconsumer lag (events), as {} reports it:", reporting.address);
-        let _ = writeln!(out, "{:<20} {:<14} {:>10}", "group", "topic", "lag");
-        for ((group, topic), lag) in lag_by_group(&reporting.metrics) {
-            let _ = writeln!(out, "{group:<20} {topic:<14} {lag:>10.0}");
+    if let Some((address, groups)) = groups {
+        let _ = writeln!(out, "\nconsumer groups, as {address} reports them:");
+        let _ = writeln!(out, "{:<20} {:<14} {:>10}  partitions held", "group", "topic", "lag");
+        for ((group, topic), state) in group_topics(groups) {
+            let held: Vec<String> = state
+                .holders
+                .iter()
+                .map(|(holder, partitions)| {
+                    let partitions: Vec<String> = partitions.iter().map(u32::to_string).collect();
+                    format!("{} by {}", partitions.join(","), holder.as_deref().unwrap_or("nobody"))
+                })
+                .collect();
+            let _ = writeln!(out, "{group:<20} {topic:<14} {:>10}  {}", state.lag, held.join("; "));
         }
     }
     out
@@ -172,9 +203,6 @@ mod tests {
 # TYPE ws_connections gauge
 ws_connections 12
 process_resident_memory_bytes 104857600
-consumer_lag_events{group=\"projector\",topic=\"messages\",partition=\"0\"} 3
-consumer_lag_events{group=\"projector\",topic=\"messages\",partition=\"1\"} 4
-consumer_lag_events{group=\"delivery\",topic=\"messages\",partition=\"0\"} 0
 ";
 
     #[test]
@@ -192,13 +220,27 @@ consumer_lag_events{group=\"delivery\",topic=\"messages\",partition=\"0\"} 0
             ..NodeStatus::default()
         };
 
-        let report = report(&[up, down]);
+        let groups = serde_json::json!({
+            "projector": {
+                "messages.0": {"owner": "1-ab12cd34@10.0.0.5", "lag": 3},
+                "messages.1": {"owner": "2-ee00ff11@10.0.0.6", "lag": 4},
+                "messages.2": {"owner": "1-ab12cd34@10.0.0.5", "lag": 0},
+            },
+            "delivery": {"messages.0": {"owner": null, "lag": null}},
+        });
+        let report = report(&[up, down], Some(("http://a:8080", &groups)));
         let lines: Vec<&str> = report.lines().collect();
         assert!(lines[1].starts_with("http://a:8080") && lines[1].contains("1-ab12cd34"));
         assert!(lines[1].contains("NOT READY") && lines[1].contains("12"), "{report}");
         assert!(lines[1].contains("100 MiB") && lines[1].ends_with("delivery-presence: starting"));
         assert!(lines[2].contains("DOWN") && lines[2].ends_with("connection refused"), "{report}");
-        assert!(report.contains("projector            messages                7"), "{report}");
-        assert!(report.contains("delivery             messages                0"), "{report}");
+        assert!(
+            report.contains(
+                "projector            messages                7  0,2 by 1-ab12cd34@10.0.0.5; 1 by \
+                 2-ee00ff11@10.0.0.6"
+            ),
+            "{report}"
+        );
+        assert!(report.contains("delivery             messages                0  0 by nobody"));
     }
 }

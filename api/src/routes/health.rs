@@ -9,6 +9,7 @@ use switchboard_projector::{PROJECTED_TOPICS, PROJECTOR_GROUP};
 use switchboard_schemas::Topic;
 
 use crate::calls::timer;
+use crate::error::ApiError;
 use crate::hub::StageState;
 use crate::hub::deliver;
 use crate::state::AppState;
@@ -79,6 +80,33 @@ pub async fn metrics(State(state): State<AppState>) -> String {
         tracing::debug!(%error, "consumer lag left out of the metrics");
     }
     state.metrics.render()
+}
+
+/// Every consumer group of the deployment: for each partition it reads, who holds it (the
+/// member's node id and host; `null` while nobody does), and the group's lag there, as
+/// `kafka-consumer-groups --describe` shows a group. Every node answers for every group.
+pub async fn groups(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let log = state.ingest.log();
+    let end = Cursor::end(log.as_ref(), &Topic::ALL).await?;
+    let mut groups = serde_json::Map::new();
+    for (group, topics) in GROUPS {
+        let committed = log.committed(group).await?;
+        let members = log.members(group).await?;
+        let holder = |topic, partition| {
+            members.iter().find(|member| member.partitions.contains(&(topic, partition)))
+        };
+        let partitions: serde_json::Map<String, Value> = end
+            .iter()
+            .filter(|(topic, ..)| topics.contains(topic))
+            .map(|(topic, partition, end)| {
+                let lag = committed.get(topic, partition).map(|at| end.saturating_sub(at));
+                let owner = holder(topic, partition).map(|member| member.name.clone());
+                (format!("{topic}.{partition}"), json!({ "owner": owner, "lag": lag }))
+            })
+            .collect();
+        groups.insert(group.to_owned(), Value::Object(partitions));
+    }
+    Ok(Json(Value::Object(groups)))
 }
 
 /// Every consumer group of a deployment and the topics it reads.

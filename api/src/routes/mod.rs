@@ -101,6 +101,7 @@ fn operations_routes() -> Router<AppState> {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/groups", get(health::groups))
 }
 
 fn with_common_layers(routes: Router<AppState>, state: AppState) -> Router {

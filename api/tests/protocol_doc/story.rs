@@ -140,6 +140,7 @@ pub const TEA_PARTY: &[Step] = &[
     Step::Captured("Pushed events"),
     Step::Heading("`GET /healthz`"),
     Step::Heading("`GET /readyz`"),
+    Step::Heading("`GET /groups`"),
     Step::Heading("`GET /metrics`"),
     Step::Heading("Schema registry: `/registry/…`"),
 ];

@@ -37,6 +37,7 @@ pub async fn run_all(log: &dyn Log) {
     a_group_resumes_after_its_commit(log).await;
     appends_keep_the_order_they_were_made_in(log).await;
     a_time_names_the_first_record_taken_from_then_on(log).await;
+    a_group_names_its_members_and_their_partitions(log).await;
 }
 
 /// Sequential appends come back from a reader with the positions, keys and values the appends
@@ -385,6 +386,36 @@ pub async fn a_time_names_the_first_record_taken_from_then_on(log: &dyn Log) {
             .get(topic, partition as u32),
         Some(first.offset)
     );
+}
+
+/// A group with a reader has one member, holding every partition of the group's topic; once the
+/// reader is gone, the group has none.
+pub async fn a_group_names_its_members_and_their_partitions(log: &dyn Log) {
+    let topic = Topic::Conversations;
+    let tag = run_tag("members");
+    let group = format!("conformance-{}", tag.replace('/', "-"));
+    let start = Cursor::end(log, &[topic]).await.expect("end offsets");
+    assert_eq!(log.members(&group).await.expect("members"), [], "nobody reads in a new group");
+
+    let mut reader = log.join_group(&group, &[topic], start).await.expect("join");
+    let key = format!("{tag}/conversation");
+    log.append(topic, key.as_bytes(), vec![1]).await.expect("append");
+    // Reading is what completes joining, on a log that shares partitions between processes.
+    read_tagged_from(reader.as_mut(), &tag, 1).await;
+    let all: Vec<(Topic, u32)> = (0..log.partitions(topic)).map(|p| (topic, p)).collect();
+    let members = log.members(&group).await.expect("members");
+    assert_eq!(members.len(), 1, "one reader is one member: {members:?}");
+    let mut held = members[0].partitions.clone();
+    held.sort_unstable();
+    assert_eq!(held, all, "the only member holds every partition");
+    assert!(!members[0].name.is_empty());
+
+    drop(reader);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !log.members(&group).await.expect("members").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the reader never left its group");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 async fn read_tagged(log: &dyn Log, from: Cursor, tag: &str, want: usize) -> Vec<Record> {

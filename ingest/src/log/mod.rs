@@ -24,48 +24,68 @@ pub mod retention;
 /// (see [`kafka::KafkaConfig::from_url`]). `partitions` is the count new topics get.
 ///
 /// This is how tools open a log: how long topics keep records is left as it is. A node opens
-/// its log with [`open_keeping`].
+/// its log with [`open_for_node`].
 pub async fn open(url: &str, partitions: u32) -> Result<Arc<dyn Log>, LogError> {
     open_with(url, partitions, None).await
 }
 
-/// Opens the log a node serves from, which keeps each topic's records as long as `retention`
-/// says: the embedded log removes expired records while it is open; on Kafka, topics are created
-/// with it and existing ones changed to it.
-pub async fn open_keeping(
+/// How a node runs its log, beyond where the log is.
+#[derive(Clone, Debug)]
+pub struct NodeSettings {
+    /// How long each topic keeps its records: the embedded log removes expired records while it
+    /// is open; on Kafka, topics are created with it and existing ones changed to it.
+    pub retention: Retention,
+    /// The name the node goes by among a consumer group's [`Member`]s (Kafka's `client.id`).
+    pub member: String,
+}
+
+/// Opens the log a node serves from: see [`NodeSettings`].
+pub async fn open_for_node(
     url: &str,
     partitions: u32,
-    retention: Retention,
+    settings: NodeSettings,
 ) -> Result<Arc<dyn Log>, LogError> {
-    open_with(url, partitions, Some(retention)).await
+    open_with(url, partitions, Some(settings)).await
 }
 
 async fn open_with(
     url: &str,
     partitions: u32,
-    retention: Option<Retention>,
+    node: Option<NodeSettings>,
 ) -> Result<Arc<dyn Log>, LogError> {
     match url.split_once("://") {
         Some(("file", dir)) => {
             let dir = std::path::PathBuf::from(dir);
-            let log =
+            let mut log =
                 tokio::task::spawn_blocking(move || embedded::EmbeddedLog::open(&dir, partitions))
                     .await
                     .map_err(|e| LogError::Storage(format!("opening the embedded log: {e}")))??;
-            if let Some(retention) = retention {
-                log.expire(retention);
+            if let Some(node) = node {
+                log.expire(node.retention);
+                log = log.with_member(&node.member);
             }
             Ok(Arc::new(log))
         }
         Some(("kafka", _)) => {
             let mut config = kafka::KafkaConfig::from_url(url, partitions)?;
-            config.retention = retention;
+            if let Some(node) = node {
+                config.retention = Some(node.retention);
+                config.member = node.member;
+            }
             Ok(Arc::new(kafka::KafkaLog::connect(config).await?))
         }
         _ => Err(LogError::Storage(format!(
             "`{url}` names no log: use file://DIR or kafka://HOST:PORT"
         ))),
     }
+}
+
+/// A reader in a consumer group, and the partitions it holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// The name its node goes by ([`NodeSettings::member`]), with its host on Kafka.
+    pub name: String,
+    pub partitions: Vec<(Topic, u32)>,
 }
 
 /// One stored event: where it is, its key, its framed value.
@@ -136,6 +156,10 @@ pub trait Log: Send + Sync + 'static {
 
     /// The cursor a named consumer last committed (empty if none).
     async fn committed(&self, group: &str) -> Result<Cursor, LogError>;
+
+    /// The readers in consumer group `group` now, each with the partitions it holds; none when
+    /// nobody reads in the group.
+    async fn members(&self, group: &str) -> Result<Vec<Member>, LogError>;
 
     /// Records how far a named consumer has got.
     async fn commit(&self, group: &str, cursor: &Cursor) -> Result<(), LogError>;

@@ -21,6 +21,7 @@ mod reader;
 mod tests;
 mod writer;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
@@ -31,7 +32,7 @@ use switchboard_schemas::{Position, Topic};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::retention::Retention;
-use super::{Appending, Cursor, Log, LogError, LogReader, Record};
+use super::{Appending, Cursor, Log, LogError, LogReader, Member, Record};
 use reader::EmbeddedReader;
 use writer::Request;
 
@@ -46,6 +47,16 @@ const MAX_GROUP_LEN: usize = 1024;
 pub struct EmbeddedLog {
     store: Arc<Store>,
     writer: Arc<WriterHandle>,
+    /// The consumer groups read in this process, and by how many readers.
+    groups: Arc<Mutex<BTreeMap<String, GroupReaders>>>,
+    /// The name this process goes by among a group's members.
+    member: Arc<str>,
+}
+
+/// The readers of one consumer group in this process.
+struct GroupReaders {
+    topics: Vec<Topic>,
+    count: usize,
 }
 
 /// What readers and the writer share: the database and where each partition durably ends.
@@ -185,7 +196,19 @@ impl EmbeddedLog {
                 requests: RwLock::new(Some(requests)),
                 thread: Mutex::new(Some(thread)),
             }),
+            groups: Arc::default(),
+            member: Arc::from("switchboard"),
         })
+    }
+
+    /// The log, going by `member` among the members of the groups read through it.
+    pub fn with_member(mut self, member: &str) -> EmbeddedLog {
+        self.member = Arc::from(member);
+        self
+    }
+
+    fn lock_groups(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, GroupReaders>> {
+        self.groups.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Removes the records `retention` no longer keeps, now and then every minute or so, until
@@ -406,7 +429,29 @@ impl Log for EmbeddedLog {
             .furthest(&self.committed(group).await?)
             .furthest(&start);
         let reader = self.reader(from).await?;
+        self.lock_groups()
+            .entry(group.to_owned())
+            .or_insert_with(|| GroupReaders { topics: topics.to_vec(), count: 0 })
+            .count += 1;
         Ok(Box::new(GroupReader { reader, log: self.clone(), group: group.to_owned() }))
+    }
+
+    /// One process holds an embedded log, so a group read here has one member, this process,
+    /// holding every partition of its topics.
+    async fn members(&self, group: &str) -> Result<Vec<Member>, LogError> {
+        let groups = self.lock_groups();
+        Ok(groups
+            .get(group)
+            .map(|readers| Member {
+                name: self.member.to_string(),
+                partitions: readers
+                    .topics
+                    .iter()
+                    .flat_map(|&topic| (0..self.store.partitions).map(move |p| (topic, p)))
+                    .collect(),
+            })
+            .into_iter()
+            .collect())
     }
 
     async fn committed(&self, group: &str) -> Result<Cursor, LogError> {
@@ -457,6 +502,18 @@ struct GroupReader {
     reader: Box<dyn LogReader>,
     log: EmbeddedLog,
     group: String,
+}
+
+impl Drop for GroupReader {
+    fn drop(&mut self) {
+        let mut groups = self.log.lock_groups();
+        if let Some(readers) = groups.get_mut(&self.group) {
+            readers.count -= 1;
+            if readers.count == 0 {
+                groups.remove(&self.group);
+            }
+        }
+    }
 }
 
 #[async_trait]

@@ -77,6 +77,8 @@ pub struct KafkaConfig {
     /// topics are changed to it; when not (a tool reading the log), missing topics get the
     /// default and existing ones are left as they are.
     pub retention: Option<Retention>,
+    /// The clients' `client.id`: the name a node goes by among a group's members.
+    pub member: String,
 }
 
 /// SASL authentication: a mechanism and the credentials it proves.
@@ -149,6 +151,7 @@ impl KafkaConfig {
             sasl: None,
             tls: None,
             retention: None,
+            member: "switchboard".to_owned(),
         };
         let mut mechanism = None;
         let mut tls = TlsParameters::default();
@@ -217,7 +220,7 @@ impl KafkaConfig {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.brokers)
-            .set("client.id", "switchboard")
+            .set("client.id", &self.member)
             .set("allow.auto.create.topics", "false");
         let protocol = match (&self.sasl, &self.tls) {
             (None, None) => "PLAINTEXT",

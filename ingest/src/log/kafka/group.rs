@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use super::config::{KafkaConfig, TopicNames};
 use super::reader::{Reader, consumer_config};
 use super::{blocking, kafka_error, kafka_offset, retrying};
-use crate::log::{Cursor, LogError, LogReader, Record};
+use crate::log::{self, Cursor, LogError, LogReader, Record};
 
 /// Joins `group` over `topics`; see the [module docs](self).
 pub(super) fn join(
@@ -103,6 +103,65 @@ pub(super) async fn committed(
         }
     }
     Ok(cursor)
+}
+
+/// The members of `group` and their partitions, as the group's coordinator describes them.
+pub(super) async fn members(
+    config: &KafkaConfig,
+    names: Arc<TopicNames>,
+    group: &str,
+) -> Result<Vec<log::Member>, LogError> {
+    let consumer = outsider(config, group)?;
+    let name = format!("{}{group}", config.prefix);
+    let timeout = config.request_timeout;
+    blocking(move || {
+        let described = retrying(timeout, |left| consumer.fetch_group_list(Some(&name), left))
+            .map_err(|e| kafka_error(format!("describing group `{name}`"), e))?;
+        let members = described.groups().iter().flat_map(|group| group.members());
+        Ok(members
+            .map(|member| log::Member {
+                name: format!(
+                    "{}@{}",
+                    member.client_id(),
+                    member.client_host().trim_start_matches('/')
+                ),
+                partitions: member
+                    .assignment()
+                    .and_then(assigned_partitions)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|(topic, partition)| {
+                        Some((names.topic(&topic)?, u32::try_from(partition).ok()?))
+                    })
+                    .collect(),
+            })
+            .collect())
+    })
+    .await
+}
+
+/// The partitions in a member's assignment, as Kafka's consumer protocol encodes it: a version
+/// (`i16`), then an array (`i32` length) of topics, each a string (`i16` length) and an array of
+/// `i32` partitions, then user data, which is not needed. `None` if it does not parse.
+fn assigned_partitions(assignment: &[u8]) -> Option<Vec<(String, i32)>> {
+    fn take<'a>(bytes: &mut &'a [u8], count: usize) -> Option<&'a [u8]> {
+        let (taken, rest) = bytes.split_at_checked(count)?;
+        *bytes = rest;
+        Some(taken)
+    }
+    let i16_at = |bytes: &mut &[u8]| Some(i16::from_be_bytes(take(bytes, 2)?.try_into().ok()?));
+    let i32_at = |bytes: &mut &[u8]| Some(i32::from_be_bytes(take(bytes, 4)?.try_into().ok()?));
+    let mut bytes = assignment;
+    i16_at(&mut bytes)?;
+    let mut partitions = Vec::new();
+    for _ in 0..i32_at(&mut bytes)?.max(0) {
+        let length = usize::try_from(i16_at(&mut bytes)?).ok()?;
+        let topic = String::from_utf8(take(&mut bytes, length)?.to_vec()).ok()?;
+        for _ in 0..i32_at(&mut bytes)?.max(0) {
+            partitions.push((topic.clone(), i32_at(&mut bytes)?));
+        }
+    }
+    Some(partitions)
 }
 
 /// Commits `cursor` for `group` without joining it.

@@ -43,7 +43,7 @@ use tokio::sync::watch;
 
 pub use config::{KafkaConfig, Sasl, SaslMechanism};
 
-use super::{Appending, Cursor, Log, LogError, LogReader};
+use super::{Appending, Cursor, Log, LogError, LogReader, Member};
 use config::TopicNames;
 use producer::Producer;
 
@@ -188,6 +188,10 @@ impl Log for KafkaLog {
         let names = Arc::clone(&self.inner.names);
         let closed = self.inner.closed.subscribe();
         group::join(&self.inner.config, names, closed, group, topics, start)
+    }
+
+    async fn members(&self, group: &str) -> Result<Vec<Member>, LogError> {
+        group::members(&self.inner.config, Arc::clone(&self.inner.names), group).await
     }
 
     async fn committed(&self, group: &str) -> Result<Cursor, LogError> {

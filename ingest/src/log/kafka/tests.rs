@@ -120,6 +120,7 @@ conformance!(
     a_group_resumes_after_its_commit,
     appends_keep_the_order_they_were_made_in,
     a_time_names_the_first_record_taken_from_then_on,
+    a_group_names_its_members_and_their_partitions,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
