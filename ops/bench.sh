@@ -6,6 +6,7 @@
 #   ops/bench.sh [group] embedded|distributed RATE [CONNECTIONS=1000] [RUNS=3] [DURATION=20s]
 #   ops/bench.sh [group] sweep embedded|distributed [CONNECTIONS=1000] [DURATION=15s] [FROM=10000] [STEP=10000]
 #   ops/bench.sh idle [CONNECTIONS=15000] [RUNS=3] [SOURCES=4] [DURATION=10s]
+#   ops/bench.sh rebuild embedded|distributed [RATE=20000] [FILL=60s] [RUNS=3]
 #
 # Runs at one RATE print one markdown row per run and a row of medians: delivered/s, deliveries/s
 # (messages delivered × their recipients), send → ack and send → delivered percentiles, the
@@ -27,6 +28,11 @@
 # give the server's memory before and after and the growth per connection. Embedded only.
 # Registering takes a while: every user is an argon2 hash (15,000 take several minutes here).
 #
+# `rebuild` measures `switchboard rebuild`: it fills an embedded log by driving a node at RATE
+# messages/s for FILL (1,000 connections), stops the node, then replays that log RUNS times into a
+# fresh embedded store (`embedded`) or a fresh Cassandra keyspace (`distributed`), one row per run
+# with the events replayed and events/s.
+#
 # BENCH_LOAD_ARGS adds options to every `switchboard load` (e.g. "--body-bytes 1000").
 # `distributed` expects the engines of ops/engines/start.sh to be running.
 set -euo pipefail
@@ -41,6 +47,7 @@ scenario=steady
 case "${1:-}" in
     sweep) scenario=sweep; shift ;;
     idle) scenario=idle; mode=embedded; shift ;;
+    rebuild) scenario=rebuild; shift ;;
 esac
 if [ "$scenario" != idle ]; then
     mode=${1:?embedded or distributed}
@@ -59,6 +66,12 @@ case "$scenario" in
         runs=${2:-3}
         sources=${3:-4}
         duration=${4:-10s}
+        ;;
+    rebuild)
+        rate=${1:-20000}
+        fill=${2:-60s}
+        runs=${3:-3}
+        connections=1000
         ;;
     steady)
         rate=${1:?messages per second}
@@ -87,7 +100,7 @@ source ops/engines/common.sh
 start_server() {
     local data=$1 id=${2:-}
     local backends=()
-    if [ "$mode" = distributed ]; then
+    if [ "$mode" = distributed ] && [ "$scenario" != rebuild ]; then
         backends=(--log "kafka://127.0.0.1:${KAFKA_PORT}?prefix=$id." --store "scylla://$CQL_USER:$CQL_PASSWORD@127.0.0.1:${CQL_PORT}/$id"
                   --presence "redis://127.0.0.1:${REDIS_PORT}?prefix=$id:")
     fi
@@ -210,5 +223,23 @@ idle)
     done
     rm -rf "$registered"
     table "$idle_header" "$idle_row" "${reports[@]}"
+    ;;
+rebuild)
+    data=$(mktemp -d)
+    start_server "$data"
+    "$bin" load --url "http://127.0.0.1:$port" --connections "$connections" --rate "$rate" \
+        --duration "$fill" "${load_args[@]}" >"$out/rebuild-fill.txt" 2>&1 || true
+    stop_server
+    printf '%s\n' "| run | into | events | seconds | events/s |" "|---|---|---|---|---|"
+    for run in $(seq 1 "$runs"); do
+        into="$data/rebuilt-$run"
+        if [ "$mode" = distributed ]; then
+            into="scylla://$CQL_USER:$CQL_PASSWORD@127.0.0.1:${CQL_PORT}/bench_rebuild_$(date +%s)_$run"
+        fi
+        # "rebuilt the read models from N events in S s (R events/s), up to …"
+        "$bin" rebuild --data-dir "$data" --into "$into" 2>/dev/null | tee "$out/rebuild-$mode-run$run.txt" |
+            sed -E "s/^rebuilt the read models from ([0-9]+) events in ([0-9.]+) s \(([0-9]+) events\/s\).*/| $run | $mode | \1 | \2 | \3 |/"
+    done
+    rm -rf "$data"
     ;;
 esac

@@ -10,17 +10,22 @@ use switchboard_projector::feed::{self, Feeds};
 use switchboard_projector::presence::{self, Presence};
 use switchboard_projector::store::{self, ReadModel};
 
-use crate::config::Config;
+use crate::config::{Config, Role};
 use crate::coordination::{self, Coordination};
 
-/// The node's log, where it goes by `node_id` among consumer groups' members.
+/// The node's log, where it goes by `node_id` among consumer groups' members. A read-only node
+/// opens it as the tools do, leaving its retention alone.
 pub async fn open_log(config: &Config, node_id: &str) -> anyhow::Result<Arc<dyn Log>> {
     let url = config.log_url();
-    let settings =
-        log::NodeSettings { retention: config.log_retention, member: node_id.to_owned() };
-    log::open_for_node(&url, config.partitions, settings)
-        .await
-        .with_context(|| format!("opening the log at {}", redacted(&url)))
+    let opened = match config.role {
+        Role::ReadOnly => log::open(&url, config.partitions).await,
+        _ => {
+            let settings =
+                log::NodeSettings { retention: config.log_retention, member: node_id.to_owned() };
+            log::open_for_node(&url, config.partitions, settings).await
+        }
+    };
+    opened.with_context(|| format!("opening the log at {}", redacted(&url)))
 }
 
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn ReadModel>> {

@@ -21,8 +21,10 @@ use crate::media::{BlobUrl, MediaTypes};
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// What this node runs: `all` (API, fan-out and projector — the single-machine default),
-    /// `api` (sockets and queries only) or `projector` (folds the log into the read models, and
-    /// serves only health and metrics). Separate roles need shared backends (not file://).
+    /// `api` (sockets and queries only), `projector` (folds the log into the read models, and
+    /// serves only health and metrics) or `read-only` (queries of the store as it is, e.g. one
+    /// `switchboard rebuild --until` made: no sockets, no writes, nothing projected). Separate
+    /// roles need shared backends (not file://).
     #[arg(long, env = "SWITCHBOARD_ROLE", value_enum, default_value = "all")]
     pub role: Role,
 
@@ -318,7 +320,7 @@ impl Config {
                 self.max_frame_bytes
             );
         }
-        if self.role != Role::All
+        if matches!(self.role, Role::Api | Role::Projector)
             && (self.log_url().starts_with("file://") || self.store_url().starts_with("file://"))
         {
             bail!(
@@ -385,20 +387,27 @@ impl Config {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Role {
     All,
     Api,
     Projector,
+    ReadOnly,
 }
 
 impl Role {
+    /// Answers the API's queries.
     pub fn serves_clients(self) -> bool {
         self != Role::Projector
     }
 
+    /// Takes writes and sockets, so appends to the log.
+    pub fn takes_writes(self) -> bool {
+        matches!(self, Role::All | Role::Api)
+    }
+
     pub fn projects(self) -> bool {
-        self != Role::Api
+        matches!(self, Role::All | Role::Projector)
     }
 }
 
@@ -408,6 +417,7 @@ impl fmt::Display for Role {
             Role::All => "all",
             Role::Api => "api",
             Role::Projector => "projector",
+            Role::ReadOnly => "read-only",
         })
     }
 }

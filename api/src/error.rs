@@ -67,6 +67,16 @@ impl ApiError {
         ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
 
+    /// What a `read-only` node answers to anything but a query.
+    pub fn read_only() -> ApiError {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "read_only",
+            "this node serves the read models as they are and takes no writes or sockets \
+             (--role read-only)",
+        )
+    }
+
     /// Also what a stranger gets for a conversation they are not in: to them it does not exist.
     pub fn not_found(what: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{} not found", what.into()))

@@ -178,7 +178,7 @@ impl Node {
         };
         node.tasks.spawn(lease.keep(node.stop.clone(), node.lease_lost.clone()));
         node.spawn_background_work();
-        if node.state.config.role.serves_clients() {
+        if node.state.config.role.takes_writes() {
             node.catch_up().await?;
         }
         Ok(node)
@@ -194,6 +194,7 @@ impl Node {
         match self.state.config.role {
             Role::Projector => routes::operations(self.state.clone()),
             Role::All | Role::Api => routes::router(self.state.clone()),
+            Role::ReadOnly => routes::read_only(self.state.clone()),
         }
     }
 
@@ -238,7 +239,7 @@ impl Node {
                 }
             }));
         }
-        if role.serves_clients() {
+        if role.takes_writes() {
             tasks.spawn(supervise("fan-out", stop.clone(), {
                 let hub = state.hub.clone();
                 move |stop| {

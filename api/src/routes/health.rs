@@ -26,7 +26,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     let end = log_end(&state).await;
     let store = state.store.checkpoint().await;
     let lag = end.as_ref().ok().map(|end| lag(&state, end));
-    let fanout = state.config.role.serves_clients().then(|| state.hub.state());
+    let fanout = state.config.role.takes_writes().then(|| state.hub.state());
     let delivery: Vec<(&str, StageState)> =
         state.delivery.iter().map(|stage| (stage.lane.group, stage.state())).collect();
     let ready = end.is_ok()

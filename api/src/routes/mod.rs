@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post};
@@ -86,6 +87,22 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/conversations/{id}/media", post(media::upload))
         .route_layer(middleware::from_fn_with_state(state.clone(), general_limit));
     with_common_layers(timed.merge(uploads), state)
+}
+
+/// What a `read-only` node serves: the API's queries, answered from the store as it is. Logging
+/// in is a query too; every other request that would write, and the WebSocket, is refused.
+pub fn read_only(state: AppState) -> Router {
+    router(state).layer(middleware::from_fn(refuse_writes))
+}
+
+async fn refuse_writes(request: Request, next: Next) -> Response {
+    let reads = matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let path = request.uri().path();
+    if (reads && path != "/v1/ws") || path == "/v1/auth/login" {
+        next.run(request).await
+    } else {
+        ApiError::read_only().into_response()
+    }
 }
 
 /// What a node that serves no clients (a projector) still answers: health, readiness, metrics
