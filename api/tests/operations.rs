@@ -141,20 +141,12 @@ async fn each_consumer_groups_partitions_name_the_node_holding_them() {
 }
 
 /// An investigation: the read models as they were before some time, rebuilt from the log of a
-/// stopped node, served by a read-only node that answers queries and refuses everything else.
-/// Embedded backends on both suites: the rebuild reads the node's log directory.
+/// stopped node into a store of their own, served by a read-only node that answers queries and
+/// refuses everything else.
 #[tokio::test]
 async fn a_rebuild_until_a_time_is_served_read_only() {
     let data = tempfile::tempdir().unwrap();
-    let embedded = |dir: &std::path::Path| {
-        [
-            format!("file://{}", dir.join("log").display()),
-            format!("file://{}", dir.join("store").display()),
-        ]
-    };
-    let [log, store] = embedded(data.path());
-    let backends = ["--log", &log, "--store", &store, "--presence", "memory://"];
-    let mut node = Server::start_in(data.path(), &backends);
+    let mut node = Server::start_in(data.path(), &[]);
     let api = node.api();
     let (ada, _bob, conversation) = api.pair().await;
     let path = format!("/v1/conversations/{conversation}/messages");
@@ -166,34 +158,33 @@ async fn a_rebuild_until_a_time_is_served_read_only() {
     assert_eq!(api.post(&path, &ada, say("after the incident")).await.0, StatusCode::ACCEPTED);
     assert!(node.terminate(), "the node stops cleanly");
 
-    let investigation = tempfile::tempdir().unwrap();
-    let [_, then] = embedded(investigation.path());
+    let (log, store) = common::backend_urls(data.path());
+    let then = match store.strip_prefix("file://") {
+        Some(_) => format!("file://{}", data.path().join("then").display()),
+        None => format!("{}_then", store.split('?').next().unwrap()),
+    };
     let rebuilt = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .args(["rebuild", "--log", &log, "--into", &then, "--until", &incident])
         .output()
         .expect("switchboard rebuild");
     assert!(rebuilt.status.success(), "{}", String::from_utf8_lossy(&rebuilt.stderr));
 
-    let read_only =
-        ["--role", "read-only", "--log", &log, "--store", &then, "--presence", "memory://"];
-    let _node = Server::start_in(investigation.path(), &read_only);
-    let api = _node.api();
+    let read_only = ["--role", "read-only", "--log", &log, "--store", &then];
+    let investigation = tempfile::tempdir().unwrap();
+    let investigating = Server::start_in(investigation.path(), &read_only);
+    let api = investigating.api();
     let (status, history) = api.get(&path, &ada).await;
     assert_eq!(status, StatusCode::OK, "{history}");
     let history = history.to_string();
     assert!(history.contains("before the incident"), "{history}");
     assert!(!history.contains("after the incident"), "{history}");
 
-    let (status, refused) = api.post(&path, &ada, say("during the investigation")).await;
-    assert_eq!(
-        (status, refused["error"]["code"].clone()),
-        (StatusCode::FORBIDDEN, json!("read_only"))
-    );
-    let (status, refused) = api.get("/v1/ws", &ada).await;
-    assert_eq!(
-        (status, refused["error"]["code"].clone()),
-        (StatusCode::FORBIDDEN, json!("read_only"))
-    );
+    let refused = |(status, body): (StatusCode, serde_json::Value)| {
+        (status, body["error"]["code"].as_str().unwrap_or_default().to_owned())
+    };
+    let expected = (StatusCode::FORBIDDEN, "read_only".to_owned());
+    assert_eq!(refused(api.post(&path, &ada, say("meanwhile")).await), expected);
+    assert_eq!(refused(api.get("/v1/ws", &ada).await), expected);
     let login = json!({ "handle": ada.handle, "password": "correct horse battery" });
     let (status, _) = api.call(Method::POST, "/v1/auth/login", None, Some(login)).await;
     assert_eq!(status, StatusCode::OK, "logging in only reads");
