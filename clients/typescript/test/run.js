@@ -1,0 +1,13 @@
+// Runs every test file with node's test runner. Node before 22 has its WebSocket behind a flag.
+import { spawnSync } from "node:child_process";
+import { readdirSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const files = readdirSync(here)
+  .filter((name) => name.endsWith(".test.js"))
+  .map((name) => join(here, name));
+const flags = typeof WebSocket === "function" ? [] : ["--experimental-websocket"];
+const run = spawnSync(process.execPath, [...flags, "--test", ...files], { stdio: "inherit" });
+process.exit(run.status ?? 1);
