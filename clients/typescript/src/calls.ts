@@ -160,15 +160,8 @@ export class Calls extends Emitter<CallsEvents> {
 
   /** Answers a ringing call on this device; rejects with `call_not_ringing` if another won. */
   async accept(callId: Id): Promise<void> {
-    // In place before the accept: the caller's offer may arrive before its ack.
-    this.live.set(callId, new LiveCall(callId));
     this.ringing.delete(callId);
-    try {
-      await this.transport.request("call.accept", { call_id: callId });
-    } catch (error) {
-      this.live.delete(callId);
-      throw error;
-    }
+    await this.enter(callId, "call.accept");
   }
 
   async decline(callId: Id): Promise<void> {
@@ -189,18 +182,23 @@ export class Calls extends Emitter<CallsEvents> {
   }
 
   async joinRoom(callId: Id): Promise<void> {
-    this.live.set(callId, new LiveCall(callId));
-    try {
-      await this.transport.request("room.join", { call_id: callId });
-    } catch (error) {
-      this.live.delete(callId);
-      throw error;
-    }
+    await this.enter(callId, "room.join");
   }
 
   /** Leaves a room; `ended` follows. */
   async leaveRoom(callId: Id): Promise<void> {
     await this.transport.request("room.leave", { call_id: callId });
+  }
+
+  /** Takes part in a call by `op`; in place before the op, since the first offer may beat its ack. */
+  private async enter(callId: Id, op: "call.accept" | "room.join"): Promise<void> {
+    this.live.set(callId, new LiveCall(callId));
+    try {
+      await this.transport.request(op, { call_id: callId });
+    } catch (error) {
+      this.live.delete(callId);
+      throw error;
+    }
   }
 
   private onInvited(data: Events["call.invited"]): void {
