@@ -8,12 +8,27 @@
  * and in a room the participant with the smaller user id. Offers and answers travel as their SDP
  * text, ICE candidates as the JSON of `RTCIceCandidateInit`.
  *
+ * The server hands each participant the ICE servers (STUN, and TURN with credentials of their
+ * own) in the answer to the op that made it one; the factory gets them for the connection's
+ * `iceServers`, and signals that arrive before that answer wait for it.
+ *
  * Several devices of the callee ring; the first accept wins. The others hear `call.accepted`
  * naming another session and emit `answered-elsewhere`; an accept that lost the race rejects
  * with `call_not_ringing`.
  */
 import { Emitter } from "./emitter.js";
-import type { Call, CallMedia, EventFrame, EventType, Events, Id, Ops, OpName, SignalKind } from "./types.js";
+import type {
+  Call,
+  CallMedia,
+  EventFrame,
+  EventType,
+  Events,
+  IceServer,
+  Id,
+  Ops,
+  OpName,
+  SignalKind,
+} from "./types.js";
 
 export interface SessionDescription {
   type: "offer" | "answer" | "pranswer" | "rollback";
@@ -47,8 +62,11 @@ export interface CallTransport {
 }
 
 export interface CallsOptions {
-  /** Makes the peer connection to `userId` in call `callId`. */
-  createPeerConnection: (peer: { callId: Id; userId: Id }) => PeerConnectionLike;
+  /**
+   * Makes the peer connection to `userId` in call `callId`, e.g.
+   * `({ iceServers }) => new RTCPeerConnection({ iceServers })`.
+   */
+  createPeerConnection: (peer: { callId: Id; userId: Id; iceServers: IceServer[] }) => PeerConnectionLike;
 }
 
 /** A call rings on this device. */
@@ -71,6 +89,8 @@ export type CallsEvents = {
   "peer-left": { callId: Id; userId: Id };
   /** A call this device was in or rang for is over (declined, missed, busy, ended, left). */
   ended: { callId: Id; reason: string };
+  /** Signalling failed: a peer connection refused a description or candidate, say. */
+  error: unknown;
 };
 
 /** One remote participant: its connection and the candidates that came before its description. */
@@ -111,10 +131,13 @@ class PeerLink {
   }
 }
 
-/** A call this device takes part in. */
+/** A call this device takes part in, and the ICE servers it was given on entering it. */
 class LiveCall {
   readonly peers = new Map<Id, PeerLink>();
-  constructor(readonly callId: Id) {}
+  constructor(
+    readonly callId: Id,
+    readonly iceServers: Promise<IceServer[]>,
+  ) {}
 }
 
 export class Calls extends Emitter<CallsEvents> {
@@ -128,7 +151,7 @@ export class Calls extends Emitter<CallsEvents> {
     super();
     transport.on("call.invited", (frame) => this.onInvited(frame.data));
     transport.on("call.accepted", (frame) => this.onAccepted(frame.data));
-    transport.on("signal", (frame) => void this.onSignal(frame.data));
+    transport.on("signal", (frame) => this.guard(this.onSignal(frame.data)));
     transport.on("room.started", (frame) => this.onRoomChanged(frame.data.call));
     transport.on("room.joined", (frame) => this.onRoomChanged(frame.data.call));
     transport.on("room.left", (frame) => {
@@ -154,7 +177,7 @@ export class Calls extends Emitter<CallsEvents> {
       media,
       ...(conversationId === undefined ? {} : { conversation_id: conversationId }),
     });
-    this.live.set(ack.call_id, new LiveCall(ack.call_id));
+    this.live.set(ack.call_id, new LiveCall(ack.call_id, Promise.resolve(ack.ice_servers)));
     return ack.call_id;
   }
 
@@ -177,7 +200,7 @@ export class Calls extends Emitter<CallsEvents> {
   /** Opens a group room in a conversation and joins it; resolves with its call id. */
   async startRoom(conversationId: Id, media: CallMedia): Promise<Id> {
     const ack = await this.transport.request("room.start", { conversation_id: conversationId, media });
-    if (!this.live.has(ack.call_id)) this.live.set(ack.call_id, new LiveCall(ack.call_id));
+    this.live.set(ack.call_id, new LiveCall(ack.call_id, Promise.resolve(ack.ice_servers)));
     return ack.call_id;
   }
 
@@ -192,9 +215,13 @@ export class Calls extends Emitter<CallsEvents> {
 
   /** Takes part in a call by `op`; in place before the op, since the first offer may beat its ack. */
   private async enter(callId: Id, op: "call.accept" | "room.join"): Promise<void> {
-    this.live.set(callId, new LiveCall(callId));
+    const entered = this.transport.request(op, { call_id: callId });
+    const iceServers = entered.then((ack) => ack.ice_servers);
+    // A refusal is the caller's to handle, through `entered`; signals waiting on it are dropped.
+    iceServers.catch(() => {});
+    this.live.set(callId, new LiveCall(callId, iceServers));
     try {
-      await this.transport.request(op, { call_id: callId });
+      await entered;
     } catch (error) {
       this.live.delete(callId);
       throw error;
@@ -221,9 +248,7 @@ export class Calls extends Emitter<CallsEvents> {
       return;
     }
     const call = this.live.get(data.call_id);
-    if (call && data.call.initiator === me && data.call.callee) {
-      void this.link(call, data.call.callee).offer();
-    }
+    if (call && data.call.initiator === me && data.call.callee) this.guard(this.offer(call, data.call.callee));
   }
 
   /** Brings a room's peer connections in line with its participants. */
@@ -233,7 +258,7 @@ export class Calls extends Emitter<CallsEvents> {
     if (!call || !me) return;
     const others = new Set(room.participants.filter((user) => user !== me));
     for (const user of others) {
-      if (!call.peers.has(user) && BigInt(me) < BigInt(user)) void this.link(call, user).offer();
+      if (BigInt(me) < BigInt(user)) this.guard(this.offer(call, user));
     }
     for (const [user, link] of call.peers) {
       if (others.has(user)) continue;
@@ -246,12 +271,22 @@ export class Calls extends Emitter<CallsEvents> {
   private async onSignal(data: Events["signal"]): Promise<void> {
     const call = this.live.get(data.call_id);
     if (!call || data.to_user !== this.transport.userId) return;
-    const link = call.peers.get(data.from_user) ?? this.link(call, data.from_user);
+    const { link } = await this.link(call, data.from_user);
     await link.receive(data.kind, data.payload);
   }
 
-  private link(call: LiveCall, user: Id): PeerLink {
-    const connection = this.options.createPeerConnection({ callId: call.callId, userId: user });
+  /** Offers to `user`, unless a connection to it is already there. */
+  private async offer(call: LiveCall, user: Id): Promise<void> {
+    const { link, made } = await this.link(call, user);
+    if (made) await link.offer();
+  }
+
+  /** The connection to `user`, made now unless there was one. */
+  private async link(call: LiveCall, user: Id): Promise<{ link: PeerLink; made: boolean }> {
+    const iceServers = await call.iceServers;
+    const existing = call.peers.get(user);
+    if (existing) return { link: existing, made: false };
+    const connection = this.options.createPeerConnection({ callId: call.callId, userId: user, iceServers });
     const link = new PeerLink(connection, (kind, payload) => {
       this.transport
         .request("call.signal", { call_id: call.callId, to_user: user, kind, payload })
@@ -261,7 +296,12 @@ export class Calls extends Emitter<CallsEvents> {
     });
     call.peers.set(user, link);
     this.emit("peer", { callId: call.callId, userId: user, connection });
-    return link;
+    return { link, made: true };
+  }
+
+  /** Reports what goes wrong in work no caller waits for. */
+  private guard(work: Promise<void>): void {
+    work.catch((error: unknown) => this.emit("error", error));
   }
 
   private finish(callId: Id, reason: string): void {

@@ -107,6 +107,18 @@ export interface PresenceAnswer {
 
 export type CallMedia = "audio" | "video";
 
+/** An entry of `RTCConfiguration.iceServers`: TURN servers come with credentials that run out. */
+export interface IceServer {
+  urls: string[];
+  username?: string;
+  credential?: string;
+}
+
+/** The ack of an op that makes you a call's participant. */
+export interface Entered extends WriteResult {
+  ice_servers: IceServer[];
+}
+
 export interface Call {
   id: Id;
   kind: "direct" | "room";
@@ -209,17 +221,17 @@ export interface Ops {
   ping: { fields: Record<string, never>; ack: Record<string, never> };
   "call.invite": {
     fields: { callee: Id; media: CallMedia; conversation_id?: Id };
-    ack: WriteResult & { call_id: Id };
+    ack: Entered & { call_id: Id };
   };
-  "call.accept": { fields: { call_id: Id }; ack: WriteResult };
+  "call.accept": { fields: { call_id: Id }; ack: Entered };
   "call.decline": { fields: { call_id: Id }; ack: WriteResult };
   "call.end": { fields: { call_id: Id }; ack: WriteResult };
   "call.signal": {
     fields: { call_id: Id; to_user: Id; kind: SignalKind; payload: string };
     ack: WriteResult;
   };
-  "room.start": { fields: { conversation_id: Id; media: CallMedia }; ack: WriteResult & { call_id: Id } };
-  "room.join": { fields: { call_id: Id }; ack: WriteResult };
+  "room.start": { fields: { conversation_id: Id; media: CallMedia }; ack: Entered & { call_id: Id } };
+  "room.join": { fields: { call_id: Id }; ack: Entered };
   "room.leave": { fields: { call_id: Id }; ack: WriteResult };
   sync: { fields: { since?: ResumeToken; limit?: number }; ack: SyncResult };
 }

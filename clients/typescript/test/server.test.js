@@ -7,8 +7,9 @@ import { Calls, Connection, HttpClient, register } from "../dist/index.js";
 import { eventually, startServer } from "./server.js";
 
 let server;
+const STUN = "stun:stun.test:3478";
 before(async () => {
-  server = await startServer();
+  server = await startServer(["--stun-urls", STUN]);
 });
 after(async () => {
   await server?.stop();
@@ -139,9 +140,14 @@ describe("reconnects", () => {
       const first = new Connection({ baseUrl: own.url, token: bob.token });
       const ready = await first.opened();
       first.close();
+      // Another device of bob's sees when the messages are in his feed.
+      const watcher = new Connection({ baseUrl: own.url, token: bob.token });
+      const arrived = watcher.next("message.sent", (frame) => frame.data.body === "three");
       for (const body of ["one", "two", "three"]) {
         await http.send(conversation.id, { client_msg_id: body, body });
       }
+      await arrived;
+      watcher.close();
       // Past the window, with more events than the feed keeps beyond it: the feed is trimmed
       // as the next event is appended.
       await new Promise((resolve) => setTimeout(resolve, 1500));
@@ -219,8 +225,9 @@ class FakePeerConnection {
 function callsOf(connection, name) {
   const peers = [];
   const calls = new Calls(connection, {
-    createPeerConnection: ({ userId }) => {
+    createPeerConnection: ({ userId, iceServers }) => {
       const pc = new FakePeerConnection(`${name}→${userId}`);
+      pc.iceServers = iceServers;
       peers.push(pc);
       return pc;
     },
@@ -253,6 +260,7 @@ describe("calls", () => {
     assert.deepEqual(alicePc.remote, [{ type: "answer", sdp: `answer from phone→${alice.user.id}` }]);
     assert.deepEqual(phonePc.candidates, [`candidate of alice→${bob.user.id}`]);
     assert.equal(laptop.peers.length, 0, "the laptop takes no part");
+    for (const pc of [alicePc, phonePc]) assert.deepEqual(pc.iceServers, [{ urls: [STUN] }], "the server's ICE servers");
 
     const endedForPhone = phone.calls.next("ended");
     const endedForAlice = caller.calls.next("ended");

@@ -237,15 +237,29 @@ class RecordingPeer {
 }
 
 describe("calls", () => {
-  test("candidates that come before the offer wait for it; the answer goes back", async () => {
+  test("signals before the accept's ack wait for its ICE servers; early candidates wait for the offer", async () => {
     const transport = fakeTransport("2", "phone");
+    let answerAccept;
+    transport.answer = () => new Promise((resolve) => (answerAccept = resolve));
+    const iceServers = [{ urls: ["turn:turn.test:3478"], username: "9:2", credential: "c" }];
+    const made = [];
     const peer = new RecordingPeer();
-    const calls = new Calls(transport, { createPeerConnection: () => peer });
-    transport.push("call.invited", { call_id: "7", caller: "1", callee: "2", media: "audio", conversation_id: "3", call: {} });
-    await calls.accept("7");
+    const calls = new Calls(transport, {
+      createPeerConnection: (options) => {
+        made.push(options);
+        return peer;
+      },
+    });
+    const accepted = calls.accept("7");
     transport.push("signal", { call_id: "7", from_user: "1", to_user: "2", kind: "ice_candidate", payload: '{"candidate":"c1"}' });
     transport.push("signal", { call_id: "7", from_user: "1", to_user: "2", kind: "offer", payload: "sdp" });
+    await tick();
+    assert.deepEqual(made, [], "no peer connection before the ICE servers are known");
+    answerAccept({ token: "t", ice_servers: iceServers });
+    await accepted;
+    transport.answer = async () => ({ token: "t" });
     while (!transport.requests.some((r) => r.op === "call.signal")) await tick();
+    assert.deepEqual(made, [{ callId: "7", userId: "1", iceServers }]);
     assert.deepEqual(peer.log, ["remote offer", "candidate c1", "local answer"]);
     assert.deepEqual(transport.requests.at(-1), { op: "call.signal", call_id: "7", to_user: "1", kind: "answer", payload: "a" });
   });
@@ -263,7 +277,7 @@ describe("calls", () => {
 
   test("in a room the smaller user id offers, and a peer that leaves is closed", async () => {
     const transport = fakeTransport("5", "s");
-    transport.answer = async () => ({ call_id: "9", token: "t" });
+    transport.answer = async () => ({ call_id: "9", token: "t", ice_servers: [] });
     const peers = {};
     const calls = new Calls(transport, { createPeerConnection: ({ userId }) => (peers[userId] = new RecordingPeer()) });
     await calls.startRoom("3", "audio");
