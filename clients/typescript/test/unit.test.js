@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 
-import { Calls, Connection, Tokens, backoffDelay, jwtExpiry } from "../dist/index.js";
+import { Calls, Connection, HttpClient, Tokens, backoffDelay, jwtExpiry } from "../dist/index.js";
 
 /** A WebSocket whose server side the test plays: it records frames and answers as told. */
 class ScriptedSocket {
@@ -178,6 +178,33 @@ describe("backoff and tokens", () => {
     assert.equal(a, b);
     assert.equal(renewals, 1);
     assert.equal(await tokens.current(), a, "a fresh token is kept");
+  });
+
+  test("a request refused for an expired token is sent again with a renewed one", async (t) => {
+    const seen = [];
+    t.mock.method(globalThis, "fetch", async (url, init) => {
+      seen.push(init.headers.authorization);
+      return seen.length === 1
+        ? new Response('{"error":{"code":"token_expired","message":"the token has expired; log in again"}}', { status: 401 })
+        : new Response('{"id":"1","handle":"ada","display_name":"Ada","created_at":0}', { status: 200 });
+    });
+    const http = new HttpClient({ baseUrl: "http://server.test", token: "old", refreshToken: async () => "new" });
+    assert.equal((await http.me()).handle, "ada");
+    assert.deepEqual(seen, ["Bearer old", "Bearer new"]);
+  });
+
+  test("an error body becomes a typed error", async (t) => {
+    t.mock.method(globalThis, "fetch", async () =>
+      new Response('{"error":{"code":"rate_limited","message":"slow down","retry_after_ms":1500}}', { status: 429 }),
+    );
+    const http = new HttpClient({ baseUrl: "http://server.test", token: "t" });
+    await assert.rejects(http.inbox(), (error) => {
+      assert.equal(error.code, "rate_limited");
+      assert.equal(error.status, 429);
+      assert.equal(error.retryAfterMs, 1500);
+      assert.equal(error.retryable, true);
+      return true;
+    });
   });
 
   test("the socket connects with the renewed token", async () => {
