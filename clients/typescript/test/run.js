@@ -14,5 +14,7 @@ if (major < 20 || (major === 20 && minor < 10)) {
   process.exit(1);
 }
 const flags = typeof WebSocket === "function" ? [] : ["--experimental-websocket"];
+// TAP when read by a program (ops/test.sh adds up its `# pass` and `# fail` lines).
+if (!process.stdout.isTTY) flags.push("--test-reporter=tap");
 const run = spawnSync(process.execPath, [...flags, "--test", ...files], { stdio: "inherit" });
 process.exit(run.status ?? 1);
