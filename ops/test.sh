@@ -3,17 +3,21 @@
 #   1. the system packages the build needs (Debian: cmake and the C headers librdkafka builds with),
 #   2. formatting and lints,
 #   3. every suite on the embedded backends, the dashboards and alerts against a live node and
-#      Prometheus (ops/monitoring/check.sh), and each fuzz target for 30 s (ops/fuzz.sh),
+#      Prometheus (ops/monitoring/check.sh), the TypeScript client's tests (clients/typescript:
+#      npm installs its pinned packages) against live nodes, and each fuzz target for 30 s
+#      (ops/fuzz.sh),
 #   4. the real engines (Kafka, Cassandra, Redis and a Redis Cluster: ops/engines/start.sh fetches
 #      and starts them),
-#   5. the backend conformance suites and the end-to-end suites again, on those engines, with
-#      examples/analytics run on Kafka by Confluent's Python client (pip installs it, at the
-#      pinned versions, in a virtual environment under the target directory).
+#   5. the backend conformance suites, the end-to-end suites and the TypeScript client's tests
+#      again, on those engines, with examples/analytics run on Kafka by Confluent's Python client
+#      (pip installs it, at the pinned versions, in a virtual environment under the target
+#      directory).
 #
 #   ops/test.sh
 #
 # Needs a Rust toolchain (cargo, and rustup's nightly for the fuzz targets), Java 17 for the
-# engines and Python 3 for the analytics example; everything else it installs.
+# engines, Python 3 for the analytics example and Node.js 20.10 or later for the TypeScript client;
+# everything else it installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Each crate is built once per run: incremental state would only fill the disk.
@@ -34,7 +38,14 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # Every suite's summary lines, for the total at the end.
 results=$(mktemp)
 total() {
-    awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$results"
+    awk '/^test result:/ { passed += $4; failed += $6 }
+        /^# pass / { passed += $3 } /^# fail / { failed += $3 }
+        END { printf "tests: %d passed, %d failed\n", passed, failed }' "$results"
+}
+
+# The TypeScript client's unit tests and its tests against live nodes of the binary given.
+client_tests() {
+    (cd clients/typescript && SWITCHBOARD_BIN="$1" npm test)
 }
 
 echo "== tests on the embedded backends"
@@ -45,6 +56,10 @@ cargo build --locked -p switchboard-api --bin switchboard
 target_dir=$(cargo metadata --format-version 1 --no-deps |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 ops/monitoring/check.sh "$target_dir/debug/switchboard"
+
+echo "== TypeScript client"
+(cd clients/typescript && npm ci --no-audit --no-fund --prefer-offline)
+client_tests "$target_dir/debug/switchboard" 2>&1 | tee -a "$results"
 
 echo "== fuzzing what clients and the log send, 30 s per target"
 ops/fuzz.sh 30
@@ -80,6 +95,7 @@ echo "== tests on Kafka, Cassandra and Redis"
 # Cassandra asks every client for a password; Kafka's SASL_SSL listener and Cassandra's TLS trust
 # the throw-away CAs start.sh made.
 cql="$CQL_USER:$CQL_PASSWORD@127.0.0.1:${CQL_PORT}"
+backend_args="--log kafka://127.0.0.1:${KAFKA_PORT}?prefix={unique}. --store scylla://$cql/{unique} --presence redis://127.0.0.1:${REDIS_PORT}?prefix={unique}: --consistency-timeout 30s"
 SWITCHBOARD_REQUIRE_ENGINES=1 \
 SWITCHBOARD_ANALYTICS_PYTHON="$analytics_python" \
 SWITCHBOARD_KAFKA="127.0.0.1:${KAFKA_PORT}" \
@@ -88,5 +104,8 @@ SWITCHBOARD_CQL="$cql" \
 SWITCHBOARD_CQL_CA="$RUN_ROOT/cassandra/tls/ca.pem" \
 SWITCHBOARD_REDIS="redis://127.0.0.1:${REDIS_PORT}" \
 SWITCHBOARD_REDIS_CLUSTER="redis+cluster://$(printf '127.0.0.1:%s,' "${REDIS_CLUSTER_PORTS[@]}" | sed 's/,$//')" \
-SWITCHBOARD_TEST_BACKEND_ARGS="--log kafka://127.0.0.1:${KAFKA_PORT}?prefix={unique}. --store scylla://$cql/{unique} --presence redis://127.0.0.1:${REDIS_PORT}?prefix={unique}: --consistency-timeout 30s" \
+SWITCHBOARD_TEST_BACKEND_ARGS="$backend_args" \
     cargo test --workspace --locked 2>&1 | tee -a "$results"
+
+echo "== TypeScript client on Kafka, Cassandra and Redis"
+SWITCHBOARD_TEST_BACKEND_ARGS="$backend_args" client_tests "$target_dir/debug/switchboard" 2>&1 | tee -a "$results"

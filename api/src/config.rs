@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use switchboard_ingest::log;
 use switchboard_projector::feed::Retention;
 
+use crate::calls::ice::{IceServers, IceUrls};
 use crate::coordination::Quota;
 use crate::media::{BlobUrl, MediaTypes};
 
@@ -182,6 +183,24 @@ pub struct Config {
     /// Most participants of a group call room.
     #[arg(long, env = "SWITCHBOARD_MAX_ROOM_PARTICIPANTS", default_value_t = 16)]
     pub max_room_participants: usize,
+
+    /// STUN servers call participants are given: comma-separated `stun:`/`stuns:` URLs.
+    #[arg(long, env = "SWITCHBOARD_STUN_URLS", default_value = "")]
+    pub stun_urls: IceUrls,
+
+    /// TURN servers call participants are given, with credentials of their own that run out:
+    /// comma-separated `turn:`/`turns:` URLs. Needs `turn_secret`.
+    #[arg(long, env = "SWITCHBOARD_TURN_URLS", default_value = "")]
+    pub turn_urls: IceUrls,
+
+    /// The secret shared with the TURN servers, from which participants' credentials are made
+    /// (coturn's `static-auth-secret`, with `use-auth-secret`).
+    #[arg(long, env = "SWITCHBOARD_TURN_SECRET", hide_env_values = true)]
+    pub turn_secret: Option<String>,
+
+    /// How long the TURN credentials given to a call participant stay valid.
+    #[arg(long, env = "SWITCHBOARD_TURN_TTL", default_value = "24h")]
+    pub turn_ttl: Dur,
 
     /// WebRTC signals (offers, answers, ICE candidates) per user.
     #[arg(long, env = "SWITCHBOARD_RATE_SIGNALS", default_value = "600/1m")]
@@ -352,7 +371,31 @@ impl Config {
         if self.upload_idle_timeout.0.is_zero() {
             bail!("upload_idle_timeout must be longer than 0s");
         }
+        if let Some(url) = self.stun_urls.not_of(&["stun", "stuns"]) {
+            bail!("stun_urls: `{url}` is not a stun: or stuns: URL");
+        }
+        if let Some(url) = self.turn_urls.not_of(&["turn", "turns"]) {
+            bail!("turn_urls: `{url}` is not a turn: or turns: URL");
+        }
+        if self.turn_urls.0.is_empty() != self.turn_secret.is_none() {
+            bail!(
+                "turn_urls and turn_secret go together: TURN credentials are made with the secret"
+            );
+        }
+        if self.turn_ttl.0 < Duration::from_secs(1) {
+            bail!("turn_ttl must be at least 1s, not {}", self.turn_ttl);
+        }
         Ok(())
+    }
+
+    /// The ICE servers call participants are given.
+    pub fn ice_servers(&self) -> IceServers {
+        IceServers {
+            stun: self.stun_urls.clone(),
+            turn: self.turn_urls.clone(),
+            turn_secret: self.turn_secret.clone(),
+            turn_ttl: self.turn_ttl.0,
+        }
     }
 
     pub fn log_url(&self) -> String {
@@ -484,7 +527,7 @@ macro_rules! serde_as_text {
         }
     )*};
 }
-serde_as_text!(Dur, Rate, MediaTypes);
+serde_as_text!(Dur, Rate, MediaTypes, IceUrls);
 
 #[cfg(test)]
 mod tests {
@@ -534,6 +577,12 @@ mod tests {
         assert!(store.contains("media_store: `ftp://files` names no media store"), "{store}");
         let types = format!("{:#}", load(&[], "upload_types = \"images\"\n").unwrap_err());
         assert!(types.contains("`images` is not a content type"), "{types}");
+        let turn =
+            load(&["--turn-urls", "turn:turn.example.org:3478"], "").unwrap_err().to_string();
+        assert!(turn.contains("turn_urls and turn_secret go together"), "{turn}");
+        let stun =
+            load(&[], "stun_urls = \"turn:turn.example.org:3478\"\n").unwrap_err().to_string();
+        assert!(stun.contains("stun_urls: `turn:turn.example.org:3478` is not a stun:"), "{stun}");
         assert!("0/1m".parse::<Rate>().is_err());
         assert_eq!("off".parse::<Rate>().unwrap(), Rate(None));
     }

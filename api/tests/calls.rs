@@ -322,3 +322,74 @@ async fn an_accept_at_the_edge_of_the_ring_timeout_either_answers_or_is_told_it_
         assert_eq!(endings.len(), 1, "one outcome after {wait_ms} ms: {endings:?}");
     }
 }
+
+/// The TURN credential coturn expects for `username`: base64(HMAC-SHA1(secret, username)).
+fn turn_credential(secret: &str, username: &str) -> String {
+    use base64::Engine;
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(ring::hmac::sign(&key, username.as_bytes()))
+}
+
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+#[tokio::test]
+async fn participants_get_the_stun_servers_and_turn_credentials_of_their_own_that_run_out() {
+    let secret = "shared with the TURN servers";
+    let turn_urls = ["turn:turn.example.org:3478?transport=udp", "turns:turn.example.org:5349"];
+    let server = Server::start(&[
+        "--stun-urls",
+        "stun:stun.example.org:3478",
+        "--turn-urls",
+        &turn_urls.join(","),
+        "--turn-secret",
+        secret,
+        "--turn-ttl",
+        "1h",
+    ]);
+    let (ada, bob, mut ada_ws, mut bob_ws) = caller_and_callee(&server).await;
+    let (group, mut carol_ws, carol) = {
+        let carol = server.api().register("carol").await;
+        let group = server.api().group(&ada, "room", &[&bob, &carol]).await;
+        (group, Ws::connect(&server, &carol).await, carol)
+    };
+    let before = unix_seconds();
+    let invited = invite(&mut ada_ws, &bob).await;
+    let call = call_id(&invited);
+    bob_ws.next_event("call.invited").await;
+    let accepted = on_call(&mut bob_ws, "call.accept", &call).await;
+    on_call(&mut ada_ws, "call.end", &call).await;
+    let start = json!({ "op": "room.start", "conversation_id": group, "media": "audio" });
+    let started = ada_ws.request(start).await;
+    let joined = on_call(&mut carol_ws, "room.join", &call_id(&started)).await;
+    let after = unix_seconds();
+
+    for (what, ack, user) in [
+        ("call.invite", &invited, &ada),
+        ("call.accept", &accepted, &bob),
+        ("room.start", &started, &ada),
+        ("room.join", &joined, &carol),
+    ] {
+        assert_eq!(ack["op"], "ack", "{what}: {ack}");
+        let servers = ack["ice_servers"].as_array().expect("ice_servers");
+        assert_eq!(servers.len(), 2, "{what}: {ack}");
+        assert_eq!(servers[0], json!({ "urls": ["stun:stun.example.org:3478"] }), "{what}");
+        let turn = &servers[1];
+        assert_eq!(turn["urls"], json!(turn_urls), "{what}");
+        let username = turn["username"].as_str().expect("username");
+        let (expiry, id) = username.split_once(':').expect("EXPIRY:USER_ID");
+        assert_eq!(id, user.id, "{what}: the credential names its participant");
+        let expiry: u64 = expiry.parse().expect("expiry in Unix seconds");
+        assert!((before + 3600..=after + 3600).contains(&expiry), "{what}: {expiry} is an hour on");
+        assert_eq!(turn["credential"], turn_credential(secret, username), "{what}");
+    }
+}
+
+#[tokio::test]
+async fn without_ice_settings_participants_get_no_ice_servers() {
+    let server = Server::start(&[]);
+    let (_, bob, mut ada_ws, _) = caller_and_callee(&server).await;
+    let invited = invite(&mut ada_ws, &bob).await;
+    assert_eq!(invited["ice_servers"], json!([]), "{invited}");
+}

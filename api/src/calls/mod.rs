@@ -15,9 +15,10 @@
 //! Outcomes the clock or an absence decides (missed, disconnected, an emptied room) are the
 //! [`timer`]'s.
 
+pub mod ice;
 pub mod timer;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use switchboard_ingest::Origin;
@@ -28,6 +29,7 @@ use switchboard_schemas::{
     SignalRelayed, Topic, UserId,
 };
 
+use crate::calls::ice::IceServer;
 use crate::chat::{self, Accepted};
 use crate::error::ApiError;
 use crate::limits::{self, Limit};
@@ -78,6 +80,20 @@ pub struct SignalRequest {
 pub struct Started {
     pub call_id: CallId,
     pub token: String,
+    /// The ICE servers for this participant's peer connections.
+    pub ice_servers: Vec<IceServer>,
+}
+
+/// What answering a call or joining a room is answered with.
+#[derive(Debug, Serialize)]
+pub struct Entered {
+    pub token: String,
+    /// The ICE servers for this participant's peer connections.
+    pub ice_servers: Vec<IceServer>,
+}
+
+fn ice_servers(state: &AppState, user: UserId) -> Vec<IceServer> {
+    state.config.ice_servers().for_user(user, SystemTime::now())
 }
 
 fn line(user: UserId) -> String {
@@ -146,7 +162,11 @@ pub async fn invite(
     match state.ingest.append(&origin, invited.into()).await {
         Ok(position) => {
             metrics::counter!("calls_started_total", "kind" => "direct").increment(1);
-            Ok(Started { call_id, token: position.to_string() })
+            Ok(Started {
+                call_id,
+                token: position.to_string(),
+                ice_servers: ice_servers(state, caller),
+            })
         }
         Err(error) => {
             release_lines(state, &[caller, callee]).await;
@@ -161,7 +181,7 @@ pub async fn accept(
     user: UserId,
     session: &str,
     call_id: CallId,
-) -> Result<Accepted, ApiError> {
+) -> Result<Entered, ApiError> {
     let call = ringing_for(state, user, call_id).await?;
     settle(state, &call, &format!("accepted {session}")).await?;
     let accepted = CallAccepted { call_id, user_id: user, session_id: session.to_owned() };
@@ -172,7 +192,7 @@ pub async fn accept(
             tracing::warn!(%error, "line of an answered call not extended");
         }
     }
-    Ok(position.into())
+    Ok(Entered { token: position.to_string(), ice_servers: ice_servers(state, user) })
 }
 
 pub async fn decline(
@@ -271,8 +291,8 @@ pub async fn start_room(
         return Err(error.into());
     }
     metrics::counter!("calls_started_total", "kind" => "room").increment(1);
-    let position = enter_room(state, user, session, call_id).await?;
-    Ok(Started { call_id, token: position.token })
+    let entered = enter_room(state, user, session, call_id).await?;
+    Ok(Started { call_id, token: entered.token, ice_servers: entered.ice_servers })
 }
 
 pub async fn join_room(
@@ -280,7 +300,7 @@ pub async fn join_room(
     user: UserId,
     session: &str,
     call_id: CallId,
-) -> Result<Accepted, ApiError> {
+) -> Result<Entered, ApiError> {
     limits::check(state, Limit::Calls, &user.to_string()).await?;
     // The participant count decides: read it with every join logged so far applied. Joins
     // racing each other to the last place may still both get in.
@@ -307,7 +327,7 @@ async fn enter_room(
     user: UserId,
     session: &str,
     call_id: CallId,
-) -> Result<Accepted, ApiError> {
+) -> Result<Entered, ApiError> {
     let ours = call_id.to_string();
     match state.coordination.claim(&line(user), &ours, LINE_TTL).await? {
         Some(held) if held != ours => return Err(ApiError::already_in_call()),
@@ -315,7 +335,9 @@ async fn enter_room(
     }
     let joined = ParticipantJoined { call_id, user_id: user, session_id: session.to_owned() };
     match state.ingest.append(&Origin::user(user, session), joined.into()).await {
-        Ok(position) => Ok(position.into()),
+        Ok(position) => {
+            Ok(Entered { token: position.to_string(), ice_servers: ice_servers(state, user) })
+        }
         Err(error) => {
             release_lines(state, &[user]).await;
             Err(error.into())

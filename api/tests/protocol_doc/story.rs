@@ -56,6 +56,10 @@ pub const NOT_REPLAYED: &[(&str, &str)] = &[
         "frames of three users in a room capped at two participants; calls.rs plays the same room",
     ),
     (
+        "Call ops: {\"op\":\"call.invite\",\"ref\":1,\"callee\":\"2551629991",
+        "a server with ICE settings; calls.rs checks the same credentials against the secret",
+    ),
+    (
         "Heartbeat: {\"heartbeat_ms\":1000,\"op\":\"ready\",…}",
         "needs a client that stops reading, on a server of its own; bad_input.rs plays it",
     ),
