@@ -236,7 +236,7 @@ rebuild)
         if [ "$mode" = distributed ]; then
             into="scylla://$CQL_USER:$CQL_PASSWORD@127.0.0.1:${CQL_PORT}/bench_rebuild_$(date +%s)_$run"
         fi
-        # "rebuilt the read models from N events in S s (R events/s), up to …"
+        # "rebuilt the read models from N events in S s (R events/s), to the end of the log"
         "$bin" rebuild --data-dir "$data" --into "$into" 2>/dev/null | tee "$out/rebuild-$mode-run$run.txt" |
             sed -E "s/^rebuilt the read models from ([0-9]+) events in ([0-9.]+) s \(([0-9]+) events\/s\).*/| $run | $mode | \1 | \2 | \3 |/"
     done

@@ -101,6 +101,8 @@ pub struct Report {
     pub elapsed: Duration,
     /// The offsets the replay stopped before.
     pub until: Cursor,
+    /// Whether those are where the log ended when the replay started (no `--until`).
+    pub to_the_end: bool,
 }
 
 impl fmt::Display for Report {
@@ -109,10 +111,13 @@ impl fmt::Display for Report {
         let rate = if seconds > 0.0 { self.events as f64 / seconds } else { 0.0 };
         write!(
             f,
-            "rebuilt the read models from {} events in {seconds:.2} s ({rate:.0} events/s), up \
-             to {}",
-            self.events, self.until
-        )
+            "rebuilt the read models from {} events in {seconds:.2} s ({rate:.0} events/s), ",
+            self.events
+        )?;
+        match self.to_the_end {
+            true => f.write_str("to the end of the log"),
+            false => write!(f, "up to {}", self.until),
+        }
     }
 }
 
@@ -147,6 +152,7 @@ pub async fn rebuild(
         existing.iter().next().is_none(),
         "the target store already holds read models (at {existing}); rebuild into an empty one"
     );
+    let to_the_end = *until == Until::End;
     let until = until.cursor(log.as_ref()).await?;
     let progress = Progress::new(Cursor::default());
     let shown = tokio::spawn(show(progress.clone(), until.clone()));
@@ -154,7 +160,7 @@ pub async fn rebuild(
     let events = projector.catch_up(&until).await;
     shown.abort();
     let events = events.with_context(|| format!("replaying the log up to {until}"))?;
-    Ok(Report { events, elapsed: started.elapsed(), until })
+    Ok(Report { events, elapsed: started.elapsed(), until, to_the_end })
 }
 
 /// How often the progress bar is redrawn.
@@ -332,15 +338,18 @@ mod tests {
 
     #[test]
     fn the_report_reads_as_a_sentence() {
-        let report = Report {
+        let mut report = Report {
             events: 1000,
             elapsed: Duration::from_millis(500),
             until: "messages.0=600,users.0=400".parse().unwrap(),
+            to_the_end: false,
         };
         assert_eq!(
             report.to_string(),
             "rebuilt the read models from 1000 events in 0.50 s (2000 events/s), up to \
              users.0=400,messages.0=600"
         );
+        report.to_the_end = true;
+        assert!(report.to_string().ends_with("(2000 events/s), to the end of the log"));
     }
 }
