@@ -1,5 +1,5 @@
-//! The HTTP surface: routes under `/v1`, health and metrics, the schema registry, and the
-//! middleware every request passes through (timeout, limits, metrics).
+//! The HTTP surface: routes under `/v1`, `/socket.io/`, health and metrics, the schema registry,
+//! and the middleware every request passes through (timeout, limits, metrics).
 
 mod auth;
 mod calls;
@@ -28,7 +28,7 @@ use crate::auth::presented_token;
 use crate::error::ApiError;
 use crate::limits::{self, Limit};
 use crate::state::AppState;
-use crate::ws;
+use crate::{socketio, ws};
 
 /// Reads `body` as every route that takes a JSON body reads it (see [`crate::fuzzing`]).
 pub(crate) fn read_every_body(body: &[u8]) {
@@ -85,7 +85,10 @@ pub fn router(state: AppState) -> Router {
     let uploads = Router::new()
         .route("/v1/conversations/{id}/media", post(media::upload))
         .route_layer(middleware::from_fn_with_state(state.clone(), general_limit));
-    with_common_layers(timed.merge(uploads), state)
+    // Socket.IO answers `/socket.io/` itself, outside the request timeout: a long-polling
+    // request waits for as long as the heartbeat allows.
+    let socketio = socketio::layer(&state);
+    with_common_layers(timed.merge(uploads), state).layer(socketio)
 }
 
 /// What a node that serves no clients (a projector) still answers: health, readiness, metrics
