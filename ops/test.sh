@@ -2,8 +2,10 @@
 # Runs every test of switchboard, on a fresh machine too:
 #   1. the system packages the build needs (Debian: cmake and the C headers librdkafka builds with),
 #   2. formatting and lints,
-#   3. every suite on the embedded backends, the dashboards and alerts against a live node and
-#      Prometheus (ops/monitoring/check.sh), and each fuzz target for 30 s (ops/fuzz.sh),
+#   3. the Socket.IO clients the /socket.io/ tests drive (npm and pip install them, at the pinned
+#      versions of api/tests/clients, under the target directory), every suite on the embedded
+#      backends, the dashboards and alerts against a live node and Prometheus
+#      (ops/monitoring/check.sh), and each fuzz target for 30 s (ops/fuzz.sh),
 #   4. the real engines (Kafka, Cassandra, Redis and a Redis Cluster: ops/engines/start.sh fetches
 #      and starts them),
 #   5. the backend conformance suites and the end-to-end suites again, on those engines, with
@@ -13,7 +15,8 @@
 #   ops/test.sh
 #
 # Needs a Rust toolchain (cargo, and rustup's nightly for the fuzz targets), Java 17 for the
-# engines and Python 3 for the analytics example; everything else it installs.
+# engines and Python 3 for the analytics example and the Socket.IO tests; everything else it
+# installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Each crate is built once per run: incremental state would only fill the disk.
@@ -36,6 +39,16 @@ results=$(mktemp)
 total() {
     awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$results"
 }
+
+echo "== Socket.IO clients of the /socket.io/ tests (api/tests/clients), at their pinned versions"
+socketio_clients="${CARGO_TARGET_DIR:-target}/socketio-clients"
+mkdir -p "$socketio_clients"
+cp api/tests/clients/package.json api/tests/clients/package-lock.json "$socketio_clients/"
+(cd "$socketio_clients" && npm ci --no-audit --no-fund --loglevel=error)
+[ -x "$socketio_clients/venv/bin/python" ] || python3 -m venv "$socketio_clients/venv"
+"$socketio_clients/venv/bin/pip" install --quiet --disable-pip-version-check -r api/tests/clients/requirements.txt
+SWITCHBOARD_SOCKETIO_CLIENTS="$(cd "$socketio_clients" && pwd)"
+export SWITCHBOARD_SOCKETIO_CLIENTS
 
 echo "== tests on the embedded backends"
 cargo test --workspace --locked 2>&1 | tee -a "$results"
