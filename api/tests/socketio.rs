@@ -365,3 +365,53 @@ async fn pushes_reach_socketio_clients_on_another_node() {
         .await;
     assert_eq!(back["data"]["body"], "and back");
 }
+
+const DOCUMENT: &str = include_str!("../../docs/protocol.md");
+
+/// The fenced blocks in `language` of the document's Socket.IO section, in order.
+fn documented(language: &str) -> Vec<String> {
+    let section = DOCUMENT.split("\n## Socket.IO\n").nth(1).expect("a Socket.IO section");
+    let section = section.split("\n## ").next().expect("the section");
+    let fence = format!("```{language}\n");
+    section
+        .split(&fence)
+        .skip(1)
+        .map(|block| block.split("```").next().expect("a closed block").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_documented_socketio_client_example_prints_what_the_document_says() {
+    let Some(clients) = installed("the documented example") else { return };
+    let script = documented("js").into_iter().next().expect("a js example");
+    let printed = documented("text");
+    assert_eq!(printed.len(), 2, "what the example prints, and prints when refused");
+    let server = Server::start(&[]);
+    let (ada, _bob, conversation) = server.api().pair().await;
+    for (token, expected) in [(ada.token.as_str(), &printed[0]), ("not-a-token", &printed[1])] {
+        let script = script
+            .replace("\"http://localhost:8080\"", &json!(server.url).to_string())
+            .replace("ACCESS_TOKEN", &json!(token).to_string())
+            .replace("CONVERSATION_ID", &json!(conversation).to_string());
+        let mut node = Command::new("node")
+            .arg("-e")
+            .arg(script)
+            .env("NODE_PATH", clients.join("node_modules"))
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node");
+        let mut lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
+        let mut expected: Vec<&str> = expected.lines().collect();
+        let mut got = Vec::new();
+        while got.len() < expected.len() {
+            let line = tokio::time::timeout(WAIT, lines.next_line()).await;
+            let line = line.unwrap_or_else(|_| panic!("printed only {got:?} within {WAIT:?}"));
+            got.push(line.expect("node stdout").unwrap_or_else(|| panic!("exited after {got:?}")));
+        }
+        // The pushed event and the acknowledgement come in either order.
+        expected.sort_unstable();
+        got.sort_unstable();
+        assert_eq!(got, expected);
+    }
+}
