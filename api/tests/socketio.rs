@@ -98,11 +98,7 @@ impl Client {
 
     /// Connects with `options` (`transports`, `upgrade`, `auth`, `query`) and waits for `ready`.
     async fn connect(clients: &Path, library: Library, server: &Server, options: Value) -> Client {
-        let mut client = Client::spawn(clients, library);
-        client.start(server, options).await;
-        let outcome = client
-            .next_where(|r| r.get("connected").is_some() || r.get("connect_error").is_some())
-            .await;
+        let (mut client, outcome) = Client::attempt(clients, library, server, options).await;
         assert!(outcome.get("connected").is_some(), "{library:?} did not connect: {outcome}");
         client.ready = client.event("ready").await;
         client
@@ -110,19 +106,26 @@ impl Client {
 
     /// Connects with `options`, which the server must refuse: the refusal's error body.
     async fn refused(clients: &Path, library: Library, server: &Server, options: Value) -> Value {
-        let mut client = Client::spawn(clients, library);
-        client.start(server, options).await;
-        let outcome = client
-            .next_where(|r| r.get("connected").is_some() || r.get("connect_error").is_some())
-            .await;
+        let (_, outcome) = Client::attempt(clients, library, server, options).await;
         let message =
             outcome["connect_error"].as_str().unwrap_or_else(|| panic!("not refused: {outcome}"));
         serde_json::from_str(message).unwrap_or_else(|_| panic!("not an error body: {message}"))
     }
 
-    async fn start(&mut self, server: &Server, mut options: Value) {
+    /// A client trying to connect, and how that went: `connected` or `connect_error`.
+    async fn attempt(
+        clients: &Path,
+        library: Library,
+        server: &Server,
+        mut options: Value,
+    ) -> (Client, Value) {
+        let mut client = Client::spawn(clients, library);
         options["url"] = json!(server.url);
-        self.command(json!({ "connect": options })).await;
+        client.command(json!({ "connect": options })).await;
+        let outcome = client
+            .next_where(|r| r.get("connected").is_some() || r.get("connect_error").is_some())
+            .await;
+        (client, outcome)
     }
 
     async fn command(&mut self, command: Value) {
