@@ -225,8 +225,12 @@ async fn chat_with_ws(clients: &Path, library: Library, options: Value) -> (Serv
 async fn socketio_clients_chat_with_ws_clients_over_websocket() {
     let Some(clients) = installed("over websocket") else { return };
     let options = json!({ "transports": ["websocket"] });
-    let (_server, mut client) = chat_with_ws(&clients, Library::Node, options).await;
-    client.disconnect().await;
+    let (mut server, mut client) = chat_with_ws(&clients, Library::Node, options).await;
+    // A node that stops says why before it disconnects: the close code of `/v1/ws`.
+    assert!(server.terminate(), "the node stops cleanly with a Socket.IO client connected");
+    let close = client.event("close").await;
+    assert_eq!(close, json!({ "op": "close", "code": 1001, "reason": "server shutting down" }));
+    client.next_where(|r| r.get("disconnected").is_some()).await;
 }
 
 #[tokio::test]
