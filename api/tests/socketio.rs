@@ -277,7 +277,7 @@ async fn an_engine_io_3_client_connects_and_takes_ops() {
 #[tokio::test]
 async fn acks_carry_errors_limits_and_refusals_like_ws() {
     let Some(clients) = installed("errors") else { return };
-    let server = Server::start(&["--rate-messages", "3/1m"]);
+    let server = Server::start(&["--rate-messages", "3/1m", "--rate-sockets", "1/1m"]);
     let api = server.api();
     let (ada, _bob, conversation) = api.pair().await;
 
@@ -291,7 +291,11 @@ async fn acks_carry_errors_limits_and_refusals_like_ws() {
     assert_eq!(refusal["code"], "bad_request", "{refusal}");
 
     let options = with_token(&ada, json!({ "transports": ["websocket"] }));
-    let mut client = Client::connect(&clients, Library::Node, &server, options).await;
+    let mut client = Client::connect(&clients, Library::Node, &server, options.clone()).await;
+    // Opening sockets counts against `rate_sockets`, as on `/v1/ws`.
+    let refusal = Client::refused(&clients, Library::Node, &server, options).await;
+    assert_eq!(refusal["code"], "rate_limited", "{refusal}");
+    assert!(refusal["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0), "{refusal}");
     let unknown = client.request("dance", json!({ "ref": 1 })).await;
     assert_eq!(unknown["op"], "error");
     assert_eq!(unknown["ref"], 1);
