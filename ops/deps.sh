@@ -2,8 +2,9 @@
 # Installs the Debian packages building switchboard needs beyond a Rust toolchain: cmake and a C
 # compiler for librdkafka (built from source by the rdkafka crate), and the headers it compiles
 # against (OpenSSL's for TLS and SCRAM, found through pkg-config), openssl, with which the engine
-# scripts and tests make TLS certificates, and Prometheus, against which the dashboards and alerts
-# are checked, and Node.js with npm for the TypeScript client. Does nothing when they are all there.
+# scripts and tests make TLS certificates, Prometheus, against which the dashboards and alerts
+# are checked, and Node.js with npm, for the TypeScript client and the Socket.IO clients the tests
+# drive. Does nothing when they are all there.
 set -euo pipefail
 
 needed=()
@@ -13,10 +14,12 @@ command -v openssl >/dev/null || needed+=(openssl)
 # The monitoring check runs a real Prometheus (with promtool) and reads the rules with PyYAML.
 command -v prometheus >/dev/null || needed+=(prometheus)
 python3 -c 'import yaml' 2>/dev/null || needed+=(python3-yaml)
-# The TypeScript client builds and tests with Node.js and npm.
-command -v npm >/dev/null || needed+=(nodejs npm)
 # examples/analytics runs in a virtual environment of its own.
 python3 -c 'import ensurepip' 2>/dev/null || needed+=(python3-venv)
+# The TypeScript client builds and tests with Node.js and npm; the /socket.io/ tests drive the
+# official Socket.IO client of Node.js.
+command -v node >/dev/null || needed+=(nodejs)
+command -v npm >/dev/null || needed+=(npm)
 for package in libcurl4-openssl-dev libsasl2-dev libssl-dev pkg-config zlib1g-dev; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || needed+=("$package")
 done

@@ -2,10 +2,11 @@
 # Runs every test of switchboard, on a fresh machine too:
 #   1. the system packages the build needs (Debian: cmake and the C headers librdkafka builds with),
 #   2. formatting and lints,
-#   3. every suite on the embedded backends, the dashboards and alerts against a live node and
-#      Prometheus (ops/monitoring/check.sh), the TypeScript client's tests (clients/typescript:
-#      npm installs its pinned packages) against live nodes, and each fuzz target for 30 s
-#      (ops/fuzz.sh),
+#   3. the Socket.IO clients the /socket.io/ tests drive (npm and pip install them, at the pinned
+#      versions of api/tests/clients, under the target directory), every suite on the embedded
+#      backends, the dashboards and alerts against a live node and Prometheus
+#      (ops/monitoring/check.sh), the TypeScript client's tests (clients/typescript: npm installs
+#      its pinned packages) against live nodes, and each fuzz target for 30 s (ops/fuzz.sh),
 #   4. the real engines (Kafka, Cassandra, Redis and a Redis Cluster: ops/engines/start.sh fetches
 #      and starts them),
 #   5. the backend conformance suites, the end-to-end suites and the TypeScript client's tests
@@ -16,8 +17,8 @@
 #   ops/test.sh
 #
 # Needs a Rust toolchain (cargo, and rustup's nightly for the fuzz targets), Java 17 for the
-# engines, Python 3 for the analytics example and Node.js 20.10 or later for the TypeScript client;
-# everything else it installs.
+# engines, Python 3 for the analytics example and the Socket.IO tests, and Node.js 20.10 or later
+# for the TypeScript client; everything else it installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Each crate is built once per run: incremental state would only fill the disk.
@@ -47,6 +48,16 @@ total() {
 client_tests() {
     (cd clients/typescript && SWITCHBOARD_BIN="$1" npm test)
 }
+
+echo "== Socket.IO clients of the /socket.io/ tests (api/tests/clients), at their pinned versions"
+socketio_clients="${CARGO_TARGET_DIR:-target}/socketio-clients"
+mkdir -p "$socketio_clients"
+cp api/tests/clients/package.json api/tests/clients/package-lock.json "$socketio_clients/"
+(cd "$socketio_clients" && npm ci --no-audit --no-fund --loglevel=error)
+[ -x "$socketio_clients/venv/bin/python" ] || python3 -m venv "$socketio_clients/venv"
+"$socketio_clients/venv/bin/pip" install --quiet --disable-pip-version-check -r api/tests/clients/requirements.txt
+SWITCHBOARD_SOCKETIO_CLIENTS="$(cd "$socketio_clients" && pwd)"
+export SWITCHBOARD_SOCKETIO_CLIENTS
 
 echo "== tests on the embedded backends"
 cargo test --workspace --locked 2>&1 | tee -a "$results"

@@ -18,6 +18,7 @@ mod media;
 mod node_lease;
 mod routes;
 pub mod server;
+mod socketio;
 mod state;
 mod sync;
 pub mod telemetry;

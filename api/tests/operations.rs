@@ -185,6 +185,8 @@ async fn a_rebuild_until_a_time_is_served_read_only() {
     let expected = (StatusCode::FORBIDDEN, "read_only".to_owned());
     assert_eq!(refused(api.post(&path, &ada, say("meanwhile")).await), expected);
     assert_eq!(refused(api.get("/v1/ws", &ada).await), expected);
+    let socketio = "/socket.io/?EIO=4&transport=polling";
+    assert_eq!(refused(api.get(socketio, &ada).await), expected);
     let login = json!({ "handle": ada.handle, "password": "correct horse battery" });
     let (status, _) = api.call(Method::POST, "/v1/auth/login", None, Some(login)).await;
     assert_eq!(status, StatusCode::OK, "logging in only reads");

@@ -1,5 +1,5 @@
-//! The HTTP surface: routes under `/v1`, health and metrics, the schema registry, and the
-//! middleware every request passes through (timeout, limits, metrics).
+//! The HTTP surface: routes under `/v1`, `/socket.io/`, health and metrics, the schema registry,
+//! and the middleware every request passes through (timeout, limits, metrics).
 
 mod auth;
 mod calls;
@@ -29,7 +29,7 @@ use crate::auth::presented_token;
 use crate::error::ApiError;
 use crate::limits::{self, Limit};
 use crate::state::AppState;
-use crate::ws;
+use crate::{socketio, ws};
 
 /// Reads `body` as every route that takes a JSON body reads it (see [`crate::fuzzing`]).
 pub(crate) fn read_every_body(body: &[u8]) {
@@ -86,11 +86,15 @@ pub fn router(state: AppState) -> Router {
     let uploads = Router::new()
         .route("/v1/conversations/{id}/media", post(media::upload))
         .route_layer(middleware::from_fn_with_state(state.clone(), general_limit));
-    with_common_layers(timed.merge(uploads), state)
+    // Socket.IO answers `/socket.io/` itself, outside the request timeout: a long-polling
+    // request waits for as long as the heartbeat allows.
+    let socketio = socketio::layer(&state);
+    with_common_layers(timed.merge(uploads), state).layer(socketio)
 }
 
 /// What a `read-only` node serves: the API's queries, answered from the store as it is. Logging
-/// in is a query too; every other request that would write, and the WebSocket, is refused.
+/// in is a query too; every other request that would write, and sockets (`/v1/ws`,
+/// `/socket.io/`), are refused.
 pub fn read_only(state: AppState) -> Router {
     router(state).layer(middleware::from_fn(refuse_writes))
 }
@@ -98,7 +102,8 @@ pub fn read_only(state: AppState) -> Router {
 async fn refuse_writes(request: Request, next: Next) -> Response {
     let reads = matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     let path = request.uri().path();
-    if (reads && path != "/v1/ws") || path == "/v1/auth/login" {
+    let socket = path == "/v1/ws" || path.starts_with("/socket.io");
+    if (reads && !socket) || path == "/v1/auth/login" {
         next.run(request).await
     } else {
         ApiError::read_only().into_response()

@@ -2,8 +2,9 @@
 //! caps on open ones are checked before the upgrade, so a refused client gets a typed JSON error
 //! rather than a dropped socket.
 
+pub(crate) mod ops;
 pub(crate) mod protocol;
-mod session;
+pub(crate) mod session;
 pub(crate) mod slots;
 
 use std::net::SocketAddr;
@@ -21,7 +22,7 @@ use crate::state::AppState;
 
 /// A hard cap, well above the configured frame limit: frames between the two get an error
 /// reply and the socket stays open; past it, the socket is closed with code 1009.
-const HARD_FRAME_FACTOR: usize = 64;
+pub(crate) const HARD_FRAME_FACTOR: usize = 64;
 
 #[derive(Deserialize)]
 pub struct Connect {

@@ -1,16 +1,16 @@
 //! One connected socket: registration with the hub and presence, the optional replay of what a
 //! resuming client missed (read from the user's feed), then the loop that reads client ops,
 //! writes pushes and replies, and keeps the connection alive.
+//!
+//! A [`Session`] and its greeting (`ready`, then what a resume missed) are the same whatever
+//! carries the frames: `/socket.io/` uses them too, through its own [`Outbox`].
 
-use std::collections::VecDeque;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::future::OptionFuture;
-use futures_util::stream::{FuturesOrdered, SplitSink, SplitStream, StreamExt};
-use futures_util::{Future, FutureExt, SinkExt};
+use futures_util::stream::{SplitSink, SplitStream, StreamExt};
+use futures_util::{Future, SinkExt};
 use serde_json::Value;
 use switchboard_ingest::Origin;
 use switchboard_projector::feed::Entry;
@@ -20,16 +20,12 @@ use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 
-use super::protocol::{self, ClientFrame, Op};
+use super::ops::OpQueue;
+use super::protocol;
 use super::slots::Slot;
 use crate::error::ApiError;
 use crate::hub::{MAILBOX_CAPACITY, Mailbox, Push, Resume, ResumeToken, with_token};
 use crate::state::AppState;
-use crate::{calls, chat, locations, sync};
-
-/// Ops read but not yet answered before the socket stops reading (backpressure): the ones waiting
-/// for their turn and the ones waiting for their reply.
-const MAX_PENDING_OPS: usize = 32;
 
 /// The longest a single write to a socket may take before the client counts as gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,29 +33,47 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a socket the server closes is kept open for the client's answering close frame.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(5);
 
-/// Close codes: 1001 going away, 1009 too big, 1013 try again later, 4000 idle, 4008 too slow.
-const CLOSE_GOING_AWAY: u16 = 1001;
-const CLOSE_TOO_BIG: u16 = 1009;
-const CLOSE_TRY_AGAIN: u16 = 1013;
-const CLOSE_IDLE: u16 = 4000;
-const CLOSE_TOO_SLOW: u16 = 4008;
+/// Why the server closes a socket: a close code and its reason (see docs/protocol.md).
+#[derive(Clone, Copy)]
+pub struct Closing {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+pub const GOING_AWAY: Closing = Closing { code: 1001, reason: "server shutting down" };
+const TOO_BIG: Closing = Closing { code: 1009, reason: "frame too large" };
+pub const TRY_AGAIN: Closing = Closing { code: 1013, reason: "try again later" };
+const IDLE: Closing = Closing { code: 4000, reason: "no activity" };
+pub const TOO_SLOW: Closing =
+    Closing { code: 4008, reason: "too slow to keep up; reconnect and resume" };
 
 type Sink = SplitSink<WebSocket, Message>;
 type Stream = SplitStream<WebSocket>;
 
-/// The reply frame to an op, once it is ready.
-type Reply = Pin<Box<dyn Future<Output = String> + Send>>;
+/// Where a session's frames go: the text frames of `/v1/ws`, whatever carries them.
+pub trait Outbox: Send {
+    /// Queues a frame for the next flush.
+    fn queue_text(&mut self, frame: Utf8Bytes) -> impl Future<Output = Result<(), Gone>> + Send;
 
-/// An op taking its turn: done once the op has taken its place in the order of the socket's ops
-/// (a send: its message is in the log's hands; any other op: done), with its reply to come.
-type Turn = Pin<Box<dyn Future<Output = Reply> + Send>>;
+    fn flush(&mut self) -> impl Future<Output = Result<(), Gone>> + Send;
+
+    /// Writes one frame now.
+    fn send_text(&mut self, frame: Utf8Bytes) -> impl Future<Output = Result<(), Gone>> + Send {
+        async move {
+            self.queue_text(frame).await?;
+            self.flush().await
+        }
+    }
+}
 
 pub struct Session {
-    state: AppState,
-    user: UserId,
-    id: Arc<str>,
-    frames: flume::Receiver<Push>,
-    evicted: CancellationToken,
+    pub state: AppState,
+    pub user: UserId,
+    pub id: Arc<str>,
+    /// What the hub pushes to this socket.
+    pub frames: flume::Receiver<Push>,
+    /// Cancelled when the socket could not keep up and must go.
+    pub evicted: CancellationToken,
     /// Where the user's feed stood when this socket registered: pushes cover everything after.
     registered_at: ResumeToken,
     /// Entries up to this number have reached the client; pushes of them are dropped.
@@ -99,9 +113,16 @@ pub fn serve(
     let (sink, stream) = socket.split();
     async move {
         let _places = places;
-        let writer = Writer::new(sink);
+        let mut writer = Writer::new(sink);
         match Box::pin(Session::open(state, user, device)).await {
-            Ok(session) => session.run(writer, stream, resume).await,
+            Ok(mut session) => {
+                match Box::pin(session.greet(&mut writer, resume)).await {
+                    Ok(Ok(())) => session.serve(writer, stream).await,
+                    Ok(Err(error)) => Box::pin(close_for_now(writer, stream, &error)).await,
+                    Err(Gone) => {}
+                }
+                Box::pin(session.close()).await;
+            }
             Err(error) => Box::pin(close_for_now(writer, stream, &error)).await,
         }
     }
@@ -109,7 +130,7 @@ pub fn serve(
 
 impl Session {
     /// Registers a socket of `user`; fails when the user's feed cannot be followed now.
-    async fn open(
+    pub async fn open(
         state: AppState,
         user: UserId,
         device: Option<String>,
@@ -137,22 +158,13 @@ impl Session {
         Ok(Session { state, user, id, frames, evicted, registered_at, delivered })
     }
 
-    /// Greets the client, serves the socket for as long as it stays open, and closes the session.
-    async fn run(mut self, writer: Writer, stream: Stream, resume: Option<Resume>) {
-        if let Some((writer, stream)) = Box::pin(self.greet(writer, stream, resume)).await {
-            self.serve(writer, stream).await;
-        }
-        Box::pin(self.close()).await;
-    }
-
-    /// Sends `ready`, then what a resume missed or why it cannot be replayed. Hands the socket
-    /// back to be served, or nothing once it is closed or gone.
-    async fn greet(
+    /// Sends `ready`, then what a resume missed or why it cannot be replayed. The inner error:
+    /// the feed cannot be read now, and the socket should be closed for now.
+    pub async fn greet(
         &mut self,
-        mut writer: Writer,
-        stream: Stream,
+        out: &mut impl Outbox,
         resume: Option<Resume>,
-    ) -> Option<(Writer, Stream)> {
+    ) -> Result<Result<(), ApiError>, Gone> {
         let replay = match resume {
             None => None,
             Some(Resume::Retired) => Some(Replay::Refused(ApiError::sync_required(
@@ -160,10 +172,7 @@ impl Session {
             ))),
             Some(Resume::From(token)) => match self.plan_replay(token).await {
                 Ok(replay) => Some(replay),
-                Err(error) => {
-                    close_for_now(writer, stream, &error).await;
-                    return None;
-                }
+                Err(error) => return Ok(Err(error)),
             },
         };
         let heartbeat = self.state.config.ping_interval.0.as_millis();
@@ -173,24 +182,15 @@ impl Session {
             Some(Replay::Refused(_)) => (Some(false), self.registered_at),
         };
         let ready = protocol::ready(self.user, &self.id, &token.to_string(), heartbeat, resumed);
-        writer.text(ready).await.ok()?;
+        out.send_text(ready.into()).await?;
         match replay {
-            None => {}
+            None => Ok(Ok(())),
             Some(Replay::Refused(refusal)) => {
-                writer.text(protocol::error(Value::Null, &refusal)).await.ok()?;
+                out.send_text(protocol::error(Value::Null, &refusal).into()).await?;
+                Ok(Ok(()))
             }
-            Some(Replay::From { token, first }) => {
-                match self.replay(&mut writer, token, first).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => {
-                        close_for_now(writer, stream, &error).await;
-                        return None;
-                    }
-                    Err(Gone) => return None,
-                }
-            }
+            Some(Replay::From { token, first }) => self.replay(out, token, first).await,
         }
-        Some((writer, stream))
     }
 
     /// Up to a page of the user's feed after `after`, for a resume.
@@ -244,7 +244,7 @@ impl Session {
     /// The inner error: the feed could not be read on; what was sent so far stands.
     async fn replay(
         &self,
-        writer: &mut Writer,
+        out: &mut impl Outbox,
         token: ResumeToken,
         mut page: Vec<Entry>,
     ) -> Result<Result<(), ApiError>, Gone> {
@@ -253,11 +253,11 @@ impl Session {
         while last < until && !page.is_empty() {
             for entry in page.iter().take_while(|entry| entry.seq <= until) {
                 let at = ResumeToken { epoch: token.epoch, seq: entry.seq, at: entry.at };
-                writer.queue(Message::Text(with_token(&entry.frame, &at))).await?;
+                out.queue_text(with_token(&entry.frame, &at)).await?;
                 metrics::counter!("resume_events_total").increment(1);
                 last = entry.seq;
             }
-            writer.flush().await?;
+            out.flush().await?;
             if last >= until {
                 break;
             }
@@ -274,59 +274,41 @@ impl Session {
         let mut keepalive = Keepalive::new(config.ping_interval.0, config.idle_timeout.0);
         let timer = sleep_until(keepalive.next());
         tokio::pin!(timer);
-        // Ops take their turns one at a time, in the order they came; a send's turn ends once its
-        // message is in the log's hands, so the next op need not wait for the send to be durable.
-        // Replies go out in the order of the ops.
-        let mut pending: VecDeque<Utf8Bytes> = VecDeque::new();
-        let mut turn: Option<Turn> = None;
-        let mut replies: FuturesOrdered<Reply> = FuturesOrdered::new();
+        let mut ops = OpQueue::new(self.state.clone(), self.user, self.id.clone());
         let close = loop {
-            if turn.is_none()
-                && let Some(text) = pending.pop_front()
-            {
-                turn =
-                    Some(Box::pin(take_turn(self.state.clone(), self.user, self.id.clone(), text)));
-            }
             // Each branch only queues what it writes; the flush below sends it together with
             // whatever else is ready by then.
             let queued = tokio::select! {
-                _ = self.state.shutdown.cancelled() => break Some((CLOSE_GOING_AWAY, "server shutting down")),
-                _ = self.evicted.cancelled() => break Some((CLOSE_TOO_SLOW, "too slow to keep up; reconnect and resume")),
+                _ = self.state.shutdown.cancelled() => break Some(GOING_AWAY),
+                _ = self.evicted.cancelled() => break Some(TOO_SLOW),
                 () = &mut timer => {
                     let due = keepalive.due(Instant::now());
                     timer.as_mut().reset(keepalive.next());
                     match due {
-                        Due::Idle => break Some((CLOSE_IDLE, "no activity")),
+                        Due::Idle => break Some(IDLE),
                         Due::Ping => writer.queue(Message::Ping(Default::default())).await,
                         Due::Nothing => Ok(()),
                     }
                 }
                 push = self.frames.recv_async() => match push {
-                    Ok(push) if push.seq != 0 && push.seq <= self.delivered => Ok(()),
-                    Ok(push) => writer.queue(Message::Text(push.frame)).await,
+                    Ok(push) if !self.is_new(&push) => Ok(()),
+                    Ok(push) => writer.queue_text(push.frame).await,
                     Err(flume::RecvError::Disconnected) => break None,
                 },
-                Some(reply) = OptionFuture::from(turn.as_mut()), if turn.is_some() => {
-                    turn = None;
-                    replies.push_back(reply);
-                    Ok(())
-                }
-                Some(reply) = replies.next(), if !replies.is_empty() => {
-                    writer.queue(Message::Text(reply.into())).await
-                }
-                message = stream.next(), if pending.len() + replies.len() < MAX_PENDING_OPS => {
+                (reply, ()) = ops.next_reply() => writer.queue_text(reply.into()).await,
+                message = stream.next(), if !ops.is_full() => {
                     keepalive.heard(Instant::now());
                     match message {
                         Some(Ok(Message::Text(text))) if text.len() > config.max_frame_bytes => {
-                            writer.queue_text(protocol::error(Value::Null, &ApiError::frame_too_large(config.max_frame_bytes))).await
+                            writer.queue_text(protocol::error(Value::Null, &ApiError::frame_too_large(config.max_frame_bytes)).into()).await
                         }
                         Some(Ok(Message::Text(text))) => {
-                            pending.push_back(text);
+                            ops.push(text, ());
                             Ok(())
                         }
                         Some(Ok(Message::Binary(_))) => {
                             let error = ApiError::bad_request("binary frames are not part of the protocol; send JSON text");
-                            writer.queue_text(protocol::error(Value::Null, &error)).await
+                            writer.queue_text(protocol::error(Value::Null, &error).into()).await
                         }
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
                         // The client closed: flushing sends the close reply the protocol queued.
@@ -338,20 +320,20 @@ impl Session {
                         Some(Err(error)) => {
                             tracing::debug!(%error, "socket read failed");
                             let too_big = matches!(error.into_inner().downcast_ref::<tungstenite::Error>(), Some(tungstenite::Error::Capacity(_)));
-                            break too_big.then_some((CLOSE_TOO_BIG, "frame too large"));
+                            break too_big.then_some(TOO_BIG);
                         }
                     }
                 }
             };
             let written = match queued {
-                Ok(()) => writer.flush_with(&self.frames, self.delivered, &mut replies).await,
+                Ok(()) => writer.flush_with(self, &mut ops).await,
                 Err(gone) => Err(gone),
             };
             if written.is_err() {
                 break None;
             }
         };
-        if let Some((code, reason)) = close {
+        if let Some(Closing { code, reason }) = close {
             let frame = CloseFrame { code, reason: reason.into() };
             if writer.send(Message::Close(Some(frame))).await.is_ok() {
                 finish_close_handshake(&mut stream).await;
@@ -359,7 +341,12 @@ impl Session {
         }
     }
 
-    async fn close(self) {
+    /// Whether `push` is news to the client: not an entry a replay already sent.
+    pub fn is_new(&self, push: &Push) -> bool {
+        push.seq == 0 || push.seq > self.delivered
+    }
+
+    pub async fn close(self) {
         let state = &self.state;
         state.hub.unregister(self.user, &self.id);
         metrics::gauge!("ws_connections").decrement(1.0);
@@ -384,8 +371,8 @@ impl Session {
 /// last processed token, and misses nothing.
 async fn close_for_now(mut writer: Writer, mut stream: Stream, error: &ApiError) {
     tracing::warn!(code = error.code, message = %error.message, "socket closed for now");
-    let close = CloseFrame { code: CLOSE_TRY_AGAIN, reason: "try again later".into() };
-    if writer.text(protocol::error(Value::Null, error)).await.is_ok()
+    let close = CloseFrame { code: TRY_AGAIN.code, reason: TRY_AGAIN.reason.into() };
+    if writer.send_text(protocol::error(Value::Null, error).into()).await.is_ok()
         && writer.send(Message::Close(Some(close))).await.is_ok()
     {
         finish_close_handshake(&mut stream).await;
@@ -453,7 +440,7 @@ impl Keepalive {
 }
 
 /// The socket went away, or stopped reading for longer than a write may take.
-struct Gone;
+pub struct Gone;
 
 /// The sending half of a socket. Every write is bounded in time: a client that stops reading
 /// must not keep its session (and its eviction) waiting forever.
@@ -490,45 +477,25 @@ impl Writer {
         self.flush().await
     }
 
-    async fn text(&mut self, text: impl Into<Utf8Bytes>) -> Result<(), Gone> {
-        self.send(Message::Text(text.into())).await
-    }
-
     /// Queues a frame for the next flush.
     async fn queue(&mut self, message: Message) -> Result<(), Gone> {
         self.unflushed = true;
         Self::bounded(self.sink.feed(message)).await
     }
 
-    async fn queue_text(&mut self, text: String) -> Result<(), Gone> {
-        self.queue(Message::Text(text.into())).await
-    }
-
-    async fn flush(&mut self) -> Result<(), Gone> {
-        self.unflushed = false;
-        Self::bounded(self.sink.flush()).await
-    }
-
     /// Flushes what is queued, if anything, together with the replies that are ready and the
     /// pushes already waiting in the mailbox.
-    async fn flush_with(
-        &mut self,
-        mailbox: &flume::Receiver<Push>,
-        delivered: u64,
-        replies: &mut FuturesOrdered<Reply>,
-    ) -> Result<(), Gone> {
+    async fn flush_with(&mut self, session: &Session, ops: &mut OpQueue<()>) -> Result<(), Gone> {
         if !self.unflushed {
             return Ok(());
         }
-        // Polling the replies here, with a waker that does nothing, loses no wake-up: the session
-        // loop polls them again, with its own waker, before it waits.
-        while let Some(Some(reply)) = replies.next().now_or_never() {
-            self.queue_text(reply).await?;
+        while let Some((reply, ())) = ops.ready_reply() {
+            self.queue_text(reply.into()).await?;
         }
         for _ in 0..MAX_PUSHES_PER_FLUSH {
-            match mailbox.try_recv() {
-                Ok(push) if push.seq != 0 && push.seq <= delivered => {}
-                Ok(push) => self.queue(Message::Text(push.frame)).await?,
+            match session.frames.try_recv() {
+                Ok(push) if !session.is_new(&push) => {}
+                Ok(push) => self.queue_text(push.frame).await?,
                 Err(_) => break,
             }
         }
@@ -536,74 +503,13 @@ impl Writer {
     }
 }
 
-/// Takes one client frame's turn: see [`Turn`].
-async fn take_turn(state: AppState, user: UserId, session: Arc<str>, text: Utf8Bytes) -> Reply {
-    let ClientFrame { reference, op } = match protocol::parse(&text) {
-        Ok(frame) => frame,
-        Err((reference, error)) => return ready(protocol::error(reference, &error)),
-    };
-    match op {
-        Op::Send(request) => match chat::submit(&state, user, &session, request).await {
-            Ok(sending) => Box::pin(async move { reply(reference, as_json(sending.await)) }),
-            Err(error) => ready(reply(reference, Err(error))),
-        },
-        op => ready(perform(&state, user, &session, reference, op).await),
+impl Outbox for Writer {
+    async fn queue_text(&mut self, frame: Utf8Bytes) -> Result<(), Gone> {
+        self.queue(Message::Text(frame)).await
     }
-}
 
-fn ready(reply: String) -> Reply {
-    Box::pin(std::future::ready(reply))
-}
-
-/// The ack or error frame answering the op `reference` named.
-fn reply(reference: Value, result: Result<Value, ApiError>) -> String {
-    match result {
-        Ok(result) => protocol::ack(reference, result),
-        Err(error) => {
-            metrics::counter!("api_errors_total", "code" => error.code).increment(1);
-            protocol::error(reference, &error)
-        }
+    async fn flush(&mut self) -> Result<(), Gone> {
+        self.unflushed = false;
+        Self::bounded(self.sink.flush()).await
     }
-}
-
-/// Performs an op whole and returns its reply frame ([`take_turn`] splits sends in two).
-async fn perform(state: &AppState, user: UserId, trace: &str, reference: Value, op: Op) -> String {
-    let result = match op {
-        Op::Ping => return protocol::pong(reference),
-        Op::Send(request) => as_json(chat::send(state, user, trace, request).await),
-        Op::Edit(e) => {
-            as_json(chat::edit(state, user, trace, e.conversation_id, e.message_id, &e.body).await)
-        }
-        Op::Delete(m) => {
-            as_json(chat::delete(state, user, trace, m.conversation_id, m.message_id).await)
-        }
-        Op::Read(m) => {
-            as_json(chat::mark_read(state, user, trace, m.conversation_id, m.message_id).await)
-        }
-        Op::Typing(t) => {
-            as_json(chat::typing(state, user, trace, t.conversation_id, t.active).await)
-        }
-        Op::CallInvite(invite) => as_json(calls::invite(state, user, trace, invite).await),
-        Op::CallAccept(c) => as_json(calls::accept(state, user, trace, c.call_id).await),
-        Op::CallDecline(c) => as_json(calls::decline(state, user, trace, c.call_id).await),
-        Op::CallEnd(c) | Op::RoomLeave(c) => {
-            as_json(calls::end(state, user, trace, c.call_id).await)
-        }
-        Op::CallSignal(signal) => as_json(calls::signal(state, user, trace, signal).await),
-        Op::RoomStart(room) => as_json(calls::start_room(state, user, trace, room).await),
-        Op::RoomJoin(c) => as_json(calls::join_room(state, user, trace, c.call_id).await),
-        Op::ShareLocation(request) => as_json(locations::share(state, user, trace, request).await),
-        Op::UpdateLocation(request) => {
-            as_json(locations::update(state, user, trace, request).await)
-        }
-        Op::StopLocation(s) => {
-            as_json(locations::stop(state, user, trace, s.conversation_id).await)
-        }
-        Op::Sync(request) => as_json(sync::sync(state, user, request).await),
-    };
-    reply(reference, result)
-}
-
-fn as_json<T: serde::Serialize>(result: Result<T, ApiError>) -> Result<Value, ApiError> {
-    result.and_then(|r| serde_json::to_value(r).map_err(|e| ApiError::internal(e.to_string())))
 }

@@ -32,6 +32,7 @@ use tokio_tungstenite::tungstenite::stream::Mode;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use super::endpoint::{Endpoint, Incoming, PONG};
 use super::pacing::{Schedule, first_send_offset};
 use super::tally::Tally;
 
@@ -211,9 +212,15 @@ struct MessageSentData<'a> {
     client_msg_id: &'a str,
 }
 
-/// Opens a socket for `token` from `source` and waits for the server's `ready` frame.
-pub async fn connect(ws_base: &str, token: &str, source: Option<IpAddr>) -> anyhow::Result<Socket> {
-    let (socket, _) = open(&format!("{ws_base}/v1/ws?token={token}"), source).await?;
+/// Opens a socket of `endpoint` for `token` from `source` and waits for the server's `ready`
+/// frame.
+pub async fn connect(
+    endpoint: Endpoint,
+    ws_base: &str,
+    token: &str,
+    source: Option<IpAddr>,
+) -> anyhow::Result<Socket> {
+    let (socket, _) = open(endpoint, &endpoint.url(ws_base, token), source).await?;
     Ok(socket)
 }
 
@@ -253,18 +260,34 @@ pub struct Ready {
     pub resumed: Option<bool>,
 }
 
-/// Opens the WebSocket at `url` (a full `/v1/ws?…` URL), its TCP connection bound to `source`
-/// when given, and waits for its `ready` frame.
-pub async fn open(url: &str, source: Option<IpAddr>) -> anyhow::Result<(Socket, Ready)> {
+/// Opens the WebSocket of `endpoint` at `url` (a full URL, see [`Endpoint::url`]), its TCP
+/// connection bound to `source` when given, and waits for its `ready` frame.
+pub async fn open(
+    endpoint: Endpoint,
+    url: &str,
+    source: Option<IpAddr>,
+) -> anyhow::Result<(Socket, Ready)> {
     let mut socket =
         handshake(url, source).await.map_err(explain_refusal).context("opening a WebSocket")?;
+    if let Some(greeting) = endpoint.greeting() {
+        socket.send(Message::Text(greeting.into())).await.context("greeting the server")?;
+    }
     let ready = async {
         while let Some(message) = socket.next().await {
             if let Message::Text(text) = message? {
-                let frame: ServerFrame<'_> = serde_json::from_str(&text)
+                let text = match endpoint.read(&text) {
+                    Incoming::Frame(frame) => frame,
+                    Incoming::Ping => {
+                        socket.send(Message::Text(PONG.into())).await?;
+                        continue;
+                    }
+                    Incoming::Closed(reason) => anyhow::bail!("the server {reason}"),
+                    Incoming::Nothing => continue,
+                };
+                let frame: ServerFrame<'_> = serde_json::from_str(text)
                     .with_context(|| format!("the server sent a frame that is not JSON: {text}"))?;
                 if frame.op == "ready" {
-                    return serde_json::from_str::<Ready>(&text)
+                    return serde_json::from_str::<Ready>(text)
                         .with_context(|| format!("unreadable `ready` frame: {text}"));
                 }
             }
@@ -343,6 +366,7 @@ pub struct Client {
     room: Arc<Room>,
     shared: Arc<Shared>,
     stage: watch::Receiver<Stage>,
+    endpoint: Endpoint,
     sink: SplitSink<Socket, Message>,
     stream: SplitStream<Socket>,
     seq: u64,
@@ -352,6 +376,7 @@ pub struct Client {
 
 impl Client {
     pub fn new(
+        endpoint: Endpoint,
         socket: Socket,
         index: usize,
         count: usize,
@@ -366,6 +391,7 @@ impl Client {
             room,
             shared,
             stage,
+            endpoint,
             sink,
             stream,
             seq: 0,
@@ -403,7 +429,16 @@ impl Client {
                     }
                 }
                 message = self.stream.next() => match message {
-                    Some(Ok(Message::Text(text))) => self.receive(&text, schedule.as_ref()),
+                    Some(Ok(Message::Text(text))) => match self.endpoint.read(&text) {
+                        Incoming::Frame(frame) => self.receive(frame, schedule.as_ref()),
+                        Incoming::Ping => {
+                            if let Err(error) = self.sink.send(Message::Text(PONG.into())).await {
+                                break Some(format!("send failed: {error}"));
+                            }
+                        }
+                        Incoming::Closed(reason) => break Some(reason),
+                        Incoming::Nothing => {}
+                    },
                     Some(Ok(Message::Close(frame))) => {
                         break Some(frame.map_or_else(
                             || "closed by the server".to_owned(),
@@ -461,6 +496,7 @@ impl Client {
             body: &self.shared.body,
         };
         let frame = serde_json::to_string(&frame).expect("send frames serialise");
+        let frame = self.endpoint.op("send", self.seq, frame);
         self.room.expect(tag.key());
         self.in_flight.insert(self.seq, now);
         self.shared.awaiting_acks.fetch_add(1, Ordering::Relaxed);

@@ -29,6 +29,7 @@
 //! (see [`client::Sources`]).
 
 mod client;
+mod endpoint;
 mod idle;
 mod metrics;
 mod pacing;
@@ -53,6 +54,7 @@ use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::http::Uri;
 
 use client::{Client, Room, Shared, Sources, Stage};
+use endpoint::Endpoint;
 use metrics::Scrape;
 use pacing::Schedule;
 use report::Summary;
@@ -98,6 +100,10 @@ pub struct Args {
     /// What to measure: steady load, or a mass reconnect with resume.
     #[arg(long, value_enum, default_value_t = Scenario::Steady)]
     pub scenario: Scenario,
+
+    /// Which endpoint the sockets use: `/v1/ws`, or `/socket.io/` (Socket.IO over WebSocket).
+    #[arg(long, value_enum, default_value_t = Endpoint::Ws)]
+    pub endpoint: Endpoint,
 
     /// WebSocket connections to open and hold, one user each.
     #[arg(long, default_value_t = 1000)]
@@ -223,6 +229,7 @@ impl Args {
     }
 
     fn check_reconnect(&self) -> anyhow::Result<()> {
+        ensure!(self.endpoint == Endpoint::Ws, "--scenario reconnect measures /v1/ws only");
         ensure!(
             self.processes == 1,
             "--scenario reconnect runs in one process (it holds up to about 19,000 sockets), \
@@ -528,9 +535,10 @@ async fn open_sockets(
         .map(|(index, account)| {
             let ws_base = &ws_base;
             async move {
-                let socket = client::connect(ws_base, &account.token, sources.of(index))
-                    .await
-                    .with_context(|| format!("connecting user {}", account.id))?;
+                let socket =
+                    client::connect(args.endpoint, ws_base, &account.token, sources.of(index))
+                        .await
+                        .with_context(|| format!("connecting user {}", account.id))?;
                 anyhow::Ok((index, socket))
             }
         })
@@ -538,6 +546,7 @@ async fn open_sockets(
     let mut clients = JoinSet::new();
     while let Some((index, socket)) = opened.try_next().await? {
         let client = Client::new(
+            args.endpoint,
             socket,
             index,
             accounts.len(),

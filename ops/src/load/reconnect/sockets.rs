@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use super::catchup::{CatchUp, Drain};
 use crate::load::CONNECT_CONCURRENCY;
 use crate::load::client::{self, Socket, Sources};
+use crate::load::endpoint::Endpoint;
 use crate::load::setup::{Account, Progress};
 
 /// How long a socket must have been sent nothing before it is closed, its token final.
@@ -142,9 +143,10 @@ pub async fn leave_all(
     let mut progress = Progress::new("opening sockets", accounts.len());
     let mut opened = stream::iter(accounts.iter().enumerate())
         .map(|(index, account)| async move {
-            let (socket, ready) = client::open(&url(ws_base, account, None), sources.of(index))
-                .await
-                .with_context(|| format!("connecting user {}", account.id))?;
+            let (socket, ready) =
+                client::open(Endpoint::Ws, &url(ws_base, account, None), sources.of(index))
+                    .await
+                    .with_context(|| format!("connecting user {}", account.id))?;
             anyhow::Ok((index, socket, ready))
         })
         .buffer_unordered(CONNECT_CONCURRENCY);
@@ -232,7 +234,7 @@ impl Return<'_> {
         let mut opened = stream::iter(0..self.accounts.len())
             .map(|index| async move {
                 let url = url(self.ws_base, &self.accounts[index], Some(&self.tokens[index]));
-                let open = client::open(&url, self.sources.of(index));
+                let open = client::open(Endpoint::Ws, &url, self.sources.of(index));
                 let opened = tokio::time::timeout_at(deadline.into(), open).await;
                 (index, opened.unwrap_or_else(|_| Err(anyhow::anyhow!("no `ready` in time"))))
             })
