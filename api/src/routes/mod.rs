@@ -1,5 +1,5 @@
-//! The HTTP surface: routes under `/v1`, `/socket.io/`, health and metrics, the schema registry,
-//! and the middleware every request passes through (timeout, limits, metrics).
+//! The HTTP surface: routes under `/v1`, `/socket.io/`, the web app at `/`, health and metrics,
+//! the schema registry, and the middleware every request passes through (timeout, limits, metrics).
 
 mod auth;
 mod calls;
@@ -13,6 +13,7 @@ mod presence;
 mod registry;
 mod sync;
 mod users;
+mod web_app;
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -78,6 +79,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api);
     let timed = Router::new()
         .nest("/v1", v1)
+        .merge(web_app::routes())
         .merge(operations_routes())
         .layer(middleware::from_fn_with_state(state.clone(), timeout));
     // An upload takes as long as its body does: instead of the request timeout it has an idle
