@@ -4,7 +4,8 @@
 # against (OpenSSL's for TLS and SCRAM, found through pkg-config), openssl, with which the engine
 # scripts and tests make TLS certificates, Prometheus, against which the dashboards and alerts
 # are checked, and Node.js with npm, for the TypeScript client and the Socket.IO clients the tests
-# drive. Does nothing when they are all there.
+# drive, and Chromium, in which the web app's browser tests run. Does nothing when they are all
+# there.
 set -euo pipefail
 
 needed=()
@@ -20,6 +21,8 @@ python3 -c 'import ensurepip' 2>/dev/null || needed+=(python3-venv)
 # official Socket.IO client of Node.js.
 command -v node >/dev/null || needed+=(nodejs)
 command -v npm >/dev/null || needed+=(npm)
+# The web app's browser tests drive Debian's Chromium (headless, fake camera and microphone).
+command -v chromium >/dev/null || needed+=(chromium)
 for package in libcurl4-openssl-dev libsasl2-dev libssl-dev pkg-config zlib1g-dev; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || needed+=("$package")
 done

@@ -6,11 +6,13 @@
 #      versions of api/tests/clients, under the target directory), every suite on the embedded
 #      backends, the dashboards and alerts against a live node and Prometheus
 #      (ops/monitoring/check.sh), the TypeScript client's tests (clients/typescript: npm installs
-#      its pinned packages) against live nodes, and each fuzz target for 30 s (ops/fuzz.sh),
+#      its pinned packages) against live nodes, the web app's bundle checked against its sources
+#      and its browser tests in headless Chromium (clients/web), and each fuzz target for 30 s
+#      (ops/fuzz.sh),
 #   4. the real engines (Kafka, Cassandra, Redis and a Redis Cluster: ops/engines/start.sh fetches
 #      and starts them),
-#   5. the backend conformance suites, the end-to-end suites and the TypeScript client's tests
-#      again, on those engines, with examples/analytics run on Kafka by Confluent's Python client
+#   5. the backend conformance suites, the end-to-end suites, the TypeScript client's tests and
+#      the browser tests again, on those engines, with examples/analytics run on Kafka by Confluent's Python client
 #      (pip installs it, at the pinned versions, in a virtual environment under the target
 #      directory).
 #
@@ -18,7 +20,7 @@
 #
 # Needs a Rust toolchain (cargo, and rustup's nightly for the fuzz targets), Java 17 for the
 # engines, Python 3 for the analytics example and the Socket.IO tests, and Node.js 20.10 or later
-# for the TypeScript client; everything else it installs.
+# for the TypeScript client and the web app; everything else it installs (Chromium included).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Each crate is built once per run: incremental state would only fill the disk.
@@ -49,6 +51,11 @@ client_tests() {
     (cd clients/typescript && SWITCHBOARD_BIN="$1" npm test)
 }
 
+# The web app's browser tests, against a live node of the binary given.
+browser_tests() {
+    (cd clients/web && SWITCHBOARD_BIN="$1" npm test)
+}
+
 echo "== Socket.IO clients of the /socket.io/ tests (api/tests/clients), at their pinned versions"
 socketio_clients="${CARGO_TARGET_DIR:-target}/socketio-clients"
 mkdir -p "$socketio_clients"
@@ -71,6 +78,10 @@ ops/monitoring/check.sh "$target_dir/debug/switchboard"
 echo "== TypeScript client"
 (cd clients/typescript && npm ci --no-audit --no-fund --prefer-offline)
 client_tests "$target_dir/debug/switchboard" 2>&1 | tee -a "$results"
+
+echo "== web app: the embedded bundle is the build of its sources; browser tests in Chromium"
+(cd clients/web && npm ci --no-audit --no-fund --prefer-offline && npm run check-bundle)
+browser_tests "$target_dir/debug/switchboard" 2>&1 | tee -a "$results"
 
 echo "== fuzzing what clients and the log send, 30 s per target"
 ops/fuzz.sh 30
@@ -120,3 +131,6 @@ SWITCHBOARD_TEST_BACKEND_ARGS="$backend_args" \
 
 echo "== TypeScript client on Kafka, Cassandra and Redis"
 SWITCHBOARD_TEST_BACKEND_ARGS="$backend_args" client_tests "$target_dir/debug/switchboard" 2>&1 | tee -a "$results"
+
+echo "== web app's browser tests on Kafka, Cassandra and Redis"
+SWITCHBOARD_TEST_BACKEND_ARGS="$backend_args" browser_tests "$target_dir/debug/switchboard" 2>&1 | tee -a "$results"
