@@ -192,4 +192,7 @@ async fn a_rebuild_until_a_time_is_served_read_only() {
     assert_eq!(status, StatusCode::OK, "logging in only reads");
     let (status, ready) = api.call(Method::GET, "/readyz", None, None).await;
     assert_eq!((status, ready["role"].clone()), (StatusCode::OK, json!("read-only")), "{ready}");
+    let (status, page) = api.call(Method::GET, "/", None, None).await;
+    let app = page.as_str().is_some_and(|html| html.contains("/app/app.js"));
+    assert!(status == StatusCode::OK && app, "the web app only reads: {status} {page}");
 }

@@ -38,9 +38,7 @@ const ASSETS: &[Asset] = &[
 ];
 
 pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/", get(|| async { serve(&INDEX) }))
-        .route("/app/{name}", get(asset))
+    Router::new().route("/", get(|| async { serve(&INDEX) })).route("/app/{name}", get(asset))
 }
 
 async fn asset(Path(name): Path<String>) -> Result<Response, ApiError> {
@@ -53,9 +51,6 @@ async fn asset(Path(name): Path<String>) -> Result<Response, ApiError> {
 
 fn serve(asset: &Asset) -> Response {
     // Revalidated on every load, so that a browser never runs the app of an older binary.
-    let headers = [
-        (header::CONTENT_TYPE, asset.content_type),
-        (header::CACHE_CONTROL, "no-cache"),
-    ];
+    let headers = [(header::CONTENT_TYPE, asset.content_type), (header::CACHE_CONTROL, "no-cache")];
     (headers, asset.body).into_response()
 }
