@@ -1,13 +1,13 @@
-// Builds the web app into a directory: index.html, app.js (the app and the client's sources,
-// bundled and minified) and app.css. The server embeds that directory (dist/, committed, so that
-// building the server needs no Node.js).
+// Builds the web app's script and styles into a directory: app.js (the app and the client's
+// sources, bundled and minified) and app.css. The server embeds them (from dist/, committed, so
+// that building the server needs no Node.js) with the page that loads them, index.html.
 //
 //   node build.js DIR            builds into DIR
 //   node build.js --check DIR    builds elsewhere and fails if DIR differs: the committed bundle
 //                                cannot drift from its sources (esbuild's output is the same for
 //                                the same sources at the pinned version)
 import { build } from "esbuild";
-import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -31,7 +31,6 @@ async function buildInto(dir) {
     legalComments: "none",
     logLevel: "warning",
   });
-  copyFileSync(join(here, "src/index.html"), join(dir, "index.html"));
 }
 
 if (!check) {

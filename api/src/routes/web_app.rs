@@ -1,6 +1,6 @@
 //! The web app of `clients/web`, served at `/` by every node that serves clients (read-only ones
-//! too: it only reads). Its built files are embedded in the binary, so a node needs nothing beside
-//! it and a browser nothing beyond it: no CDN, no build step at deploy time.
+//! too: it only reads). Its page and built files are embedded in the binary, so that a node needs
+//! nothing beside it and a browser nothing beyond it: no CDN, no build step at deploy time.
 
 use axum::Router;
 use axum::extract::Path;
@@ -21,7 +21,7 @@ struct Asset {
 const INDEX: Asset = Asset {
     name: "index.html",
     content_type: "text/html; charset=utf-8",
-    body: include_bytes!("../../../clients/web/dist/index.html"),
+    body: include_bytes!("../../../clients/web/index.html"),
 };
 
 const ASSETS: &[Asset] = &[

@@ -22,7 +22,7 @@ export class App {
     this.me = session.user;
     this.logout = logout;
     this.http = new HttpClient({ baseUrl, token: session.token });
-    this.socket = new Connection({ baseUrl, token: session.token, device: navigator.userAgent.slice(0, 64) });
+    this.socket = new Connection({ baseUrl, token: session.token, device: "web app" });
     this.calls = new Calls(this.socket, {
       createPeerConnection: ({ iceServers }) => new RTCPeerConnection({ iceServers }),
     });
@@ -40,7 +40,7 @@ export class App {
     this.status = h("span", { id: "connection", class: "connecting" }, STATE_LABELS.connecting);
     this.list = h("ul", { id: "conversations" });
     this.notice = h("p", { id: "notice", class: "notice", role: "status" });
-    this.main = h("section", { id: "chat-pane", class: "chat-pane" }, h("p", { class: "muted empty" }, "Pick a conversation, or start one."));
+    this.main = h("section", { id: "chat-pane", class: "chat-pane" }, nothingOpen());
     this.callView = new CallView(this);
     this.element = h(
       "div",
@@ -237,7 +237,7 @@ export class App {
   closeChat() {
     this.chat?.close();
     this.chat = null;
-    fill(this.main, h("p", { class: "muted empty" }, "Pick a conversation, or start one."));
+    fill(this.main, nothingOpen());
   }
 
   renderList() {
@@ -311,6 +311,11 @@ export class App {
       h("button", { type: "submit" }, "Create group"),
     );
   }
+}
+
+/** What the chat pane shows with no conversation open. */
+function nothingOpen() {
+  return h("p", { class: "muted empty" }, "Pick a conversation, or start one.");
 }
 
 /** When a conversation last changed, for the list's order. */

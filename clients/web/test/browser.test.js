@@ -30,7 +30,18 @@ async function done(...users) {
   }
 }
 
-test("two users chat: presence, unread counts, typing and read receipts", async () => {
+/** Alice and Bob, each in their direct chat, where Alice has said `opening` and Bob has seen it. */
+async function talking(opening) {
+  const alice = await user("alice");
+  const bob = await user("bob");
+  await chatWith(alice, bob);
+  await send(alice, opening);
+  await openConversation(bob, "Alice");
+  await until(bob, `"${opening}"`, (opening) => document.querySelector("#messages .message .body")?.textContent === opening, opening);
+  return { alice, bob };
+}
+
+test("two users chat: presence, unread counts, typing, read receipts and a live location", async () => {
   const alice = await user("alice");
   const bob = await user("bob");
   await chatWith(alice, bob);
@@ -57,6 +68,11 @@ test("two users chat: presence, unread counts, typing and read receipts", async 
   await until(alice, "the typing line cleared", () => document.querySelector("#typing")?.textContent === "");
   assert.deepEqual(await bodies(alice), ["Hello Bob", "Hi Alice!"]);
   await until(bob, "his answer seen", () => document.querySelector("#messages .own .receipt")?.textContent === "seen");
+
+  await alice.context.overridePermissions(server.url, ["geolocation"]);
+  await alice.page.setGeolocation({ latitude: 48.8584, longitude: 2.2945, accuracy: 10 });
+  await clickButton(alice, "Share location");
+  await until(bob, "Alice's live location", () => document.querySelector("#locations li")?.textContent.includes("48.85840, 2.29450"));
   await screenshot(bob, "chat");
 
   await alice.context.close();
@@ -65,12 +81,7 @@ test("two users chat: presence, unread counts, typing and read receipts", async 
 });
 
 test("a user offline while messages come in sees each of them once on coming back", async () => {
-  const alice = await user("alice");
-  const bob = await user("bob");
-  await chatWith(alice, bob);
-  await send(alice, "before");
-  await openConversation(bob, "Alice");
-  await until(bob, "the first message", () => document.querySelector("#messages .message .body")?.textContent === "before");
+  const { alice, bob } = await talking("before");
 
   await bob.page.setOfflineMode(true);
   await until(bob, "the reconnecting indicator", () => document.querySelector("#connection.reconnecting"));
@@ -94,11 +105,7 @@ test("a user offline while messages come in sees each of them once on coming bac
 });
 
 test("an uploaded image shows in both chats", async () => {
-  const alice = await user("alice");
-  const bob = await user("bob");
-  await chatWith(alice, bob);
-  await send(alice, "look");
-  await openConversation(bob, "Alice");
+  const { alice, bob } = await talking("look");
   // A real PNG, drawn by the browser, chosen in the file input as a person would.
   await alice.page.evaluate(async () => {
     const canvas = Object.assign(document.createElement("canvas"), { width: 160, height: 90 });
@@ -163,11 +170,7 @@ async function mediaFlowing(person, peers) {
 }
 
 test("a 1:1 video call connects through the server's signalling, carries media, and hangs up on both", async () => {
-  const alice = await user("alice");
-  const bob = await user("bob");
-  await chatWith(alice, bob);
-  await send(alice, "call?");
-  await openConversation(bob, "Alice");
+  const { alice, bob } = await talking("call?");
 
   await clickButton(alice, "Video call");
   await until(bob, "the ringing", () => document.querySelector("#call-status")?.textContent === "Alice is calling (video)");
