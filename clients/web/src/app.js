@@ -32,6 +32,11 @@ export class App {
     this.presence = new Map();
     /** Conversation id → { conversation, unread }. */
     this.conversations = new Map();
+    /**
+     * Conversation id → the messages pushed to this page, by id. A chat opened later shows them
+     * with its history, which a node's store may answer before it holds the newest of them.
+     */
+    this.pushed = new Map();
     /** Conversation id → the group room live in it. */
     this.rooms = new Map();
     /** The open chat. */
@@ -149,7 +154,10 @@ export class App {
     socket.on("error", (error) => this.failed(error));
     socket.on("message.sent", (frame) => this.onMessage(frame));
     socket.on("message.edited", (frame) => this.forChat(frame, (chat) => chat.onEdited(frame.data)));
-    socket.on("message.deleted", (frame) => this.forChat(frame, (chat) => chat.onDeleted(frame.data)));
+    socket.on("message.deleted", (frame) => {
+      this.pushed.get(frame.data.conversation_id)?.delete(frame.data.message_id);
+      this.forChat(frame, (chat) => chat.onDeleted(frame.data));
+    });
     socket.on("message.read", (frame) => this.forChat(frame, (chat) => chat.onRead(frame.data)));
     socket.on("typing", (frame) => this.forChat(frame, (chat) => chat.onTyping(frame.data)));
     socket.on("location.shared", (frame) => this.forChat(frame, (chat) => chat.onLocation(frame.data)));
@@ -180,6 +188,16 @@ export class App {
 
   onMessage(frame) {
     const data = frame.data;
+    const message = {
+      id: data.message_id,
+      sender: data.sender,
+      client_msg_id: data.client_msg_id,
+      body: data.body,
+      attachments: data.attachments,
+      sentAt: frame.at,
+    };
+    if (!this.pushed.has(data.conversation_id)) this.pushed.set(data.conversation_id, new Map());
+    this.pushed.get(data.conversation_id).set(message.id, message);
     const entry = this.conversations.get(data.conversation_id);
     if (!entry) {
       void this.fetchConversation(data.conversation_id);
@@ -191,7 +209,7 @@ export class App {
       const open = this.chat?.id === data.conversation_id;
       if (!open && data.sender !== this.me.id) entry.unread += 1;
     }
-    if (this.chat?.id === data.conversation_id) this.chat.onMessage(data, frame.at);
+    if (this.chat?.id === data.conversation_id) this.chat.onMessage(message);
     this.renderList();
   }
 

@@ -50,6 +50,8 @@ export class ChatView {
       this.composer(),
     );
     this.renderHeader();
+    for (const message of app.pushed.get(id)?.values() ?? []) this.put({ ...message });
+    this.renderMessages();
     void this.reload();
   }
 
@@ -109,18 +111,11 @@ export class ChatView {
     this.messages.set(message.id ?? message.client_msg_id, { ...known, ...message, node: known?.node ?? message.node });
   }
 
-  onMessage(data, at) {
-    this.put({
-      id: data.message_id,
-      sender: data.sender,
-      client_msg_id: data.client_msg_id,
-      body: data.body,
-      attachments: data.attachments,
-      sentAt: at,
-    });
+  onMessage(message) {
+    this.put({ ...message });
     this.renderMessages();
-    if (data.sender !== this.app.me.id) {
-      this.onTyping({ user_id: data.sender, active: false });
+    if (message.sender !== this.app.me.id) {
+      this.onTyping({ user_id: message.sender, active: false });
       this.markRead();
     }
   }
