@@ -521,8 +521,9 @@ impl Replica {
                 return Err(format!("{name}: {got} instead of {value}"));
             }
         }
-        self.hold_to_description(example, status, &headers, &text)?;
-        let Some(captured) = &example.response else { return Ok(()) };
+        // Held to the descriptions, but played on: what the exchange made is needed further on.
+        let described = self.hold_to_description(example, status, &headers, &text);
+        let Some(captured) = &example.response else { return described };
         let captured = parse_captured(captured)
             .map_err(|e| format!("the document's body is not JSON ({e}): {captured}"))?;
         let real: Value = serde_json::from_str(&text)
@@ -540,6 +541,6 @@ impl Replica {
                 User { id: id.to_owned(), handle: handle.to_owned(), token: token.to_owned() };
             self.users.insert(handle.to_owned(), user);
         }
-        Ok(())
+        described
     }
 }
