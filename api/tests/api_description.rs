@@ -13,9 +13,9 @@ mod descriptions;
 
 use std::collections::BTreeSet;
 
-use common::Server;
-use descriptions::{HTTP_METHODS, asyncapi, event_type, openapi, socket_operations};
-use serde_json::Value;
+use common::{Server, Ws};
+use descriptions::{Described, HTTP_METHODS, asyncapi, event_type, openapi, socket_operations};
+use serde_json::{Value, json};
 use switchboard_api::description;
 
 const ROUTES: &str = include_str!("../src/routes/mod.rs");
@@ -209,4 +209,73 @@ fn both_documents_are_valid_by_their_specifications() {
     let report = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{report}{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(report.trim(), "ok");
+}
+
+/// Sends an op the server takes, and holds the op, its reply and `events` (then pushed to
+/// `listener`) to the AsyncAPI document.
+async fn described_op(described: &Described, ws: &mut Ws, op: Value) -> Value {
+    let reply = ws.request(op.clone()).await;
+    assert_eq!(reply["op"], "ack", "{op}: {reply}");
+    described.sent(&op).unwrap_or_else(|why| panic!("{op}: {why}"));
+    let name = op["op"].as_str();
+    described.received(&reply, name).unwrap_or_else(|why| panic!("{reply}: {why}"));
+    reply
+}
+
+async fn described_events(described: &Described, ws: &mut Ws, kinds: &[&str]) {
+    for kind in kinds {
+        let event = ws.next_event(kind).await;
+        described.received(&event, None).unwrap_or_else(|why| panic!("{event}: {why}"));
+    }
+}
+
+/// What docs/protocol.md shows no capture of that the replay plays (calls and rooms, and the
+/// routes that read them), held to the descriptions as the replay holds its exchanges.
+#[tokio::test]
+async fn calls_rooms_and_syncs_are_as_described() {
+    let server = Server::start(&[]);
+    let described = Described::load();
+    let api = server.api();
+    let (alice, bob, _) = api.pair().await;
+    let group = api.group(&alice, "Tea party", &[&bob]).await;
+    let (mut alice_ws, mut bob_ws) =
+        (Ws::connect(&server, &alice).await, Ws::connect(&server, &bob).await);
+    for ws in [&alice_ws, &bob_ws] {
+        described.received(&ws.ready, None).expect("ready as described");
+    }
+    let d = &described;
+
+    let invite = json!({ "op": "call.invite", "callee": bob.id, "media": "video" });
+    let call = described_op(d, &mut alice_ws, invite.clone()).await["call_id"].clone();
+    described_op(d, &mut bob_ws, json!({ "op": "call.accept", "call_id": call })).await;
+    let offer = json!({ "op": "call.signal", "call_id": call, "to_user": bob.id, "kind": "offer", "payload": "v=0" });
+    described_op(d, &mut alice_ws, offer).await;
+    described_op(d, &mut alice_ws, json!({ "op": "call.end", "call_id": call })).await;
+    described_events(d, &mut bob_ws, &["call.invited", "call.accepted", "signal", "call.ended"])
+        .await;
+    let declined = described_op(d, &mut alice_ws, invite).await["call_id"].clone();
+    described_op(d, &mut bob_ws, json!({ "op": "call.decline", "call_id": declined })).await;
+    described_events(d, &mut alice_ws, &["call.invited", "call.declined"]).await;
+
+    let room = json!({ "op": "room.start", "conversation_id": group, "media": "audio" });
+    let room = described_op(d, &mut bob_ws, room).await["call_id"].clone();
+    described_op(d, &mut alice_ws, json!({ "op": "room.join", "call_id": room })).await;
+    described_op(d, &mut alice_ws, json!({ "op": "room.leave", "call_id": room })).await;
+    described_op(d, &mut bob_ws, json!({ "op": "room.leave", "call_id": room })).await;
+    described_events(d, &mut alice_ws, &["room.started", "room.joined", "room.left", "call.ended"])
+        .await;
+    described_op(d, &mut alice_ws, json!({ "op": "sync", "limit": 5 })).await;
+
+    let call = call.as_str().unwrap();
+    for path in [
+        format!("/v1/calls/{call}"),
+        "/v1/calls".into(),
+        "/v1/calls/active".into(),
+        "/v1/sync".into(),
+    ] {
+        let (status, body) = api.get(&path, &alice).await;
+        let content_type = Some("application/json");
+        let held = described.http("GET", &path, None, status.as_u16(), content_type, Some(&body));
+        held.unwrap_or_else(|why| panic!("GET {path}: {why}"));
+    }
 }
