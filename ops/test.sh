@@ -2,7 +2,8 @@
 # Runs every test of switchboard, on a fresh machine too:
 #   1. the system packages the build needs (Debian: cmake and the C headers librdkafka builds with),
 #   2. formatting and lints,
-#   3. the Socket.IO clients the /socket.io/ tests drive (npm and pip install them, at the pinned
+#   3. the Socket.IO clients the /socket.io/ tests drive and the OpenAPI and AsyncAPI parsers the
+#      API descriptions are checked with (npm and pip install them, at the pinned
 #      versions of api/tests/clients, under the target directory), every suite on the embedded
 #      backends, the dashboards and alerts against a live node and Prometheus
 #      (ops/monitoring/check.sh), the TypeScript client's tests (clients/typescript: npm installs
@@ -56,7 +57,7 @@ browser_tests() {
     (cd clients/web && SWITCHBOARD_BIN="$1" npm test)
 }
 
-echo "== Socket.IO clients of the /socket.io/ tests (api/tests/clients), at their pinned versions"
+echo "== Node and Python packages of the API tests (api/tests/clients), at their pinned versions"
 socketio_clients="${CARGO_TARGET_DIR:-target}/socketio-clients"
 mkdir -p "$socketio_clients"
 cp api/tests/clients/package.json api/tests/clients/package-lock.json "$socketio_clients/"

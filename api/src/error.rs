@@ -15,6 +15,60 @@ use switchboard_projector::presence::PresenceError;
 use crate::coordination::CoordinationError;
 use switchboard_projector::store::StoreError;
 
+/// Declares [`Code`]: every error code, and the text clients see for it.
+macro_rules! codes {
+    ($($variant:ident = $text:literal,)*) => {
+        /// The `code` of an error body: stable, meant for programs. Every code a client can see
+        /// is one of these; the API descriptions list them all (see [`crate::description`]).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Code {
+            $($variant,)*
+        }
+
+        impl Code {
+            pub const ALL: &[Code] = &[$(Code::$variant,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Code::$variant => $text,)*
+                }
+            }
+        }
+    };
+}
+
+codes! {
+    BadRequest = "bad_request",
+    Invalid = "invalid",
+    Unauthorized = "unauthorized",
+    TokenExpired = "token_expired",
+    InvalidCredentials = "invalid_credentials",
+    Forbidden = "forbidden",
+    ReadOnly = "read_only",
+    NotFound = "not_found",
+    Conflict = "conflict",
+    Busy = "busy",
+    AlreadyInCall = "already_in_call",
+    CallNotRinging = "call_not_ringing",
+    CallEnded = "call_ended",
+    RoomFull = "room_full",
+    NotSharing = "not_sharing",
+    RateLimited = "rate_limited",
+    PayloadTooLarge = "payload_too_large",
+    UnsupportedMediaType = "unsupported_media_type",
+    RangeNotSatisfiable = "range_not_satisfiable",
+    Timeout = "timeout",
+    MethodNotAllowed = "method_not_allowed",
+    FrameTooLarge = "frame_too_large",
+    UnknownOp = "unknown_op",
+    SyncRequired = "sync_required",
+    TooManySockets = "too_many_sockets",
+    TooManyConnections = "too_many_connections",
+    NotCaughtUp = "not_caught_up",
+    Unavailable = "unavailable",
+    Internal = "internal",
+}
+
 /// A typed error: `{"error": {"code": ..., "message": ..., "retry_after_ms": ...}}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiError {
@@ -33,45 +87,49 @@ pub struct ErrorBody<'a> {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), retry_after: None }
+    fn new(status: StatusCode, code: Code, message: impl Into<String>) -> ApiError {
+        ApiError { status, code: code.as_str(), message: message.into(), retry_after: None }
     }
 
     /// The request is not well-formed: bad JSON, a missing field, a wrong type.
     pub fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+        ApiError::new(StatusCode::BAD_REQUEST, Code::BadRequest, message)
     }
 
     /// The request is well-formed but a value is not acceptable.
     pub fn invalid(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, Code::Invalid, message)
     }
 
     pub fn unauthorized(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        ApiError::new(StatusCode::UNAUTHORIZED, Code::Unauthorized, message)
     }
 
     pub fn token_expired() -> ApiError {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "token_expired",
+            Code::TokenExpired,
             "the token has expired; log in again",
         )
     }
 
     pub fn invalid_credentials() -> ApiError {
-        ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "wrong handle or password")
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            Code::InvalidCredentials,
+            "wrong handle or password",
+        )
     }
 
     pub fn forbidden(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+        ApiError::new(StatusCode::FORBIDDEN, Code::Forbidden, message)
     }
 
     /// What a `read-only` node answers to anything but a query.
     pub fn read_only() -> ApiError {
         ApiError::new(
             StatusCode::FORBIDDEN,
-            "read_only",
+            Code::ReadOnly,
             "this node serves the read models as they are and takes no writes or sockets \
              (--role read-only)",
         )
@@ -79,36 +137,36 @@ impl ApiError {
 
     /// Also what a stranger gets for a conversation they are not in: to them it does not exist.
     pub fn not_found(what: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{} not found", what.into()))
+        ApiError::new(StatusCode::NOT_FOUND, Code::NotFound, format!("{} not found", what.into()))
     }
 
     pub fn conflict(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::CONFLICT, "conflict", message)
+        ApiError::new(StatusCode::CONFLICT, Code::Conflict, message)
     }
 
     /// The user called is in another call (or their phone is ringing for one).
     pub fn busy() -> ApiError {
-        ApiError::new(StatusCode::CONFLICT, "busy", "the user is in another call")
+        ApiError::new(StatusCode::CONFLICT, Code::Busy, "the user is in another call")
     }
 
     /// The caller is in a call already and must leave it first.
     pub fn already_in_call() -> ApiError {
-        ApiError::new(StatusCode::CONFLICT, "already_in_call", "you are in another call")
+        ApiError::new(StatusCode::CONFLICT, Code::AlreadyInCall, "you are in another call")
     }
 
     /// An accept, decline or cancel of a call that is no longer ringing; the message says why.
     pub fn call_not_ringing(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::CONFLICT, "call_not_ringing", message)
+        ApiError::new(StatusCode::CONFLICT, Code::CallNotRinging, message)
     }
 
     pub fn call_ended() -> ApiError {
-        ApiError::new(StatusCode::CONFLICT, "call_ended", "the call has ended")
+        ApiError::new(StatusCode::CONFLICT, Code::CallEnded, "the call has ended")
     }
 
     pub fn room_full(limit: usize) -> ApiError {
         ApiError::new(
             StatusCode::CONFLICT,
-            "room_full",
+            Code::RoomFull,
             format!("the room has its maximum of {limit} participants"),
         )
     }
@@ -117,7 +175,7 @@ impl ApiError {
     pub fn not_sharing() -> ApiError {
         ApiError::new(
             StatusCode::CONFLICT,
-            "not_sharing",
+            Code::NotSharing,
             "you are not sharing your location with this conversation; share it first",
         )
     }
@@ -127,7 +185,7 @@ impl ApiError {
             retry_after: Some(retry_after),
             ..ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
+                Code::RateLimited,
                 "too many requests; slow down",
             )
         }
@@ -136,13 +194,13 @@ impl ApiError {
     pub fn payload_too_large(limit: usize) -> ApiError {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            Code::PayloadTooLarge,
             format!("the request is larger than the {limit}-byte limit"),
         )
     }
 
     pub fn unsupported_media_type(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message)
+        ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, Code::UnsupportedMediaType, message)
     }
 
     /// A download's range lies past the end of the file; the response also says how long the
@@ -150,7 +208,7 @@ impl ApiError {
     pub fn range_not_satisfiable(size: u64) -> ApiError {
         ApiError::new(
             StatusCode::RANGE_NOT_SATISFIABLE,
-            "range_not_satisfiable",
+            Code::RangeNotSatisfiable,
             format!("the range lies past the end of the {size}-byte file"),
         )
     }
@@ -164,7 +222,7 @@ impl ApiError {
     pub fn upload_stalled(idle: Duration) -> ApiError {
         ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
-            "timeout",
+            Code::Timeout,
             format!(
                 "the upload sent nothing for {} s; nothing was stored",
                 idle.as_secs_f64().ceil() as u64
@@ -175,7 +233,7 @@ impl ApiError {
     pub fn method_not_allowed() -> ApiError {
         ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
+            Code::MethodNotAllowed,
             "this route does not take that method",
         )
     }
@@ -184,13 +242,13 @@ impl ApiError {
     pub fn frame_too_large(limit: usize) -> ApiError {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "frame_too_large",
+            Code::FrameTooLarge,
             format!("the frame is larger than the {limit}-byte limit; nothing in it was processed"),
         )
     }
 
     pub fn unknown_op(op: &str) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "unknown_op", format!("unknown op `{op}`"))
+        ApiError::new(StatusCode::BAD_REQUEST, Code::UnknownOp, format!("unknown op `{op}`"))
     }
 
     /// A resume token so old that replaying from it would mean reading too much of the log.
@@ -198,7 +256,7 @@ impl ApiError {
     pub fn sync_required(why: impl std::fmt::Display) -> ApiError {
         ApiError::new(
             StatusCode::GONE,
-            "sync_required",
+            Code::SyncRequired,
             format!("{why}; sync from the token, then continue from this connection's ready token"),
         )
     }
@@ -206,7 +264,7 @@ impl ApiError {
     pub fn too_many_sockets(max: usize) -> ApiError {
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "too_many_sockets",
+            Code::TooManySockets,
             format!(
                 "you hold {max} sockets on this node, as many as one user may; close one first"
             ),
@@ -218,7 +276,7 @@ impl ApiError {
             retry_after: Some(Duration::from_secs(5)),
             ..ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "too_many_connections",
+                Code::TooManyConnections,
                 "this node holds as many connections as it may; try another or retry later",
             )
         }
@@ -228,7 +286,7 @@ impl ApiError {
     pub fn not_caught_up(message: impl Into<String>) -> ApiError {
         ApiError {
             retry_after: Some(Duration::from_millis(500)),
-            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_caught_up", message)
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, Code::NotCaughtUp, message)
         }
     }
 
@@ -236,16 +294,16 @@ impl ApiError {
     pub fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError {
             retry_after: Some(Duration::from_secs(1)),
-            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable, message)
         }
     }
 
     pub fn timeout() -> ApiError {
-        ApiError::new(StatusCode::REQUEST_TIMEOUT, "timeout", "the request took too long")
+        ApiError::new(StatusCode::REQUEST_TIMEOUT, Code::Timeout, "the request took too long")
     }
 
     pub fn internal(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, Code::Internal, message)
     }
 
     pub fn body(&self) -> ErrorBody<'_> {

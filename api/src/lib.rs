@@ -9,6 +9,7 @@ mod chat;
 mod claims;
 pub mod config;
 mod coordination;
+pub mod description;
 mod error;
 pub mod fuzzing;
 mod hub;

@@ -8,6 +8,11 @@ use switchboard_api::{config, server, telemetry};
 /// The message path allocates many small, short-lived buffers (frames, events, JSON) on one
 /// thread and frees them on another; glibc's malloc took a fifth of the CPU at 20,000 messages/s,
 /// its arena locks and consolidation most of that. mimalloc's thread-local free lists do not.
+///
+/// Built without asking for transparent huge pages: the kernel zeroes a whole 2 MiB page on the
+/// first touch of any byte of it, and again after mimalloc returns it, which took a fifth of the
+/// CPU of a rebuild (memtables filling and flushing), and a page barely used still counts whole
+/// towards the resident size.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

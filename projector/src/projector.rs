@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use switchboard_ingest::log::{Cursor, Log, LogError, Record};
 use switchboard_schemas::{Codec, Position, Topic};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::Progress;
@@ -13,12 +14,17 @@ use crate::store::{Logged, ReadModel, StoreError};
 pub const PROJECTED_TOPICS: [Topic; 5] =
     [Topic::Users, Topic::Conversations, Topic::Messages, Topic::Presence, Topic::Calls];
 
-/// The consumer group projector workers share the log's partitions in.
-/// The consumer group the projector workers share.
+/// The consumer group the projector workers share the log's partitions in.
 pub const GROUP: &str = "projector";
 
-/// How many records one read-model write takes at most.
+/// How many records one read-model write takes at most while following the log: few enough
+/// that a message is projected soon after it was sent.
 const BATCH: usize = 2048;
+
+/// How many records one read-model write takes at most while catching up. Larger, because
+/// every batch ends in a sync and rewrites the rows its events share (a conversation's stats,
+/// a sender's read marker) once; nobody waits on any one event.
+const CATCH_UP_BATCH: usize = 8192;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectorError {
@@ -61,7 +67,7 @@ impl Projector {
                 _ = stop.cancelled() => return Ok(()),
                 records = reader.next_batch(BATCH) => records?,
             };
-            self.apply_batch(records, &mut cursor).await?;
+            self.apply(self.decode(records, &mut cursor)).await?;
             reader.commit(&cursor).await?;
         }
     }
@@ -69,21 +75,44 @@ impl Projector {
     /// Applies the log from the checkpoint up to (not including) the offsets in `until`, then
     /// returns how many events it applied. Records past `until` are left for a later run, so
     /// the result is the state of the log as of `until` even while appends go on.
+    ///
+    /// The next batch is read and decoded while the store applies the one before it, so a
+    /// rebuild takes as long as the slower of the two rather than both.
     pub async fn catch_up(&self, until: &Cursor) -> Result<u64, ProjectorError> {
-        let mut cursor = self.checkpoint().await?;
+        let cursor = self.checkpoint().await?;
         self.progress.advance(cursor.clone());
+        let (decoded, mut to_apply) = mpsc::channel(1);
+        let read = self.read_until(cursor, until, decoded);
+        let apply = async move {
+            let mut applied = 0;
+            while let Some(batch) = to_apply.recv().await {
+                applied += self.apply(batch).await?;
+            }
+            Ok(applied)
+        };
+        let ((), applied) = tokio::try_join!(read, apply)?;
+        Ok(applied)
+    }
+
+    /// Reads and decodes the log from `cursor` up to `until` into `batches`, stopping early if
+    /// nothing takes them any more.
+    async fn read_until(
+        &self,
+        mut cursor: Cursor,
+        until: &Cursor,
+        batches: mpsc::Sender<Decoded>,
+    ) -> Result<(), ProjectorError> {
         let behind = |cursor: &Cursor| {
             until
                 .iter()
                 .any(|(topic, partition, end)| cursor.get(topic, partition).unwrap_or(0) < end)
         };
         if !behind(&cursor) {
-            return Ok(0);
+            return Ok(());
         }
         let mut reader = self.log.reader(cursor.clone()).await?;
-        let mut applied = 0;
         while behind(&cursor) {
-            let mut records = reader.next_batch(BATCH).await?;
+            let mut records = reader.next_batch(CATCH_UP_BATCH).await?;
             // A partition's records come in order: one at or past `until` means that partition
             // has nothing left before it, even when the log no longer keeps the records between
             // the checkpoint and `until` (retention took them).
@@ -99,20 +128,16 @@ impl Projector {
             }
             records.retain(|record| until.has_passed(record.position));
             // A batch wholly past `until` has nothing to write.
-            if !records.is_empty() {
-                applied += self.apply_batch(records, &mut cursor).await?;
+            if !records.is_empty() && batches.send(self.decode(records, &mut cursor)).await.is_err()
+            {
+                return Ok(());
             }
         }
-        Ok(applied)
+        Ok(())
     }
 
-    /// Decodes `records`, applies them with the checkpoint moved past them, and tells waiters.
-    /// Returns how many events were applied.
-    async fn apply_batch(
-        &self,
-        records: Vec<Record>,
-        cursor: &mut Cursor,
-    ) -> Result<u64, ProjectorError> {
+    /// Decodes `records` and moves `cursor` past them.
+    fn decode(&self, records: Vec<Record>, cursor: &mut Cursor) -> Decoded {
         let mut events = Vec::with_capacity(records.len());
         let mut touched = Cursor::default();
         for record in records {
@@ -128,11 +153,26 @@ impl Projector {
                 }
             }
         }
+        Decoded { events, touched, reached: cursor.clone() }
+    }
+
+    /// Applies a decoded batch with the checkpoint moved past it, and tells waiters. Returns how
+    /// many events were applied.
+    async fn apply(&self, batch: Decoded) -> Result<u64, ProjectorError> {
         // Only the partitions of this batch: in a group, the others may belong to another worker.
-        self.store.apply(&events, &touched).await?;
-        let applied = events.len() as u64;
+        self.store.apply(&batch.events, &batch.touched).await?;
+        let applied = batch.events.len() as u64;
         metrics::counter!("projector_events_applied_total").increment(applied);
-        self.progress.advance(cursor.clone());
+        self.progress.advance(batch.reached);
         Ok(applied)
     }
+}
+
+/// A batch of records, decoded.
+struct Decoded {
+    events: Vec<Logged>,
+    /// The partitions the records came from, each past its last record.
+    touched: Cursor,
+    /// Where the read models stand once the batch is applied.
+    reached: Cursor,
 }

@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use members::Memberships;
-pub use router::{Routed, Router};
+pub use router::{Routed, Router, pushed_types};
 pub use token::{Resume, ResumeToken};
 
 /// How many pushes may wait for one socket before it counts as too slow.

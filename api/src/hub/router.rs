@@ -46,6 +46,29 @@ impl Routed {
     }
 }
 
+/// Events of the log no socket is pushed: accounts and profiles are read over HTTP, heartbeats
+/// are the nodes' own, an upload is news to nobody until a message carries it, and no node logs
+/// delivery receipts or devices ringing.
+const UNPUSHED: &[&str] = &[
+    "user.registered",
+    "user.profile_updated",
+    "node.heartbeat",
+    "media.uploaded",
+    "message.delivered",
+    "call.ringing",
+];
+
+/// What sessions opening and closing are pushed as, when they change whether a user is online.
+const PRESENCE_CHANGED: &str = "presence.changed";
+const SESSION_EVENTS: [&str; 2] = ["presence.session_opened", "presence.session_closed"];
+
+/// The `type` of every event a socket may be pushed.
+pub fn pushed_types() -> Vec<&'static str> {
+    let logged = Payload::TYPE_NAMES.iter().copied();
+    let pushed = logged.filter(|name| !UNPUSHED.contains(name) && !SESSION_EVENTS.contains(name));
+    pushed.chain([PRESENCE_CHANGED]).collect()
+}
+
 #[derive(Serialize)]
 struct PresenceChanged {
     user_id: UserId,
@@ -174,11 +197,8 @@ impl Router {
                 }
                 self.members(e.conversation_id).await?
             }
+            payload if UNPUSHED.contains(&payload.type_name()) => return Ok(None),
             payload if calls::call_of(payload).is_some() => return self.call_changed(event).await,
-            // An upload is not news to anyone until a message carries it.
-            UserRegistered(_) | ProfileUpdated(_) | NodeHeartbeat(_) | MediaUploaded(_) => {
-                return Ok(None);
-            }
             payload => match payload.conversation_id() {
                 Some(conversation) => self.members(conversation).await?,
                 None => return Ok(None),
@@ -301,7 +321,7 @@ impl Router {
         let last_seen = (!online).then_some(at);
         Ok(Some(Routed {
             recipients,
-            kind: "presence.changed",
+            kind: PRESENCE_CHANGED,
             at,
             data: to_raw(&PresenceChanged { user_id: user, online, last_seen }),
             kept: false,

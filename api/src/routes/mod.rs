@@ -30,7 +30,7 @@ use crate::auth::presented_token;
 use crate::error::ApiError;
 use crate::limits::{self, Limit};
 use crate::state::AppState;
-use crate::{socketio, ws};
+use crate::{description, socketio, ws};
 
 /// Reads `body` as every route that takes a JSON body reads it (see [`crate::fuzzing`]).
 pub(crate) fn read_every_body(body: &[u8]) {
@@ -79,6 +79,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api);
     let timed = Router::new()
         .nest("/v1", v1)
+        .merge(description_routes())
         .merge(web_app::routes())
         .merge(operations_routes())
         .layer(middleware::from_fn_with_state(state.clone(), timeout));
@@ -117,6 +118,13 @@ async fn refuse_writes(request: Request, next: Next) -> Response {
 pub fn operations(state: AppState) -> Router {
     let timed = operations_routes().layer(middleware::from_fn_with_state(state.clone(), timeout));
     with_common_layers(timed, state)
+}
+
+/// The API's descriptions, for anyone to read: no token, no rate limit.
+fn description_routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/openapi.json", get(description::openapi))
+        .route("/v1/asyncapi.json", get(description::asyncapi))
 }
 
 fn operations_routes() -> Router<AppState> {

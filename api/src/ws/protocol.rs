@@ -82,28 +82,44 @@ pub fn parse(text: &str) -> Result<ClientFrame, (Value, ApiError)> {
         Some(_) => return Err(fail(ApiError::bad_request("`op` must be a string"))),
         None => return Err(fail(ApiError::bad_request("missing field `op`"))),
     };
-    let op = match op.as_str() {
-        "send" => Op::Send(fields_as(rest).map_err(fail)?),
-        "edit" => Op::Edit(fields_as(rest).map_err(fail)?),
-        "delete" => Op::Delete(fields_as(rest).map_err(fail)?),
-        "read" => Op::Read(fields_as(rest).map_err(fail)?),
-        "typing" => Op::Typing(fields_as(rest).map_err(fail)?),
-        "location.share" => Op::ShareLocation(fields_as(rest).map_err(fail)?),
-        "location.update" => Op::UpdateLocation(fields_as(rest).map_err(fail)?),
-        "location.stop" => Op::StopLocation(fields_as(rest).map_err(fail)?),
-        "ping" => Op::Ping,
-        "call.invite" => Op::CallInvite(fields_as(rest).map_err(fail)?),
-        "call.accept" => Op::CallAccept(fields_as(rest).map_err(fail)?),
-        "call.decline" => Op::CallDecline(fields_as(rest).map_err(fail)?),
-        "call.end" => Op::CallEnd(fields_as(rest).map_err(fail)?),
-        "call.signal" => Op::CallSignal(fields_as(rest).map_err(fail)?),
-        "room.start" => Op::RoomStart(fields_as(rest).map_err(fail)?),
-        "room.join" => Op::RoomJoin(fields_as(rest).map_err(fail)?),
-        "room.leave" => Op::RoomLeave(fields_as(rest).map_err(fail)?),
-        "sync" => Op::Sync(fields_as(rest).map_err(fail)?),
-        other => return Err(fail(ApiError::unknown_op(other))),
-    };
+    let op = read_op(&op, rest).map_err(fail)?;
     Ok(ClientFrame { reference, op })
+}
+
+/// Declares the ops: [`OP_NAMES`], and `read_op`, which reads an op's fields into its request.
+macro_rules! ops {
+    ($fields:ident; $($name:literal => $read:expr,)*) => {
+        /// The name of every op, as clients send it (and as Socket.IO events are named).
+        pub const OP_NAMES: &[&str] = &[$($name,)*];
+
+        fn read_op(op: &str, $fields: Vec<(Cow<'_, str>, &RawValue)>) -> Result<Op, ApiError> {
+            Ok(match op {
+                $($name => $read,)*
+                other => return Err(ApiError::unknown_op(other)),
+            })
+        }
+    };
+}
+
+ops! { rest;
+    "send" => Op::Send(fields_as(rest)?),
+    "edit" => Op::Edit(fields_as(rest)?),
+    "delete" => Op::Delete(fields_as(rest)?),
+    "read" => Op::Read(fields_as(rest)?),
+    "typing" => Op::Typing(fields_as(rest)?),
+    "location.share" => Op::ShareLocation(fields_as(rest)?),
+    "location.update" => Op::UpdateLocation(fields_as(rest)?),
+    "location.stop" => Op::StopLocation(fields_as(rest)?),
+    "ping" => Op::Ping,
+    "call.invite" => Op::CallInvite(fields_as(rest)?),
+    "call.accept" => Op::CallAccept(fields_as(rest)?),
+    "call.decline" => Op::CallDecline(fields_as(rest)?),
+    "call.end" => Op::CallEnd(fields_as(rest)?),
+    "call.signal" => Op::CallSignal(fields_as(rest)?),
+    "room.start" => Op::RoomStart(fields_as(rest)?),
+    "room.join" => Op::RoomJoin(fields_as(rest)?),
+    "room.leave" => Op::RoomLeave(fields_as(rest)?),
+    "sync" => Op::Sync(fields_as(rest)?),
 }
 
 /// A frame after the one pass over its text: `op` and `ref` taken out, and every other field

@@ -5,17 +5,25 @@
 //! codes and messages, and bodies with the same fields of the same types (see `compare` for what
 //! may differ between two runs).
 //!
+//! Every request the server takes, every response and every frame of the replay is also held to
+//! the schemas of the API descriptions (docs/openapi.json, docs/asyncapi.json).
+//!
 //! An exchange the replay cannot reproduce is listed in [`story::NOT_REPLAYED`] with the reason;
 //! one that is neither replayed nor listed fails the test, so a new example cannot slip by.
 
 #[path = "../common/mod.rs"]
 mod common;
 mod compare;
+#[path = "../descriptions/mod.rs"]
+mod descriptions;
 mod examples;
 mod notes;
 mod replay;
 mod story;
 
+use std::sync::Arc;
+
+use descriptions::Described;
 use examples::{Example, Transcript};
 use replay::{Done, World};
 use story::{MEDIA, TEA_PARTY, not_replayed};
@@ -37,8 +45,9 @@ async fn every_captured_exchange_of_the_protocol_document_holds() {
     assert!(document.examples.len() > 50, "the document's exchanges were not found");
     assert!(document.transcripts.len() > 5, "the document's transcripts were not found");
     let mut done = Done::default();
-    World::new().run(TEA_PARTY, &document, &mut done).await;
-    World::new().run(MEDIA, &document, &mut done).await;
+    let described = Arc::new(Described::load());
+    World::new(described.clone()).run(TEA_PARTY, &document, &mut done).await;
+    World::new(described.clone()).run(MEDIA, &document, &mut done).await;
 
     let exchanges = document.examples.iter().map(|e| (e.line, e.name()));
     let transcripts = document.transcripts.iter().map(|t| (t.line, t.name()));
@@ -58,5 +67,11 @@ async fn every_captured_exchange_of_the_protocol_document_holds() {
         done.failures.len(),
         done.replayed.len(),
         done.failures.join("\n")
+    );
+    // Every exchange replayed was also held to the API descriptions (see `descriptions`).
+    assert!(
+        described.validated() > 2 * document.examples.len(),
+        "only {} requests, responses and frames were held to the API descriptions",
+        described.validated()
     );
 }

@@ -2,12 +2,14 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Value, json};
 
 use crate::common::{Server, User, Ws};
 use crate::compare::{Names, compare, parse_captured, token_topic};
+use crate::descriptions::Described;
 use crate::examples::{self, Example, Frame, Transcript};
 use crate::notes::{
     Actor, actor, expired_token, note_header, note_size, repetitions, server_flags,
@@ -20,6 +22,7 @@ use crate::{DOCUMENT, Document};
 pub struct World {
     servers: HashMap<Vec<String>, Replica>,
     http: reqwest::Client,
+    described: Arc<Described>,
 }
 
 /// One server and what the replay knows of it.
@@ -35,14 +38,17 @@ struct Replica {
     listener: Option<Ws>,
     /// Whether the story is told on this server, or only single exchanges a note asks for.
     telling: bool,
+    /// What every request, response and frame is held to besides the document's captures.
+    described: Arc<Described>,
 }
 
 impl World {
-    pub fn new() -> World {
-        World { servers: HashMap::new(), http: reqwest::Client::new() }
+    pub fn new(described: Arc<Described>) -> World {
+        World { servers: HashMap::new(), http: reqwest::Client::new(), described }
     }
 
     fn replica(&mut self, flags: Vec<String>) -> &mut Replica {
+        let described = &self.described;
         self.servers.entry(flags).or_insert_with_key(|flags| {
             let args: Vec<&str> = flags.iter().map(String::as_str).collect();
             Replica {
@@ -53,6 +59,7 @@ impl World {
                 held: Vec::new(),
                 listener: None,
                 telling: flags.is_empty(),
+                described: described.clone(),
             }
         })
     }
@@ -344,6 +351,32 @@ impl Replica {
         Ok(request.headers(headers))
     }
 
+    /// Holds the exchange to the OpenAPI document: the JSON body sent (when the route took
+    /// it) and the one answered, against the schemas of the route's operation.
+    fn hold_to_description(
+        &self,
+        example: &Example,
+        status: u16,
+        headers: &HeaderMap,
+        text: &str,
+    ) -> Result<(), String> {
+        let target = self.names.substitute(&example.target);
+        let path = target.split('?').next().unwrap_or_default();
+        let request = example.body.as_ref().filter(|_| note_size(&example.note).is_none());
+        let request =
+            request.and_then(|body| serde_json::from_str(&self.names.substitute(body)).ok());
+        let content_type = headers.get("content-type").and_then(|v| v.to_str().ok());
+        let response = serde_json::from_str(text).ok();
+        self.described.http(
+            &example.method,
+            path,
+            request.as_ref().filter(|_| !path.contains("/media")),
+            status,
+            content_type,
+            response.as_ref(),
+        )
+    }
+
     /// `after=TOKEN` as this replay knows it.
     fn consistency_token(&self, target: &str, status: u16) -> String {
         let Some((path, query)) = target.split_once('?') else { return target.to_owned() };
@@ -390,15 +423,34 @@ impl Replica {
                 socket.insert(ws);
             }
         }
+        // The frames sent, by user and `ref`: one the server takes is held to its op's schema.
+        let mut sent: HashMap<(String, String), Value> = HashMap::new();
         for frame in &transcript.frames {
             let ws = sockets.get_mut(&user_of(frame)).expect("connected above");
             match frame.sent {
-                true => send(ws, frame, &self.names).await,
+                true => {
+                    send(ws, frame, &self.names).await;
+                    if let Ok(op) =
+                        serde_json::from_str::<Value>(&self.names.substitute(&frame.text))
+                    {
+                        sent.insert((user_of(frame), op["ref"].to_string()), op);
+                    }
+                }
                 false => {
                     let (captured, real) = received(ws, frame).await?;
                     let bind = real["op"] == "ack";
                     compare(&captured, &real, &mut self.names, bind, "$")
                         .map_err(|why| format!("{}: {why}", frame.text))?;
+                    if real.is_null() {
+                        continue;
+                    }
+                    let request = sent.get(&(user_of(frame), real["ref"].to_string()));
+                    let taken = matches!(real["op"].as_str(), Some("ack" | "pong"));
+                    if let (Some(request), true) = (request, taken) {
+                        self.described.sent(request)?;
+                    }
+                    let op = request.and_then(|request| request["op"].as_str());
+                    self.described.received(&real, op).map_err(|why| format!("{real}: {why}"))?;
                 }
             }
         }
@@ -413,6 +465,9 @@ impl Replica {
             Some("ready") => vec![listener.ready.clone()],
             _ => listener.drain(std::time::Duration::from_millis(300)).await,
         };
+        for got in &candidates {
+            self.described.received(got, None).map_err(|why| format!("{got}: {why}"))?;
+        }
         let matching = |got: &Value| compare(&captured, got, &mut Names::default(), false, "$");
         let kind = &captured["type"];
         let mut of_kind = candidates.iter().filter(|got| got["type"] == *kind).peekable();
@@ -466,7 +521,9 @@ impl Replica {
                 return Err(format!("{name}: {got} instead of {value}"));
             }
         }
-        let Some(captured) = &example.response else { return Ok(()) };
+        // Held to the descriptions, but played on: what the exchange made is needed further on.
+        let described = self.hold_to_description(example, status, &headers, &text);
+        let Some(captured) = &example.response else { return described };
         let captured = parse_captured(captured)
             .map_err(|e| format!("the document's body is not JSON ({e}): {captured}"))?;
         let real: Value = serde_json::from_str(&text)
@@ -484,6 +541,6 @@ impl Replica {
                 User { id: id.to_owned(), handle: handle.to_owned(), token: token.to_owned() };
             self.users.insert(handle.to_owned(), user);
         }
-        Ok(())
+        described
     }
 }

@@ -328,10 +328,10 @@ impl<R: Rows> Fold<'_, R> {
             client_msg_id: e.client_msg_id.clone(),
         };
         // The same message again, or a retried send that got a new message id: either way the
-        // first one stands.
-        if self.rows.message(e.conversation_id, e.message_id)?.is_some()
-            || self.rows.client_id(&client_key)?.is_some()
-        {
+        // first one stands. Its client id says so for both: a message and its client id are
+        // always changed together, so there is no need to look the message up as well (which
+        // would be a read of a row that, for nearly every send, does not exist).
+        if self.rows.client_id(&client_key)?.is_some() {
             return Ok(());
         }
         let mut stats = self.rows.stats(e.conversation_id)?.unwrap_or_default();

@@ -15,7 +15,7 @@
 //! Each lane
 //!
 //! 1. reads, up front and concurrently, every row its events may consult (a send needs its
-//!    message, its client id, the conversation's stats and the sender's read marker), so a lane
+//!    client id, the conversation's stats and the sender's read marker), so a lane
 //!    of a thousand sends waits for about one round trip of reads, not a thousand;
 //! 2. folds its events one by one into those rows in memory, so that each event sees what the
 //!    ones before it did (the second of two sends in a batch gets `seq` 2). What an event changes
@@ -193,7 +193,6 @@ impl Wanted {
                 }
                 Payload::MessageSent(e) => {
                     let conversation = e.conversation_id.0;
-                    wanted.message(conversation, e.message_id.0);
                     wanted.client_ids.insert((conversation, e.sender.0, e.client_msg_id.clone()));
                     wanted.stats.insert(conversation);
                     wanted.markers.entry(conversation).or_default().insert(e.sender.0);

@@ -1,14 +1,22 @@
 //! Folding a batch of events into the embedded read models.
 //!
-//! A [`Fold`] reads the store through a snapshot taken when the batch starts and keeps every key
+//! A [`Fold`] reads the store through a snapshot taken when the batch starts and keeps every row
 //! the batch touches in an in-memory overlay, so an event sees what the events before it in the
 //! same batch did (the second of two messages in one batch gets `seq` 2). Nothing reaches the
 //! store until [`Fold::commit`], which writes the overlay and the checkpoint as one atomic fjall
 //! batch: after a crash the store holds either all of a batch and its checkpoint, or neither.
 //!
+//! Rows stay typed in the overlay until the commit encodes them, so a row that every event of a
+//! busy conversation rewrites (its stats, the sender's read marker) is encoded once per batch,
+//! not once per event, and read back without decoding. The overlay of the batch committed last
+//! is kept as [`Recent`] rows for the next batch to read before the snapshot: the conversations
+//! of one batch are mostly those of the next, and a point read in fjall (a memtable search, then
+//! a filter per table file) costs more than the fold of the event that asks for it.
+//!
 //! What each event changes is decided by [`rules`]; a fold only looks rows up for it and puts
 //! the changes into the overlay.
 
+use std::any::Any;
 use std::collections::BTreeMap;
 
 use fjall::{Database, OwnedWriteBatch, PersistMode};
@@ -20,7 +28,7 @@ use switchboard_schemas::{CallId, ConversationId, MessageId, UserId};
 use super::filter::KeyFilter;
 use super::keys::{self, Table};
 use super::query::View;
-use super::tables::{Tables, decode, storage};
+use super::tables::{Tables, storage};
 use crate::store::calls::Call;
 use crate::store::rows::{
     ConversationRecord, LocationRecord, MemberRecord, MessageRecord, ReadRecord, StatsRecord,
@@ -29,123 +37,164 @@ use crate::store::rows::{
 use crate::store::rules::{self, Change, ClientKey, Pair, Rows};
 use crate::store::{Logged, StoreError};
 
+/// A row as a batch holds it before the commit encodes it: any of the record types of
+/// `store::rows` (and the ids and markers some tables hold), with a way to encode it.
+trait Row: Any + Send {
+    fn encode(&self) -> serde_json::Result<Vec<u8>>;
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl<T: Serialize + Any + Send> Row for T {
+    fn encode(&self) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(self)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// Rows by table (indexed like [`Table::ALL`]) and key: `Some` for a new value, `None` for a
+/// removal. Ordered, so the batch written to fjall is the same for the same events.
+type Overlay = Vec<BTreeMap<Vec<u8>, Option<Box<dyn Row>>>>;
+
+/// The rows the last committed batch wrote, as they now stand in the store.
+#[derive(Default)]
+pub(super) struct Recent(Overlay);
+
 /// One batch on its way into the store.
 pub(super) struct Fold<'a> {
     base: View<'a>,
+    recent: Recent,
     /// Knows every stored client id; told of new ones before they are committed.
     client_ids: &'a KeyFilter,
-    /// Every key the batch wrote: `Some` for a new value, `None` for a removal. Ordered, so the
-    /// batch written to fjall is the same for the same events.
-    overlay: BTreeMap<(Table, Vec<u8>), Option<Vec<u8>>>,
+    overlay: Overlay,
 }
 
 impl<'a> Fold<'a> {
-    /// Starts a batch on top of `base`, which must be the store's latest state.
-    pub(super) fn new(base: View<'a>, client_ids: &'a KeyFilter) -> Fold<'a> {
-        Fold { base, client_ids, overlay: BTreeMap::new() }
+    /// Starts a batch on top of `base`, which must be the store's latest state, with `recent`
+    /// the rows of the batch that made it so (or none).
+    pub(super) fn new(base: View<'a>, recent: Recent, client_ids: &'a KeyFilter) -> Fold<'a> {
+        let overlay = Table::ALL.iter().map(|_| BTreeMap::new()).collect();
+        Fold { base, recent, client_ids, overlay }
     }
 
-    fn get<T: DeserializeOwned>(&self, table: Table, key: &[u8]) -> Result<Option<T>, StoreError> {
-        match self.overlay.get(&(table, key.to_vec())) {
-            Some(Some(bytes)) => decode(table, key, bytes).map(Some),
+    fn get<T: DeserializeOwned + Clone + Any>(
+        &self,
+        table: Table,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        let held = [&self.overlay, &self.recent.0]
+            .into_iter()
+            .find_map(|rows| rows.get(table as usize)?.get(key));
+        match held {
+            Some(Some(row)) => {
+                row.as_any().downcast_ref::<T>().cloned().map(Some).ok_or_else(|| {
+                    storage(
+                        format_args!("folding {}/{}", table.name(), table.describe_key(key)),
+                        "the batch holds a row of another type",
+                    )
+                })
+            }
             Some(None) => Ok(None),
             None => self.base.get(table, key),
         }
     }
 
-    fn put<T: Serialize>(
-        &mut self,
-        table: Table,
-        key: Vec<u8>,
-        value: &T,
-    ) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(value).map_err(|e| {
-            storage(format_args!("encoding {}/{}", table.name(), table.describe_key(&key)), e)
-        })?;
-        self.overlay.insert((table, key), Some(bytes));
-        Ok(())
+    fn put<T: Serialize + Any + Send>(&mut self, table: Table, key: Vec<u8>, value: T) {
+        self.overlay[table as usize].insert(key, Some(Box::new(value)));
     }
 
     fn remove(&mut self, table: Table, key: Vec<u8>) {
-        self.overlay.insert((table, key), None);
+        self.overlay[table as usize].insert(key, None);
     }
 
     /// Folds one event into the overlay.
     pub(super) fn event(&mut self, logged: &Logged) -> Result<(), StoreError> {
         for change in rules::reduce(self, logged)? {
-            self.apply(change)?;
+            self.apply(change);
         }
         Ok(())
     }
 
     /// Writes everything the batch changed and the checkpoint atomically, and syncs the journal
-    /// before returning, so an applied batch survives `kill -9` and power loss alike.
+    /// before returning, so an applied batch survives `kill -9` and power loss alike. Returns
+    /// the rows written, for the next batch to start from.
     pub(super) fn commit(
         self,
         db: &Database,
         tables: &Tables,
         checkpoint: &Cursor,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Recent, StoreError> {
+        let rows = self.overlay.iter().map(BTreeMap::len).sum::<usize>();
         // Sized up front: growing a batch of thousands of items by doubling copied it over and
         // over, into memory fresh from the OS each time.
-        let mut batch = OwnedWriteBatch::with_capacity(db.clone(), self.overlay.len() + 1)
+        let mut batch = OwnedWriteBatch::with_capacity(db.clone(), rows + 1)
             .durability(Some(PersistMode::SyncAll));
-        for ((table, key), value) in self.overlay {
-            if let (Table::ClientIds, Some(_)) = (table, &value) {
-                self.client_ids.insert(&key);
-            }
-            match value {
-                Some(value) => batch.insert(tables.get(table), key, value),
-                None => batch.remove(tables.get(table), key),
+        for (&table, rows) in Table::ALL.iter().zip(&self.overlay) {
+            let space = tables.get(table);
+            for (key, value) in rows {
+                match value {
+                    Some(row) => {
+                        let bytes = row.encode().map_err(|e| {
+                            storage(
+                                format_args!(
+                                    "encoding {}/{}",
+                                    table.name(),
+                                    table.describe_key(key)
+                                ),
+                                e,
+                            )
+                        })?;
+                        if table == Table::ClientIds {
+                            self.client_ids.insert(key);
+                        }
+                        batch.insert(space, key.clone(), bytes);
+                    }
+                    None => batch.remove(space, key.clone()),
+                }
             }
         }
         batch.insert(tables.get(Table::Meta), keys::CHECKPOINT, checkpoint.to_string());
-        batch.commit().map_err(|e| storage("committing a batch", e))
+        batch.commit().map_err(|e| storage("committing a batch", e))?;
+        Ok(Recent(self.overlay))
     }
 
-    fn apply(&mut self, change: Change) -> Result<(), StoreError> {
+    fn apply(&mut self, change: Change) {
         match change {
-            Change::User(id, Some(user)) => self.put(Table::Users, keys::id(id.0).to_vec(), &user),
-            Change::User(id, None) => {
-                self.remove(Table::Users, keys::id(id.0).to_vec());
-                Ok(())
-            }
-            Change::Handle(handle, holder) => {
-                self.put(Table::Handles, handle.into_bytes(), &holder)
-            }
+            Change::User(id, Some(user)) => self.put(Table::Users, keys::id(id.0).to_vec(), user),
+            Change::User(id, None) => self.remove(Table::Users, keys::id(id.0).to_vec()),
+            Change::Handle(handle, holder) => self.put(Table::Handles, handle.into_bytes(), holder),
             Change::Conversation(id, record) => {
-                self.put(Table::Conversations, keys::id(id.0).to_vec(), &record)
+                self.put(Table::Conversations, keys::id(id.0).to_vec(), record)
             }
             Change::Member(conversation, user, Some(member)) => {
-                self.put(Table::Members, keys::ids(&[conversation.0, user.0]), &member)?;
+                self.put(Table::Members, keys::ids(&[conversation.0, user.0]), member);
                 // The value carries nothing: the key alone lists the user's conversations.
-                self.put(Table::Memberships, keys::ids(&[user.0, conversation.0]), &())
+                self.put(Table::Memberships, keys::ids(&[user.0, conversation.0]), ())
             }
             Change::Member(conversation, user, None) => {
                 self.remove(Table::Members, keys::ids(&[conversation.0, user.0]));
                 self.remove(Table::Memberships, keys::ids(&[user.0, conversation.0]));
-                Ok(())
             }
             Change::Direct(Pair(low, high), conversation) => {
-                self.put(Table::Directs, keys::ids(&[low.0, high.0]), &conversation)
+                self.put(Table::Directs, keys::ids(&[low.0, high.0]), conversation)
             }
             Change::Stats(conversation, stats) => {
-                self.put(Table::Stats, keys::id(conversation.0).to_vec(), &stats)
+                self.put(Table::Stats, keys::id(conversation.0).to_vec(), stats)
             }
             Change::Message(conversation, id, message) => {
-                self.put(Table::Messages, keys::ids(&[conversation.0, id.0]), &message)
+                self.put(Table::Messages, keys::ids(&[conversation.0, id.0]), message)
             }
-            Change::ClientId(key, message) => {
-                self.put(Table::ClientIds, client_key(&key), &message)
-            }
+            Change::ClientId(key, message) => self.put(Table::ClientIds, client_key(&key), message),
             Change::Marker(conversation, user, read) => {
-                self.put(Table::Reads, keys::ids(&[conversation.0, user.0]), &read)
+                self.put(Table::Reads, keys::ids(&[conversation.0, user.0]), read)
             }
-            Change::Media(id, media) => self.put(Table::Media, keys::id(id.0).to_vec(), &media),
-            Change::LastSeen(user, at) => self.put(Table::LastSeen, keys::id(user.0).to_vec(), &at),
-            Change::Call(call) => self.put(Table::Calls, keys::id(call.id.0).to_vec(), &call),
+            Change::Media(id, media) => self.put(Table::Media, keys::id(id.0).to_vec(), media),
+            Change::LastSeen(user, at) => self.put(Table::LastSeen, keys::id(user.0).to_vec(), at),
+            Change::Call(call) => self.put(Table::Calls, keys::id(call.id.0).to_vec(), call),
             Change::CallHistory(user, call) => {
-                self.put(Table::CallHistory, keys::ids(&[user.0, call.0]), &())
+                self.put(Table::CallHistory, keys::ids(&[user.0, call.0]), ())
             }
             Change::LiveCall(user, call, live) => {
                 self.index(Table::LiveCalls, keys::ids(&[user.0, call.0]), live)
@@ -154,19 +203,16 @@ impl<'a> Fold<'a> {
                 self.index(Table::LiveRooms, keys::ids(&[conversation.0, call.0]), open)
             }
             Change::Location(conversation, user, location) => {
-                self.put(Table::Locations, keys::ids(&[conversation.0, user.0]), &location)
+                self.put(Table::Locations, keys::ids(&[conversation.0, user.0]), location)
             }
         }
     }
 
     /// Puts (`present`) or removes an index entry, whose key is all it says.
-    fn index(&mut self, table: Table, key: Vec<u8>, present: bool) -> Result<(), StoreError> {
+    fn index(&mut self, table: Table, key: Vec<u8>, present: bool) {
         match present {
-            true => self.put(table, key, &()),
-            false => {
-                self.remove(table, key);
-                Ok(())
-            }
+            true => self.put(table, key, ()),
+            false => self.remove(table, key),
         }
     }
 }
@@ -216,7 +262,7 @@ impl Rows for Fold<'_> {
     /// Most sends are new, and the filter says so without a lookup.
     fn client_id(&self, key: &ClientKey) -> Result<Option<MessageId>, StoreError> {
         let key = client_key(key);
-        if !self.overlay.contains_key(&(Table::ClientIds, key.clone()))
+        if !self.overlay[Table::ClientIds as usize].contains_key(&key)
             && !self.client_ids.may_contain(&key)
         {
             return Ok(None);

@@ -11,8 +11,8 @@
 //! rather than on the one that polls `apply`.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
@@ -22,7 +22,7 @@ use switchboard_schemas::{CallId, ConversationId, MediaId, MessageId, UserId};
 
 use self::background::Background;
 use self::filter::KeyFilter;
-use self::fold::Fold;
+use self::fold::{Fold, Recent};
 use self::keys::Table;
 use self::query::View;
 use self::tables::{Tables, storage};
@@ -55,6 +55,8 @@ struct Inner {
     client_ids: KeyFilter,
     /// Tells the loader to stop: the store is being dropped.
     closing: AtomicBool,
+    /// The rows of the batch applied last. Only the store thread takes it.
+    recent: Mutex<Recent>,
 }
 
 impl Inner {
@@ -75,6 +77,7 @@ impl EmbeddedStore {
             tables,
             client_ids: KeyFilter::new(expected),
             closing: AtomicBool::new(false),
+            recent: Mutex::default(),
         });
         // In the background: a large store holds millions of client ids, and reading them all
         // (about a million a second) would hold up the start. Batches applied meanwhile insert
@@ -147,11 +150,18 @@ impl ReadModel for EmbeddedStore {
         self.background
             .run(move || {
                 let checkpoint = inner.view().checkpoint()?.furthest(&checkpoint);
-                let mut fold = Fold::new(inner.view(), &inner.client_ids);
+                // Taken out for the batch and put back only once it is committed: after a batch
+                // that failed or panicked, the next one reads everything from the store.
+                let recent = std::mem::take(
+                    &mut *inner.recent.lock().unwrap_or_else(PoisonError::into_inner),
+                );
+                let mut fold = Fold::new(inner.view(), recent, &inner.client_ids);
                 for logged in &events {
                     fold.event(logged)?;
                 }
-                fold.commit(&inner.db, &inner.tables, &checkpoint)
+                *inner.recent.lock().unwrap_or_else(PoisonError::into_inner) =
+                    fold.commit(&inner.db, &inner.tables, &checkpoint)?;
+                Ok(())
             })
             .await
     }
