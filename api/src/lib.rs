@@ -13,6 +13,7 @@ pub mod description;
 mod error;
 pub mod fuzzing;
 mod hub;
+mod lane_thread;
 mod limits;
 mod locations;
 mod media;

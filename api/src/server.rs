@@ -24,6 +24,7 @@ use crate::config::{Config, Role};
 use crate::coordination::memory::MemoryCoordination;
 use crate::hub::Hub;
 use crate::hub::deliver::{self, Stage};
+use crate::lane_thread::LaneThread;
 use crate::media::Blobs;
 use crate::node_lease::NodeLease;
 use crate::routes;
@@ -91,6 +92,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 pub struct Node {
     state: AppState,
     tasks: JoinSet<()>,
+    /// The threads of the stages every event passes through (see [`LaneThread`]).
+    lanes: Lanes,
     /// Cancelled to end the background work, once clients are gone.
     stop: CancellationToken,
     /// Cancelled when another node took this node's id: the node must shut down.
@@ -173,6 +176,10 @@ impl Node {
         let mut node = Node {
             state,
             tasks: JoinSet::new(),
+            lanes: Lanes {
+                projecting: LaneThread::start("projecting")?,
+                delivering: LaneThread::start("delivering")?,
+            },
             stop: CancellationToken::new(),
             lease_lost: CancellationToken::new(),
         };
@@ -200,19 +207,24 @@ impl Node {
 
     fn spawn_background_work(&mut self) {
         let (state, stop, tasks) = (&self.state, &self.stop, &mut self.tasks);
+        let (projecting, delivering) =
+            (self.lanes.projecting.handle(), self.lanes.delivering.handle());
         let role = state.config.role;
         if role.projects() {
-            tasks.spawn(supervise("projector", stop.clone(), {
-                let state = state.clone();
-                move |stop| {
-                    let projector = Projector::new(
-                        state.ingest.log().clone(),
-                        state.store.clone(),
-                        state.progress.clone(),
-                    );
-                    async move { projector.run(stop).await.map_err(anyhow::Error::from) }
-                }
-            }));
+            tasks.spawn_on(
+                supervise("projector", stop.clone(), {
+                    let state = state.clone();
+                    move |stop| {
+                        let projector = Projector::new(
+                            state.ingest.log().clone(),
+                            state.store.clone(),
+                            state.progress.clone(),
+                        );
+                        async move { projector.run(stop).await.map_err(anyhow::Error::from) }
+                    }
+                }),
+                projecting,
+            );
             tasks.spawn(supervise("call-timer", stop.clone(), {
                 let state = state.clone();
                 move |stop| crate::calls::timer::run(state.clone(), stop)
@@ -222,31 +234,41 @@ impl Node {
             // Other processes project (part of) the log: learn their progress from the store.
             tasks.spawn(follow_store_checkpoint(state.clone(), stop.clone()));
         }
-        tasks.spawn(supervise("memberships", stop.clone(), {
-            let state = state.clone();
-            move |stop| {
-                let members = state.hub.memberships().clone();
-                let run = members.follow(state.ingest.log().clone(), state.progress.clone(), stop);
-                async move { run.await.map_err(anyhow::Error::from) }
-            }
-        }));
-        for stage in &state.delivery {
-            tasks.spawn(supervise(stage.lane.group, stop.clone(), {
-                let stage = stage.clone();
+        tasks.spawn_on(
+            supervise("memberships", stop.clone(), {
+                let state = state.clone();
                 move |stop| {
-                    let stage = stage.clone();
-                    async move { stage.run(stop).await.map_err(anyhow::Error::from) }
+                    let members = state.hub.memberships().clone();
+                    let run =
+                        members.follow(state.ingest.log().clone(), state.progress.clone(), stop);
+                    async move { run.await.map_err(anyhow::Error::from) }
                 }
-            }));
+            }),
+            delivering,
+        );
+        for stage in &state.delivery {
+            tasks.spawn_on(
+                supervise(stage.lane.group, stop.clone(), {
+                    let stage = stage.clone();
+                    move |stop| {
+                        let stage = stage.clone();
+                        async move { stage.run(stop).await.map_err(anyhow::Error::from) }
+                    }
+                }),
+                delivering,
+            );
         }
         if role.takes_writes() {
-            tasks.spawn(supervise("fan-out", stop.clone(), {
-                let hub = state.hub.clone();
-                move |stop| {
-                    let hub = hub.clone();
-                    async move { hub.run(stop).await.map_err(anyhow::Error::from) }
-                }
-            }));
+            tasks.spawn_on(
+                supervise("fan-out", stop.clone(), {
+                    let hub = state.hub.clone();
+                    move |stop| {
+                        let hub = hub.clone();
+                        async move { hub.run(stop).await.map_err(anyhow::Error::from) }
+                    }
+                }),
+                delivering,
+            );
             tasks.spawn(renew_lease(state.clone(), stop.clone()));
             let (state, stop) = (state.clone(), stop.clone());
             tasks.spawn(async move {
@@ -309,6 +331,7 @@ impl Node {
         tracing::info!("stopping background tasks");
         self.stop.cancel();
         while self.tasks.join_next().await.is_some() {}
+        self.lanes.stop().await;
         state.ingest.log().close().await.context("flushing the log")?;
         if self.lease_lost.is_cancelled() {
             bail!(
@@ -318,6 +341,19 @@ impl Node {
         }
         tracing::info!("switchboard stopped");
         Ok(())
+    }
+}
+
+/// The threads of a node's stages.
+struct Lanes {
+    projecting: LaneThread,
+    delivering: LaneThread,
+}
+
+impl Lanes {
+    async fn stop(self) {
+        self.projecting.stop().await;
+        self.delivering.stop().await;
     }
 }
 
