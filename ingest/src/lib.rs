@@ -6,6 +6,7 @@
 //! pushes to sockets — is derived from it.
 
 mod commands;
+pub mod embedded_db;
 pub mod ids;
 pub mod log;
 pub mod url;

@@ -136,7 +136,7 @@ fn decode_offset(value: &[u8]) -> Result<u64, FeedError> {
 impl EmbeddedFeeds {
     /// Opens the feeds in `dir`, creating them if needed.
     pub fn open(dir: &Path, retention: Retention) -> Result<EmbeddedFeeds, FeedError> {
-        let db = Database::builder(dir)
+        let db = switchboard_ingest::embedded_db::builder(dir)
             .open()
             .map_err(|e| storage(&format!("opening {}", dir.display()), e))?;
         let keyspace = |name: &str| {

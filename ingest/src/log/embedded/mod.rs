@@ -111,7 +111,7 @@ impl EmbeddedLog {
         std::fs::create_dir_all(dir)
             .map_err(|e| LogError::Storage(format!("creating log directory {shown}: {e}")))?;
         // Every write is made durable explicitly: by the writer's sync after each batch.
-        let db = Database::builder(dir).manual_journal_persist(true).open().map_err(|e| {
+        let db = crate::embedded_db::builder(dir).manual_journal_persist(true).open().map_err(|e| {
             LogError::Storage(match e {
                 fjall::Error::Locked => format!(
                     "another process holds the log in {shown} (a running node?): an embedded log \

@@ -48,7 +48,7 @@ impl Background {
             .name("store-apply".into())
             .spawn(move || {
                 yield_to_clients();
-                let open = Database::builder(&dir)
+                let open = switchboard_ingest::embedded_db::builder(&dir)
                     .open()
                     .map_err(|e| storage(format_args!("opening {}", dir.display()), e));
                 if opened.send(open).is_err() {
