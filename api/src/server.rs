@@ -173,13 +173,11 @@ impl Node {
             metrics,
             config,
         });
+        let role = state.config.role;
         let mut node = Node {
             state,
             tasks: JoinSet::new(),
-            lanes: Lanes {
-                projecting: LaneThread::start("projecting")?,
-                delivering: LaneThread::start("delivering")?,
-            },
+            lanes: Lanes::start(role)?,
             stop: CancellationToken::new(),
             lease_lost: CancellationToken::new(),
         };
@@ -207,10 +205,9 @@ impl Node {
 
     fn spawn_background_work(&mut self) {
         let (state, stop, tasks) = (&self.state, &self.stop, &mut self.tasks);
-        let (projecting, delivering) =
-            (self.lanes.projecting.handle(), self.lanes.delivering.handle());
+        let delivering = self.lanes.delivering.handle();
         let role = state.config.role;
-        if role.projects() {
+        if let Some(projecting) = &self.lanes.projecting {
             tasks.spawn_on(
                 supervise("projector", stop.clone(), {
                     let state = state.clone();
@@ -223,7 +220,7 @@ impl Node {
                         async move { projector.run(stop).await.map_err(anyhow::Error::from) }
                     }
                 }),
-                projecting,
+                projecting.handle(),
             );
             tasks.spawn(supervise("call-timer", stop.clone(), {
                 let state = state.clone();
@@ -344,15 +341,22 @@ impl Node {
     }
 }
 
-/// The threads of a node's stages.
+/// The threads of a node's stages: `projecting` only on a node that projects.
 struct Lanes {
-    projecting: LaneThread,
+    projecting: Option<LaneThread>,
     delivering: LaneThread,
 }
 
 impl Lanes {
+    fn start(role: Role) -> anyhow::Result<Lanes> {
+        let projecting = role.projects().then(|| LaneThread::start("projecting")).transpose()?;
+        Ok(Lanes { projecting, delivering: LaneThread::start("delivering")? })
+    }
+
     async fn stop(self) {
-        self.projecting.stop().await;
+        if let Some(projecting) = self.projecting {
+            projecting.stop().await;
+        }
         self.delivering.stop().await;
     }
 }
