@@ -39,6 +39,15 @@ use writer::Request;
 /// Consumer group names become fjall keys, which must be non-empty and short.
 const MAX_GROUP_LEN: usize = 1024;
 
+/// The most a partition holds in memory before fjall writes it out to a table file.
+///
+/// fjall checks its journals' size (see `embedded_db`) only when some memtable fills up. At
+/// fjall's default of 64 MiB per memtable, with the records spread over every topic's
+/// partitions, no partition filled one for the first gigabyte of records: until then, the
+/// journal grew without bound and every record stayed in memory as well. Set when a partition is
+/// created; an existing one keeps the size it was created with.
+const PARTITION_MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
+
 /// A durable, partitioned log stored in a local directory. See the [module docs](self).
 ///
 /// Clones share one log. Dropping the last clone stops the writer thread after it has written
@@ -158,7 +167,9 @@ impl EmbeddedLog {
             for partition in 0..partitions {
                 let name = format::partition_keyspace(topic, partition);
                 let keyspace = db
-                    .keyspace(&name, KeyspaceCreateOptions::default)
+                    .keyspace(&name, || {
+                        KeyspaceCreateOptions::default().max_memtable_size(PARTITION_MEMTABLE_BYTES)
+                    })
                     .map_err(|e| storage(&format!("opening partition {name}"), e))?;
                 let start = match meta
                     .get(format::start_key(topic, partition))

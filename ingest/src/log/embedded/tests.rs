@@ -1,6 +1,7 @@
 //! The conformance suite against the embedded log, and what only the embedded log promises:
-//! records and offsets survive reopening and `kill -9`, the partition count is fixed, and
-//! closing stops appends and readers cleanly.
+//! records and offsets survive reopening and `kill -9`, the partition count is fixed, closing
+//! stops appends and readers cleanly, and however much was appended, little journal is left for
+//! the next open to replay.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -389,4 +390,45 @@ async fn expired_records_are_removed_and_offsets_go_on_across_reopening() {
     assert_eq!(ends(log.clone(), Topic::Signals).await, 2, "an emptied partition keeps its end");
     append_to_first_partition(&log, Topic::Signals, 1).await;
     assert_eq!(first_kept(&log, Topic::Signals).await, 2, "offsets are never reused");
+}
+
+/// The size of the journals fjall keeps in `dir`: what the next open replays.
+fn journal_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap())
+        .filter(|entry| entry.path().extension().is_some_and(|extension| extension == "jnl"))
+        .map(|entry| entry.metadata().unwrap().len())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_log_leaves_a_bounded_journal_to_replay() {
+    const WRITTEN: u64 = 250 << 20;
+    const RECORD: usize = 512 << 10;
+    let (dir, log) = fresh();
+    // Incompressible, as fjall compresses large values in its journal.
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    for i in 0..WRITTEN / RECORD as u64 {
+        let value = (0..RECORD / 8)
+            .flat_map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state.to_le_bytes()
+            })
+            .collect();
+        log.append(Topic::Messages, format!("key-{i}").as_bytes(), value).await.unwrap();
+    }
+    log.close().await.unwrap();
+    drop(log);
+
+    // fjall writes memtables out and drops old journals in the background.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let bound = 100 << 20;
+    while journal_bytes(dir.path()) > bound && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left = journal_bytes(dir.path());
+    assert!(left <= bound, "{left} bytes of journal left after writing {WRITTEN}");
 }
