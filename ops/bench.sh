@@ -31,7 +31,8 @@
 # `rebuild` measures `switchboard rebuild`: it fills an embedded log by driving a node at RATE
 # messages/s for FILL (1,000 connections), stops the node, then replays that log RUNS times into a
 # fresh embedded store (`embedded`) or a fresh Cassandra keyspace (`distributed`), one row per run
-# with the events replayed and events/s.
+# with the events replayed, events/s and, into an embedded store, the CPU its fold thread spent per
+# event (the replay's bound: 200,000 events/s needs it under 5 µs).
 #
 # BENCH_LOAD_ARGS adds options to every `switchboard load` (e.g. "--body-bytes 1000").
 # `distributed` expects the engines of ops/engines/start.sh to be running.
@@ -230,15 +231,32 @@ rebuild)
     "$bin" load --url "http://127.0.0.1:$port" --connections "$connections" --rate "$rate" \
         --duration "$fill" "${load_args[@]}" >"$out/rebuild-fill.txt" 2>&1 || true
     stop_server
-    printf '%s\n' "| run | into | events | seconds | events/s |" "|---|---|---|---|---|"
+    printf '%s\n' "| run | into | events | seconds | events/s | store thread µs/event |" "|---|---|---|---|---|---|"
     for run in $(seq 1 "$runs"); do
         into="$data/rebuilt-$run"
         if [ "$mode" = distributed ]; then
             into="scylla://$CQL_USER:$CQL_PASSWORD@127.0.0.1:${CQL_PORT}/bench_rebuild_$(date +%s)_$run"
         fi
+        report="$out/rebuild-$mode-run$run.txt"
+        "$bin" rebuild --data-dir "$data" --into "$into" >"$report" 2>/dev/null &
+        rebuilding=$!
+        # The embedded store folds every batch on its one `store-apply` thread, which bounds the
+        # replay: its CPU time, sampled until the process exits, says how close it is to a core.
+        apply_ticks=
+        while kill -0 "$rebuilding" 2>/dev/null; do
+            for task in /proc/"$rebuilding"/task/*; do
+                [ "$(cat "$task/comm" 2>/dev/null)" = store-apply ] &&
+                    apply_ticks=$(awk '{ print $14 + $15 }' "$task/stat" 2>/dev/null || echo "$apply_ticks")
+            done
+            sleep 0.1
+        done
+        wait "$rebuilding"
         # "rebuilt the read models from N events in S s (R events/s), to the end of the log"
-        "$bin" rebuild --data-dir "$data" --into "$into" 2>/dev/null | tee "$out/rebuild-$mode-run$run.txt" |
-            sed -E "s/^rebuilt the read models from ([0-9]+) events in ([0-9.]+) s \(([0-9]+) events\/s\).*/| $run | $mode | \1 | \2 | \3 |/"
+        events=$(sed -nE 's/^rebuilt the read models from ([0-9]+) events.*/\1/p' "$report")
+        apply_us=—
+        [ -n "$apply_ticks" ] && [ "${events:-0}" -gt 0 ] &&
+            apply_us=$(awk -v t="$apply_ticks" -v hz="$(getconf CLK_TCK)" -v n="$events" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+        sed -E "s/^rebuilt the read models from ([0-9]+) events in ([0-9.]+) s \(([0-9]+) events\/s\).*/| $run | $mode | \1 | \2 | \3 | $apply_us |/" "$report"
     done
     rm -rf "$data"
     ;;
