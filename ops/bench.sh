@@ -231,7 +231,7 @@ rebuild)
     "$bin" load --url "http://127.0.0.1:$port" --connections "$connections" --rate "$rate" \
         --duration "$fill" "${load_args[@]}" >"$out/rebuild-fill.txt" 2>&1 || true
     stop_server
-    printf '%s\n' "| run | into | events | seconds | events/s | store thread µs/event |" "|---|---|---|---|---|---|"
+    printf '%s\n' "| run | into | events | seconds | events/s | fold thread µs/event | commit thread µs/event |" "|---|---|---|---|---|---|---|"
     for run in $(seq 1 "$runs"); do
         into="$data/rebuilt-$run"
         if [ "$mode" = distributed ]; then
@@ -240,23 +240,32 @@ rebuild)
         report="$out/rebuild-$mode-run$run.txt"
         "$bin" rebuild --data-dir "$data" --into "$into" >"$report" 2>/dev/null &
         rebuilding=$!
-        # The embedded store folds every batch on its one `store-apply` thread, which bounds the
-        # replay: its CPU time, sampled until the process exits, says how close it is to a core.
-        apply_ticks=
+        # The embedded store folds batches on its `store-fold` thread and writes them on its
+        # `store-commit` thread, and the busier of the two bounds the replay: their CPU time,
+        # sampled until the process exits, says how close each is to a core.
+        fold_ticks= commit_ticks=
         while kill -0 "$rebuilding" 2>/dev/null; do
             for task in /proc/"$rebuilding"/task/*; do
-                [ "$(cat "$task/comm" 2>/dev/null)" = store-apply ] &&
-                    apply_ticks=$(awk '{ print $14 + $15 }' "$task/stat" 2>/dev/null || echo "$apply_ticks")
+                ticks=$(awk '{ print $14 + $15 }' "$task/stat" 2>/dev/null) || continue
+                case "$(cat "$task/comm" 2>/dev/null)" in
+                    store-fold) fold_ticks=$ticks ;;
+                    store-commit) commit_ticks=$ticks ;;
+                esac
             done
             sleep 0.1
         done
         wait "$rebuilding"
         # "rebuilt the read models from N events in S s (R events/s), to the end of the log"
         events=$(sed -nE 's/^rebuilt the read models from ([0-9]+) events.*/\1/p' "$report")
-        apply_us=—
-        [ -n "$apply_ticks" ] && [ "${events:-0}" -gt 0 ] &&
-            apply_us=$(awk -v t="$apply_ticks" -v hz="$(getconf CLK_TCK)" -v n="$events" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
-        sed -E "s/^rebuilt the read models from ([0-9]+) events in ([0-9.]+) s \(([0-9]+) events\/s\).*/| $run | $mode | \1 | \2 | \3 | $apply_us |/" "$report"
+        per_event() {
+            if [ -n "$1" ] && [ "${events:-0}" -gt 0 ]; then
+                awk -v t="$1" -v hz="$(getconf CLK_TCK)" -v n="$events" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }'
+            else
+                printf '—'
+            fi
+        }
+        threads_us="$(per_event "$fold_ticks") | $(per_event "$commit_ticks")"
+        sed -E "s/^rebuilt the read models from ([0-9]+) events in ([0-9.]+) s \(([0-9]+) events\/s\).*/| $run | $mode | \1 | \2 | \3 | $threads_us |/" "$report"
     done
     rm -rf "$data"
     ;;

@@ -22,9 +22,10 @@ pub const GROUP: &str = "projector";
 const BATCH: usize = 2048;
 
 /// How many records one read-model write takes at most while catching up. Larger, because
-/// every batch ends in a sync and rewrites the rows its events share (a conversation's stats,
-/// a sender's read marker) once; nobody waits on any one event.
-const CATCH_UP_BATCH: usize = 8192;
+/// nobody waits on any one event: every batch ends in a sync, rewrites the rows its events share
+/// (a conversation's stats, a sender's read marker) once, and in the embedded store is folded
+/// and committed in parts that overlap, a pipeline that empties at the end of every batch.
+const CATCH_UP_BATCH: usize = 32768;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectorError {

@@ -8,16 +8,19 @@
 //!
 //! Rows stay typed in the overlay until the commit encodes them, so a row that every event of a
 //! busy conversation rewrites (its stats, the sender's read marker) is encoded once per batch,
-//! not once per event, and read back without decoding. The overlay of the batch committed last
-//! is kept as [`Recent`] rows for the next batch to read before the snapshot: the conversations
-//! of one batch are mostly those of the next, and a point read in fjall (a memtable search, then
-//! a filter per table file) costs more than the fold of the event that asks for it.
+//! not once per event, and read back without decoding. The overlay of the batch folded last is
+//! handed on as [`Changed`] rows for the next batch to read before the snapshot. That is what
+//! lets the next batch be folded while the last one is still being committed, and it saves
+//! reads besides: the conversations of one batch are mostly those of the next, and a point read
+//! in fjall (a memtable search, then a filter per table file) costs more than the fold of the
+//! event that asks for it.
 //!
 //! What each event changes is decided by [`rules`]; a fold only looks rows up for it and puts
 //! the changes into the overlay.
 
 use std::any::Any;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use fjall::{Database, OwnedWriteBatch, PersistMode};
 use serde::Serialize;
@@ -39,12 +42,12 @@ use crate::store::{Logged, StoreError};
 
 /// A row as a batch holds it before the commit encodes it: any of the record types of
 /// `store::rows` (and the ids and markers some tables hold), with a way to encode it.
-trait Row: Any + Send {
+trait Row: Any + Send + Sync {
     fn encode(&self) -> serde_json::Result<Vec<u8>>;
     fn as_any(&self) -> &dyn Any;
 }
 
-impl<T: Serialize + Any + Send> Row for T {
+impl<T: Serialize + Any + Send + Sync> Row for T {
     fn encode(&self) -> serde_json::Result<Vec<u8>> {
         serde_json::to_vec(self)
     }
@@ -58,23 +61,27 @@ impl<T: Serialize + Any + Send> Row for T {
 /// removal. Ordered, so the batch written to fjall is the same for the same events.
 type Overlay = Vec<BTreeMap<Vec<u8>, Option<Box<dyn Row>>>>;
 
-/// The rows the last committed batch wrote, as they now stand in the store.
-#[derive(Default)]
-pub(super) struct Recent(Overlay);
+/// The rows one folded batch changed: what it writes when it is committed.
+pub(super) struct Changed(Overlay);
 
 /// One batch on its way into the store.
 pub(super) struct Fold<'a> {
     base: View<'a>,
-    recent: Recent,
-    /// Knows every stored client id; told of new ones before they are committed.
+    /// The rows of the batch before, which `base` may not hold yet.
+    recent: Option<Arc<Changed>>,
+    /// Knows every stored client id; told of new ones as they are folded.
     client_ids: &'a KeyFilter,
     overlay: Overlay,
 }
 
 impl<'a> Fold<'a> {
-    /// Starts a batch on top of `base`, which must be the store's latest state, with `recent`
-    /// the rows of the batch that made it so (or none).
-    pub(super) fn new(base: View<'a>, recent: Recent, client_ids: &'a KeyFilter) -> Fold<'a> {
+    /// Starts a batch on top of `base` and `recent`, the rows of the batch folded before it (or
+    /// none). `base` must hold every batch committed before that one; it may hold that one too.
+    pub(super) fn new(
+        base: View<'a>,
+        recent: Option<Arc<Changed>>,
+        client_ids: &'a KeyFilter,
+    ) -> Fold<'a> {
         let overlay = Table::ALL.iter().map(|_| BTreeMap::new()).collect();
         Fold { base, recent, client_ids, overlay }
     }
@@ -84,9 +91,9 @@ impl<'a> Fold<'a> {
         table: Table,
         key: &[u8],
     ) -> Result<Option<T>, StoreError> {
-        let held = [&self.overlay, &self.recent.0]
+        let held = [Some(&self.overlay), self.recent.as_deref().map(|recent| &recent.0)]
             .into_iter()
-            .find_map(|rows| rows.get(table as usize)?.get(key));
+            .find_map(|rows| rows?.get(table as usize)?.get(key));
         match held {
             Some(Some(row)) => {
                 row.as_any().downcast_ref::<T>().cloned().map(Some).ok_or_else(|| {
@@ -101,7 +108,7 @@ impl<'a> Fold<'a> {
         }
     }
 
-    fn put<T: Serialize + Any + Send>(&mut self, table: Table, key: Vec<u8>, value: T) {
+    fn put<T: Serialize + Any + Send + Sync>(&mut self, table: Table, key: Vec<u8>, value: T) {
         self.overlay[table as usize].insert(key, Some(Box::new(value)));
     }
 
@@ -117,47 +124,9 @@ impl<'a> Fold<'a> {
         Ok(())
     }
 
-    /// Writes everything the batch changed and the checkpoint atomically, and syncs the journal
-    /// before returning, so an applied batch survives `kill -9` and power loss alike. Returns
-    /// the rows written, for the next batch to start from.
-    pub(super) fn commit(
-        self,
-        db: &Database,
-        tables: &Tables,
-        checkpoint: &Cursor,
-    ) -> Result<Recent, StoreError> {
-        let rows = self.overlay.iter().map(BTreeMap::len).sum::<usize>();
-        // Sized up front: growing a batch of thousands of items by doubling copied it over and
-        // over, into memory fresh from the OS each time.
-        let mut batch = OwnedWriteBatch::with_capacity(db.clone(), rows + 1)
-            .durability(Some(PersistMode::SyncAll));
-        for (&table, rows) in Table::ALL.iter().zip(&self.overlay) {
-            let space = tables.get(table);
-            for (key, value) in rows {
-                match value {
-                    Some(row) => {
-                        let bytes = row.encode().map_err(|e| {
-                            storage(
-                                format_args!(
-                                    "encoding {}/{}",
-                                    table.name(),
-                                    table.describe_key(key)
-                                ),
-                                e,
-                            )
-                        })?;
-                        if table == Table::ClientIds {
-                            self.client_ids.insert(key);
-                        }
-                        batch.insert(space, key.clone(), bytes);
-                    }
-                    None => batch.remove(space, key.clone()),
-                }
-            }
-        }
-        batch.insert(tables.get(Table::Meta), keys::CHECKPOINT, checkpoint.to_string());
-        batch.commit().map_err(|e| storage("committing a batch", e))?;
-        Ok(Recent(self.overlay))
+    /// The rows the batch changed, ready to commit.
+    pub(super) fn finish(self) -> Changed {
+        Changed(self.overlay)
     }
 
     fn apply(&mut self, change: Change) {
@@ -186,7 +155,11 @@ impl<'a> Fold<'a> {
             Change::Message(conversation, id, message) => {
                 self.put(Table::Messages, keys::ids(&[conversation.0, id.0]), message)
             }
-            Change::ClientId(key, message) => self.put(Table::ClientIds, client_key(&key), message),
+            Change::ClientId(key, message) => {
+                let key = client_key(&key);
+                self.client_ids.insert(&key);
+                self.put(Table::ClientIds, key, message)
+            }
             Change::Marker(conversation, user, read) => {
                 self.put(Table::Reads, keys::ids(&[conversation.0, user.0]), read)
             }
@@ -214,6 +187,49 @@ impl<'a> Fold<'a> {
             true => self.put(table, key, ()),
             false => self.remove(table, key),
         }
+    }
+}
+
+impl Changed {
+    /// Writes the rows and the checkpoint atomically. With `sync`, the journal is synced before
+    /// this returns, with every write before it, so what it wrote survives `kill -9` and power
+    /// loss alike; without, it is as durable as the next commit that syncs.
+    pub(super) fn commit(
+        &self,
+        db: &Database,
+        tables: &Tables,
+        checkpoint: &Cursor,
+        sync: bool,
+    ) -> Result<(), StoreError> {
+        let rows = self.0.iter().map(BTreeMap::len).sum::<usize>();
+        // Sized up front: growing a batch of thousands of items by doubling copied it over and
+        // over, into memory fresh from the OS each time.
+        let mut batch = OwnedWriteBatch::with_capacity(db.clone(), rows + 1)
+            .durability(sync.then_some(PersistMode::SyncAll));
+        for (&table, rows) in Table::ALL.iter().zip(&self.0) {
+            let space = tables.get(table);
+            for (key, value) in rows {
+                match value {
+                    Some(row) => {
+                        let bytes = row.encode().map_err(|e| {
+                            storage(
+                                format_args!(
+                                    "encoding {}/{}",
+                                    table.name(),
+                                    table.describe_key(key)
+                                ),
+                                e,
+                            )
+                        })?;
+                        batch.insert(space, key.clone(), bytes);
+                    }
+                    None => batch.remove(space, key.clone()),
+                }
+            }
+        }
+        batch.insert(tables.get(Table::Meta), keys::CHECKPOINT, checkpoint.to_string());
+        batch.commit().map_err(|e| storage("committing a batch", e))?;
+        Ok(())
     }
 }
 
@@ -262,9 +278,7 @@ impl Rows for Fold<'_> {
     /// Most sends are new, and the filter says so without a lookup.
     fn client_id(&self, key: &ClientKey) -> Result<Option<MessageId>, StoreError> {
         let key = client_key(key);
-        if !self.overlay[Table::ClientIds as usize].contains_key(&key)
-            && !self.client_ids.may_contain(&key)
-        {
+        if !self.client_ids.may_contain(&key) {
             return Ok(None);
         }
         self.get(Table::ClientIds, &key)

@@ -5,11 +5,13 @@
 //! - `fold` applies a batch of events by `store::rules`, atomically with the checkpoint;
 //! - `filter` keeps the client ids in memory, for the retry check of every send;
 //! - `query` answers reads, each from one snapshot;
-//! - `background` is the thread that applies batches, one at a time and at a low priority.
+//! - `background` is the pair of threads that fold and commit batches, in order and at a low
+//!   priority.
 //!
-//! fjall is synchronous and a batch ends in an fsync, so batches are applied on that thread
+//! fjall is synchronous and a batch ends in an fsync, so batches are applied on those threads
 //! rather than on the one that polls `apply`.
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -20,9 +22,9 @@ use fjall::{Database, Readable};
 use switchboard_ingest::log::Cursor;
 use switchboard_schemas::{CallId, ConversationId, MediaId, MessageId, UserId};
 
-use self::background::Background;
+use self::background::{Background, Committer, Pending};
 use self::filter::KeyFilter;
-use self::fold::{Fold, Recent};
+use self::fold::{Changed, Fold};
 use self::keys::Table;
 use self::query::View;
 use self::tables::{Tables, storage};
@@ -40,6 +42,14 @@ mod tables;
 #[cfg(test)]
 mod tests;
 
+/// How many events are folded into one atomic commit at most. A larger batch is committed in
+/// parts, each with the checkpoint just past its events, and each part is folded while the one
+/// before it is being committed: that splits a catch-up's work over two threads. Small enough
+/// to split the projector's catch-up batches in sixteen, large enough that a busy conversation's
+/// rows are still written once for many of its events. The projector's live batches are never
+/// larger, so each of them is one commit.
+const COMMIT_EVERY: usize = 2048;
+
 /// The read models kept in a directory on local disk. Cheap to share behind an `Arc`.
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
@@ -55,13 +65,106 @@ struct Inner {
     client_ids: KeyFilter,
     /// Tells the loader to stop: the store is being dropped.
     closing: AtomicBool,
-    /// The rows of the batch applied last. Only the store thread takes it.
-    recent: Mutex<Recent>,
+    /// The rows of the batch applied last. Only the fold thread takes it.
+    recent: Mutex<Option<Arc<Changed>>>,
 }
 
 impl Inner {
     fn view(&self) -> View<'_> {
         View::new(&self.tables, self.db.snapshot())
+    }
+
+    /// Folds `events` on the calling thread, [`COMMIT_EVERY`] at a time, and commits each part
+    /// on the commit thread while the next one is folded. Returns once every part is committed,
+    /// the last with `checkpoint`.
+    fn apply(
+        self: &Arc<Inner>,
+        committer: &Committer,
+        events: &[Logged],
+        checkpoint: &Cursor,
+    ) -> Result<(), StoreError> {
+        // Taken out for the batch and put back only once all of it is committed: after a batch
+        // that failed or panicked, the next one reads everything from the store.
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let mut reached = self.view().checkpoint()?;
+        let mut committing = Committing::new(committer);
+        let parts: Vec<&[Logged]> =
+            if events.is_empty() { vec![&[]] } else { events.chunks(COMMIT_EVERY).collect() };
+        let last = parts.len() - 1;
+        for (i, part) in parts.into_iter().enumerate() {
+            // This part's fold reads the store beneath `recent`, the part before it, so every
+            // part before that one must be in the store by now.
+            committing.wait_until(1)?;
+            let mut fold = Fold::new(self.view(), recent.take(), &self.client_ids);
+            for logged in part {
+                fold.event(logged)?;
+                // Past the part's events, but only where the batch's checkpoint goes as far.
+                if checkpoint.has_passed(logged.position) {
+                    reached.advance(logged.position);
+                }
+            }
+            if i == last {
+                reached = reached.furthest(checkpoint);
+            }
+            let changed = Arc::new(fold.finish());
+            // Only the last part syncs: the journal is written in order, so its sync makes every
+            // part before it durable too, and a crash before it leaves some first parts, each
+            // with its own checkpoint.
+            let (inner, rows, at, sync) =
+                (Arc::clone(self), Arc::clone(&changed), reached.clone(), i == last);
+            committing.start(move || rows.commit(&inner.db, &inner.tables, &at, sync));
+            recent = Some(changed);
+        }
+        committing.wait_until(0)?;
+        *self.recent.lock().unwrap_or_else(PoisonError::into_inner) = recent;
+        Ok(())
+    }
+}
+
+/// The parts of one batch handed to the commit thread and not yet seen committed, oldest first.
+///
+/// A part is folded on top of the one before it, so once a part fails, the parts queued after it
+/// must not be written either: they are refused. Dropping this waits for every part, so that a
+/// fold that failed or panicked leaves no commit behind to race the next batch's fold.
+struct Committing<'a> {
+    committer: &'a Committer,
+    parts: VecDeque<Pending<()>>,
+    /// Set while a part is being written and left set if it fails or panics.
+    failed: Arc<AtomicBool>,
+}
+
+impl<'a> Committing<'a> {
+    fn new(committer: &'a Committer) -> Committing<'a> {
+        Committing { committer, parts: VecDeque::new(), failed: Arc::default() }
+    }
+
+    /// Queues `commit` behind the parts queued before it, unless one of them has failed.
+    fn start(&mut self, commit: impl FnOnce() -> Result<(), StoreError> + Send + 'static) {
+        let failed = Arc::clone(&self.failed);
+        self.parts.push_back(self.committer.start(move || {
+            if failed.swap(true, Ordering::AcqRel) {
+                return Err(storage("committing a batch", "an earlier part of it was not written"));
+            }
+            commit()?;
+            failed.store(false, Ordering::Release);
+            Ok(())
+        }));
+    }
+
+    /// Waits until at most `left` parts are still queued or being written.
+    fn wait_until(&mut self, left: usize) -> Result<(), StoreError> {
+        while self.parts.len() > left {
+            self.parts.pop_front().map_or(Ok(()), Pending::wait)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Committing<'_> {
+    fn drop(&mut self) {
+        for part in self.parts.drain(..) {
+            let _ = part.wait();
+        }
     }
 }
 
@@ -144,26 +247,12 @@ impl ReadModel for EmbeddedStore {
 
     async fn apply(&self, events: &[Logged], checkpoint: &Cursor) -> Result<(), StoreError> {
         let inner = Arc::clone(&self.inner);
+        let committer = self.background.committer()?;
         let events = events.to_vec();
         let checkpoint = checkpoint.clone();
-        // A fold that panicked left nothing half-written: nothing is written before the commit.
-        self.background
-            .run(move || {
-                let checkpoint = inner.view().checkpoint()?.furthest(&checkpoint);
-                // Taken out for the batch and put back only once it is committed: after a batch
-                // that failed or panicked, the next one reads everything from the store.
-                let recent = std::mem::take(
-                    &mut *inner.recent.lock().unwrap_or_else(PoisonError::into_inner),
-                );
-                let mut fold = Fold::new(inner.view(), recent, &inner.client_ids);
-                for logged in &events {
-                    fold.event(logged)?;
-                }
-                *inner.recent.lock().unwrap_or_else(PoisonError::into_inner) =
-                    fold.commit(&inner.db, &inner.tables, &checkpoint)?;
-                Ok(())
-            })
-            .await
+        // A batch that fails or panics part way leaves the parts before, each whole and with its
+        // own checkpoint, and nothing of the rest.
+        self.background.run(move || inner.apply(&committer, &events, &checkpoint)).await
     }
 
     async fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {

@@ -12,7 +12,7 @@ use switchboard_schemas::{
 };
 use tempfile::TempDir;
 
-use super::EmbeddedStore;
+use super::{COMMIT_EVERY, EmbeddedStore};
 use crate::store::{Logged, ReadModel, StoreError, conformance, history};
 
 fn open(dir: &Path) -> EmbeddedStore {
@@ -205,6 +205,54 @@ async fn batching_does_not_change_the_result() -> Result<(), StoreError> {
     assert!(dump.contains("messages 10/102 "), "{dump}");
     assert!(dump.contains("reads 10/1 "), "{dump}");
     assert_eq!(in_one.checkpoint().await?.get(Topic::Messages, 0), Some(5));
+    Ok(())
+}
+
+/// A batch longer than one commit is folded in parts, each on top of the part before while that
+/// one is still being written: it ends as the same events applied in small batches do, retries of
+/// sends from earlier parts included.
+#[tokio::test]
+async fn a_batch_committed_in_parts_folds_as_one() -> Result<(), StoreError> {
+    let mut events = history();
+    let sends = 2 * COMMIT_EVERY + 100;
+    let send = |i: usize, client_msg_id: String| {
+        logged(
+            5 + i as u64,
+            2_000 + i as i64,
+            MessageSent {
+                conversation_id: ConversationId(10),
+                message_id: MessageId(1_000 + i as i64),
+                sender: UserId(2),
+                client_msg_id,
+                body: format!("part of a long batch {i}"),
+                reply_to: None,
+                attachments: Vec::new(),
+            },
+        )
+    };
+    for i in 0..sends {
+        // Every 1,000th send retries the very first one, from the later parts.
+        let client_msg_id =
+            if i > 0 && i % 1_000 == 0 { "long-0".to_owned() } else { format!("long-{i}") };
+        events.push(send(i, client_msg_id));
+    }
+    let retries = (sends - 1) / 1_000;
+
+    let (whole_dir, small_dir) =
+        (TempDir::new().expect("temp dir"), TempDir::new().expect("temp dir"));
+    let (whole, in_small_batches) = (open(whole_dir.path()), open(small_dir.path()));
+    whole.apply(&events, &cursor_after(&events)).await?;
+    let mut applied = 0;
+    for batch in events.chunks(500) {
+        applied += batch.len();
+        in_small_batches.apply(batch, &cursor_after(&events[..applied])).await?;
+    }
+
+    let conversation = whole.conversation(ConversationId(10)).await?.expect("the conversation");
+    assert_eq!(conversation.message_count as usize, 3 + sends - retries);
+    assert_eq!(whole.message(ConversationId(10), MessageId(2_000)).await?, None, "a retry");
+    assert_eq!(whole.checkpoint().await?, cursor_after(&events));
+    assert_eq!(whole.dump().await?, in_small_batches.dump().await?);
     Ok(())
 }
 
