@@ -3,8 +3,9 @@
 //! A [`Fold`] reads the store through a snapshot taken when the batch starts and keeps every row
 //! the batch touches in an in-memory overlay, so an event sees what the events before it in the
 //! same batch did (the second of two messages in one batch gets `seq` 2). Nothing reaches the
-//! store until [`Fold::commit`], which writes the overlay and the checkpoint as one atomic fjall
-//! batch: after a crash the store holds either all of a batch and its checkpoint, or neither.
+//! store until [`Changed::commit`] writes the overlay, once the batch is folded, and the
+//! checkpoint as one atomic fjall batch: after a crash the store holds either all of a batch and
+//! its checkpoint, or neither.
 //!
 //! Rows stay typed in the overlay until the commit encodes them, so a row that every event of a
 //! busy conversation rewrites (its stats, the sender's read marker) is encoded once per batch,
