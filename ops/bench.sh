@@ -231,6 +231,14 @@ rebuild)
     "$bin" load --url "http://127.0.0.1:$port" --connections "$connections" --rate "$rate" \
         --duration "$fill" "${load_args[@]}" >"$out/rebuild-fill.txt" 2>&1 || true
     stop_server
+    # CPU ticks of a thread, per event replayed (`events`), in µs.
+    per_event() {
+        if [ -n "$1" ] && [ "${events:-0}" -gt 0 ]; then
+            awk -v t="$1" -v hz="$(getconf CLK_TCK)" -v n="$events" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }'
+        else
+            printf '—'
+        fi
+    }
     printf '%s\n' "| run | into | events | seconds | events/s | fold thread µs/event | commit thread µs/event |" "|---|---|---|---|---|---|---|"
     for run in $(seq 1 "$runs"); do
         into="$data/rebuilt-$run"
@@ -257,13 +265,6 @@ rebuild)
         wait "$rebuilding"
         # "rebuilt the read models from N events in S s (R events/s), to the end of the log"
         events=$(sed -nE 's/^rebuilt the read models from ([0-9]+) events.*/\1/p' "$report")
-        per_event() {
-            if [ -n "$1" ] && [ "${events:-0}" -gt 0 ]; then
-                awk -v t="$1" -v hz="$(getconf CLK_TCK)" -v n="$events" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }'
-            else
-                printf '—'
-            fi
-        }
         threads_us="$(per_event "$fold_ticks") | $(per_event "$commit_ticks")"
         sed -E "s/^rebuilt the read models from ([0-9]+) events in ([0-9.]+) s \(([0-9]+) events\/s\).*/| $run | $mode | \1 | \2 | \3 | $threads_us |/" "$report"
     done
