@@ -55,18 +55,21 @@ impl Background {
     pub(super) fn start(dir: PathBuf) -> Result<(Background, Database), StoreError> {
         let (opened, open_result) = mpsc::channel();
         let (folds, fold_queue) = mpsc::channel::<Job>();
+        let (commits, commit_queue) = mpsc::channel::<Job>();
         let fold_thread = worker("store-fold", fold_queue, move || {
             let open = switchboard_ingest::embedded_db::builder(&dir)
                 .open()
                 .map_err(|e| storage(format_args!("opening {}", dir.display()), e));
             opened.send(open).is_ok()
         })?;
-        let mut background =
-            Background { folds: Some(folds), committer: None, threads: vec![fold_thread] };
-        let db = open_result.recv().map_err(|e| storage("opening the store", e))??;
-        let (commits, commit_queue) = mpsc::channel::<Job>();
+        // Built before anything else can fail, so that dropping it stops the fold thread.
+        let mut background = Background {
+            folds: Some(folds),
+            committer: Some(Committer(commits)),
+            threads: vec![fold_thread],
+        };
         background.threads.push(worker("store-commit", commit_queue, || true)?);
-        background.committer = Some(Committer(commits));
+        let db = open_result.recv().map_err(|e| storage("opening the store", e))??;
         Ok((background, db))
     }
 
