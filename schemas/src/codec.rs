@@ -14,18 +14,23 @@
 //!   whole schema and was most of the cost of an append. That serialiser looks up named types
 //!   only in the schema it is given, so the schema it gets has every reference to a named type
 //!   replaced by the type itself ([`inline_references`]);
-//! - decoding reads with a [`GenericSingleObjectReader`] per registered version, which resolves
-//!   the schema's names once; its header is the Confluent frame prefix, so it also checks that.
+//! - decoding deserialises the Avro bytes straight into the event's structs with
+//!   [`serde_avro_fast`], guided by the schema version the frame names, parsed once per version.
+//!   apache-avro would first build a generic value, a `String` per field name included, and
+//!   then deserialise that, at about four times the CPU per event.
+//!   Fields a later version added are filled from the structs' own defaults (`#[serde(default)]`,
+//!   `None` for an option), as the registered defaults say.
 
 use std::collections::HashMap;
-use std::sync::{Once, OnceLock};
+use std::fmt;
+use std::sync::OnceLock;
 
-use apache_avro::GenericSingleObjectReader;
 use apache_avro::Schema;
-use apache_avro::headers::HeaderBuilder;
 use apache_avro::schema::{Name, RecordSchema, ResolvedSchema, UnionSchema};
-use apache_avro::types::Value;
-use serde::{Serialize, Serializer};
+use serde::de::{self, DeserializeSeed, EnumAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_avro_fast::de::read::SliceRead;
+use serde_avro_fast::de::{DeserializerConfig, DeserializerState};
 
 use crate::events::{Event, EventMeta, Payload};
 use crate::ids::UserId;
@@ -46,6 +51,10 @@ pub enum CodecError {
     UnknownRecord(String),
     #[error("avro: {0}")]
     Avro(#[from] Box<apache_avro::Error>),
+    #[error("schema {subject} does not parse for decoding: {source}")]
+    ReaderSchema { subject: &'static str, source: serde_avro_fast::schema::SchemaError },
+    #[error("avro: {0}")]
+    Decode(#[from] serde_avro_fast::de::DeError),
 }
 
 impl From<apache_avro::Error> for CodecError {
@@ -54,13 +63,11 @@ impl From<apache_avro::Error> for CodecError {
     }
 }
 
-/// The longest string or bytes value, and the most items of an array or map, a decoded event may
-/// hold. apache-avro reserves room for as many items as a frame claims before reading them, and
-/// bounds that claim by this count rather than by bytes: by default 512 Mi items, so that a frame
-/// of a few bytes could make a reader ask for tens of gigabytes and abort the process (found by
-/// the `event_frame` fuzz target). At 4 Mi, a false claim reserves at most a few hundred megabytes
-/// of address space, untouched and given back once the read fails, while every real event is far
-/// smaller: a message body, the largest field, is at most `max_message_bytes`.
+/// The longest string, and the most items of an array, an event may hold: a message body, the
+/// largest field, is at most `max_message_bytes`, which may not exceed this. A decoded string
+/// cannot be longer than its frame, and the decoder refuses an array claiming more items than
+/// this rather than reading on: a frame of a few hundred bytes once claimed billions (found by the
+/// `event_frame` fuzz target), and apache-avro, the decoder then, asked for tens of gigabytes.
 pub const MAX_FIELD_LENGTH: usize = 4 * 1024 * 1024;
 
 /// Encodes and decodes [`Event`]s against the [`Registry`].
@@ -77,18 +84,11 @@ impl Default for Codec {
 
 impl Codec {
     pub fn new() -> Codec {
-        // Two process-wide switches of apache-avro, set before it reads anything: ids are Avro
-        // `long`s but JSON strings, and tell the two apart by `is_human_readable`, which the first
-        // switch sets; the second is the bound of [`MAX_FIELD_LENGTH`].
-        static SETTINGS: Once = Once::new();
-        SETTINGS.call_once(|| {
-            apache_avro::util::set_serde_human_readable(false);
-            let limit = apache_avro::util::max_allocation_bytes(MAX_FIELD_LENGTH);
-            assert_eq!(
-                limit, MAX_FIELD_LENGTH,
-                "apache-avro decoded something before the codec was made"
-            );
-        });
+        // Ids are Avro `long`s but JSON strings, and tell the two apart by `is_human_readable`,
+        // which this process-wide switch of apache-avro's serialiser turns off. It holds from the
+        // first serialisation on, so it must come before.
+        let human_readable = apache_avro::util::set_serde_human_readable(false);
+        assert!(!human_readable, "apache-avro serialised something before the codec was made");
         static PREPARED: OnceLock<Prepared> = OnceLock::new();
         let prepared = PREPARED.get_or_init(|| {
             Prepared::new(Registry::builtin())
@@ -118,46 +118,17 @@ impl Codec {
     }
 
     pub fn decode(&self, frame: &[u8]) -> Result<Event, CodecError> {
-        let [MAGIC, a, b, c, d, ..] = frame else {
+        let [MAGIC, a, b, c, d, datum @ ..] = frame else {
             return Err(CodecError::NotFramed);
         };
         let id = u32::from_be_bytes([*a, *b, *c, *d]);
-        let reader = self.prepared.readers.get(&id).ok_or(CodecError::UnknownSchema(id))?;
-        let not_envelope = || CodecError::NotAnEnvelope(reader.subject.to_owned());
-        let mut frame = frame;
-        let Value::Record(fields) = reader.reader.read_value(&mut frame)? else {
-            return Err(not_envelope());
-        };
-        let mut meta = EventMeta {
-            event_id: String::new(),
-            occurred_at: 0,
-            actor: None,
-            trace_id: String::new(),
-        };
-        let mut payload = None;
-        for (name, value) in fields {
-            match (name.as_str(), value) {
-                ("event_id", Value::String(s)) => meta.event_id = s,
-                ("occurred_at", Value::TimestampMillis(t) | Value::Long(t)) => meta.occurred_at = t,
-                ("actor", Value::Union(_, inner)) => {
-                    meta.actor = match *inner {
-                        Value::Long(id) => Some(UserId(id)),
-                        _ => None,
-                    }
-                }
-                ("trace_id", Value::String(s)) => meta.trace_id = s,
-                ("payload", Value::Union(index, inner)) => payload = Some((index, *inner)),
-                _ => {}
-            }
-        }
-        let (index, inner) = payload.ok_or_else(not_envelope)?;
-        let record = reader
-            .branches
-            .get(index as usize)
-            .ok_or_else(|| CodecError::UnknownRecord(format!("#{index}")))?;
-        let payload = Payload::from_avro(record, inner)
-            .ok_or_else(|| CodecError::UnknownRecord(record.clone()))??;
-        Ok(Event { meta, payload })
+        let schema = self.prepared.readers.get(&id).ok_or(CodecError::UnknownSchema(id))?;
+        let mut config = DeserializerConfig::new(schema);
+        config.max_seq_size = MAX_FIELD_LENGTH;
+        let mut state = DeserializerState::with_config(SliceRead::new(datum), config);
+        let envelope = DecodedEnvelope::deserialize(state.deserializer())?;
+        let DecodedEnvelope { event_id, occurred_at, actor, trace_id, payload } = envelope;
+        Ok(Event { meta: EventMeta { event_id, occurred_at, actor, trace_id }, payload: payload.0 })
     }
 }
 
@@ -165,8 +136,8 @@ impl Codec {
 struct Prepared {
     /// The latest version of each topic's schema, indexed by `Topic as usize`.
     writers: Vec<Writer>,
-    /// Every registered version, by id.
-    readers: HashMap<u32, Reader>,
+    /// Every registered version, by id, as the decoder reads it.
+    readers: HashMap<u32, serde_avro_fast::Schema>,
 }
 
 struct Writer {
@@ -174,12 +145,6 @@ struct Writer {
     /// The schema with its named-type references inlined.
     schema: Schema,
     /// The payload union's record names, in union order.
-    branches: Vec<String>,
-}
-
-struct Reader {
-    subject: &'static str,
-    reader: GenericSingleObjectReader,
     branches: Vec<String>,
 }
 
@@ -202,27 +167,14 @@ impl Prepared {
         let readers = registry
             .all()
             .map(|version| {
-                let header = ConfluentHeader(version.id);
-                let reader = GenericSingleObjectReader::new_with_header_builder(
-                    version.schema.clone(),
-                    header,
-                )?;
-                let branches = payload_branches(version)?;
-                Ok((version.id, Reader { subject: version.subject, reader, branches }))
+                let schema = version.text.parse().map_err(|source| CodecError::ReaderSchema {
+                    subject: version.subject,
+                    source,
+                })?;
+                Ok((version.id, schema))
             })
             .collect::<Result<_, CodecError>>()?;
         Ok(Prepared { writers, readers })
-    }
-}
-
-/// The Confluent frame prefix of one schema id.
-struct ConfluentHeader(u32);
-
-impl HeaderBuilder for ConfluentHeader {
-    fn build_header(&self) -> Vec<u8> {
-        let mut header = vec![MAGIC];
-        header.extend_from_slice(&self.0.to_be_bytes());
-        header
     }
 }
 
@@ -320,5 +272,69 @@ struct Branch<'a> {
 impl Serialize for Branch<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_newtype_variant("payload", self.index, self.record, self.payload)
+    }
+}
+
+/// The envelope record as the decoder reads it, of any registered version.
+#[derive(Deserialize)]
+struct DecodedEnvelope {
+    event_id: String,
+    occurred_at: i64,
+    actor: Option<UserId>,
+    trace_id: String,
+    payload: UnionPayload,
+}
+
+/// The payload, read from the branch of the topic's union the datum names. The decoder offers a
+/// union as an enum whose variant is named by the branch's full record name.
+struct UnionPayload(Payload);
+
+impl<'de> Deserialize<'de> for UnionPayload {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_enum("payload", Payload::RECORD_NAMES, PayloadVisitor)
+    }
+}
+
+struct PayloadVisitor;
+
+impl<'de> Visitor<'de> for PayloadVisitor {
+    type Value = UnionPayload;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a branch of an event payload union")
+    }
+
+    fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<UnionPayload, A::Error> {
+        let (record, variant) = data.variant_seed(RecordName)?;
+        Payload::from_variant(record, variant).map(UnionPayload)
+    }
+}
+
+/// A branch's record name, as the one of [`Payload::RECORD_NAMES`] it is; the decoder gives it
+/// with its namespace.
+struct RecordName;
+
+impl<'de> DeserializeSeed<'de> for RecordName {
+    type Value = &'static str;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<&'static str, D::Error> {
+        deserializer.deserialize_identifier(self)
+    }
+}
+
+impl Visitor<'_> for RecordName {
+    type Value = &'static str;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("the name of an event record")
+    }
+
+    fn visit_str<E: de::Error>(self, full_name: &str) -> Result<&'static str, E> {
+        let name = full_name.rsplit('.').next().unwrap_or(full_name);
+        Payload::RECORD_NAMES
+            .iter()
+            .find(|known| **known == name)
+            .copied()
+            .ok_or_else(|| E::unknown_variant(full_name, Payload::RECORD_NAMES))
     }
 }

@@ -97,6 +97,9 @@ macro_rules! events {
                 }
             }
 
+            /// Every [`Payload::record_name`], topic by topic.
+            pub(crate) const RECORD_NAMES: &[&str] = &[$($(stringify!($name),)*)*];
+
             /// The name clients see in pushed frames, such as `message.sent`.
             pub fn type_name(&self) -> &'static str {
                 match self {
@@ -111,13 +114,15 @@ macro_rules! events {
                 }
             }
 
-            pub(crate) fn from_avro(
+            /// Reads the payload of the record named `record_name` from the enum variant a
+            /// decoder offers a topic's union as.
+            pub(crate) fn from_variant<'de, A: serde::de::VariantAccess<'de>>(
                 record_name: &str,
-                value: apache_avro::types::Value,
-            ) -> Option<Result<Payload, apache_avro::Error>> {
+                variant: A,
+            ) -> Result<Payload, A::Error> {
                 match record_name {
-                    $($(stringify!($name) => Some(apache_avro::from_value::<$name>(&value).map(Payload::$name)),)*)*
-                    _ => None,
+                    $($(stringify!($name) => variant.newtype_variant().map(Payload::$name),)*)*
+                    other => Err(serde::de::Error::unknown_variant(other, Self::RECORD_NAMES)),
                 }
             }
         }
