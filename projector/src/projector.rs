@@ -161,8 +161,8 @@ impl Projector {
     /// many events were applied.
     async fn apply(&self, batch: Decoded) -> Result<u64, ProjectorError> {
         // Only the partitions of this batch: in a group, the others may belong to another worker.
-        self.store.apply(&batch.events, &batch.touched).await?;
         let applied = batch.events.len() as u64;
+        self.store.apply(batch.events, &batch.touched).await?;
         metrics::counter!("projector_events_applied_total").increment(applied);
         self.progress.advance(batch.reached);
         Ok(applied)

@@ -78,7 +78,7 @@ async fn apply(store: &dyn ReadModel, events: &[Logged]) -> Result<(), StoreErro
     for event in events {
         cursor.advance(event.position);
     }
-    store.apply(events, &cursor).await
+    store.apply(events.to_vec(), &cursor).await
 }
 
 fn register(id: UserId, handle: &str, at: i64) -> Logged {
@@ -721,12 +721,12 @@ pub async fn checkpoint_round_trip(store: &dyn ReadModel) -> Result<(), StoreErr
     let mut cursor = Cursor::default();
     cursor.set(Topic::Users, 0, 5);
     cursor.set(Topic::Messages, 3, 17);
-    store.apply(&[], &cursor).await?;
+    store.apply(Vec::new(), &cursor).await?;
     assert_eq!(store.checkpoint().await?, cursor);
 
     let event = register(user(), &format!("cp{}", fresh()), fresh());
     cursor.advance(Position { topic: Topic::Messages, partition: 3, offset: 40 });
-    store.apply(&[event], &cursor).await?;
+    store.apply(vec![event], &cursor).await?;
     assert_eq!(store.checkpoint().await?, cursor);
     Ok(())
 }

@@ -64,7 +64,7 @@ pub(crate) async fn deliver(
         for logged in batch {
             cursor.advance(logged.position);
         }
-        store.apply(batch, &cursor).await?;
+        store.apply(batch.clone(), &cursor).await?;
     }
     Ok(())
 }

@@ -178,7 +178,8 @@ pub trait ReadModel: Send + Sync + 'static {
     /// checkpoint of each partition `checkpoint` names to the offset it names; other partitions
     /// (another projector's, in a consumer group) keep theirs. Applying an event a second time
     /// changes nothing.
-    async fn apply(&self, events: &[Logged], checkpoint: &Cursor) -> Result<(), StoreError>;
+    /// The store takes the batch: the embedded one hands it to its own threads.
+    async fn apply(&self, events: Vec<Logged>, checkpoint: &Cursor) -> Result<(), StoreError>;
 
     async fn user(&self, id: UserId) -> Result<Option<User>, StoreError>;
     async fn user_by_handle(&self, handle: &str) -> Result<Option<User>, StoreError>;

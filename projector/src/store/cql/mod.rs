@@ -133,8 +133,8 @@ impl ReadModel for CqlStore {
         self.db.checkpoint(CHECKPOINT_CONSUMER).await
     }
 
-    async fn apply(&self, events: &[Logged], checkpoint: &Cursor) -> Result<(), StoreError> {
-        fold::apply(&self.db, events, checkpoint).await
+    async fn apply(&self, events: Vec<Logged>, checkpoint: &Cursor) -> Result<(), StoreError> {
+        fold::apply(&self.db, &events, checkpoint).await
     }
 
     async fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {

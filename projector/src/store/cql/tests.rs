@@ -400,7 +400,7 @@ async fn apply(store: &CqlStore, events: &[Logged]) -> Result<(), StoreError> {
     for event in events {
         cursor.advance(event.position);
     }
-    store.apply(events, &cursor).await
+    store.apply(events.to_vec(), &cursor).await
 }
 
 /// Applies `events` one batch each.

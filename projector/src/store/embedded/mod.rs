@@ -245,10 +245,9 @@ impl ReadModel for EmbeddedStore {
         self.read(|view| view.checkpoint()).await
     }
 
-    async fn apply(&self, events: &[Logged], checkpoint: &Cursor) -> Result<(), StoreError> {
+    async fn apply(&self, events: Vec<Logged>, checkpoint: &Cursor) -> Result<(), StoreError> {
         let inner = Arc::clone(&self.inner);
         let committer = self.background.committer()?;
-        let events = events.to_vec();
         let checkpoint = checkpoint.clone();
         // A batch that fails or panics part way leaves the parts before, each whole and with its
         // own checkpoint, and nothing of the rest.

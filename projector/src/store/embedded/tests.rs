@@ -143,7 +143,7 @@ async fn reopening_keeps_data_and_checkpoint() -> Result<(), StoreError> {
     let checkpoint = cursor_after(&events);
     let dump = {
         let store = open(dir.path());
-        store.apply(&events, &checkpoint).await?;
+        store.apply(events, &checkpoint).await?;
         store.dump().await?
     };
 
@@ -171,7 +171,7 @@ async fn reopening_keeps_data_and_checkpoint() -> Result<(), StoreError> {
         reply_to: None,
         attachments: Vec::new(),
     };
-    store.apply(&[logged(99, 2_000, retry)], &checkpoint).await?;
+    store.apply(vec![logged(99, 2_000, retry)], &checkpoint).await?;
     assert_eq!(store.message(ConversationId(10), MessageId(999)).await?, None);
     Ok(())
 }
@@ -193,9 +193,9 @@ async fn batching_does_not_change_the_result() -> Result<(), StoreError> {
     let (one_dir, each_dir) =
         (TempDir::new().expect("temp dir"), TempDir::new().expect("temp dir"));
     let (in_one, one_by_one) = (open(one_dir.path()), open(each_dir.path()));
-    in_one.apply(&events, &cursor_after(&events)).await?;
+    in_one.apply(events.clone(), &cursor_after(&events)).await?;
     for (i, event) in events.iter().enumerate() {
-        one_by_one.apply(std::slice::from_ref(event), &cursor_after(&events[..=i])).await?;
+        one_by_one.apply(vec![event.clone()], &cursor_after(&events[..=i])).await?;
     }
     let dump = in_one.dump().await?;
     assert_eq!(one_by_one.dump().await?, dump);
@@ -241,11 +241,11 @@ async fn a_batch_committed_in_parts_folds_as_one() -> Result<(), StoreError> {
     let (whole_dir, small_dir) =
         (TempDir::new().expect("temp dir"), TempDir::new().expect("temp dir"));
     let (whole, in_small_batches) = (open(whole_dir.path()), open(small_dir.path()));
-    whole.apply(&events, &cursor_after(&events)).await?;
+    whole.apply(events.clone(), &cursor_after(&events)).await?;
     let mut applied = 0;
     for batch in events.chunks(500) {
         applied += batch.len();
-        in_small_batches.apply(batch, &cursor_after(&events[..applied])).await?;
+        in_small_batches.apply(batch.to_vec(), &cursor_after(&events[..applied])).await?;
     }
 
     let conversation = whole.conversation(ConversationId(10)).await?.expect("the conversation");
@@ -266,7 +266,7 @@ async fn an_applied_batch_survives_an_abort() -> Result<(), StoreError> {
     let events = history();
     let checkpoint = cursor_after(&events);
     if let Some(dir) = std::env::var_os(ABORT_CHILD_DIR) {
-        open(Path::new(&dir)).apply(&events, &checkpoint).await?;
+        open(Path::new(&dir)).apply(events, &checkpoint).await?;
         std::process::abort();
     }
 
