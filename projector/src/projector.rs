@@ -68,7 +68,7 @@ impl Projector {
                 _ = stop.cancelled() => return Ok(()),
                 records = reader.next_batch(BATCH) => records?,
             };
-            self.apply(self.decode(records, &mut cursor)).await?;
+            self.apply(Decoded::new(self.codec, records, &mut cursor)).await?;
             reader.commit(&cursor).await?;
         }
     }
@@ -129,32 +129,25 @@ impl Projector {
             }
             records.retain(|record| until.has_passed(record.position));
             // A batch wholly past `until` has nothing to write.
-            if !records.is_empty() && batches.send(self.decode(records, &mut cursor)).await.is_err()
-            {
+            if records.is_empty() {
+                continue;
+            }
+            // On the blocking pool: a catch-up batch takes tens of milliseconds to decode, and
+            // the task that runs this one also hands the store its next batch, which would wait
+            // that long each time.
+            let codec = self.codec;
+            let decoding = tokio::task::spawn_blocking(move || {
+                let batch = Decoded::new(codec, records, &mut cursor);
+                (batch, cursor)
+            });
+            let (batch, advanced) =
+                decoding.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            cursor = advanced;
+            if batches.send(batch).await.is_err() {
                 return Ok(());
             }
         }
         Ok(())
-    }
-
-    /// Decodes `records` and moves `cursor` past them.
-    fn decode(&self, records: Vec<Record>, cursor: &mut Cursor) -> Decoded {
-        let mut events = Vec::with_capacity(records.len());
-        let mut touched = Cursor::default();
-        for record in records {
-            cursor.advance(record.position);
-            touched.advance(record.position);
-            match self.codec.decode(&record.value) {
-                Ok(event) => events.push(Logged { position: record.position, event }),
-                // A record no schema can read is skipped rather than stopping every read
-                // model behind it; it stays in the log for inspection.
-                Err(error) => {
-                    metrics::counter!("projector_undecodable_records_total").increment(1);
-                    tracing::error!(position = %record.position, %error, "skipping undecodable record");
-                }
-            }
-        }
-        Decoded { events, touched, reached: cursor.clone() }
     }
 
     /// Applies a decoded batch with the checkpoint moved past it, and tells waiters. Returns how
@@ -176,4 +169,26 @@ struct Decoded {
     touched: Cursor,
     /// Where the read models stand once the batch is applied.
     reached: Cursor,
+}
+
+impl Decoded {
+    /// Decodes `records` and moves `cursor` past them.
+    fn new(codec: Codec, records: Vec<Record>, cursor: &mut Cursor) -> Decoded {
+        let mut events = Vec::with_capacity(records.len());
+        let mut touched = Cursor::default();
+        for record in records {
+            cursor.advance(record.position);
+            touched.advance(record.position);
+            match codec.decode(&record.value) {
+                Ok(event) => events.push(Logged { position: record.position, event }),
+                // A record no schema can read is skipped rather than stopping every read
+                // model behind it; it stays in the log for inspection.
+                Err(error) => {
+                    metrics::counter!("projector_undecodable_records_total").increment(1);
+                    tracing::error!(position = %record.position, %error, "skipping undecodable record");
+                }
+            }
+        }
+        Decoded { events, touched, reached: cursor.clone() }
+    }
 }
