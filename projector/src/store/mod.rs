@@ -177,8 +177,7 @@ pub trait ReadModel: Send + Sync + 'static {
     /// Folds `events` (in log order within each partition) into the read models and moves the
     /// checkpoint of each partition `checkpoint` names to the offset it names; other partitions
     /// (another projector's, in a consumer group) keep theirs. Applying an event a second time
-    /// changes nothing.
-    /// The store takes the batch: the embedded one hands it to its own threads.
+    /// changes nothing. The store takes the batch, which the embedded one hands to its threads.
     async fn apply(&self, events: Vec<Logged>, checkpoint: &Cursor) -> Result<(), StoreError>;
 
     async fn user(&self, id: UserId) -> Result<Option<User>, StoreError>;
