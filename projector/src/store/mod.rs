@@ -19,6 +19,7 @@ pub(crate) mod dump;
 pub mod embedded;
 #[cfg(test)]
 pub(crate) mod history;
+mod key_filter;
 pub(crate) mod rows;
 pub mod rules;
 

@@ -16,7 +16,8 @@
 //!
 //! 1. reads, up front and concurrently, every row its events may consult (a send needs its
 //!    client id, the conversation's stats and the sender's read marker), so a lane
-//!    of a thousand sends waits for about one round trip of reads, not a thousand;
+//!    of a thousand sends waits for about one round trip of reads, not a thousand; rows the
+//!    store carries from the batch before, or knows not to exist, are not read (see `carried`);
 //! 2. folds its events one by one into those rows in memory, so that each event sees what the
 //!    ones before it did (the second of two sends in a batch gets `seq` 2). What an event changes
 //!    is decided by `store::rules`, as for the embedded store; the lane only serves the rules
@@ -48,7 +49,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use futures_util::{TryStreamExt, stream};
+use futures_util::{StreamExt, TryStreamExt, stream};
 use scylla::statement::batch::BatchType;
 use switchboard_ingest::log::Cursor;
 use switchboard_schemas::{
@@ -57,6 +58,7 @@ use switchboard_schemas::{
     MessageEdited, MessageId, MessageSent, Payload, ReadUpTo, UserId,
 };
 
+use super::carried::{Carried, LaneRows};
 use super::lane::{CallIndex, Lane, Writes};
 use super::rows::{CheckpointRow, Db, StatsRow};
 use super::{CHECKPOINT_CONSUMER, bucket};
@@ -73,22 +75,28 @@ use crate::store::{Logged, StoreError};
 /// meanwhile (measured: 64 → 256 raised one-message lanes by about half, 1024 added little).
 const LANES_IN_FLIGHT: usize = 256;
 
-/// Applies `events` lane by lane, then moves the checkpoint to `checkpoint`.
+/// Applies `events` lane by lane, with the rows `carried` from the batch before where they still
+/// hold, then moves the checkpoint to `checkpoint`. Returns the rows to carry into the next batch.
 pub(super) async fn apply(
     db: &Db,
     events: &[Logged],
     checkpoint: &Cursor,
-) -> Result<(), StoreError> {
+    carried: Carried,
+) -> Result<Carried, StoreError> {
+    let mut carried = carried.for_batch(db, events).await?;
     let mut lanes: HashMap<LaneKey, Vec<&Logged>> = HashMap::new();
     for logged in events {
         if let Some(lane) = lane_of(&logged.event.payload) {
             lanes.entry(lane).or_default().push(logged);
         }
     }
-    stream::iter(lanes.into_values().map(Ok))
-        .try_for_each_concurrent(LANES_IN_FLIGHT, |events| Lane::new(db).run(events))
-        .await?;
-    write_checkpoint(db, checkpoint).await
+    let runs: Vec<_> =
+        lanes.into_values().map(|events| Lane::new(db).run(events, &carried)).collect();
+    let ended: Vec<LaneRows> =
+        stream::iter(runs).buffer_unordered(LANES_IN_FLIGHT).try_collect().await?;
+    write_checkpoint(db, checkpoint).await?;
+    carried.applied(ended, checkpoint);
+    Ok(carried)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -1,8 +1,9 @@
 //! One lane's working set: the rows its events read, changed in memory and written back.
 //!
-//! [`Lane::run`] reads every row the lane's events may consult ([`Wanted`]) concurrently, folds
-//! the events one by one (`fold.rs`, by `store::rules`), and writes the rows that changed in
-//! logged batches of a few events each, one batch after another. [`Table`] holds one table's rows
+//! [`Lane::run`] reads every row the lane's events may consult ([`Wanted`]) that the store does
+//! not carry ([`Carried`]), concurrently; folds the events one by one (`fold.rs`, by
+//! `store::rules`); and writes the rows that changed in logged batches of a few events each, one
+//! batch after another; then hands its rows back to be carried. [`Table`] holds one table's rows
 //! with what changed since the last batch, so that a row changed by several events of a batch is
 //! written once, with its latest value: two writes of one row in one batch would share a
 //! timestamp, and the engine would then keep the larger value, not the later one.
@@ -18,6 +19,7 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use switchboard_schemas::{ConversationId, MediaId, MessageId, Payload, UserId};
 
+use super::carried::{Carried, LaneRows};
 use super::error::failed;
 use super::fold::Wanted;
 use super::rows::{
@@ -111,6 +113,11 @@ impl<K: Hash + Eq + Debug, V> Table<K, V> {
     /// Every changed row that still exists.
     fn upserted(&self) -> impl Iterator<Item = &V> {
         self.changed().filter_map(|(_, value)| value)
+    }
+
+    /// Every row, as read or last changed: `None` for one known not to exist.
+    fn into_rows(self) -> impl Iterator<Item = (K, Option<V>)> {
+        self.rows.into_iter().map(|(key, row)| (key, row.value))
     }
 
     fn written(&mut self) {
@@ -230,8 +237,16 @@ impl<'a> Lane<'a> {
         }
     }
 
-    pub(super) async fn run(mut self, events: Vec<&Logged>) -> Result<(), StoreError> {
-        self.read(Wanted::of(&events)).await?;
+    /// Reads, folds and writes the lane's `events`, taking the rows `carried` holds instead of
+    /// reading them; returns the rows to carry into the next batch.
+    pub(super) async fn run(
+        mut self,
+        events: Vec<&Logged>,
+        carried: &Carried,
+    ) -> Result<LaneRows, StoreError> {
+        let mut wanted = Wanted::of(&events);
+        self.take_carried(&mut wanted, carried);
+        self.read(wanted).await?;
         let (mut pending, mut bytes) = (0, 0);
         for logged in events {
             self.fold(logged)?;
@@ -242,7 +257,42 @@ impl<'a> Lane<'a> {
                 (pending, bytes) = (0, 0);
             }
         }
-        self.write().await
+        self.write().await?;
+        let client_ids = self.client_ids.into_rows().filter(|(_, message)| message.is_some());
+        Ok(LaneRows {
+            stats: self.stats.into_rows().collect(),
+            markers: self.markers.into_rows().collect(),
+            client_ids: client_ids.map(|(key, _)| key).collect(),
+        })
+    }
+
+    /// Loads the wanted rows `carried` holds or knows not to exist, and takes them off the list
+    /// to read: a conversation's markers only when every wanted user's is carried, as they are
+    /// read together.
+    fn take_carried(&mut self, wanted: &mut Wanted, carried: &Carried) {
+        wanted.client_ids.retain(|key| {
+            let new = carried.is_new(key);
+            if new {
+                self.client_ids.loaded(key.clone(), None);
+            }
+            !new
+        });
+        wanted.stats.retain(|conversation| match carried.stats.get(conversation) {
+            Some(row) => {
+                self.stats.loaded(*conversation, row.clone());
+                false
+            }
+            None => true,
+        });
+        wanted.markers.retain(|&conversation, users| {
+            let rows: Option<Vec<_>> =
+                users.iter().map(|&user| carried.markers.get(&(conversation, user))).collect();
+            let Some(rows) = rows else { return true };
+            for (&user, row) in users.iter().zip(rows) {
+                self.markers.loaded((conversation, user), *row);
+            }
+            false
+        });
     }
 
     async fn read(&mut self, wanted: Wanted) -> Result<(), StoreError> {
@@ -326,13 +376,13 @@ impl<'a> Lane<'a> {
         for (key, message) in client_ids {
             self.client_ids.loaded(key, message.map(MessageId));
         }
+        // Every marker read is kept, wanted or not, so that the next batch may find it carried.
         for (conversation, rows) in markers {
-            let mut found = HashMap::new();
-            for row in rows {
-                found.insert(row.user_id, row.record()?);
-            }
             for &user in &wanted.markers[&conversation] {
-                self.markers.loaded((conversation, user), found.remove(&user));
+                self.markers.loaded((conversation, user), None);
+            }
+            for row in rows {
+                self.markers.loaded((conversation, row.user_id), Some(row.record()?));
             }
         }
         for (user, at) in seen {

@@ -10,6 +10,7 @@
 //!   them;
 //! - `fold` applies a batch of events: it splits the batch into lanes, holds the rules each
 //!   event follows, and moves the checkpoint; `lane` reads, folds and writes one lane's rows;
+//!   `carried` keeps the rows every send consults from one batch for the next;
 //! - `query` answers reads;
 //! - `error` sorts driver errors into "try again later" and the rest.
 //!
@@ -50,6 +51,7 @@
 //! message; a page walks the buckets in between downwards from the one holding `before`, one
 //! query per bucket, until it is full.
 
+mod carried;
 mod config;
 mod dump;
 mod error;
@@ -63,6 +65,7 @@ mod statements;
 #[cfg(test)]
 mod tests;
 
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -70,6 +73,7 @@ use switchboard_ingest::ids::timestamp_ms;
 use switchboard_ingest::log::Cursor;
 use switchboard_schemas::{CallId, ConversationId, MediaId, MessageId, UserId};
 
+use self::carried::Carried;
 pub use self::config::{CqlConfig, DEFAULT_PORT, Replication, UrlError};
 use self::rows::Db;
 pub use self::session::open as open_session;
@@ -98,9 +102,16 @@ fn bucket(message: i64) -> i32 {
 /// conversation's events are applied by one of them at a time, as the log's partitioning ensures.
 pub struct CqlStore {
     db: Db,
+    /// Rows the last batch ended with, for the next one; taken out while a batch is applied.
+    carried: Mutex<Carried>,
 }
 
 impl CqlStore {
+    fn carried(&self) -> std::sync::MutexGuard<'_, Carried> {
+        // Whatever a panicking holder left is a whole `Carried`.
+        self.carried.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Connects to the cluster, creates or migrates the keyspace and prepares every statement.
     /// A cluster that cannot be reached is [`StoreError::Unavailable`].
     pub async fn connect(config: CqlConfig) -> Result<CqlStore, StoreError> {
@@ -120,7 +131,7 @@ impl CqlStore {
                 Err(error) => return Err(error),
             }
         };
-        Ok(CqlStore { db: Db { session, statements } })
+        Ok(CqlStore { db: Db { session, statements }, carried: Mutex::default() })
     }
 }
 
@@ -134,7 +145,12 @@ impl ReadModel for CqlStore {
     }
 
     async fn apply(&self, events: Vec<Logged>, checkpoint: &Cursor) -> Result<(), StoreError> {
-        fold::apply(&self.db, &events, checkpoint).await
+        // A batch that fails, or is given up halfway, leaves nothing carried: its rows may not
+        // have landed.
+        let carried = std::mem::take(&mut *self.carried());
+        let carried = fold::apply(&self.db, &events, checkpoint, carried).await?;
+        *self.carried() = carried;
+        Ok(())
     }
 
     async fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {

@@ -561,6 +561,60 @@ async fn long_lanes_are_written_in_several_batches() -> Result<(), StoreError> {
     .await
 }
 
+/// Two stores taking turns at a conversation's partition, as projectors do when the log's
+/// partitions move between nodes: each batch folds what the other wrote in between, even though
+/// a store carries the rows of its own last batch into the next.
+#[tokio::test]
+async fn a_store_sees_what_another_applied_between_its_batches() -> Result<(), StoreError> {
+    in_keyspace(|config| async move {
+        let first = CqlStore::connect(config.clone()).await?;
+        let second = CqlStore::connect(config).await?;
+        let (a, b, c) = (UserId(1), UserId(2), ConversationId(10));
+        apply(&first, &[send(0, c, MessageId(100), a), send(1, c, MessageId(101), b)]).await?;
+        apply(&second, &[send(2, c, MessageId(102), a)]).await?;
+        apply(&first, &[send(3, c, MessageId(103), b)]).await?;
+
+        let seqs: Vec<(i64, u64)> =
+            first.messages(c, None, 10).await?.iter().map(|m| (m.id.0, m.seq)).collect();
+        assert_eq!(seqs, [(103, 4), (102, 3), (101, 2), (100, 1)]);
+        Ok(())
+    })
+    .await
+}
+
+/// A store that wrote every client id of its keyspace so far takes them as known, and reads
+/// them again once it takes up a partition another store has written: a retried send logged
+/// there is still told apart from a new one.
+#[tokio::test]
+async fn a_partition_taken_up_from_another_store_has_its_client_ids_read() -> Result<(), StoreError>
+{
+    in_keyspace(|config| async move {
+        let first = CqlStore::connect(config.clone()).await?;
+        let second = CqlStore::connect(config).await?;
+        let (a, c, d) = (UserId(1), ConversationId(10), ConversationId(11));
+        let on_partition = |partition, mut logged: Logged| {
+            logged.position.partition = partition;
+            logged
+        };
+        let retry = |offset, id| {
+            let mut retry = send(offset, d, MessageId(id), a);
+            if let Payload::MessageSent(sent) = &mut retry.event.payload {
+                sent.client_msg_id = "the same send".to_owned();
+            }
+            on_partition(1, retry)
+        };
+        apply(&first, &[send(0, c, MessageId(100), a)]).await?;
+        apply(&second, &[retry(0, 200)]).await?;
+        apply(&first, &[send(1, c, MessageId(101), a), retry(1, 201)]).await?;
+
+        let kept: Vec<i64> = first.messages(d, None, 10).await?.iter().map(|m| m.id.0).collect();
+        assert_eq!(kept, [200], "the retry is not a second message");
+        assert_eq!(first.messages(c, None, 10).await?.len(), 2);
+        Ok(())
+    })
+    .await
+}
+
 proptest! {
     // Each case makes a keyspace, which takes the engine a few seconds.
     #![proptest_config(ProptestConfig::with_cases(6))]

@@ -29,11 +29,11 @@ use serde::de::DeserializeOwned;
 use switchboard_ingest::log::Cursor;
 use switchboard_schemas::{CallId, ConversationId, MessageId, UserId};
 
-use super::filter::KeyFilter;
 use super::keys::{self, Table};
 use super::query::View;
 use super::tables::{Tables, storage};
 use crate::store::calls::Call;
+use crate::store::key_filter::KeyFilter;
 use crate::store::rows::{
     ConversationRecord, LocationRecord, MemberRecord, MessageRecord, ReadRecord, StatsRecord,
     UserRecord,

@@ -3,7 +3,7 @@
 //! - `keys` lays out one keyspace per table with order-preserving id keys;
 //! - `tables` are the fjall keyspaces holding the rows of `store::rows`, as JSON;
 //! - `fold` applies a batch of events by `store::rules`, atomically with the checkpoint;
-//! - `filter` keeps the client ids in memory, for the retry check of every send;
+//! - a [`KeyFilter`] keeps the client ids in memory, for the retry check of every send;
 //! - `query` answers reads, each from one snapshot;
 //! - `background` is the pair of threads that fold and commit batches, in order and at a low
 //!   priority.
@@ -23,18 +23,17 @@ use switchboard_ingest::log::Cursor;
 use switchboard_schemas::{CallId, ConversationId, MediaId, MessageId, UserId};
 
 use self::background::{Background, Committer, Pending};
-use self::filter::KeyFilter;
 use self::fold::{Changed, Fold};
 use self::keys::Table;
 use self::query::View;
 use self::tables::{Tables, storage};
+use crate::store::key_filter::KeyFilter;
 use crate::store::{
     Call, Conversation, InboxEntry, Location, Logged, Media, Message, ReadMarker, ReadModel,
     StoreError, User,
 };
 
 mod background;
-mod filter;
 mod fold;
 mod keys;
 mod query;

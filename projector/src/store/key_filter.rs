@@ -1,11 +1,13 @@
 //! A Bloom filter over the keys of a table, for lookups whose answer is almost always "no".
 //!
 //! Every send asks whether its sender already used its `client_msg_id` in the conversation, and
-//! the projector asks again before storing it. The answer is nearly always no, and a "no" from
-//! fjall is its most expensive read: it searches the whole memtable (a skiplist holding the
-//! latest tens of megabytes of writes), then every table the key could be in. This filter
-//! answers most of those in memory: a key it has never been given is certainly not stored; a key
-//! it may have been given is looked up as before.
+//! the projector asks again before storing it. The answer is nearly always no, and a "no" is an
+//! expensive read: fjall searches its whole memtable (a skiplist holding the latest tens of
+//! megabytes of writes), then every table the key could be in; Cassandra takes a request. This
+//! filter answers most of those in memory: a key it has never been given is certainly not
+//! stored; a key it may have been given is looked up as before. The embedded store keeps one
+//! over every client id it holds; the CQL store one over those it wrote itself into a keyspace
+//! that had none (see `cql::carried`).
 //!
 //! It is exact in one direction only, so every key written to the table must reach it before
 //! the write commits, and every key already stored when the store opens must be loaded into it
@@ -30,7 +32,7 @@ const PROBES: u64 = 7;
 /// a chain of tiny layers.
 const MIN_CAPACITY: usize = 1 << 20;
 
-pub(super) struct KeyFilter {
+pub(crate) struct KeyFilter {
     layers: RwLock<Vec<Layer>>,
     hasher: RandomState,
     /// Set once every key stored before the filter existed has been inserted; until then every
@@ -79,7 +81,7 @@ impl Layer {
 impl KeyFilter {
     /// An empty filter sized for about `expected` keys, which answers "maybe" to everything
     /// until [`KeyFilter::loaded`] says that the keys stored earlier are in.
-    pub(super) fn new(expected: usize) -> KeyFilter {
+    pub(crate) fn new(expected: usize) -> KeyFilter {
         KeyFilter {
             layers: RwLock::new(vec![Layer::new(expected.max(MIN_CAPACITY))]),
             hasher: RandomState::new(),
@@ -88,13 +90,13 @@ impl KeyFilter {
     }
 
     /// Every key stored before the filter was made has been inserted.
-    pub(super) fn loaded(&self) {
+    pub(crate) fn loaded(&self) {
         // Release, with the Acquire in `may_contain`: whoever sees the filter loaded sees the
         // keys the loading inserted.
         self.loaded.store(true, Ordering::Release);
     }
 
-    pub(super) fn insert(&self, key: &[u8]) {
+    pub(crate) fn insert(&self, key: &[u8]) {
         let hash = self.hasher.hash_one(key);
         let layers = self.layers.read().unwrap_or_else(PoisonError::into_inner);
         let newest = layers.last().expect("a filter has a layer");
@@ -114,12 +116,12 @@ impl KeyFilter {
     }
 
     #[cfg(test)]
-    pub(super) fn is_loaded(&self) -> bool {
+    pub(crate) fn is_loaded(&self) -> bool {
         self.loaded.load(Ordering::Acquire)
     }
 
     /// False only if `key` was never inserted and the filter is loaded.
-    pub(super) fn may_contain(&self, key: &[u8]) -> bool {
+    pub(crate) fn may_contain(&self, key: &[u8]) -> bool {
         if !self.loaded.load(Ordering::Acquire) {
             return true;
         }
