@@ -115,6 +115,12 @@ impl KeyFilter {
         layers.last().expect("a filter has a layer").insert(hash);
     }
 
+    /// How many keys were inserted.
+    pub(crate) fn len(&self) -> usize {
+        let layers = self.layers.read().unwrap_or_else(PoisonError::into_inner);
+        layers.iter().map(|layer| layer.keys.load(Ordering::Relaxed)).sum()
+    }
+
     #[cfg(test)]
     pub(crate) fn is_loaded(&self) -> bool {
         self.loaded.load(Ordering::Acquire)
@@ -148,6 +154,7 @@ mod tests {
             filter.insert(&key(i));
         }
         assert_eq!(filter.layers.read().unwrap().len(), 2);
+        assert_eq!(filter.len(), inserted);
         assert!((0..inserted).all(|i| filter.may_contain(&key(i))), "no false negatives");
         let absent = 100_000;
         let maybe = (inserted..inserted + absent).filter(|&i| filter.may_contain(&key(i))).count();

@@ -62,7 +62,7 @@ enum ClientIds {
     #[default]
     Unasked,
     /// Every client id of the applied partitions, and perhaps a few more.
-    Written { filter: KeyFilter, keys: usize },
+    Written(KeyFilter),
     /// Others wrote some.
     Unknown,
 }
@@ -87,7 +87,7 @@ impl Carried {
         let taken_up = self.follow(events);
         let ask = match self.client_ids {
             ClientIds::Unasked => true,
-            ClientIds::Written { .. } => !taken_up.is_empty(),
+            ClientIds::Written(_) => !taken_up.is_empty(),
             ClientIds::Unknown => false,
         };
         if ask {
@@ -101,7 +101,7 @@ impl Carried {
                 (false, ClientIds::Unasked) => {
                     let filter = KeyFilter::new(0);
                     filter.loaded();
-                    ClientIds::Written { filter, keys: 0 }
+                    ClientIds::Written(filter)
                 }
                 (false, known) => known,
             };
@@ -132,7 +132,7 @@ impl Carried {
     /// Whether `key` is certainly not in the keyspace.
     pub(super) fn is_new(&self, key: &ClientIdKey) -> bool {
         match &self.client_ids {
-            ClientIds::Written { filter, .. } => !filter.may_contain(&filter_key(key)),
+            ClientIds::Written(filter) => !filter.may_contain(&filter_key(key)),
             _ => false,
         }
     }
@@ -147,17 +147,16 @@ impl Carried {
         for lane in lanes {
             self.stats.extend(lane.stats);
             self.markers.extend(lane.markers);
-            if let ClientIds::Written { filter, keys } = &mut self.client_ids {
+            if let ClientIds::Written(filter) = &self.client_ids {
                 for key in &lane.client_ids {
                     filter.insert(&filter_key(key));
                 }
-                *keys += lane.client_ids.len();
             }
         }
         if self.stats.len() + self.markers.len() > MAX_ROWS {
             self.forget_rows();
         }
-        if matches!(self.client_ids, ClientIds::Written { keys, .. } if keys > MAX_CLIENT_IDS) {
+        if matches!(&self.client_ids, ClientIds::Written(filter) if filter.len() > MAX_CLIENT_IDS) {
             self.client_ids = ClientIds::Unknown;
         }
     }
@@ -204,8 +203,7 @@ mod tests {
     fn carrying(applied: &[(u32, u64)]) -> Carried {
         let filter = KeyFilter::new(0);
         filter.loaded();
-        let mut carried =
-            Carried { client_ids: ClientIds::Written { filter, keys: 0 }, ..Carried::default() };
+        let mut carried = Carried { client_ids: ClientIds::Written(filter), ..Carried::default() };
         let mut checkpoint = Cursor::default();
         for &(partition, next) in applied {
             checkpoint.set(Topic::Messages, partition, next);
@@ -223,7 +221,7 @@ mod tests {
 
     fn kept(mut carried: Carried, events: &[Logged]) -> (bool, bool, Vec<u32>) {
         let taken_up = carried.follow(events);
-        let knows = matches!(carried.client_ids, ClientIds::Written { .. });
+        let knows = matches!(carried.client_ids, ClientIds::Written(_));
         (!carried.markers.is_empty(), knows, taken_up)
     }
 
