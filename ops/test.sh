@@ -32,6 +32,10 @@ if ! command -v cargo >/dev/null; then
     exit 1
 fi
 
+# Said first: a disk that fills up fails a build halfway, with a message about some file.
+mkdir -p "${CARGO_TARGET_DIR:-target}"
+echo "== free disk space for the builds: $(df -h --output=avail "${CARGO_TARGET_DIR:-target}" | tail -1 | tr -d ' ')"
+
 echo "== system packages"
 ops/deps.sh
 

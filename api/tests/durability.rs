@@ -129,28 +129,14 @@ async fn read_models_rebuilt_from_the_log_equal_the_live_ones() {
     ws.close().await;
     assert!(server.terminate(), "{}", server.log());
 
-    let switchboard = env!("CARGO_BIN_EXE_switchboard");
     let (log, store) = common::backend_urls(dir.path());
-    // A store beside the live one: another directory, or another keyspace.
-    let rebuilt = match store.strip_prefix("file://") {
-        Some(_) => format!("file://{}", dir.path().join("rebuilt").display()),
-        None => format!("{}_rebuilt", store.split('?').next().unwrap()),
-    };
-    let output = Command::new(switchboard)
+    let rebuilt = common::rebuilt_store_url(dir.path());
+    let output = Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .args(["rebuild", "--log", &log, "--into", &rebuilt])
         .output()
         .unwrap();
     assert!(output.status.success(), "rebuild failed: {}", String::from_utf8_lossy(&output.stderr));
-    let dump = |store: &str| {
-        let output = Command::new(switchboard).args(["dump", "--store", store]).output().unwrap();
-        assert!(
-            output.status.success(),
-            "dump failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
-    };
-    let live = dump(&store);
+    let live = common::dump(&store);
     assert!(
         live.contains("edited")
             && live.contains("52.52")
@@ -158,5 +144,5 @@ async fn read_models_rebuilt_from_the_log_equal_the_live_ones() {
             && live.lines().count() > 40,
         "the live dump holds the data:\n{live}"
     );
-    assert_eq!(live, dump(&rebuilt));
+    assert_eq!(live, common::dump(&rebuilt));
 }

@@ -1,8 +1,8 @@
 //! What a node does when an engine goes away: Kafka down means sends fail with a retryable
 //! error and nothing unlogged is acknowledged; Redis down means sends are acknowledged (a retry
 //! with the first send's id) while presence says it is degraded and pushes wait for the feeds;
-//! Cassandra down means queries fail clearly, presence waits and the projector pauses, then
-//! everything catches up without loss.
+//! Cassandra down means queries fail clearly, presence waits, the projector pauses and a rebuild
+//! waits, then everything catches up without loss.
 //!
 //! These stop and start the shared engines (`ops/engines`), one test at a time; on the embedded
 //! backends they skip.
@@ -10,7 +10,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{Server, Ws, on_shared_engines};
@@ -315,4 +315,41 @@ async fn a_store_outage_holds_up_presence_only_and_every_event_is_pushed_once_in
             .map(|f| f["data"]["message_id"].clone()),
     );
     assert_eq!(pushed, acked, "every acknowledged message pushed once, in order");
+}
+
+/// A rebuild started while Cassandra is down waits for it, says so, and once it is back rebuilds
+/// the same read models as the live ones.
+#[tokio::test]
+async fn a_rebuild_waits_out_a_store_outage() {
+    if !on_shared_engines("a_rebuild_waits_out_a_store_outage") {
+        return;
+    }
+    let _one_at_a_time = ENGINES.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_in(dir.path(), &["--rate-messages", "off"]);
+    let (ada, _bob, conversation) = server.api().pair().await;
+    let mut ws = Ws::connect(&server, &ada).await;
+    for i in 0..20 {
+        ws.send_message(&conversation, &format!("r{i}"), &format!("body {i}")).await;
+    }
+    ws.close().await;
+    assert!(server.terminate(), "{}", server.log());
+
+    let (log, store) = common::backend_urls(dir.path());
+    let rebuilt = common::rebuilt_store_url(dir.path());
+    let outage = Outage::begin("cassandra");
+    let rebuild = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["rebuild", "--log", &log, "--into", &rebuilt])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("switchboard rebuild");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    drop(outage);
+    let output = tokio::task::spawn_blocking(move || rebuild.wait_with_output()).await.unwrap();
+    let output = output.expect("the rebuild's output");
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "rebuild failed: {said}");
+    assert!(said.contains("trying again in"), "the wait is logged: {said}");
+    assert_eq!(common::dump(&store), common::dump(&rebuilt));
 }

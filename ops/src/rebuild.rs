@@ -8,6 +8,11 @@
 //! `--until` stops it earlier, at a time or at given offsets: the store then holds the read
 //! models as they were at that point in history, for `switchboard serve --read-only` to show
 //! during an investigation (time travel).
+//!
+//! A replay can take hours, and the store or the log may be out of reach for a while meanwhile
+//! (a write timeout of an overloaded node, an engine restarting). A replay therefore waits and
+//! goes on from the new store's checkpoint rather than fail, as long as it is only unavailable:
+//! see [`Patience`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -18,8 +23,8 @@ use anyhow::{Context, ensure};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use switchboard_ingest::log::{Cursor, Log};
 use switchboard_ingest::url::redacted;
-use switchboard_projector::store::ReadModel;
-use switchboard_projector::{PROJECTED_TOPICS, Progress, Projector};
+use switchboard_projector::store::{ReadModel, StoreError};
+use switchboard_projector::{PROJECTED_TOPICS, Progress, Projector, ProjectorError};
 
 use crate::log_source::{LogArgs, parse_time};
 
@@ -121,14 +126,68 @@ impl fmt::Display for Report {
     }
 }
 
+/// How long a replay waits for a store or log that is unavailable (the error says "try again
+/// later"; any other error ends the replay at once): each attempt that fails waits twice as long
+/// as the one before, from `first_wait` up to [`MAX_WAIT`], and after `retries` failures in a row
+/// with nothing applied in between, the replay gives up with the last error.
+#[derive(Clone, Copy, Debug)]
+struct Patience {
+    retries: u32,
+    first_wait: Duration,
+}
+
+/// The longest wait between two attempts.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+impl Default for Patience {
+    /// About four minutes of waiting in all: longer than an engine takes to restart.
+    fn default() -> Patience {
+        Patience { retries: 10, first_wait: Duration::from_secs(1) }
+    }
+}
+
+impl Patience {
+    /// Counts a failure with `error`; then waits before the next attempt, or hands the error back
+    /// when it is not `transient` or the failures in a row have used up the retries.
+    async fn wait_out<E: fmt::Display>(
+        &self,
+        failures: &mut u32,
+        error: E,
+        transient: bool,
+    ) -> Result<(), E> {
+        *failures += 1;
+        if !transient || *failures > self.retries {
+            return Err(error);
+        }
+        let wait = self.first_wait.saturating_mul(1 << (*failures - 1).min(16)).min(MAX_WAIT);
+        tracing::warn!(
+            %error,
+            "unavailable; trying again in {wait:?} (retry {failures} of {})",
+            self.retries
+        );
+        tokio::time::sleep(wait).await;
+        Ok(())
+    }
+}
+
 /// Runs `switchboard rebuild`: opens the log and the new store, replays, and prints the
 /// [`Report`].
 pub async fn command(args: Args) -> anyhow::Result<()> {
     let log = args.source.open().await?;
     let into = store_url(&args.into);
-    let store = switchboard_projector::store::open(&into)
-        .await
-        .with_context(|| format!("opening the new store at {}", redacted(&into)))?;
+    let mut failures = 0;
+    let store = loop {
+        match switchboard_projector::store::open(&into).await {
+            Ok(store) => break store,
+            Err(error) => {
+                let transient = matches!(error, StoreError::Unavailable(_));
+                Patience::default()
+                    .wait_out(&mut failures, error, transient)
+                    .await
+                    .with_context(|| format!("opening the new store at {}", redacted(&into)))?;
+            }
+        }
+    };
     let report = rebuild(Arc::clone(&log), store, &args.until).await?;
     log.close().await.context("closing the log")?;
     println!("{report}");
@@ -140,7 +199,8 @@ pub fn store_url(location: &str) -> String {
     if location.contains("://") { location.to_owned() } else { format!("file://{location}") }
 }
 
-/// Projects the log, from offset 0 up to `until`, into `into`, which must be empty.
+/// Projects the log, from offset 0 up to `until`, into `into`, which must be empty, waiting
+/// with [`Patience`] for a log or store that is unavailable.
 pub async fn rebuild(
     log: Arc<dyn Log>,
     into: Arc<dyn ReadModel>,
@@ -157,10 +217,32 @@ pub async fn rebuild(
     let progress = Progress::new(Cursor::default());
     let shown = tokio::spawn(show(progress.clone(), until.clone()));
     let projector = Projector::new(log, into, progress);
-    let events = projector.catch_up(&until).await;
+    let replayed = replay(&projector, &until, Patience::default()).await;
     shown.abort();
-    let events = events.with_context(|| format!("replaying the log up to {until}"))?;
-    Ok(Report { events, elapsed: started.elapsed(), until, to_the_end })
+    replayed.with_context(|| format!("replaying the log up to {until}"))?;
+    Ok(Report { events: projector.applied(), elapsed: started.elapsed(), until, to_the_end })
+}
+
+/// Catches `projector` up with `until`, going on from the store's checkpoint after each failure
+/// `patience` waits out.
+async fn replay(
+    projector: &Projector,
+    until: &Cursor,
+    patience: Patience,
+) -> Result<(), ProjectorError> {
+    let mut failures = 0;
+    loop {
+        let applied_before = projector.applied();
+        let error = match projector.catch_up(until).await {
+            Ok(_) => return Ok(()),
+            Err(error) => error,
+        };
+        if projector.applied() > applied_before {
+            failures = 0;
+        }
+        let transient = error.is_transient();
+        patience.wait_out(&mut failures, error, transient).await?;
+    }
 }
 
 /// How often the progress bar is redrawn.

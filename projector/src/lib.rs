@@ -15,4 +15,4 @@ pub mod redis_testing;
 pub mod store;
 
 pub use progress::{Behind, Progress};
-pub use projector::{GROUP as PROJECTOR_GROUP, PROJECTED_TOPICS, Projector};
+pub use projector::{GROUP as PROJECTOR_GROUP, PROJECTED_TOPICS, Projector, ProjectorError};

@@ -1,6 +1,7 @@
 //! The projector loop: read, decode, apply, checkpoint.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use switchboard_ingest::log::{Cursor, Log, LogError, Record};
 use switchboard_schemas::{Codec, Position, Topic};
@@ -35,16 +36,36 @@ pub enum ProjectorError {
     Store(#[from] StoreError),
 }
 
+impl ProjectorError {
+    /// Whether the log or the store was out of reach for now, so that trying again later, from
+    /// the store's checkpoint, may well get further.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ProjectorError::Log(LogError::Unavailable(_))
+                | ProjectorError::Store(StoreError::Unavailable(_))
+        )
+    }
+}
+
 pub struct Projector {
     log: Arc<dyn Log>,
     store: Arc<dyn ReadModel>,
     progress: Progress,
     codec: Codec,
+    /// Events applied so far, by every run of this projector.
+    applied: AtomicU64,
 }
 
 impl Projector {
     pub fn new(log: Arc<dyn Log>, store: Arc<dyn ReadModel>, progress: Progress) -> Projector {
-        Projector { log, store, progress, codec: Codec::new() }
+        Projector { log, store, progress, codec: Codec::new(), applied: AtomicU64::new(0) }
+    }
+
+    /// How many events this projector has applied, in batches the store took whole: a batch
+    /// that failed counts only once it is applied again.
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Relaxed)
     }
 
     /// Where the read models stand now: the store's checkpoint, with partitions it has never
@@ -156,6 +177,7 @@ impl Projector {
         // Only the partitions of this batch: in a group, the others may belong to another worker.
         let applied = batch.events.len() as u64;
         self.store.apply(batch.events, &batch.touched).await?;
+        self.applied.fetch_add(applied, Ordering::Relaxed);
         metrics::counter!("projector_events_applied_total").increment(applied);
         self.progress.advance(batch.reached);
         Ok(applied)

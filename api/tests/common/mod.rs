@@ -196,6 +196,26 @@ pub fn backend_urls(data_dir: &Path) -> (String, String) {
     (flag("--log", "log"), flag("--store", "store"))
 }
 
+/// A store beside the live one of `data_dir`'s node, for a rebuild: another directory, or
+/// another keyspace.
+pub fn rebuilt_store_url(data_dir: &Path) -> String {
+    let (_, store) = backend_urls(data_dir);
+    match store.strip_prefix("file://") {
+        Some(_) => format!("file://{}", data_dir.join("rebuilt").display()),
+        None => format!("{}_rebuilt", store.split('?').next().unwrap()),
+    }
+}
+
+/// What `switchboard dump` prints of `store`.
+pub fn dump(store: &str) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["dump", "--store", store])
+        .output()
+        .expect("switchboard dump");
+    assert!(output.status.success(), "dump failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("a UTF-8 dump")
+}
+
 /// Whether the suite runs on shared engines, where several nodes can share a cluster. When not,
 /// tests that need them say so and pass — unless `SWITCHBOARD_REQUIRE_ENGINES=1` (as the test
 /// script sets), which makes their absence a failure.

@@ -18,9 +18,14 @@
 //! [`CqlStore`](super::CqlStore)), so the rows stay this store's own as long as it applies every
 //! batch of their partitions itself: each batch of a partition must start where this store's
 //! last batch of it ended. When one does not (another projector had the partition meanwhile, or
-//! the log redelivers what was applied), or a batch fails halfway, every carried row is dropped
-//! and read again. The filter has one more condition: a partition this store takes up must have
-//! no checkpoint yet, or another store wrote client ids there.
+//! the log redelivers what was applied), every carried row is dropped and read again. The filter
+//! has one more condition: a partition this store takes up must have no checkpoint yet, or
+//! another store wrote client ids there.
+//!
+//! A batch that fails halfway, or is given up, may have landed in part, and the rows it wrote are
+//! not the ones carried: those are dropped. The filter holds on, as each client id goes into it
+//! before a batch may write it, so an id that landed before the failure is read when the batch is
+//! applied again; a filter holding a few ids that never landed only costs their reads.
 
 use std::collections::HashMap;
 
@@ -72,18 +77,13 @@ enum ClientIds {
 pub(super) struct LaneRows {
     pub(super) stats: Vec<(i64, Option<StatsRow>)>,
     pub(super) markers: Vec<((i64, i64), Option<ReadRecord>)>,
-    pub(super) client_ids: Vec<ClientIdKey>,
 }
 
 impl Carried {
     /// What still holds for `events`. A partition this store applied before must go on where it
     /// left off, or nothing carried is kept; one it takes up must have no checkpoint, or the
     /// client ids are read from then on.
-    pub(super) async fn for_batch(
-        mut self,
-        db: &Db,
-        events: &[Logged],
-    ) -> Result<Carried, StoreError> {
+    pub(super) async fn for_batch(&mut self, db: &Db, events: &[Logged]) -> Result<(), StoreError> {
         let taken_up = self.follow(events);
         let ask = match self.client_ids {
             ClientIds::Unasked => true,
@@ -96,7 +96,7 @@ impl Carried {
                 ClientIds::Unasked => checkpoint.iter().any(|(topic, ..)| topic == Topic::Messages),
                 _ => taken_up.iter().any(|&p| checkpoint.get(Topic::Messages, p).is_some()),
             };
-            self.client_ids = match (written_by_others, self.client_ids) {
+            self.client_ids = match (written_by_others, std::mem::take(&mut self.client_ids)) {
                 (true, _) => ClientIds::Unknown,
                 (false, ClientIds::Unasked) => {
                     let filter = KeyFilter::new(0);
@@ -106,7 +106,7 @@ impl Carried {
                 (false, known) => known,
             };
         }
-        Ok(self)
+        Ok(())
     }
 
     /// Drops everything carried unless each messages partition of `events` that this store
@@ -129,12 +129,16 @@ impl Carried {
         first.into_keys().filter(|p| !self.applied.contains_key(p)).collect()
     }
 
-    /// Whether `key` is certainly not in the keyspace.
-    pub(super) fn is_new(&self, key: &ClientIdKey) -> bool {
-        match &self.client_ids {
-            ClientIds::Written(filter) => !filter.may_contain(&filter_key(key)),
-            _ => false,
+    /// Whether `key` is certainly not in the keyspace, in which case the filter takes it now:
+    /// the batch asking may write it before it is applied whole, or fail after.
+    pub(super) fn take_new(&self, key: &ClientIdKey) -> bool {
+        let ClientIds::Written(filter) = &self.client_ids else { return false };
+        let key = filter_key(key);
+        let new = !filter.may_contain(&key);
+        if new {
+            filter.insert(&key);
         }
+        new
     }
 
     /// Takes in what a batch's lanes ended with, once the batch is applied up to `checkpoint`.
@@ -147,11 +151,6 @@ impl Carried {
         for lane in lanes {
             self.stats.extend(lane.stats);
             self.markers.extend(lane.markers);
-            if let ClientIds::Written(filter) = &self.client_ids {
-                for key in &lane.client_ids {
-                    filter.insert(&filter_key(key));
-                }
-            }
         }
         if self.stats.len() + self.markers.len() > MAX_ROWS {
             self.forget_rows();
@@ -159,6 +158,11 @@ impl Carried {
         if matches!(&self.client_ids, ClientIds::Written(filter) if filter.len() > MAX_CLIENT_IDS) {
             self.client_ids = ClientIds::Unknown;
         }
+    }
+
+    /// Takes in that a batch failed or was given up: it may have landed in part.
+    pub(super) fn given_up(&mut self) {
+        self.forget_rows();
     }
 
     fn forget_rows(&mut self) {
@@ -208,13 +212,9 @@ mod tests {
         for &(partition, next) in applied {
             checkpoint.set(Topic::Messages, partition, next);
         }
+        assert!(carried.take_new(&(1, 2, "c1".to_owned())));
         let marker = ReadRecord { message_id: MessageId(3), seq: 1, at: 0 };
-        let key = (1, 2, "c1".to_owned());
-        let lane = LaneRows {
-            markers: vec![((1, 2), Some(marker))],
-            client_ids: vec![key],
-            ..LaneRows::default()
-        };
+        let lane = LaneRows { markers: vec![((1, 2), Some(marker))], ..LaneRows::default() };
         carried.applied(vec![lane], &checkpoint);
         carried
     }
@@ -249,8 +249,18 @@ mod tests {
     #[test]
     fn client_ids_written_here_are_known_new_or_not() {
         let carried = carrying(&[(0, 5)]);
-        assert!(!carried.is_new(&(1, 2, "c1".to_owned())));
-        assert!(carried.is_new(&(1, 2, "c2".to_owned())));
-        assert!(!Carried::default().is_new(&(1, 2, "c2".to_owned())), "not before it is asked");
+        let key = |id: &str| (1, 2, id.to_owned());
+        assert!(!carried.take_new(&key("c1")));
+        assert!(carried.take_new(&key("c2")));
+        assert!(!carried.take_new(&key("c2")), "taken by the batch that found it new");
+        assert!(!Carried::default().take_new(&key("c3")), "not before it is asked");
+    }
+
+    #[test]
+    fn a_batch_given_up_drops_the_rows_and_keeps_the_client_ids() {
+        let mut carried = carrying(&[(0, 5)]);
+        assert!(carried.take_new(&(1, 2, "c2".to_owned())));
+        carried.given_up();
+        assert_eq!(kept(carried, &[read_at(0, 5)]), (false, true, vec![]));
     }
 }

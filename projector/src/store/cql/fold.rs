@@ -76,27 +76,29 @@ use crate::store::{Logged, StoreError};
 const LANES_IN_FLIGHT: usize = 256;
 
 /// Applies `events` lane by lane, with the rows `carried` from the batch before where they still
-/// hold, then moves the checkpoint to `checkpoint`. Returns the rows to carry into the next batch.
+/// hold, then moves the checkpoint to `checkpoint` and takes into `carried` the rows to carry into
+/// the next batch.
 pub(super) async fn apply(
     db: &Db,
     events: &[Logged],
     checkpoint: &Cursor,
-    carried: Carried,
-) -> Result<Carried, StoreError> {
-    let mut carried = carried.for_batch(db, events).await?;
+    carried: &mut Carried,
+) -> Result<(), StoreError> {
+    carried.for_batch(db, events).await?;
     let mut lanes: HashMap<LaneKey, Vec<&Logged>> = HashMap::new();
     for logged in events {
         if let Some(lane) = lane_of(&logged.event.payload) {
             lanes.entry(lane).or_default().push(logged);
         }
     }
+    let carrying: &Carried = carried;
     let runs: Vec<_> =
-        lanes.into_values().map(|events| Lane::new(db).run(events, &carried)).collect();
+        lanes.into_values().map(|events| Lane::new(db).run(events, carrying)).collect();
     let ended: Vec<LaneRows> =
         stream::iter(runs).buffer_unordered(LANES_IN_FLIGHT).try_collect().await?;
     write_checkpoint(db, checkpoint).await?;
     carried.applied(ended, checkpoint);
-    Ok(carried)
+    Ok(())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -258,11 +258,9 @@ impl<'a> Lane<'a> {
             }
         }
         self.write().await?;
-        let client_ids = self.client_ids.into_rows().filter(|(_, message)| message.is_some());
         Ok(LaneRows {
             stats: self.stats.into_rows().collect(),
             markers: self.markers.into_rows().collect(),
-            client_ids: client_ids.map(|(key, _)| key).collect(),
         })
     }
 
@@ -271,7 +269,7 @@ impl<'a> Lane<'a> {
     /// read together.
     fn take_carried(&mut self, wanted: &mut Wanted, carried: &Carried) {
         wanted.client_ids.retain(|key| {
-            let new = carried.is_new(key);
+            let new = carried.take_new(key);
             if new {
                 self.client_ids.loaded(key.clone(), None);
             }

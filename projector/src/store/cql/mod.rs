@@ -135,6 +135,24 @@ impl CqlStore {
     }
 }
 
+/// The carried rows while a batch is applied, put back however the batch ends: when it fails or
+/// is given up (its future dropped), they are told so.
+struct Applying<'a> {
+    store: &'a CqlStore,
+    carried: Carried,
+    whole: bool,
+}
+
+impl Drop for Applying<'_> {
+    fn drop(&mut self) {
+        let mut carried = std::mem::take(&mut self.carried);
+        if !self.whole {
+            carried.given_up();
+        }
+        *self.store.carried() = carried;
+    }
+}
+
 /// How often connecting migrates again when the statements do not fit the schema it found.
 const SCHEMA_RACE_RETRIES: u32 = 5;
 
@@ -145,11 +163,10 @@ impl ReadModel for CqlStore {
     }
 
     async fn apply(&self, events: Vec<Logged>, checkpoint: &Cursor) -> Result<(), StoreError> {
-        // A batch that fails, or is given up halfway, leaves nothing carried: its rows may not
-        // have landed.
         let carried = std::mem::take(&mut *self.carried());
-        let carried = fold::apply(&self.db, &events, checkpoint, carried).await?;
-        *self.carried() = carried;
+        let mut batch = Applying { store: self, carried, whole: false };
+        fold::apply(&self.db, &events, checkpoint, &mut batch.carried).await?;
+        batch.whole = true;
         Ok(())
     }
 
