@@ -140,7 +140,7 @@ struct Patience {
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
 impl Default for Patience {
-    /// About four minutes of waiting in all: longer than an engine takes to restart.
+    /// About three minutes of waiting in all: longer than an engine takes to restart.
     fn default() -> Patience {
         Patience { retries: 10, first_wait: Duration::from_secs(1) }
     }
