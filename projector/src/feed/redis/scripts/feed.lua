@@ -1,8 +1,6 @@
--- Prelude of every feed script: one user's feed and how it is opened. KEYS[1] is the feed's head
--- (a hash), KEYS[2] its stream, whose name is also the feed's pub/sub channel. Both keys carry the
+-- Prelude of every feed script: the clock, and how a user's feed is opened. A feed is two keys,
+-- its head (a hash) and its stream, whose name is also the feed's pub/sub channel. Both carry the
 -- user as their hash tag, so they share a Redis Cluster slot.
-
-local head_key, stream_key = KEYS[1], KEYS[2]
 
 -- Redis's clock rather than the callers': entries appended through different nodes are stamped by
 -- one clock, so the times in a feed follow its numbers and retention cuts it at one place.
@@ -18,7 +16,7 @@ end
 -- its epoch, when its head is missing, or when the head counts entries its stream no longer has
 -- (Redis lost or evicted one of the two keys): the numbers handed out before mean nothing now, and
 -- a new epoch makes clients holding them start over instead of reading a hole.
-local function open_feed()
+local function open_feed(head_key, stream_key)
   local fields = redis.call('HMGET', head_key, 'seq', 'first')
   local seq, first = tonumber(fields[1]), tonumber(fields[2])
   if seq and first and (first > seq or redis.call('EXISTS', stream_key) == 1) then
