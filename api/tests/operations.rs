@@ -132,11 +132,12 @@ async fn each_consumer_groups_partitions_name_the_node_holding_them() {
         .output()
         .expect("switchboard status");
     let printed = String::from_utf8_lossy(&status.stdout);
-    assert!(status.status.success(), "{printed}");
+    let said = String::from_utf8_lossy(&status.stderr);
+    assert!(status.status.success(), "{printed}{said}");
     let projector_line = printed
         .lines()
         .find(|line| line.starts_with("projector") && line.contains("messages"))
-        .unwrap_or_else(|| panic!("no projector line:\n{printed}"));
+        .unwrap_or_else(|| panic!("no projector line:\n{printed}{said}"));
     assert!(projector_line.contains(&format!("0,1,2,3,4,5,6,7 by {node}")), "{printed}");
 }
 

@@ -13,8 +13,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-/// How long one node may take to answer.
-const TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one node may take to answer. Its `/groups` asks Kafka for the end of every partition
+/// and each group's offsets and members, which takes seconds on a busy cluster.
+const TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Options of `switchboard status`.
 #[derive(clap::Args, Debug)]

@@ -79,9 +79,9 @@ use super::{
 };
 use crate::redis_client::{RedisConfig, RedisFailure};
 
-/// The most old entries one entry's append removes from its feed. Retention is thereby never late by
-/// more than a few appends, and a feed that got far behind (the window was shortened) catches up
-/// over several appends rather than holding Redis in one.
+/// The most old entries one entry's append removes from its feed. Retention is thereby never late
+/// by more than a few appends, and a feed that got far behind (the window was shortened) catches
+/// up over several appends rather than holding Redis in one.
 const TRIM_BATCH: u32 = 100;
 
 /// How much longer than a single call an append may take for each entry it sends: Redis runs an
