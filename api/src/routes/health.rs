@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use futures_util::future::try_join_all;
 use serde_json::{Value, json};
 use switchboard_ingest::log::{Cursor, LogError};
 use switchboard_projector::{PROJECTED_TOPICS, PROJECTOR_GROUP};
@@ -87,11 +88,16 @@ pub async fn metrics(State(state): State<AppState>) -> String {
 /// `kafka-consumer-groups --describe` shows a group. Every node answers for every group.
 pub async fn groups(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let log = state.ingest.log();
-    let end = Cursor::end(log.as_ref(), &Topic::ALL).await?;
+    let log = log.as_ref();
+    // Each question is a round trip or more to Kafka (and a client of its own there): asked all
+    // at once, the answer takes as long as the slowest rather than all of them.
+    let described = try_join_all(GROUPS.map(|(group, topics)| async move {
+        let (committed, members) = tokio::try_join!(log.committed(group), log.members(group))?;
+        Ok::<_, LogError>((group, topics, committed, members))
+    }));
+    let (end, described) = tokio::try_join!(Cursor::end(log, &Topic::ALL), described)?;
     let mut groups = serde_json::Map::new();
-    for (group, topics) in GROUPS {
-        let committed = log.committed(group).await?;
-        let members = log.members(group).await?;
+    for (group, topics, committed, members) in described {
         let holder = |topic, partition| {
             members.iter().find(|member| member.partitions.contains(&(topic, partition)))
         };
@@ -123,9 +129,10 @@ const GROUPS: [(&str, &[Topic]); 4] = [
 /// timer commits only up to the oldest call still live, so its lag holds those calls' events.
 async fn record_consumer_lag(state: &AppState) -> Result<(), LogError> {
     let log = state.ingest.log();
-    let end = Cursor::end(log.as_ref(), &Topic::ALL).await?;
-    for (group, topics) in GROUPS {
-        let committed = log.committed(group).await?;
+    let log = log.as_ref();
+    let committed = try_join_all(GROUPS.map(|(group, _)| log.committed(group)));
+    let (end, committed) = tokio::try_join!(Cursor::end(log, &Topic::ALL), committed)?;
+    for ((group, topics), committed) in GROUPS.into_iter().zip(committed) {
         if committed.is_empty() {
             continue;
         }

@@ -22,8 +22,8 @@
 //! has one more condition: a partition this store takes up must have no checkpoint yet, or
 //! another store wrote client ids there.
 //!
-//! A batch that fails halfway, or is given up, may have landed in part, and the rows it wrote are
-//! not the ones carried: those are dropped. The filter holds on, as each client id goes into it
+//! A batch that fails halfway may have landed in part, and the rows it wrote are not the ones
+//! carried: those are dropped. The filter holds on, as each client id goes into it
 //! before a batch may write it, so an id that landed before the failure is read when the batch is
 //! applied again; a filter holding a few ids that never landed only costs their reads.
 
@@ -160,8 +160,8 @@ impl Carried {
         }
     }
 
-    /// Takes in that a batch failed or was given up: it may have landed in part.
-    pub(super) fn given_up(&mut self) {
+    /// Takes in that a batch failed: it may have landed in part.
+    pub(super) fn failed(&mut self) {
         self.forget_rows();
     }
 
@@ -257,10 +257,10 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_given_up_drops_the_rows_and_keeps_the_client_ids() {
+    fn a_failed_batch_drops_the_rows_and_keeps_the_client_ids() {
         let mut carried = carrying(&[(0, 5)]);
         assert!(carried.take_new(&(1, 2, "c2".to_owned())));
-        carried.given_up();
+        carried.failed();
         assert_eq!(kept(carried, &[read_at(0, 5)]), (false, true, vec![]));
     }
 }

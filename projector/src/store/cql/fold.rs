@@ -36,6 +36,13 @@
 //! The rules make no change for an event already applied, and changes are whole rows, never
 //! increments, so writing a row twice is writing it once.
 //!
+//! That needs the attempt applying a batch again to read what the one before landed as it
+//! landed: a lane's prefix of whole events, not an event's client id without the stats counting
+//! it. So an attempt ends only when none of its writes is in flight: a failed lane lets the
+//! running ones finish, and a batch runs to its end even when its caller gives up on it (see
+//! [`CqlStore::apply`](super::CqlStore)). An engine may still apply a write after answering that
+//! it timed out; the projector and a rebuild wait a second or more before they try again.
+//!
 //! The session stamps writes with client-side monotonic timestamps, which makes a row written by
 //! a later batch win over the same row from an earlier one whichever nodes coordinate them.
 //!
@@ -48,8 +55,9 @@
 //! tablets, its default for new keyspaces in recent versions).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use futures_util::{StreamExt, TryStreamExt, stream};
+use futures_util::{StreamExt, stream};
 use scylla::statement::batch::BatchType;
 use switchboard_ingest::log::Cursor;
 use switchboard_schemas::{
@@ -91,14 +99,38 @@ pub(super) async fn apply(
             lanes.entry(lane).or_default().push(logged);
         }
     }
+    // Once a lane fails, no other starts, but those running finish their writes before the
+    // error is returned: the batch is applied again from the start, and its reads must not race
+    // writes still in flight from this attempt.
+    let failed = AtomicBool::new(false);
     let carrying: &Carried = carried;
-    let runs: Vec<_> =
-        lanes.into_values().map(|events| Lane::new(db).run(events, carrying)).collect();
+    let runs: Vec<_> = lanes
+        .into_values()
+        .map(|events| run_unless_failed(Lane::new(db), events, carrying, &failed))
+        .collect();
+    let ended: Vec<Result<Option<LaneRows>, StoreError>> =
+        stream::iter(runs).buffer_unordered(LANES_IN_FLIGHT).collect().await;
     let ended: Vec<LaneRows> =
-        stream::iter(runs).buffer_unordered(LANES_IN_FLIGHT).try_collect().await?;
+        ended.into_iter().filter_map(Result::transpose).collect::<Result<_, _>>()?;
     write_checkpoint(db, checkpoint).await?;
     carried.applied(ended, checkpoint);
     Ok(())
+}
+
+/// Runs `lane` unless another lane of the batch has `failed` (then `None`), and marks the batch
+/// failed if this one does.
+async fn run_unless_failed(
+    lane: Lane<'_>,
+    events: Vec<&Logged>,
+    carried: &Carried,
+    failed: &AtomicBool,
+) -> Result<Option<LaneRows>, StoreError> {
+    if failed.load(Ordering::Relaxed) {
+        return Ok(None);
+    }
+    let ended = lane.run(events, carried).await;
+    failed.fetch_or(ended.is_err(), Ordering::Relaxed);
+    ended.map(Some)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

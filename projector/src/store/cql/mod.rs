@@ -65,13 +65,14 @@ mod statements;
 #[cfg(test)]
 mod tests;
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use switchboard_ingest::ids::timestamp_ms;
 use switchboard_ingest::log::Cursor;
 use switchboard_schemas::{CallId, ConversationId, MediaId, MessageId, UserId};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use self::carried::Carried;
 pub use self::config::{CqlConfig, DEFAULT_PORT, Replication, UrlError};
@@ -101,17 +102,12 @@ fn bucket(message: i64) -> i32 {
 /// number of stores (in one process or many) may use one keyspace at once, as long as each
 /// conversation's events are applied by one of them at a time, as the log's partitioning ensures.
 pub struct CqlStore {
-    db: Db,
-    /// Rows the last batch ended with, for the next one; taken out while a batch is applied.
-    carried: Mutex<Carried>,
+    db: Arc<Db>,
+    /// Rows the last batch ended with, for the next one; held by a batch from start to end.
+    carried: Arc<Mutex<Carried>>,
 }
 
 impl CqlStore {
-    fn carried(&self) -> std::sync::MutexGuard<'_, Carried> {
-        // Whatever a panicking holder left is a whole `Carried`.
-        self.carried.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Connects to the cluster, creates or migrates the keyspace and prepares every statement.
     /// A cluster that cannot be reached is [`StoreError::Unavailable`].
     pub async fn connect(config: CqlConfig) -> Result<CqlStore, StoreError> {
@@ -131,25 +127,22 @@ impl CqlStore {
                 Err(error) => return Err(error),
             }
         };
-        Ok(CqlStore { db: Db { session, statements }, carried: Mutex::default() })
+        Ok(CqlStore { db: Arc::new(Db { session, statements }), carried: Arc::default() })
     }
 }
 
-/// The carried rows while a batch is applied, put back however the batch ends: when it fails or
-/// is given up (its future dropped), they are told so.
-struct Applying<'a> {
-    store: &'a CqlStore,
-    carried: Carried,
+/// The carried rows while a batch is applied, told when the batch ends before it is whole (it
+/// failed, or its task was stopped) that it may have landed in part.
+struct Applying {
+    carried: OwnedMutexGuard<Carried>,
     whole: bool,
 }
 
-impl Drop for Applying<'_> {
+impl Drop for Applying {
     fn drop(&mut self) {
-        let mut carried = std::mem::take(&mut self.carried);
         if !self.whole {
-            carried.given_up();
+            self.carried.failed();
         }
-        *self.store.carried() = carried;
     }
 }
 
@@ -162,12 +155,24 @@ impl ReadModel for CqlStore {
         self.db.checkpoint(CHECKPOINT_CONSUMER).await
     }
 
+    /// Applies the batch in a task of its own, which goes on to its end even when the caller
+    /// stops waiting: a batch given up halfway would otherwise leave writes in flight that the
+    /// next batch's reads could see only in part (a message's client id, say, without the stats
+    /// that count it). The next batch waits for the carried rows, so for that end.
     async fn apply(&self, events: Vec<Logged>, checkpoint: &Cursor) -> Result<(), StoreError> {
-        let carried = std::mem::take(&mut *self.carried());
-        let mut batch = Applying { store: self, carried, whole: false };
-        fold::apply(&self.db, &events, checkpoint, &mut batch.carried).await?;
-        batch.whole = true;
-        Ok(())
+        let carried = Arc::clone(&self.carried).lock_owned().await;
+        let (db, checkpoint) = (Arc::clone(&self.db), checkpoint.clone());
+        let batch = tokio::spawn(async move {
+            let mut applying = Applying { carried, whole: false };
+            fold::apply(&db, &events, &checkpoint, &mut applying.carried).await?;
+            applying.whole = true;
+            Ok(())
+        });
+        match batch.await {
+            Ok(applied) => applied,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(_) => Err(StoreError::Unavailable("the runtime is shutting down".to_owned())),
+        }
     }
 
     async fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {
