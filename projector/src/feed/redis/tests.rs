@@ -149,6 +149,17 @@ async fn a_feed_redis_lost_starts_a_new_epoch() -> Result<(), FeedError> {
     let entries = feeds.read(user, 0, 10).await?;
     assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [1]);
     assert!(entries[0].frame.ends_with(r#""data":"and again""#));
+
+    // Only the entries lost once more, found by the next append rather than by a read of the
+    // head: that entry is the first of a new epoch.
+    namespace.delete(&[stream(user)]).await;
+    feeds.append(&[delivery(1, &[user], "after the loss")]).await?;
+    let started_over = feeds.head(user).await?;
+    assert_ne!(started_over.epoch, head.epoch);
+    assert_eq!(started_over.seq, 1);
+    let entries = feeds.read(user, 0, 10).await?;
+    assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [1]);
+    assert!(entries[0].frame.ends_with(r#""data":"after the loss""#));
     namespace.remove_keys().await;
     Ok(())
 }

@@ -12,16 +12,10 @@ local function int(number)
   return string.format('%d', number)
 end
 
--- Makes sure the feed exists. A feed is created afresh, with the microsecond of its creation as
--- its epoch, when its head is missing, or when the head counts entries its stream no longer has
--- (Redis lost or evicted one of the two keys): the numbers handed out before mean nothing now, and
--- a new epoch makes clients holding them start over instead of reading a hole.
-local function open_feed(head_key, stream_key)
-  local fields = redis.call('HMGET', head_key, 'seq', 'first')
-  local seq, first = tonumber(fields[1]), tonumber(fields[2])
-  if seq and first and (first > seq or redis.call('EXISTS', stream_key) == 1) then
-    return
-  end
+-- Creates the feed afresh, with the microsecond of its creation as its epoch: the numbers handed
+-- out before mean nothing now, and a new epoch makes clients holding them start over instead of
+-- reading a hole.
+local function create_feed(head_key, stream_key)
   -- A stream left without its head belongs to an epoch nobody can name any more, and its newest
   -- ID would refuse the numbers the new epoch starts again from.
   redis.call('DEL', head_key, stream_key)
@@ -29,3 +23,12 @@ local function open_feed(head_key, stream_key)
   redis.call('HSET', head_key, 'epoch', epoch, 'seq', 0, 'at', 0, 'first', 1, 'first_at', 0)
 end
 
+-- Makes sure the feed exists: creates it when its head is missing, or when the head counts entries
+-- its stream no longer has (Redis lost or evicted one of the two keys).
+local function open_feed(head_key, stream_key)
+  local fields = redis.call('HMGET', head_key, 'seq', 'first')
+  local seq, first = tonumber(fields[1]), tonumber(fields[2])
+  if not (seq and first and (first > seq or redis.call('EXISTS', stream_key) == 1)) then
+    create_feed(head_key, stream_key)
+  end
+end
