@@ -26,6 +26,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
+use fjall::compaction::Leveled;
+use fjall::config::FilterPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
 use serde::{Deserialize, Serialize};
 use switchboard_schemas::UserId;
@@ -133,17 +135,27 @@ fn decode_offset(value: &[u8]) -> Result<u64, FeedError> {
     Ok(u64::from_be_bytes(bytes))
 }
 
+/// The entries are written far more than read, and read only by ranges: no Bloom filters, which
+/// only point reads use, and more memtables' worth of tables in level 0 before they are merged
+/// into level 1. Each user's new entries sort among the old ones, so every merge rewrites about
+/// all of level 1.
+fn entries_options() -> KeyspaceCreateOptions {
+    KeyspaceCreateOptions::default()
+        .filter_policy(FilterPolicy::disabled())
+        .compaction_strategy(Arc::new(Leveled::default().with_l0_threshold(16)))
+}
+
 impl EmbeddedFeeds {
     /// Opens the feeds in `dir`, creating them if needed.
     pub fn open(dir: &Path, retention: Retention) -> Result<EmbeddedFeeds, FeedError> {
         let db = switchboard_ingest::embedded_db::builder(dir)
             .open()
             .map_err(|e| storage(&format!("opening {}", dir.display()), e))?;
-        let keyspace = |name: &str| {
-            db.keyspace(name, KeyspaceCreateOptions::default)
+        let keyspace = |name: &str, options: fn() -> KeyspaceCreateOptions| {
+            db.keyspace(name, options)
                 .map_err(|e| storage(&format!("opening keyspace `{name}`"), e))
         };
-        let taken = keyspace("taken")?;
+        let taken = keyspace("taken", KeyspaceCreateOptions::default)?;
         let mut state = State::default();
         for item in taken.iter() {
             let (source, offset) = item.into_inner().map_err(|e| storage("reading offsets", e))?;
@@ -152,8 +164,8 @@ impl EmbeddedFeeds {
             state.taken.insert(source, decode_offset(&offset)?);
         }
         Ok(EmbeddedFeeds {
-            entries: keyspace("entries")?,
-            heads: keyspace("heads")?,
+            entries: keyspace("entries", entries_options)?,
+            heads: keyspace("heads", KeyspaceCreateOptions::default)?,
             taken,
             db,
             retention,
