@@ -10,10 +10,12 @@ use fjall::{Database, DatabaseBuilder};
 /// fjall (3.1) keeps its first worker for flushes: a compaction request that reaches it is put
 /// back in the queue at once for another worker. With the default of one worker per core, two on
 /// a 2-core machine, the first worker spun on that request for as long as the other compacted
-/// (17% of a node's CPU samples in one profile at 30,000 messages/s, on the feeds). With three, a
-/// request put back finds a worker that is free, or one whose compaction finds nothing left to do
-/// and returns at once.
-const WORKERS: usize = 3;
+/// (17% of a node's CPU samples in one profile at 30,000 messages/s, on the feeds). With three, it
+/// still spun whenever the other two were busy at once, as the feeds of groups keep them (a
+/// flush of one memtable and of the next): about a quarter of the workers' time in a profile of
+/// groups of 100. With five, a request put back nearly always finds a worker that is free; idle
+/// workers only wait on the queue.
+const WORKERS: usize = 5;
 
 /// The most a database's journals may hold before fjall flushes the memtables they back.
 ///
