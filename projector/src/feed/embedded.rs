@@ -1,8 +1,12 @@
 //! Feeds in a local fjall database, for a switchboard that runs as one process.
 //!
-//! Three keyspaces:
+//! Five keyspaces:
 //! - `entries`, keyed by user and number (both big-endian, so a user's entries are one ordered
-//!   range), holding the append time and the frame;
+//!   range), holding the append time and the frame, or where the frame is kept when it is shared;
+//! - `frames`, the frames of events pushed to [`SHARED_FROM`] users or more, once each, keyed by
+//!   the event's log position, and `frame_refs`, how many entries still refer to each: a group's
+//!   message is written once, not once per member, and goes when retention has trimmed it from
+//!   every member's feed;
 //! - `heads`, one record per user with what its entries cannot tell: the feed's epoch, and where
 //!   it stood when retention last trimmed it;
 //! - `taken`, per source partition (`messages.3`), the next offset the feeds take.
@@ -30,7 +34,7 @@ use fjall::compaction::Leveled;
 use fjall::config::FilterPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
 use serde::{Deserialize, Serialize};
-use switchboard_schemas::UserId;
+use switchboard_schemas::{Position, UserId};
 use tokio::sync::mpsc;
 
 use super::{
@@ -42,6 +46,8 @@ use super::{
 pub struct EmbeddedFeeds {
     db: Database,
     entries: Keyspace,
+    frames: Keyspace,
+    frame_refs: Keyspace,
     heads: Keyspace,
     taken: Keyspace,
     retention: Retention,
@@ -115,19 +121,73 @@ fn entry_key(user: UserId, seq: u64) -> [u8; 16] {
     key
 }
 
-fn entry_value(at: i64, frame: &str) -> Vec<u8> {
+/// Events pushed to this many users or more keep their frame once, in `frames`, and each entry
+/// refers to it. Fewer keep a copy in each entry: for a direct conversation's two, the copies
+/// cost less than the shared frame, its count and a second read on a resume.
+pub const SHARED_FROM: usize = 3;
+
+/// What starts an entry's frame when the entry refers to a shared frame instead: never the
+/// first byte of a frame, which is a JSON object.
+const SHARED: u8 = 0;
+
+/// The key of the shared frame of the event at `source`: its offset, then its partition's name.
+fn frame_key(source: &Position) -> Vec<u8> {
+    let partition = source_key(source);
+    let mut key = Vec::with_capacity(8 + partition.len());
+    key.extend_from_slice(&source.offset.to_be_bytes());
+    key.extend_from_slice(partition.as_bytes());
+    key
+}
+
+/// An entry's value: when it was appended, then its frame, or [`SHARED`] and the key of the
+/// shared frame.
+fn entry_value(at: i64, frame: &[u8]) -> Vec<u8> {
     let mut value = Vec::with_capacity(8 + frame.len());
     value.extend_from_slice(&at.to_be_bytes());
-    value.extend_from_slice(frame.as_bytes());
+    value.extend_from_slice(frame);
     value
 }
 
-fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry, FeedError> {
-    let corrupt = || FeedError::Storage("a corrupt feed entry".to_owned());
-    let seq = u64::from_be_bytes(key.get(8..16).ok_or_else(corrupt)?.try_into().expect("8 bytes"));
-    let at = i64::from_be_bytes(value.get(..8).ok_or_else(corrupt)?.try_into().expect("8 bytes"));
-    let frame = std::str::from_utf8(&value[8..]).map_err(|_| corrupt())?;
-    Ok(Entry { seq, at, frame: frame.into() })
+fn corrupt_entry() -> FeedError {
+    FeedError::Storage("a corrupt feed entry".to_owned())
+}
+
+/// An entry as stored: its number, when it was appended, and its frame or the key of the
+/// shared frame.
+struct Stored<'a> {
+    seq: u64,
+    at: i64,
+    frame: StoredFrame<'a>,
+}
+
+enum StoredFrame<'a> {
+    Own(&'a [u8]),
+    Shared(&'a [u8]),
+}
+
+impl Stored<'_> {
+    fn decode<'a>(key: &[u8], value: &'a [u8]) -> Result<Stored<'a>, FeedError> {
+        let seq = key.get(8..16).ok_or_else(corrupt_entry)?;
+        let at = value.get(..8).ok_or_else(corrupt_entry)?;
+        let frame = match &value[8..] {
+            [SHARED, shared @ ..] => StoredFrame::Shared(shared),
+            own => StoredFrame::Own(own),
+        };
+        Ok(Stored {
+            seq: u64::from_be_bytes(seq.try_into().expect("8 bytes")),
+            at: i64::from_be_bytes(at.try_into().expect("8 bytes")),
+            frame,
+        })
+    }
+}
+
+fn decode_frame(bytes: &[u8]) -> Result<Arc<str>, FeedError> {
+    std::str::from_utf8(bytes).map(Arc::from).map_err(|_| corrupt_entry())
+}
+
+fn decode_count(value: &[u8]) -> Result<u64, FeedError> {
+    let bytes = value.try_into().map_err(|_| storage("a corrupt frame count", "not 8 bytes"))?;
+    Ok(u64::from_be_bytes(bytes))
 }
 
 fn decode_offset(value: &[u8]) -> Result<u64, FeedError> {
@@ -165,6 +225,8 @@ impl EmbeddedFeeds {
         }
         Ok(EmbeddedFeeds {
             entries: keyspace("entries", entries_options)?,
+            frames: keyspace("frames", KeyspaceCreateOptions::default)?,
+            frame_refs: keyspace("frame_refs", KeyspaceCreateOptions::default)?,
             heads: keyspace("heads", KeyspaceCreateOptions::default)?,
             taken,
             db,
@@ -195,7 +257,7 @@ impl EmbeddedFeeds {
             entry_key(user, record.seq.saturating_add(1))..=entry_key(user, u64::MAX);
         if let Some(item) = self.entries.range(after_stored).next_back() {
             let (key, value) = item.into_inner().map_err(|e| storage("reading a feed", e))?;
-            let newest = decode_entry(&key, &value)?;
+            let newest = Stored::decode(&key, &value)?;
             (record.seq, record.at) = (newest.seq, newest.at);
         }
         heads.insert(user, record);
@@ -203,12 +265,14 @@ impl EmbeddedFeeds {
     }
 
     /// Drops the entries of `record`'s feed that retention no longer keeps, adding the removals
-    /// to `batch`. Whether the record changed.
+    /// to `batch` and counting the shared frames they referred to in `released`. Whether the
+    /// record changed.
     fn trim(
         &self,
         user: UserId,
         record: &mut HeadRecord,
         batch: &mut OwnedWriteBatch,
+        released: &mut HashMap<Vec<u8>, u64>,
         now: i64,
     ) -> Result<bool, FeedError> {
         let Retention { window, min_events } = self.retention;
@@ -221,16 +285,56 @@ impl EmbeddedFeeds {
             self.entries.range(entry_key(user, record.first)..entry_key(user, record.seq + 1))
         {
             let (key, value) = item.into_inner().map_err(|e| storage("trimming a feed", e))?;
-            let entry = decode_entry(&key, &value)?;
+            let entry = Stored::decode(&key, &value)?;
             if entry.seq >= kept_from || entry.at >= cutoff {
                 record.first = entry.seq;
                 record.first_at = entry.at;
                 return Ok(true);
             }
+            if let StoredFrame::Shared(frame) = entry.frame {
+                *released.entry(frame.to_vec()).or_default() += 1;
+            }
             batch.remove(&self.entries, key);
         }
         record.first = record.seq + 1;
         Ok(true)
+    }
+
+    /// Takes the entries trimmed in `released` off their shared frames' counts, adding to
+    /// `batch` the removal of each frame no entry refers to any more. The frames were all shared
+    /// by earlier appends: an entry is never trimmed in the append that adds it.
+    fn release(
+        &self,
+        released: HashMap<Vec<u8>, u64>,
+        batch: &mut OwnedWriteBatch,
+    ) -> Result<(), FeedError> {
+        for (frame, trimmed) in released {
+            let stored =
+                self.frame_refs.get(&frame).map_err(|e| storage("reading a frame's count", e))?;
+            let left = stored.as_deref().map(decode_count).transpose()?.unwrap_or(0);
+            match left.saturating_sub(trimmed) {
+                0 => {
+                    batch.remove(&self.frame_refs, frame.clone());
+                    batch.remove(&self.frames, frame);
+                }
+                left => batch.insert(&self.frame_refs, frame, left.to_be_bytes()),
+            }
+        }
+        Ok(())
+    }
+
+    /// The entry `key` and `value` hold, its frame read from `frames` when it is shared.
+    fn entry(&self, key: &[u8], value: &[u8]) -> Result<Entry, FeedError> {
+        let stored = Stored::decode(key, value)?;
+        let frame = match stored.frame {
+            StoredFrame::Own(frame) => decode_frame(frame)?,
+            StoredFrame::Shared(frame) => {
+                let shared =
+                    self.frames.get(frame).map_err(|e| storage("reading a shared frame", e))?;
+                decode_frame(&shared.ok_or_else(|| storage("a shared frame", "missing"))?)?
+            }
+        };
+        Ok(Entry { seq: stored.seq, at: stored.at, frame })
     }
 
     fn save_head(&self, user: UserId, record: &mut HeadRecord, batch: &mut OwnedWriteBatch) {
@@ -281,28 +385,38 @@ impl Feeds for EmbeddedFeeds {
                 continue;
             }
             taken.insert(source, next);
+            let shared;
+            let frame = match delivery.recipients.len() >= SHARED_FROM {
+                true => {
+                    let key = frame_key(&delivery.source);
+                    let count = delivery.recipients.len() as u64;
+                    batch.insert(&self.frame_refs, key.as_slice(), count.to_be_bytes());
+                    batch.insert(&self.frames, key.as_slice(), delivery.frame.as_bytes());
+                    shared = [&[SHARED][..], &key].concat();
+                    &shared
+                }
+                false => delivery.frame.as_bytes(),
+            };
             for &user in &delivery.recipients {
                 let record = match moved.entry(user) {
                     MapEntry::Occupied(occupied) => occupied.into_mut(),
                     MapEntry::Vacant(vacant) => vacant.insert(self.load(&mut state.heads, user)?),
                 };
                 let seq = record.push(now);
-                batch.insert(
-                    &self.entries,
-                    entry_key(user, seq),
-                    entry_value(now, &delivery.frame),
-                );
+                batch.insert(&self.entries, entry_key(user, seq), entry_value(now, frame));
                 if self.followed(user) {
                     let entry = Entry { seq, at: now, frame: delivery.frame.clone() };
                     published.push(Published::Entry { user, epoch: record.epoch, entry });
                 }
             }
         }
+        let mut released = HashMap::new();
         for (user, record) in &mut moved {
-            if self.trim(*user, record, &mut batch, now)? || record.unsaved {
+            if self.trim(*user, record, &mut batch, &mut released, now)? || record.unsaved {
                 self.save_head(*user, record, &mut batch);
             }
         }
+        self.release(released, &mut batch)?;
         for (source, next) in &taken {
             batch.insert(&self.taken, source.as_str(), next.to_be_bytes());
         }
@@ -346,7 +460,7 @@ impl Feeds for EmbeddedFeeds {
             .take(limit)
             .map(|item| {
                 let (key, value) = item.into_inner().map_err(|e| storage("reading a feed", e))?;
-                decode_entry(&key, &value)
+                self.entry(&key, &value)
             })
             .collect()
     }
@@ -376,7 +490,8 @@ impl Feeds for EmbeddedFeeds {
 mod tests {
     use super::*;
     use crate::feed::conformance;
-    use switchboard_schemas::{Position, Topic};
+    use std::time::Duration;
+    use switchboard_schemas::Topic;
 
     fn feeds(dir: &tempfile::TempDir, retention: Retention) -> EmbeddedFeeds {
         EmbeddedFeeds::open(dir.path(), retention).expect("open feeds")
@@ -418,6 +533,53 @@ mod tests {
         let frames: Vec<&str> = entries.iter().map(|entry| &*entry.frame).collect();
         assert_eq!(frames, ["new"]);
         assert_eq!(entries[0].seq, head.seq + 1);
+        Ok(())
+    }
+
+    fn numbered(offset: u64, to: &[UserId]) -> Delivery {
+        Delivery {
+            source: Position { topic: Topic::Messages, partition: 0, offset },
+            recipients: to.to_vec(),
+            frame: format!(r#"{{"n":{offset}"#).into(),
+        }
+    }
+
+    async fn numbers(feeds: &EmbeddedFeeds, user: UserId) -> Result<Vec<u64>, FeedError> {
+        let entries = feeds.read(user, 0, 100).await?;
+        Ok(entries.iter().map(|entry| entry.frame[5..].parse().expect("a number")).collect())
+    }
+
+    /// An event pushed to a group is stored once and read back from every member's feed, after
+    /// reopening too; it goes once retention has trimmed it from every feed that held it, and
+    /// not before.
+    #[tokio::test]
+    async fn a_group_event_is_stored_once_and_goes_with_its_last_entry() -> Result<(), FeedError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let group = [UserId(1), UserId(2), UserId(3)];
+        {
+            let feeds = feeds(&dir, conformance::SHORT);
+            let events: Vec<_> = (0..5).map(|offset| numbered(offset, &group)).collect();
+            feeds.append(&events).await?;
+            assert_eq!(feeds.frames.iter().count(), 5, "one frame per event");
+        }
+        let feeds = feeds(&dir, conformance::SHORT);
+        for user in group {
+            assert_eq!(numbers(&feeds, user).await?, [0, 1, 2, 3, 4]);
+        }
+
+        tokio::time::sleep(conformance::SHORT.window + Duration::from_millis(500)).await;
+        feeds.append(&[numbered(5, &group[..1])]).await?;
+        assert_eq!(numbers(&feeds, group[0]).await?, [3, 4, 5], "trimmed to the newest three");
+        assert_eq!(numbers(&feeds, group[1]).await?, [0, 1, 2, 3, 4], "the others keep theirs");
+        assert_eq!(feeds.frames.iter().count(), 5);
+
+        feeds.append(&[numbered(6, &group[1..])]).await?;
+        for user in &group[1..] {
+            assert_eq!(numbers(&feeds, *user).await?, [3, 4, 6]);
+        }
+        assert_eq!(numbers(&feeds, group[0]).await?, [3, 4, 5]);
+        assert_eq!(feeds.frames.iter().count(), 2, "only the frames of 3 and 4 are left");
+        assert_eq!(feeds.frame_refs.iter().count(), 2);
         Ok(())
     }
 }
