@@ -386,16 +386,15 @@ impl Feeds for EmbeddedFeeds {
             }
             taken.insert(source, next);
             let shared;
-            let frame = match delivery.recipients.len() >= SHARED_FROM {
-                true => {
-                    let key = frame_key(&delivery.source);
-                    let count = delivery.recipients.len() as u64;
-                    batch.insert(&self.frame_refs, key.as_slice(), count.to_be_bytes());
-                    batch.insert(&self.frames, key.as_slice(), delivery.frame.as_bytes());
-                    shared = [&[SHARED][..], &key].concat();
-                    &shared
-                }
-                false => delivery.frame.as_bytes(),
+            let frame = if delivery.recipients.len() >= SHARED_FROM {
+                let key = frame_key(&delivery.source);
+                let count = delivery.recipients.len() as u64;
+                batch.insert(&self.frame_refs, key.as_slice(), count.to_be_bytes());
+                batch.insert(&self.frames, key.as_slice(), delivery.frame.as_bytes());
+                shared = [&[SHARED][..], &key].concat();
+                shared.as_slice()
+            } else {
+                delivery.frame.as_bytes()
             };
             for &user in &delivery.recipients {
                 let record = match moved.entry(user) {
