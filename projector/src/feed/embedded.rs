@@ -34,7 +34,7 @@ use fjall::compaction::Leveled;
 use fjall::config::FilterPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
 use serde::{Deserialize, Serialize};
-use switchboard_schemas::{Position, UserId};
+use switchboard_schemas::UserId;
 use tokio::sync::mpsc;
 
 use super::{
@@ -130,13 +130,14 @@ pub const SHARED_FROM: usize = 3;
 /// first byte of a frame, which is a JSON object.
 const SHARED: u8 = 0;
 
-/// The key of the shared frame of the event at `source`: its offset, then its partition's name.
-fn frame_key(source: &Position) -> Vec<u8> {
-    let partition = source_key(source);
-    let mut key = Vec::with_capacity(8 + partition.len());
-    key.extend_from_slice(&source.offset.to_be_bytes());
-    key.extend_from_slice(partition.as_bytes());
-    key
+/// What the entries of a shared frame hold in place of it: [`SHARED`], then the frame's key in
+/// `frames`, the event's offset followed by its partition's name (`messages.3`).
+fn shared_reference(offset: u64, partition: &str) -> Vec<u8> {
+    let mut reference = Vec::with_capacity(1 + 8 + partition.len());
+    reference.push(SHARED);
+    reference.extend_from_slice(&offset.to_be_bytes());
+    reference.extend_from_slice(partition.as_bytes());
+    reference
 }
 
 /// An entry's value: when it was appended, then its frame, or [`SHARED`] and the key of the
@@ -384,17 +385,18 @@ impl Feeds for EmbeddedFeeds {
             if already.is_some_and(|&already| already >= next) {
                 continue;
             }
+            let reference = (delivery.recipients.len() >= SHARED_FROM)
+                .then(|| shared_reference(delivery.source.offset, &source));
             taken.insert(source, next);
-            let shared;
-            let frame = if delivery.recipients.len() >= SHARED_FROM {
-                let key = frame_key(&delivery.source);
-                let count = delivery.recipients.len() as u64;
-                batch.insert(&self.frame_refs, key.as_slice(), count.to_be_bytes());
-                batch.insert(&self.frames, key.as_slice(), delivery.frame.as_bytes());
-                shared = [&[SHARED][..], &key].concat();
-                shared.as_slice()
-            } else {
-                delivery.frame.as_bytes()
+            let frame = match &reference {
+                Some(reference) => {
+                    let key = &reference[1..];
+                    let count = delivery.recipients.len() as u64;
+                    batch.insert(&self.frame_refs, key, count.to_be_bytes());
+                    batch.insert(&self.frames, key, delivery.frame.as_bytes());
+                    reference.as_slice()
+                }
+                None => delivery.frame.as_bytes(),
             };
             for &user in &delivery.recipients {
                 let record = match moved.entry(user) {
@@ -490,7 +492,7 @@ mod tests {
     use super::*;
     use crate::feed::conformance;
     use std::time::Duration;
-    use switchboard_schemas::Topic;
+    use switchboard_schemas::{Position, Topic};
 
     fn feeds(dir: &tempfile::TempDir, retention: Retention) -> EmbeddedFeeds {
         EmbeddedFeeds::open(dir.path(), retention).expect("open feeds")
