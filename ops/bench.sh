@@ -31,8 +31,10 @@
 # `rebuild` measures `switchboard rebuild`: it fills an embedded log by driving a node at RATE
 # messages/s for FILL (1,000 connections), stops the node, then replays that log RUNS times into a
 # fresh embedded store (`embedded`) or a fresh Cassandra keyspace (`distributed`), one row per run
-# with the events replayed, events/s and, into an embedded store, the CPU its fold thread spent per
-# event (the replay's bound: 200,000 events/s needs it under 5 µs).
+# with the events replayed, events/s and the CPU per event of what bounds the replay: an embedded
+# store's fold and commit threads (200,000 events/s needs each under 5 µs), or Cassandra. Into
+# Cassandra, BENCH_REBUILD_WARMUPS (default 2) replays go first, unreported, while its JIT compiles,
+# and each replay starts once Cassandra has gone quiet after the one before.
 #
 # BENCH_LOAD_ARGS adds options to every `switchboard load` (e.g. "--body-bytes 1000").
 # `distributed` expects the engines of ops/engines/start.sh to be running.
@@ -226,12 +228,17 @@ idle)
     table "$idle_header" "$idle_row" "${reports[@]}"
     ;;
 rebuild)
+    if [ "$mode" = distributed ]; then
+        cassandra=$(cat "$RUN_ROOT/cassandra/cassandra.pid" 2>/dev/null) && kill -0 "$cassandra" 2>/dev/null ||
+            { echo "Cassandra is not running: start it with ops/engines/start.sh cassandra" >&2; exit 1; }
+    fi
     data=$(mktemp -d)
     start_server "$data"
     "$bin" load --url "http://127.0.0.1:$port" --connections "$connections" --rate "$rate" \
         --duration "$fill" "${load_args[@]}" >"$out/rebuild-fill.txt" 2>&1 || true
     stop_server
-    # CPU ticks of a thread, per event replayed (`events`), in µs.
+    # CPU ticks (`/proc/PID[/task/TID]/stat`), and those ticks per event replayed (`events`), in µs.
+    ticks() { awk '{ print $14 + $15 }' "$1/stat" 2>/dev/null; }
     per_event() {
         if [ -n "$1" ] && [ "${events:-0}" -gt 0 ]; then
             awk -v t="$1" -v hz="$(getconf CLK_TCK)" -v n="$events" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }'
@@ -239,34 +246,70 @@ rebuild)
             printf '—'
         fi
     }
-    printf '%s\n' "| run | into | events | seconds | events/s | fold thread µs/event | commit thread µs/event |" "|---|---|---|---|---|---|---|"
-    for run in $(seq 1 "$runs"); do
-        into="$data/rebuilt-$run"
+    # replay LABEL: one `switchboard rebuild` of the log into a fresh store, reported in
+    # $out/rebuild-MODE-LABEL.txt, leaving the events replayed in $events and the CPU ticks of the
+    # threads (embedded) or of Cassandra (distributed) it took in $fold_ticks, $commit_ticks and
+    # $cassandra_ticks.
+    replay() {
+        local into="$data/rebuilt-$1" cassandra_before=
         if [ "$mode" = distributed ]; then
-            into="scylla://$CQL_USER:$CQL_PASSWORD@127.0.0.1:${CQL_PORT}/bench_rebuild_$(date +%s)_$run"
+            into="scylla://$CQL_USER:$CQL_PASSWORD@127.0.0.1:${CQL_PORT}/bench_rebuild_$(date +%s)_$1"
+            # The replay before is still being compacted for a while: wait (a minute at most)
+            # until Cassandra has used under a tenth of a core for two seconds.
+            for _ in $(seq 1 30); do
+                cassandra_before=$(ticks "/proc/$cassandra")
+                sleep 2
+                [ $(($(ticks "/proc/$cassandra") - cassandra_before)) -lt "$(($(getconf CLK_TCK) / 5))" ] && break
+            done
+            cassandra_before=$(ticks "/proc/$cassandra")
         fi
-        report="$out/rebuild-$mode-run$run.txt"
+        report="$out/rebuild-$mode-$1.txt"
         "$bin" rebuild --data-dir "$data" --into "$into" >"$report" 2>/dev/null &
         rebuilding=$!
         # The embedded store folds batches on its `store-fold` thread and writes them on its
         # `store-commit` thread, and the busier of the two bounds the replay: their CPU time,
         # sampled until the process exits, says how close each is to a core.
-        fold_ticks= commit_ticks=
+        fold_ticks= commit_ticks= cassandra_ticks=
         while kill -0 "$rebuilding" 2>/dev/null; do
             for task in /proc/"$rebuilding"/task/*; do
-                ticks=$(awk '{ print $14 + $15 }' "$task/stat" 2>/dev/null) || continue
+                thread_ticks=$(ticks "$task") || continue
                 case "$(cat "$task/comm" 2>/dev/null)" in
-                    store-fold) fold_ticks=$ticks ;;
-                    store-commit) commit_ticks=$ticks ;;
+                    store-fold) fold_ticks=$thread_ticks ;;
+                    store-commit) commit_ticks=$thread_ticks ;;
                 esac
             done
             sleep 0.1
         done
         wait "$rebuilding"
+        if [ -n "$cassandra_before" ]; then
+            cassandra_ticks=$(($(ticks "/proc/$cassandra") - cassandra_before))
+        fi
         # "rebuilt the read models from N events in S s (R events/s), to the end of the log"
         events=$(sed -nE 's/^rebuilt the read models from ([0-9]+) events.*/\1/p' "$report")
-        threads_us="$(per_event "$fold_ticks") | $(per_event "$commit_ticks")"
-        sed -E "s/^rebuilt the read models from ([0-9]+) events in ([0-9.]+) s \(([0-9]+) events\/s\).*/| $run | $mode | \1 | \2 | \3 | $threads_us |/" "$report"
+    }
+    # "| N | EVENTS | SECONDS | EVENTS/S |" from the report of the last replay
+    row() {
+        sed -nE "s/^rebuilt the read models from ([0-9]+) events in ([0-9.]+) s \(([0-9]+) events\/s\).*/| $1 | \1 | \2 | \3 |/p" "$report"
+    }
+    if [ "$mode" = distributed ]; then
+        # Cassandra's JIT compiles for the first replays: a freshly started node spent 7–15 µs
+        # per event in its compiler threads over the first three, and replayed at half the speed
+        # of the fourth on (README, "Rebuilding the read models").
+        for warmup in $(seq 1 "${BENCH_REBUILD_WARMUPS:-2}"); do
+            replay "warmup$warmup"
+            echo "warm-up replay $warmup: $(row "w$warmup" | cut -d'|' -f5 | tr -d ' ') events/s" >&2
+        done
+        printf '%s\n' "| run | events | seconds | events/s | Cassandra µs/event |" "|---|---|---|---|---|"
+    else
+        printf '%s\n' "| run | events | seconds | events/s | fold thread µs/event | commit thread µs/event |" "|---|---|---|---|---|---|"
+    fi
+    for run in $(seq 1 "$runs"); do
+        replay "run$run"
+        if [ "$mode" = distributed ]; then
+            echo "$(row "$run") $(per_event "$cassandra_ticks") |"
+        else
+            echo "$(row "$run") $(per_event "$fold_ticks") | $(per_event "$commit_ticks") |"
+        fi
     done
     rm -rf "$data"
     ;;
