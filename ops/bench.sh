@@ -293,8 +293,8 @@ rebuild)
     }
     if [ "$mode" = distributed ]; then
         # Cassandra's JIT compiles for the first replays: a freshly started node spent 7–15 µs
-        # per event in its compiler threads over the first three, and replayed at half the speed
-        # of the fourth on (README, "Rebuilding the read models").
+        # per event in its compiler threads over the first three, and ran the first at half the
+        # speed of the later ones (README, "Where Cassandra's time goes in a replay").
         for warmup in $(seq 1 "${BENCH_REBUILD_WARMUPS:-2}"); do
             replay "warmup$warmup"
             echo "warm-up replay $warmup: $(row "w$warmup" | cut -d'|' -f5 | tr -d ' ') events/s" >&2
