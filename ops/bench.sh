@@ -297,7 +297,7 @@ rebuild)
         # speed of the later ones (README, "Where Cassandra's time goes in a replay").
         for warmup in $(seq 1 "${BENCH_REBUILD_WARMUPS:-2}"); do
             replay "warmup$warmup"
-            echo "warm-up replay $warmup: $(row "w$warmup" | cut -d'|' -f5 | tr -d ' ') events/s" >&2
+            row "warm-up $warmup" >&2
         done
         printf '%s\n' "| run | events | seconds | events/s | Cassandra µs/event |" "|---|---|---|---|---|"
     else
